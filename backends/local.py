@@ -1,0 +1,166 @@
+"""The local backend: each job a bash process in its own process group on this machine.
+
+Jobs die with flowmake: the job's shell gets SIGKILL from the kernel when flowmake dies
+(PR_SET_PDEATHSIG), and its process group id goes into the store's in-flight marker so the next run
+can stop whatever the shell left behind before it reruns the step. Runtime and peak RSS come from
+``wait4``'s rusage.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import socket
+import subprocess
+import time
+from typing import Any
+
+from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState
+
+_PR_SET_PDEATHSIG = 1
+STRICT = "set -euo pipefail\n"
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:  # pragma: no cover - not Linux
+        return None
+
+
+_LIBC = _libc()
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: make the kernel kill the job's shell when flowmake
+    # dies, however it dies (SIGKILL included).
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class LocalHandle(JobHandle):
+    __slots__ = ("proc", "started", "pidfd", "cancelled")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, *, settings: dict[str, Any] | None = None, cores: int = 1) -> None:
+        self.settings = settings or {}
+        self.cores = cores
+        self.host = socket.gethostname()
+        self._running: dict[int, LocalHandle] = {}
+        self._events: list[JobEvent] = []
+
+    def capacity(self) -> int:
+        return max(1, self.cores)
+
+    def submit(self, spec: JobSpec) -> JobHandle:
+        log_path = os.path.join(spec.workdir, spec.log) if spec.log else os.devnull
+        if spec.log:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        env = None
+        if spec.env:
+            env = dict(os.environ)
+            env.update(spec.env)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["bash", "-c", STRICT + spec.command],
+                cwd=spec.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                env=env,
+                close_fds=True,
+            )
+        handle = LocalHandle(spec, str(proc.pid))
+        handle.proc = proc
+        handle.started = time.monotonic()
+        handle.cancelled = False
+        try:
+            handle.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            handle.pidfd = None
+        self._running[proc.pid] = handle
+        return handle
+
+    def pgid(self, handle: JobHandle) -> int:
+        return int(handle.native_id)
+
+    def poll(self, timeout: float) -> list[JobEvent]:
+        events = self._reap()
+        if events or not self._running:
+            if not self._running and not events and timeout:
+                time.sleep(min(timeout, 0.05))
+            return events
+        fds = [h.pidfd for h in self._running.values() if h.pidfd is not None]
+        if fds and len(fds) == len(self._running):
+            select.select(fds, [], [], timeout)
+        else:
+            time.sleep(min(timeout, 0.01))
+        return self._reap()
+
+    def _reap(self) -> list[JobEvent]:
+        events, self._events = self._events, []
+        for pid, handle in list(self._running.items()):
+            try:
+                wpid, status, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                wpid, status, usage = pid, 0, None
+            if wpid == 0:
+                continue
+            del self._running[pid]
+            if handle.pidfd is not None:
+                os.close(handle.pidfd)
+            handle.proc.returncode = os.waitstatus_to_exitcode(status)
+            code = handle.proc.returncode
+            if code < 0:
+                code = 128 - code
+            # The shell is gone; anything it left in its group must not outlive the job.
+            _kill_group(pid, signal.SIGKILL)
+            state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+            if handle.cancelled:
+                state = JobState.CANCELLED
+            events.append(
+                JobEvent(
+                    handle,
+                    state,
+                    exit_code=code,
+                    runtime_s=time.monotonic() - handle.started,
+                    peak_rss_kb=usage.ru_maxrss if usage else None,
+                    host=self.host,
+                )
+            )
+        return events
+
+    def cancel(self, handle: JobHandle) -> None:
+        pid = int(handle.native_id)
+        if pid not in self._running:
+            return
+        handle.cancelled = True  # type: ignore[attr-defined]  # a LocalHandle
+        _kill_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.02)
+        _kill_group(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for handle in list(self._running.values()):
+            self.cancel(handle)
+        self._events.extend(self._reap())
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,3 @@
+from flowmake.cli import main
+
+raise SystemExit(main())

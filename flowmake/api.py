@@ -1,0 +1,417 @@
+"""What the CLI can ask for, as functions: build, dry-run, --why, --summary, --list, --dag, --touch.
+
+Each call goes down the pipeline: load the rule file, grow the graph from the targets, plan against
+the store, then either report the plan or hand it to the scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from flowmake.backend import load_backend
+from flowmake.digest import Digester
+from flowmake.errors import FlowmakeError, JobFailedError, UsageError, did_you_mean
+from flowmake.graph import Graph, Step, normalize_target
+from flowmake.jobs import JobContext
+from flowmake.planner import Decision, Facts, Plan, plan as make_plan
+from flowmake.report import Progress
+from flowmake.settings import load_settings
+from flowmake.store import Store
+
+DEFAULT_FILES = ("Flowfile", "Snakefile", "workflow/Snakefile", "workflow/Flowfile")
+
+
+@dataclass
+class Options:
+    targets: list[str] = field(default_factory=list)
+    flowfile: str | None = None
+    directory: str | None = None
+    dry_run: bool = False
+    json: bool = False
+    printshellcmds: bool = False
+    cores: int | None = None
+    jobs: int | None = None
+    quiet: bool = False
+    keep_going: bool = False
+    config: dict[str, str] = field(default_factory=dict)
+    configfiles: list[str] = field(default_factory=list)
+    forceall: bool = False
+    force: bool = False
+    forcerun: list[str] = field(default_factory=list)
+    until: list[str] = field(default_factory=list)
+    omit_from: list[str] = field(default_factory=list)
+    notemp: bool = False
+    retries: int = 0
+    resources: dict[str, int] = field(default_factory=dict)
+    backend: str | None = None
+    profile: str | None = None
+
+
+@dataclass
+class Session:
+    """One invocation's loaded state: the workflow, the graph for the targets, the store, digests."""
+
+    opts: Options
+    workdir: str
+    flowfile: str
+    workflow: Any
+    store: Store
+    digester: Digester
+    graph: Graph
+    steps: list[Step]
+    plan: Plan
+    config_overrides: dict[str, Any]
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def find_flowfile(given: str | None) -> str:
+    if given:
+        if not os.path.isfile(given):
+            raise UsageError(f"rule file {given!r} does not exist")
+        return os.path.abspath(given)
+    for name in DEFAULT_FILES:
+        if os.path.isfile(name):
+            return os.path.abspath(name)
+    raise UsageError(
+        "no Flowfile here",
+        hint="looked for " + ", ".join(DEFAULT_FILES) + "; pass -s FILE or -d DIR",
+    )
+
+
+def _parse_config(pairs: dict[str, str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for key, text in pairs.items():
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        out[key] = value
+    return out
+
+
+def open_session(opts: Options, *, readonly: bool) -> Session:
+    from flowmake.flowfile import load_workflow
+
+    flowfile_arg = os.path.abspath(opts.flowfile) if opts.flowfile else None
+    configfiles = [os.path.abspath(c) for c in opts.configfiles]
+    if opts.directory:
+        if not os.path.isdir(opts.directory):
+            raise UsageError(f"directory {opts.directory!r} does not exist")
+        os.chdir(opts.directory)
+    flowfile = find_flowfile(flowfile_arg)
+    overrides = _parse_config(opts.config)
+    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=configfiles)
+    workdir = os.getcwd()
+    store = Store.open(workdir, readonly=readonly)
+    digester = Digester(store.stat_cache)
+    graph = Graph(workflow, lambda p: digester.stat(p) is not None)
+    _add_targets(graph, workflow, opts.targets, workdir)
+    steps = graph.walk()
+    session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
+                      Plan([], {}, None), overrides)  # type: ignore[arg-type]
+    session.plan = _plan_converged(session)
+    return session
+
+
+def _add_targets(graph: Graph, workflow: Any, targets: list[str], workdir: str) -> None:
+    if not targets:
+        rule = workflow.default_rule
+        if rule is None:
+            raise UsageError("the rule file has no rules", hint="add a rule or name a target")
+        graph.add_rule_target(rule)
+        return
+    rule_names = {r.name for r in workflow.rules}
+    for target in targets:
+        if target in rule_names and not os.path.exists(target):
+            graph.add_rule_target(workflow.rule(target))
+        else:
+            graph.add_targets([normalize_target(target, workdir)])
+
+
+def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
+    store, dig = session.store, session.digester
+    incomplete = store.incomplete_outputs()
+
+    def newer_than(outputs: Iterable[str], inputs: Iterable[str]) -> bool:
+        out_times = [st.st_mtime_ns for st in map(dig.stat, outputs) if st is not None]
+        in_times = [st.st_mtime_ns for st in map(dig.stat, inputs) if st is not None]
+        return bool(out_times) and (not in_times or min(out_times) >= max(in_times))
+
+    return Facts(
+        digest=dig.digest,
+        trace=store.trace,
+        incomplete=incomplete.__contains__,
+        forced=forced,
+        newer_than=newer_than,
+    )
+
+
+def _forced_set(session: Session) -> Callable[[Step], bool]:
+    opts, steps = session.opts, session.steps
+    if opts.forceall:
+        return lambda s: True
+    chosen: set[int] = set()
+    if opts.force:
+        chosen.update(id(t) for t in session.graph.targets if isinstance(t, Step))
+    if opts.forcerun:
+        roots = _select(session, opts.forcerun, "-R/--forcerun")
+        chosen.update(id(s) for s in _downstream(steps, roots))
+    return lambda s: id(s) in chosen
+
+
+def _select(session: Session, names: list[str], flag: str) -> list[Step]:
+    """Steps named by rule names or output files."""
+    rules = {r.name for r in session.workflow.rules}
+    picked: list[Step] = []
+    for name in names:
+        if name in rules:
+            picked.extend(s for s in session.steps if s.rule.name == name)
+            continue
+        path = normalize_target(name, session.workdir)
+        prod = session.graph.producer.get(path)
+        if isinstance(prod, Step):
+            picked.append(prod)
+        else:
+            raise UsageError(f"{flag}: {name!r} is neither a rule nor an output of this plan",
+                             hint=did_you_mean(name, rules))
+    return picked
+
+
+def _downstream(steps: list[Step], roots: list[Step]) -> list[Step]:
+    marked = {id(r) for r in roots}
+    for s in steps:  # dependencies come first, so one pass suffices
+        if any(id(d) in marked for d in s.deps):
+            marked.add(id(s))
+    return [s for s in steps if id(s) in marked]
+
+
+def _plan_converged(session: Session) -> Plan:
+    """Plan; a checkpoint that will rerun makes its consumers wait for it; repeat until stable."""
+    forced = _forced_set(session)
+    while True:
+        facts = _facts(session, forced)
+        plan = make_plan(session.steps, facts)
+        rerun = {o for sp in plan.steps if sp.step.rule.is_checkpoint and sp.decision in (Decision.RUN, Decision.PENDING)
+                 for o in sp.step.outputs}
+        stale = [s for s in session.steps if s.instance is not None and rerun & set(s.instance.consulted)]
+        session.graph.unfinished_checkpoint_outputs |= rerun
+        if not stale:
+            return plan
+        for s in stale:
+            session.graph.invalidate(s, sorted(rerun & set(s.instance.consulted)))
+        session.steps = session.graph.walk()
+
+
+def _selected_steps(session: Session) -> list[Step]:
+    steps = session.steps
+    opts = session.opts
+    if opts.until:
+        keep = {id(s) for s in session.graph.walk(_select(session, opts.until, "--until"))}
+        steps = [s for s in steps if id(s) in keep]
+    if opts.omit_from:
+        drop = {id(s) for s in _downstream(session.steps, _select(session, opts.omit_from, "--omit-from"))}
+        steps = [s for s in steps if id(s) not in drop]
+    return steps
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+
+def build(opts: Options) -> int:
+    session = open_session(opts, readonly=opts.dry_run)
+    try:
+        steps = _selected_steps(session)
+        if opts.dry_run:
+            from flowmake.explain import print_plan
+
+            print_plan(session, steps, as_json=opts.json)
+            return 0
+        return _run(session, steps)
+    finally:
+        session.close()
+
+
+def _run(session: Session, steps: list[Step]) -> int:
+    from flowmake.scheduler import Scheduler, SchedulerOptions
+
+    opts = session.opts
+    cores = opts.cores or _all_cores()
+    settings = load_settings(session.workdir, opts.profile)
+    backend_name = opts.backend or settings.backend
+    local = load_backend("local", settings.for_backend("local"), cores)
+    backend = local if backend_name == "local" else load_backend(backend_name, settings.for_backend(backend_name), cores)
+    _stop_orphans(session)
+    ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
+                     configfiles=[os.path.abspath(c) for c in opts.configfiles], cores=cores,
+                     settings=settings.for_backend(backend_name))
+    progress = Progress(quiet=opts.quiet)
+    sched = Scheduler(
+        session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
+        local=local, ctx=ctx, progress=progress,
+        options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
+                                 retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
+        image_digest=getattr(backend, "image_digest", None),
+    )
+    hooks = session.workflow
+    _hook(getattr(hooks, "onstart", None))
+    try:
+        result = sched.run(steps)
+    finally:
+        backend.close()
+        if local is not backend:
+            local.close()
+        _save_stat_cache(session)
+    progress.summary(len(result.ran), len(result.failed), result.interrupted)
+    if result.interrupted:
+        _hook(getattr(hooks, "onerror", None))
+        raise _interrupted()
+    if result.failed:
+        _hook(getattr(hooks, "onerror", None))
+        raise JobFailedError(
+            f"{len(result.failed)} step{'s' if len(result.failed) > 1 else ''} failed",
+            details=[f"{sid}: {why}" for sid, why in result.failed],
+        )
+    _hook(getattr(hooks, "onsuccess", None))
+    return 0
+
+
+def _interrupted() -> FlowmakeError:
+    from flowmake.errors import Interrupted
+
+    return Interrupted("stopped by a signal; running jobs were cancelled and their partial outputs removed")
+
+
+def _hook(fn: Callable[..., Any] | None) -> None:
+    if fn is None:
+        return
+    try:
+        fn()
+    except TypeError:
+        fn(None)
+
+
+def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:
+    def digest(path: str) -> str | None:
+        dig.invalidate(path)
+        return dig.digest(path)
+
+    return digest
+
+
+def _save_stat_cache(session: Session) -> None:
+    saver = getattr(session.store, "save_stat_cache", None)
+    if saver is not None:
+        saver()
+
+
+def _stop_orphans(session: Session) -> None:
+    """Jobs of a run killed with SIGKILL must not write into this run's outputs: stop them first."""
+    import signal
+
+    seen: set[int] = set()
+    for marker in session.store.incomplete_outputs().values():
+        if marker.pgid and marker.pgid not in seen and marker.orphan_alive():
+            seen.add(marker.pgid)
+            try:
+                os.killpg(marker.pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _all_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def list_rules(opts: Options) -> int:
+    from flowmake.flowfile import load_workflow
+
+    if opts.directory:
+        os.chdir(opts.directory)
+    flowfile = find_flowfile(opts.flowfile)
+    wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles)
+    for rule in wf.rules:
+        kind = "checkpoint" if rule.is_checkpoint else "rule"
+        print(f"{rule.name}\t{kind}\t{os.path.relpath(str(rule.location.file))}:{rule.location.line}")
+    return 0
+
+
+def dag(opts: Options, fmt: str) -> int:
+    from flowmake.explain import print_dag
+
+    session = open_session(opts, readonly=True)
+    try:
+        print_dag(session, fmt)
+    finally:
+        session.close()
+    return 0
+
+
+def why(opts: Options, path: str) -> int:
+    from flowmake.explain import print_why
+
+    session = open_session(opts, readonly=True)
+    try:
+        print_why(session, normalize_target(path, session.workdir))
+    finally:
+        session.close()
+    return 0
+
+
+def summary(opts: Options) -> int:
+    from flowmake.explain import print_summary
+
+    session = open_session(opts, readonly=True)
+    try:
+        print_summary(session)
+    finally:
+        session.close()
+    return 0
+
+
+def list_changes(opts: Options, kind: str) -> int:
+    from flowmake.explain import print_changes
+
+    session = open_session(opts, readonly=True)
+    try:
+        print_changes(session, kind)
+    finally:
+        session.close()
+    return 0
+
+
+def touch(opts: Options) -> int:
+    """Record the outputs that exist as up to date, without running anything."""
+    from flowmake.planner import key_fields, plan_step
+    from flowmake.scheduler import record_traces
+
+    session = open_session(opts, readonly=False)
+    try:
+        by_id = session.plan.by_id
+        facts = session.plan.facts
+        for step in _selected_steps(session):
+            sp = plan_step(step, by_id, facts)
+            by_id[id(step)] = sp
+            if sp.decision is Decision.SKIP:
+                continue
+            if any(session.digester.digest(o) is None for o in step.outputs) or step.instance is None:
+                continue
+            computed = key_fields(step, facts)
+            if computed is None:
+                continue
+            sp.fields, sp.inputs = computed
+            record_traces(session.store, step, sp, session.digester.digest)
+            sp.decision = Decision.SKIP
+            if not opts.quiet:
+                print(f"touched {', '.join(step.outputs)}", file=sys.stderr)
+        session.store.flush()
+        _save_stat_cache(session)
+    finally:
+        session.close()
+    return 0

@@ -1,0 +1,125 @@
+"""The execution interface between the scheduler and the places jobs run.
+
+A backend only executes: it takes an immutable ``JobSpec``, starts it somewhere, and reports what
+happened through ``poll()``. It never calls back into the scheduler, never decides what to run and
+never touches the store. Backends are found through the entry-point group ``flowmake.backends`` and
+loaded only when asked for.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+from flowmake.errors import BackendError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Resources:
+    threads: int = 1
+    mem_mb: int | None = None
+    runtime_min: int | None = None
+    # Anything else the rule declared (partition, gpu, disk_mb, ...), as given.
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return dict(self.extra).get(name, default)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything needed to run one step, and nothing that would let a backend reach back.
+
+    Paths in ``inputs``/``outputs``/``log`` are relative to ``workdir``. ``command`` is a complete
+    bash script body (run under ``set -euo pipefail``); run/script rules arrive here already turned
+    into a command that calls ``python -m flowmake.jobrun``.
+    """
+
+    step_id: str
+    rule: str
+    command: str
+    workdir: str
+    inputs: tuple[tuple[str, str], ...] = ()  # (path, digest hex); digest "" when unknown
+    outputs: tuple[str, ...] = ()
+    directories: tuple[str, ...] = ()  # outputs that are directories
+    log: str | None = None  # where stdout+stderr go; the scheduler always sets one
+    resources: Resources = field(default_factory=Resources)
+    image: str | None = None  # container image reference, when the rule has one
+    env: tuple[tuple[str, str], ...] = ()
+    attempt: int = 1
+    local: bool = False  # localrule: must run on the submitting machine
+    settings: Mapping[str, Any] = field(default_factory=dict)  # [backends.NAME] from flowmake.toml
+
+
+class JobHandle:
+    """Opaque to the scheduler; backends may subclass it to keep their own bookkeeping."""
+
+    __slots__ = ("spec", "native_id", "__weakref__", "__dict__")
+
+    def __init__(self, spec: JobSpec, native_id: str = "") -> None:
+        self.spec = spec
+        self.native_id = native_id
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.spec.step_id} {self.native_id}>"
+
+
+class JobState(enum.Enum):
+    RUNNING = "running"  # the job started (optional event)
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the job's own failure (non-zero exit, missing outputs): may be retried
+    OOM = "oom"  # killed for exceeding its memory
+    TIMEOUT = "timeout"
+    LOST = "lost"  # host died, node failed, preempted: rerun without spending a retry
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    handle: JobHandle
+    state: JobState
+    exit_code: int | None = None
+    runtime_s: float | None = None
+    peak_rss_kb: int | None = None
+    host: str = ""
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state is not JobState.RUNNING
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def capacity(self) -> int:
+        """How many jobs may be submitted at once (slots, cores); the scheduler respects it."""
+
+    def submit(self, spec: JobSpec) -> JobHandle: ...
+
+    def poll(self, timeout: float) -> list[JobEvent]:
+        """Events since the last poll, waiting up to ``timeout`` seconds for at least one."""
+
+    def cancel(self, handle: JobHandle) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def backend_names() -> list[str]:
+    return sorted(ep.name for ep in importlib.metadata.entry_points(group="flowmake.backends"))
+
+
+def load_backend(name: str, settings: Mapping[str, Any], cores: int) -> Backend:
+    """Instantiate a backend by its entry-point name with its ``[backends.NAME]`` settings."""
+    for ep in importlib.metadata.entry_points(group="flowmake.backends"):
+        if ep.name == name:
+            cls = ep.load()
+            return cls(settings=dict(settings), cores=cores)
+    names = backend_names()
+    raise BackendError(
+        f"unknown backend {name!r}",
+        hint=did_you_mean(name, names) or "available: " + ", ".join(names),
+    )

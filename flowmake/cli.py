@@ -1,0 +1,125 @@
+"""The ``flowmake`` command: Snakemake's everyday flags, parsed into ``api.Options``.
+
+Thin on purpose: everything it does is in ``api``. User errors print one message and exit 2 (1 when
+a job failed, 130 when interrupted); anything else is a bug and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from flowmake import __version__
+from flowmake.errors import FlowmakeError, UsageError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowmake",
+        description="Build the requested targets from a Flowfile (or Snakefile), running exactly the "
+        "steps whose inputs, code or parameters changed.",
+    )
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="files or rule names (default: the first rule)")
+    p.add_argument("-s", "--snakefile", "--flowfile", dest="flowfile", metavar="FILE",
+                   help="rule file (default: Flowfile, Snakefile, workflow/Snakefile)")
+    p.add_argument("-d", "--directory", metavar="DIR", help="working directory")
+    p.add_argument("-n", "--dry-run", "--dryrun", action="store_true", help="show what would run and why")
+    p.add_argument("--json", action="store_true", help="with -n: the plan as JSON")
+    p.add_argument("-p", "--printshellcmds", action="store_true", help="print the commands that run")
+    p.add_argument("-c", "--cores", type=_count, metavar="N", help="cores to use (default: all)")
+    p.add_argument("-j", "--jobs", type=_count, metavar="N", help="jobs at once (cores on the local backend)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary of failures")
+    p.add_argument("-k", "--keep-going", action="store_true", help="go on with independent steps after a failure")
+    p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", help="override config values")
+    p.add_argument("--configfile", "--configfiles", nargs="+", default=[], metavar="FILE", help="extra config files")
+    p.add_argument("-F", "--forceall", action="store_true", help="run every step needed for the targets")
+    p.add_argument("-f", "--force", action="store_true", help="run the steps that make the targets")
+    p.add_argument("-R", "--forcerun", nargs="+", default=[], metavar="RULE|FILE",
+                   help="run these rules or files and everything downstream")
+    p.add_argument("--until", nargs="+", default=[], metavar="RULE|FILE", help="run only up to these")
+    p.add_argument("--omit-from", nargs="+", default=[], metavar="RULE|FILE", help="leave these and their downstream out")
+    p.add_argument("-l", "--list", action="store_true", help="list rules with their file and line")
+    p.add_argument("--dag", nargs="?", const="dot", choices=["dot", "mermaid"], help="print the step graph")
+    p.add_argument("--why", metavar="FILE", help="tell what made FILE, from what, and whether it is up to date")
+    p.add_argument("--summary", "-D", action="store_true", help="one line per output: rule, date, state")
+    p.add_argument("--touch", "-t", action="store_true", help="record current outputs as up to date without running")
+    p.add_argument("--list-changes", choices=["input", "code", "params"], help="outputs whose input/code/params changed")
+    p.add_argument("--notemp", "--no-temp", action="store_true", help="keep temp() outputs")
+    p.add_argument("--retries", "--restart-times", type=int, default=0, metavar="N", help="retries for failed jobs")
+    p.add_argument("--resources", "--res", nargs="+", default=[], metavar="NAME=N", help="global limits, e.g. mem_mb=8000")
+    p.add_argument("--backend", metavar="NAME", help="where jobs run: local, docker, ssh, slurm (default: local)")
+    p.add_argument("--profile", metavar="FILE", help="settings file instead of flowmake.toml")
+    p.add_argument("--version", action="version", version=f"flowmake {__version__}")
+    return p
+
+
+def _count(text: str) -> int:
+    if text == "all":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{what} expects NAME=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from flowmake import api
+
+    args = _parser().parse_args(argv)
+    try:
+        resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
+        opts = api.Options(
+            targets=list(args.targets), flowfile=args.flowfile, directory=args.directory,
+            dry_run=args.dry_run, json=args.json, printshellcmds=args.printshellcmds,
+            cores=args.cores or args.jobs, jobs=args.jobs, quiet=args.quiet, keep_going=args.keep_going,
+            config=_pairs(args.config, "--config"), configfiles=list(args.configfile),
+            forceall=args.forceall, force=args.force, forcerun=list(args.forcerun),
+            until=list(args.until), omit_from=list(args.omit_from), notemp=args.notemp,
+            retries=args.retries, resources=resources, backend=args.backend, profile=args.profile,
+        )
+        if args.list:
+            return api.list_rules(opts)
+        if args.dag:
+            return api.dag(opts, args.dag)
+        if args.why:
+            return api.why(opts, args.why)
+        if args.summary:
+            return api.summary(opts)
+        if args.list_changes:
+            return api.list_changes(opts, args.list_changes)
+        if args.touch:
+            return api.touch(opts)
+        return api.build(opts)
+    except FlowmakeError as err:
+        print(str(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug, not the user's mistake: say so, with the traceback to report
+        traceback.print_exc()
+        print("flowmake: internal error (this is a bug; please report it with the traceback above)", file=sys.stderr)
+        return 3
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{what} values must be whole numbers, got {value!r}") from None

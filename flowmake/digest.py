@@ -1,0 +1,230 @@
+"""Content digests of files and directories, behind a stat cache.
+
+The planner asks ``Digester.digest(path)`` for every input and output it looks at. A file is read
+only when its stat identity (device, inode, size, mtime_ns, ctime_ns) differs from the one recorded
+with its last digest, so a ``touch`` costs one re-hash and an unchanged tree costs one ``stat`` per
+file. mtimes never decide freshness; they only key this cache.
+
+Digest format (decided here, used everywhere): 32 lowercase hex characters, the first 128 bits of
+BLAKE3, no algorithm prefix. A file's digest equals ``b3sum --length 16 FILE``. 128 bits keep traces
+small and make accidental collisions impossible in practice; a change of algorithm or length is a
+store format and key version bump, not something each digest carries.
+
+A directory's digest is BLAKE3 in derive-key mode (so it can never equal a file's digest) over its
+entries sorted by relative POSIX path: ``f\\0path\\0digest\\n`` for files, ``d\\0path\\0\\n`` for
+subdirectories (so empty directories count), ``l\\0path\\0target\\n`` for symlinks inside it (not
+followed: links to directories could loop). Timestamps and permissions are not part of it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+import time
+from typing import Iterator
+
+import blake3
+
+DIGEST_BYTES = 16  # 128-bit digests, 32 hex characters
+MMAP_THRESHOLD = 8 * 1024 * 1024  # above this, mmap + multithreaded BLAKE3
+# A file whose mtime/ctime is this close to "now" when hashed may still be written within the same
+# timestamp tick without changing its stat identity (ninja's "racy" mtime problem; NFS and FAT have
+# 1-2 s granularity). Its cache entry is stored flagged and the file is re-hashed once next time.
+RACY_WINDOW_NS = 2_000_000_000
+RACY = -1  # stored in place of ctime_ns in a flagged entry: never matches a real stat
+_DIR_CONTEXT = "flowmake 2026 directory merkle digest v1"
+
+# (dev, ino, size, mtime_ns, ctime_ns, digest)
+Entry = tuple[int, int, int, int, int, str]
+
+
+class StatCache:
+    """path -> (dev, ino, size, mtime_ns, ctime_ns, digest), remembering which paths changed.
+
+    A plain dict of tuples underneath: at 100k entries it costs ~20 MB and O(1) per lookup. The
+    store loads it at start and saves only ``take_changes()`` at flush, so a run that hashes ten
+    files appends ten records, not 100k.
+    """
+
+    __slots__ = ("_data", "_changed")
+
+    def __init__(self, data: dict[str, Entry] | None = None) -> None:
+        self._data: dict[str, Entry] = data if data is not None else {}
+        self._changed: set[str] = set()
+
+    def get(self, path: str) -> Entry | None:
+        return self._data.get(path)
+
+    def __getitem__(self, path: str) -> Entry:
+        return self._data[path]
+
+    def __setitem__(self, path: str, entry: Entry) -> None:
+        if self._data.get(path) != entry:
+            self._data[path] = entry
+            self._changed.add(path)
+
+    def __delitem__(self, path: str) -> None:
+        del self._data[path]
+        self._changed.add(path)
+
+    def discard(self, path: str) -> None:
+        if path in self._data:
+            del self._data[path]
+            self._changed.add(path)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        return iter(self._data.items())
+
+    def load(self, path: str, entry: Entry | None) -> None:
+        """Set or drop an entry without marking it changed (used when reading the store)."""
+        if entry is None:
+            self._data.pop(path, None)
+        else:
+            self._data[path] = entry
+
+    def take_changes(self) -> list[tuple[str, Entry | None]]:
+        """Entries changed since the last call (None: removed), and forget that they changed."""
+        changes = [(p, self._data.get(p)) for p in self._changed]
+        self._changed = set()
+        return changes
+
+
+def hash_bytes(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest(DIGEST_BYTES)
+
+
+def _hash_file(path: str, size: int) -> str:
+    """Read and hash one file. Tests monkeypatch this to count reads."""
+    if size > MMAP_THRESHOLD:
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher.update_mmap(path)
+        return hasher.hexdigest(DIGEST_BYTES)
+    with open(path, "rb") as f:
+        return blake3.blake3(f.read()).hexdigest(DIGEST_BYTES)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Digester:
+    """Digests of files and directories for one process.
+
+    ``stat`` results are memoised for the life of the Digester: planning assumes the tree does not
+    change under it. Whoever changes files (the scheduler, after a job wrote its outputs) must call
+    ``invalidate(path)`` before asking for their digests again.
+    """
+
+    def __init__(self, stat_cache: StatCache) -> None:
+        self.stat_cache = stat_cache
+        self._stats: dict[str, os.stat_result | None] = {}
+        self._dirs: dict[str, str] = {}
+        self.files_hashed = 0  # how many files were actually read (for reports and tests)
+        self.bytes_hashed = 0
+
+    def stat(self, path: str) -> os.stat_result | None:
+        """``os.stat`` (following symlinks), memoised; None when the path does not exist."""
+        path = os.path.normpath(path)
+        try:
+            return self._stats[path]
+        except KeyError:
+            pass
+        try:
+            st: os.stat_result | None = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        self._stats[path] = st
+        return st
+
+    def invalidate(self, path: str) -> None:
+        """Forget memoised stats for ``path`` and everything under it (it was just rewritten)."""
+        path = os.path.normpath(path)
+        prefix = path.rstrip(os.sep) + os.sep
+        for memo in (self._stats, self._dirs):
+            memo.pop(path, None)
+            for p in [p for p in memo if p.startswith(prefix)]:
+                del memo[p]
+        # Directories above it may contain it: their digests are stale too.
+        parent = os.path.dirname(path)
+        while parent and parent != path:
+            self._dirs.pop(parent, None)
+            path, parent = parent, os.path.dirname(parent)
+
+    def digest(self, path: str, *, settled: bool = False) -> str | None:
+        """Hex digest of a file or directory, None if it does not exist.
+
+        ``settled=True`` says no process can still be writing the path (the job that made it has
+        exited), so a recent mtime is not racy: a step's fresh outputs are then not re-read by the
+        next run. Without it, files changed within ``RACY_WINDOW_NS`` are re-hashed once next run.
+        """
+        path = os.path.normpath(path)
+        st = self.stat(path)
+        if st is None:
+            return None
+        if statmod.S_ISDIR(st.st_mode):
+            return self._digest_dir(path, settled)
+        return self._digest_file(path, st, settled)
+
+    def _digest_file(self, path: str, st: os.stat_result, settled: bool = False) -> str:
+        ident = _identity(st)
+        entry = self.stat_cache.get(path)
+        if entry is not None and entry[:5] == ident:
+            return entry[5]
+        now = time.time_ns()
+        digest = _hash_file(path, st.st_size)
+        self.files_hashed += 1
+        self.bytes_hashed += st.st_size
+        # Re-stat: if the file changed while we read it, the digest may describe neither version.
+        try:
+            after = _identity(os.stat(path))
+        except FileNotFoundError:
+            after = None
+        racy = after != ident or (
+            not settled and now - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_WINDOW_NS
+        )
+        if racy:
+            self.stat_cache[path] = (*ident[:4], RACY, digest)  # type: ignore[assignment]
+        else:
+            self.stat_cache[path] = (*ident, digest)  # type: ignore[assignment]
+        return digest
+
+    def _digest_dir(self, path: str, settled: bool = False) -> str:
+        cached = self._dirs.get(path)
+        if cached is not None:
+            return cached
+        hasher = blake3.blake3(derive_key_context=_DIR_CONTEXT)
+        lines: list[tuple[str, str]] = []
+        self._walk(path, "", lines, settled)
+        lines.sort()
+        hasher.update("".join(line for _, line in lines).encode("utf-8", "surrogateescape"))
+        digest = hasher.hexdigest(DIGEST_BYTES)
+        self._dirs[path] = digest
+        return digest
+
+    def _walk(self, root: str, rel: str, out: list[tuple[str, str]], settled: bool) -> None:
+        base = os.path.join(root, rel) if rel else root
+        with os.scandir(base) as it:
+            entries = list(it)
+        for e in entries:
+            rpath = f"{rel}/{e.name}" if rel else e.name
+            full = os.path.join(root, rpath)
+            if e.is_symlink():
+                out.append((rpath, f"l\0{rpath}\0{os.readlink(full)}\n"))
+            elif e.is_dir(follow_symlinks=False):
+                out.append((rpath, f"d\0{rpath}\0\n"))
+                self._walk(root, rpath, out, settled)
+            else:
+                st = self.stat(full)
+                if st is None:  # vanished while we walked
+                    continue
+                digest = self._digest_file(os.path.normpath(full), st, settled)
+                out.append((rpath, f"f\0{rpath}\0{digest}\n"))

@@ -1,0 +1,128 @@
+"""Every error a user can see, in one place.
+
+Each class carries where the problem is (Flowfile and line, rule, target) and a hint; its class decides
+the exit code. The CLI prints ``str(error)`` and exits with ``error.exit_code``: users never see a
+traceback for their own mistakes. Anything else that escapes is a bug and is reported as one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+class FlowmakeError(Exception):
+    """Base of all user-facing errors. Exit code 2: workflow or usage error."""
+
+    exit_code = 2
+    title = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: Location | None = None,
+        rule: str | None = None,
+        target: str | None = None,
+        hint: str | None = None,
+        details: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+        self.rule = rule
+        self.target = target
+        self.hint = hint
+        self.details = list(details)
+
+    def __str__(self) -> str:
+        head = f"{self.location}: " if self.location else ""
+        lines = [f"{head}{self.title}: {self.message}"]
+        if self.rule:
+            lines.append(f"  rule: {self.rule}")
+        if self.target:
+            lines.append(f"  target: {self.target}")
+        lines.extend(f"  {d}" for d in self.details)
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class UsageError(FlowmakeError):
+    title = "usage error"
+
+
+class FlowfileError(FlowmakeError):
+    """The rule file cannot be read: syntax, unknown directive, bad include, error while executing it."""
+
+    title = "Flowfile error"
+
+
+class ConfigError(FlowmakeError):
+    title = "config error"
+
+
+class WildcardError(FlowmakeError):
+    """A wildcard value is malformed, of the wrong type, or unsafe (leaves the workdir, injects)."""
+
+    title = "wildcard error"
+
+
+class UnsafePathError(FlowmakeError):
+    title = "unsafe path"
+
+
+class NoRuleError(FlowmakeError):
+    title = "no rule to produce"
+
+
+class MissingInputError(FlowmakeError):
+    title = "missing input"
+
+
+class AmbiguousRuleError(FlowmakeError):
+    title = "ambiguous rules"
+
+
+class CycleError(FlowmakeError):
+    title = "dependency cycle"
+
+
+class BackendError(FlowmakeError):
+    """A backend is unknown, misconfigured, or its service cannot be reached."""
+
+    title = "backend error"
+
+
+class StoreError(FlowmakeError):
+    title = "store error"
+
+
+class JobFailedError(FlowmakeError):
+    """One or more jobs failed. Exit code 1."""
+
+    exit_code = 1
+    title = "job failed"
+
+
+class Interrupted(FlowmakeError):
+    exit_code = 130
+    title = "interrupted"
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A hint naming the closest choices, or None when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -1,0 +1,164 @@
+"""The planner's decisions in words: ``-n`` (and ``--json``), ``--why``, ``--summary``, ``--dag``,
+``--list-changes``. Reads a Session; changes nothing."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import sys
+from typing import Any, TextIO
+
+from flowmake.graph import Step
+from flowmake.planner import Decision, ReasonKind, plan_step
+
+
+def _wildcards(step: Step) -> dict[str, str]:
+    b = step.bindings
+    if not b:
+        return {}
+    return {n: b.raw(n) for n in b}  # type: ignore[attr-defined]
+
+
+def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    chosen = {id(s) for s in steps}
+    todo = [sp for sp in session.plan.steps if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING)]
+    if as_json:
+        doc = {
+            "steps": [
+                {
+                    "rule": sp.step.rule.name,
+                    "outputs": list(sp.step.outputs),
+                    "wildcards": _wildcards(sp.step),
+                    "reasons": [r.to_json() for r in sp.reasons],
+                }
+                for sp in todo
+            ]
+        }
+        json.dump(doc, out, indent=1)
+        out.write("\n")
+        return
+    for sp in todo:
+        step = sp.step
+        out.write(f"rule {step.rule.name}: {', '.join(step.outputs) or step.id}\n")
+        if step.instance is not None and step.instance.input:
+            shown = list(step.instance.input)
+            more = f" (+{len(shown) - 5} more)" if len(shown) > 5 else ""
+            out.write(f"    input: {', '.join(shown[:5])}{more}\n")
+        wc = _wildcards(step)
+        if wc:
+            out.write("    wildcards: " + ", ".join(f"{k}={v}" for k, v in wc.items()) + "\n")
+        for reason in sp.reasons:
+            out.write(f"    why: {reason}\n")
+        if session.opts.printshellcmds and step.instance is not None and step.rule.kind == "shell":
+            out.write("    " + step.instance.command().strip().replace("\n", "\n    ") + "\n")
+    counts = collections.Counter(sp.step.rule.name for sp in todo)
+    pending = sum(1 for sp in todo if sp.decision is Decision.PENDING)
+    up_to_date = sum(1 for s in steps) - len(todo)
+    if not todo:
+        out.write(f"Nothing to do: all {up_to_date} steps are up to date.\n")
+        return
+    table = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+    out.write(f"Would run {len(todo)} step{'s' if len(todo) != 1 else ''} ({table})")
+    if pending:
+        out.write(f", {pending} of them only if their upstream output changes")
+    out.write(f"; {up_to_date} up to date.\n")
+
+
+def print_why(session: Any, path: str, out: TextIO = sys.stdout) -> None:
+    store = session.store
+    trace = store.trace(path)
+    producer = session.graph.producer.get(path)
+    if not isinstance(producer, Step):
+        producer = None
+    if trace is None:
+        out.write(f"{path}: no record of how it was made")
+        out.write(f" (rule {producer.rule.name} would make it)\n" if producer else "\n")
+    else:
+        when = datetime.datetime.fromtimestamp(trace.time).isoformat(sep=" ", timespec="seconds")
+        out.write(f"{path}\n  made by: rule {trace.rule} ({trace.step_id})\n  when: {when}\n")
+        out.write(f"  step key: {trace.key}\n  output digest: {trace.output_digest}\n")
+        if trace.inputs:
+            out.write("  from inputs:\n")
+            for p, d in trace.inputs:
+                out.write(f"    {p}  {d}\n")
+        history = store.history(path)
+        if history:
+            h = history[-1]
+            out.write(f"  last run: {h.runtime_s:.2f} s on {h.host or '?'} ({h.backend}), exit {h.exit_code}")
+            if h.peak_rss_kb:
+                out.write(f", peak RSS {h.peak_rss_kb // 1024} MiB")
+            out.write("\n")
+    if producer is None:
+        return
+    sp = session.plan.by_id.get(id(producer)) or plan_step(producer, session.plan.by_id, session.plan.facts)
+    if sp.decision in (Decision.SKIP, Decision.ADOPT):
+        out.write("  state: up to date\n")
+    else:
+        out.write("  state: out of date\n")
+        for r in sp.reasons:
+            out.write(f"    why: {r}\n")
+
+
+def print_summary(session: Any, out: TextIO = sys.stdout) -> None:
+    out.write("output\tdate\trule\tstate\n")
+    for sp in session.plan.steps:
+        for o in sp.step.outputs:
+            trace = session.store.trace(o)
+            date = datetime.datetime.fromtimestamp(trace.time).isoformat(sep=" ", timespec="seconds") if trace else "-"
+            if sp.decision in (Decision.SKIP, Decision.ADOPT):
+                state = "ok"
+            else:
+                state = "; ".join(str(r) for r in sp.reasons) or sp.decision.value
+            out.write(f"{o}\t{date}\t{sp.step.rule.name}\t{state}\n")
+
+
+_CHANGE_KINDS = {
+    "input": {ReasonKind.INPUT_CHANGED},
+    "code": {ReasonKind.CODE_CHANGED, ReasonKind.COMMAND_CHANGED, ReasonKind.IMAGE_CHANGED},
+    "params": {ReasonKind.PARAMS_CHANGED},
+}
+
+
+def print_changes(session: Any, kind: str, out: TextIO = sys.stdout) -> None:
+    wanted = _CHANGE_KINDS[kind]
+    for sp in session.plan.steps:
+        if any(r.kind in wanted for r in sp.reasons):
+            for o in sp.step.outputs:
+                out.write(o + "\n")
+
+
+def print_dag(session: Any, fmt: str, out: TextIO = sys.stdout) -> None:
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for sp in session.plan.steps:
+        g.add_node(sp.step.id, rule=sp.step.rule.name, run=sp.decision is not Decision.SKIP,
+                   wildcards=_wildcards(sp.step))
+        for dep in sp.step.deps:
+            g.add_edge(dep.id, sp.step.id)
+    names = {n: f"n{i}" for i, n in enumerate(nx.topological_sort(g))}
+    if fmt == "mermaid":
+        out.write("flowchart TD\n")
+        for n, data in g.nodes(data=True):
+            label = _label(data, "<br>").replace('"', "#quot;")
+            out.write(f'    {names[n]}["{label}"]\n')
+            if data["run"]:
+                out.write(f"    style {names[n]} stroke-width:3px\n")
+        for a, b in g.edges:
+            out.write(f"    {names[a]} --> {names[b]}\n")
+        return
+    out.write("digraph flowmake {\n    node [shape=box, style=rounded, fontname=sans];\n")
+    for n, data in g.nodes(data=True):
+        style = "" if data["run"] else ", style=\"rounded,dashed\""
+        label = _label(data, "\\n").replace('"', '\\"')
+        out.write(f'    {names[n]} [label="{label}"{style}];\n')
+    for a, b in g.edges:
+        out.write(f"    {names[a]} -> {names[b]};\n")
+    out.write("}\n")
+
+
+def _label(data: dict[str, Any], sep: str) -> str:
+    wc = data["wildcards"]
+    extra = sep + sep.join(f"{k}: {v}" for k, v in wc.items()) if wc else ""
+    return data["rule"] + extra

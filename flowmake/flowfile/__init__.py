@@ -1,0 +1,33 @@
+"""Reading a rule file (``Flowfile`` or ``Snakefile``) into a ``rules.Workflow``.
+
+``load_workflow`` translates the rule syntax to Python (``translate``), executes it in a fresh
+namespace whose only link to the engine is a ``Builder``, then compiles every rule's patterns.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Mapping, Sequence
+
+from flowmake.errors import FlowfileError
+from flowmake.flowfile import config as configmod
+from flowmake.flowfile.builder import Builder
+from flowmake.rules import Workflow
+
+__all__ = ["load_workflow"]
+
+
+def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = None,
+                  configfiles: Sequence[str] = ()) -> Workflow:
+    """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it."""
+    if not os.path.isfile(path):
+        raise FlowfileError(f"no rule file '{path}'", hint="create a Flowfile or pass --flowfile")
+    cli_layer = configmod.command_line_layer(configfiles, config_overrides)
+    workflow = Workflow(os.path.normpath(path), copy.deepcopy(cli_layer),
+                        configfiles=[os.path.abspath(p) for p in configfiles],
+                        config_overrides=config_overrides)
+    builder = Builder(workflow, cli_layer)
+    builder.exec_file(workflow.flowfile)
+    workflow.finalize()
+    return workflow

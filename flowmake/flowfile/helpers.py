@@ -1,0 +1,148 @@
+"""Functions a rule file can call: expand, glob_wildcards, multiext, unpack and the path flags.
+
+They behave like Snakemake's. ``glob_wildcards`` needs the workflow's directory (loading never
+changes the process's cwd), so ``namespace_helpers(workdir)`` returns the set bound to one workflow.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import re
+import string
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from flowmake.errors import WildcardError
+from flowmake.namedlist import FlaggedFunction, add_flag
+from flowmake.patterns import WILDCARD_RE, Pattern
+
+
+def temp(value: Any) -> Any:
+    return add_flag(value, "temp")
+
+
+def protected(value: Any) -> Any:
+    return add_flag(value, "protected")
+
+
+def directory(value: Any) -> Any:
+    return add_flag(value, "directory")
+
+
+def ancient(value: Any) -> Any:
+    return add_flag(value, "ancient")
+
+
+def touch(value: Any) -> Any:
+    return add_flag(value, "touch")
+
+
+def unpack(func: Callable[..., Any]) -> FlaggedFunction:
+    """Mark an input function whose dict (or list) result becomes named (or plain) inputs."""
+    if isinstance(func, FlaggedFunction):
+        return FlaggedFunction(func.func, func.flags, unpack=True)
+    return FlaggedFunction(func, frozenset(), unpack=True)
+
+
+def multiext(prefix: str, *extensions: str) -> list[str]:
+    """``multiext("a", ".bam", ".bai")`` → ``["a.bam", "a.bai"]``."""
+    for ext in extensions:
+        if "/" in ext or not ext.startswith("."):
+            raise ValueError(f"multiext: extension {ext!r} must start with '.' and contain no '/'")
+    return [prefix + ext for ext in extensions]
+
+
+class _Missing(dict):
+    """format_map dict for expand(allow_missing=True): unknown wildcards are written back."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+_FIELD_NAME = re.compile(r"\{([^{}.\[!:,]+)")
+
+
+def _fields(pattern: str) -> list[str]:
+    names: list[str] = []
+    for literal, field, spec, conv in string.Formatter().parse(pattern):
+        if field is not None:
+            m = _FIELD_NAME.match("{" + field)
+            if m and m.group(1) not in names:
+                names.append(m.group(1))
+    return names
+
+
+def expand(*args: Any, allow_missing: bool = False, **wildcards: Any) -> list[str]:
+    """Snakemake's expand: ``expand(patterns, [combinator,] allow_missing=False, **wildcards)``."""
+    if not args:
+        raise TypeError("expand() needs at least one pattern")
+    patterns_arg, combinator = args[0], itertools.product
+    if len(args) == 2:
+        combinator = args[1]
+    elif len(args) > 2:
+        raise TypeError("expand() takes patterns and an optional combinator")
+    patterns = [patterns_arg] if isinstance(patterns_arg, (str, os.PathLike)) else list(patterns_arg)
+    values = {k: [v] if isinstance(v, (str, os.PathLike)) or not isinstance(v, Iterable) else list(v)
+              for k, v in wildcards.items()}
+    out: list[str] = []
+    for pattern in map(os.fspath, patterns):
+        names = [n for n in _fields(pattern) if n in values]
+        missing = [n for n in _fields(pattern) if n not in values]
+        if missing and not allow_missing:
+            raise WildcardError(f"expand: no values for wildcard(s) {', '.join(missing)} in "
+                                f"'{pattern}'", hint="pass them, or allow_missing=True")
+        lists = [[(n, v) for v in values[n]] for n in names]
+        for combo in combinator(*lists):
+            fmt = _Missing(combo) if allow_missing else dict(combo)
+            out.append(_format(pattern, fmt, allow_missing))
+    return out
+
+
+def _format(pattern: str, values: dict[str, Any], allow_missing: bool) -> str:
+    if not allow_missing:
+        return pattern.format_map(values)
+    # A missing wildcard may carry a constraint/type ({s,\d+}); write it back verbatim.
+    def repl(m: re.Match) -> str:
+        name = m.group("name")
+        return m.group(0).replace("{", "{{").replace("}", "}}") if name not in values else m.group(0)
+    protected_pattern = WILDCARD_RE.sub(repl, pattern)
+    return protected_pattern.format_map(values)
+
+
+def glob_wildcards_in(workdir: str, pattern: str, files: Iterable[str] | None = None) -> Any:
+    """The wildcard values of existing files matching ``pattern``, as a namedtuple of lists."""
+    pat = Pattern(os.fspath(pattern))
+    names = pat.wildcards
+    Result = collections.namedtuple("Wildcards", names)  # type: ignore[misc]
+    found: dict[str, list[str]] = {n: [] for n in names}
+    for path in _candidates(workdir, pat) if files is None else files:
+        b = pat.match(os.fspath(path))
+        if b is not None:
+            for n in names:
+                found[n].append(b.raw(n))
+    return Result(*(found[n] for n in names))
+
+
+def _candidates(workdir: str, pat: Pattern) -> Iterable[str]:
+    prefix = pat.text.split("{", 1)[0]
+    top = os.path.dirname(prefix) or "."
+    root = top if os.path.isabs(top) else os.path.join(workdir, top)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        rel = os.path.relpath(dirpath, root)
+        base = top if rel == "." else os.path.join(top, rel)
+        for f in itertools.chain(filenames, dirnames):
+            path = os.path.join(base, f)
+            yield os.path.normpath(path) if top != "." else os.path.relpath(path, ".")
+
+
+def namespace_helpers(workdir: Callable[[], str]) -> dict[str, Any]:
+    def glob_wildcards(pattern: str, files: Iterable[str] | None = None) -> Any:
+        return glob_wildcards_in(workdir(), pattern, files)
+
+    return {
+        "expand": expand, "glob_wildcards": glob_wildcards, "multiext": multiext,
+        "unpack": unpack, "temp": temp, "protected": protected, "directory": directory,
+        "ancient": ancient, "touch": touch, "Path": Path,
+    }

@@ -1,0 +1,268 @@
+"""Rule syntax → plain Python, line for line.
+
+Every edit stays on its own line, so the translated source has exactly the line numbers of the
+rule file and Python's SyntaxErrors and tracebacks point at the right Flowfile line.
+
+A rule block becomes a class statement whose metaclass is the builder's rule factory: the body runs
+immediately (so rules in loops and under ``if`` work), Python scoping is untouched, and the class
+namespace hands the directive values, including the ``run:`` function, to the builder::
+
+    rule align:                      class __flow_rule__(metaclass=__flowmake__.rule('align', 1, False, 0)):
+        input: "a.fq", ref="r.fa"        __flow_input__ = __flowmake__.args(2, "a.fq", ref="r.fa")
+        run:                             def __flow_run__(input, output, params, wildcards, ...):
+            shell("...")                     shell("...")
+
+Top-level directives become builder calls (``include: "x"`` → ``__flowmake__.include(3, "x")``);
+``onstart:``/``onsuccess:``/``onerror:`` blocks become functions the builder collects after the file
+ran. Only ``__flowmake__`` links the namespace to the engine (dunder names escape class-body name
+mangling).
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+import tokenize
+from dataclasses import dataclass, field
+
+from flowmake.errors import FlowfileError, Location, did_you_mean
+
+ACTIONS = ("shell", "run", "script", "notebook", "wrapper", "cwl")
+UNSUPPORTED = ("notebook", "wrapper", "cwl")
+RULE_DIRECTIVES = (
+    "input", "output", "params", "threads", "resources", "log", "benchmark", "message",
+    "priority", "retries", "container", "singularity", "wildcard_constraints", "localrule",
+    "default_target", "cache", "name", "conda", "envmodules", "shadow", "group", "handover",
+    *ACTIONS,
+)
+TOP_DIRECTIVES = (
+    "include", "configfile", "localrules", "ruleorder", "wildcard_constraints", "workdir",
+    "onstart", "onsuccess", "onerror", "container", "singularity", "containerized", "conda",
+    "envvars", "report",
+)
+HOOKS = ("onstart", "onsuccess", "onerror")
+RUN_ARGS = "input, output, params, wildcards, threads, resources, log, rule, config, shell"
+_SKIP = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT,
+         tokenize.ENDMARKER)
+
+
+@dataclass
+class Translation:
+    source: str
+    # rule keyword line → dedented source of its run: block
+    run_sources: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Line:
+    tokens: list[tokenize.TokenInfo]
+
+    @property
+    def col(self) -> int:
+        return self.tokens[0].start[1]
+
+    @property
+    def row(self) -> int:
+        return self.tokens[0].start[0]
+
+
+def _logical_lines(source: str, path: str) -> list[_Line]:
+    lines: list[_Line] = []
+    current: list[tokenize.TokenInfo] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.NEWLINE:
+                if current:
+                    lines.append(_Line(current))
+                current = []
+            elif tok.type not in _SKIP:
+                current.append(tok)
+    except tokenize.TokenError as e:
+        row = e.args[1][0] if len(e.args) > 1 else None
+        raise FlowfileError(f"unexpected end of file: {e.args[0]}", location=Location(path, row),
+                            hint="check for an unclosed bracket or string") from None
+    except SyntaxError as e:  # IndentationError and friends
+        raise FlowfileError(f"{e.msg}", location=Location(path, e.lineno),
+                            details=[(e.text or "").strip()]) from None
+    if current:
+        lines.append(_Line(current))
+    return lines
+
+
+class _Translator:
+    def __init__(self, source: str, path: str, file_id: int) -> None:
+        self.source = source
+        self.src_lines = source.splitlines(keepends=True)
+        self.path = path
+        self.file_id = file_id
+        self.lines = _logical_lines(source, path)
+        self.edits: list[tuple[int, int, int, str]] = []  # (row, col_start, col_end, text)
+        self.run_sources: dict[int, str] = {}
+
+    def error(self, message: str, row: int, hint: str | None = None) -> FlowfileError:
+        text = self.src_lines[row - 1].strip() if 0 < row <= len(self.src_lines) else ""
+        return FlowfileError(message, location=Location(self.path, row), hint=hint,
+                             details=[text] if text else [])
+
+    def _block_end(self, i: int) -> int:
+        """Index just past the lines indented deeper than line i."""
+        col, j = self.lines[i].col, i + 1
+        while j < len(self.lines) and self.lines[j].col > col:
+            j += 1
+        return j
+
+    def translate(self) -> Translation:
+        i = 0
+        while i < len(self.lines):
+            toks = self.lines[i].tokens
+            first = toks[0]
+            if first.type == tokenize.NAME and _is_rule_header(toks):
+                i = self._rule(i)
+            elif first.type == tokenize.NAME and len(toks) > 1 and toks[1].string == ":" \
+                    and first.string in TOP_DIRECTIVES:
+                i = self._top_directive(i)
+            elif _is_unsupported(toks):
+                raise self.error(f"'{first.string}' is not supported", first.start[0])
+            else:
+                i += 1
+        return Translation(self._apply(), self.run_sources)
+
+    # -- rules ------------------------------------------------------------------------------
+
+    def _rule(self, i: int) -> int:
+        toks = self.lines[i].tokens
+        kw, row = toks[0], toks[0].start[0]
+        name = toks[1].string if toks[1].type == tokenize.NAME else None
+        colon = toks[2] if name else toks[1]
+        if len(toks) > (3 if name else 2):
+            raise self.error(f"unexpected text after '{kw.string}' header", row)
+        end = self._block_end(i)
+        if end == i + 1:
+            raise self.error(f"{kw.string} '{name or ''}' has no directives", row)
+        factory = (f"__flowmake__.rule({name!r}, {row}, {kw.string == 'checkpoint'}, "
+                   f"{self.file_id})")
+        self._replace(kw, colon, f"class __flow_rule__(metaclass={factory}):")
+        seen: dict[str, int] = {}
+        action: str | None = None
+        k = i + 1
+        while k < end:
+            k, directive = self._rule_directive(k, row, name, seen, action)
+            if directive in ACTIONS:
+                action = directive
+        return end
+
+    def _rule_directive(self, k: int, rule_row: int, rule_name: str | None,
+                        seen: dict[str, int], action: str | None) -> tuple[int, str]:
+        toks = self.lines[k].tokens
+        head, row = toks[0], toks[0].start[0]
+        if head.type != tokenize.NAME or len(toks) < 2 or toks[1].string != ":":
+            raise self.error("expected a rule directive such as 'input:' or 'shell:'", row)
+        d = head.string
+        label = f"rule '{rule_name}'" if rule_name else "rule"
+        if d not in RULE_DIRECTIVES:
+            raise self.error(f"unknown directive '{d}' in {label}", row,
+                             hint=did_you_mean(d, RULE_DIRECTIVES))
+        if d in UNSUPPORTED:
+            raise self.error(f"'{d}' is not supported", row)
+        if action is not None:
+            raise self.error(f"'{d}' after the action '{action}:' in {label}; the action "
+                             "(shell, run or script) must come last", row)
+        if d in seen:
+            raise self.error(f"'{d}' given twice in {label}", row)
+        seen[d] = row
+        end = self._block_end(k)
+        if d == "run":
+            self._run(k, end, rule_row)
+        else:
+            self._call(k, end, f"__flow_{d}__ = __flowmake__.args({row}, ")
+        return end, d
+
+    def _run(self, k: int, end: int, rule_row: int) -> None:
+        toks = self.lines[k].tokens
+        self._replace(toks[0], toks[1], f"def __flow_run__({RUN_ARGS}):")
+        self.run_sources[rule_row] = self._block_text(k, end)
+
+    def _block_text(self, k: int, end: int) -> str:
+        toks = self.lines[k].tokens
+        if len(toks) > 2:  # inline: `run: shell("...")`
+            line = self.src_lines[toks[2].start[0] - 1]
+            return line[toks[2].start[1]:].strip() + "\n"
+        if end == k + 1:
+            raise self.error(f"'{toks[0].string}' has no body", toks[0].start[0])
+        first = self.lines[k + 1].row
+        last = self.lines[end - 1].tokens[-1].end[0]
+        return textwrap.dedent("".join(self.src_lines[first - 1:last]))
+
+    # -- top level ---------------------------------------------------------------------------
+
+    def _top_directive(self, i: int) -> int:
+        toks = self.lines[i].tokens
+        d, row = toks[0].string, toks[0].start[0]
+        end = self._block_end(i)
+        if d in HOOKS:
+            self._replace(toks[0], toks[1], f"def __flow_{d}__(log=None):")
+            self._block_text(i, end)  # checks there is a body
+        elif d in ("localrules", "ruleorder"):
+            self._names_list(i, end, d)
+        else:
+            self._call(i, end, f"__flowmake__.{d}({row}, ")
+        return end
+
+    def _names_list(self, i: int, end: int, d: str) -> None:
+        """`localrules: a, b` and `ruleorder: a > b` name rules with bare words: quote them."""
+        body = [t for line in self.lines[i:end] for t in line.tokens][2:]
+        sep = "," if d == "localrules" else ">"
+        for t in body:
+            if t.type == tokenize.NAME:
+                self.edits.append((t.start[0], t.start[1], t.end[1], repr(t.string)))
+            elif t.string == sep:
+                self.edits.append((t.start[0], t.start[1], t.end[1], ","))
+            else:
+                raise self.error(f"unexpected '{t.string}' in {d}", t.start[0])
+        self._call(i, end, f"__flowmake__.{d}({self.lines[i].row}, ")
+
+    # -- edits -------------------------------------------------------------------------------
+
+    def _call(self, k: int, end: int, prefix: str) -> None:
+        """`name: EXPR...` → `prefix EXPR...)`, the closing paren after the body's last token."""
+        toks = self.lines[k].tokens
+        body = toks[2:] + [t for line in self.lines[k + 1:end] for t in line.tokens]
+        if not body:
+            raise self.error(f"'{toks[0].string}' has no value", toks[0].start[0])
+        self._replace(toks[0], toks[1], prefix)
+        last = body[-1]
+        self.edits.append((last.end[0], last.end[1], last.end[1], ")"))
+
+    def _replace(self, first: tokenize.TokenInfo, last: tokenize.TokenInfo, text: str) -> None:
+        if first.start[0] != last.end[0]:
+            raise self.error("a directive name and its ':' must be on one line", first.start[0])
+        self.edits.append((first.start[0], first.start[1], last.end[1], text))
+
+    def _apply(self) -> str:
+        lines = list(self.src_lines)
+        # Right to left within a line so earlier columns stay valid.
+        for row, start, end, text in sorted(self.edits, key=lambda e: (e[0], e[1]), reverse=True):
+            line = lines[row - 1]
+            lines[row - 1] = line[:start] + text + line[end:]
+        return "".join(lines)
+
+
+def _is_rule_header(toks: list[tokenize.TokenInfo]) -> bool:
+    if toks[0].string not in ("rule", "checkpoint") or len(toks) < 2:
+        return False
+    if toks[1].string == ":":
+        return True
+    return len(toks) >= 3 and toks[1].type == tokenize.NAME and toks[2].string == ":"
+
+
+def _is_unsupported(toks: list[tokenize.TokenInfo]) -> bool:
+    """Snakemake's module system: `use rule ...` and `module NAME:`."""
+    if len(toks) >= 2 and toks[0].string == "use" and toks[1].string == "rule":
+        return True
+    return (len(toks) >= 3 and toks[0].string == "module" and toks[1].type == tokenize.NAME
+            and toks[2].string == ":")
+
+
+def translate(source: str, path: str, file_id: int = 0) -> Translation:
+    """Translate a rule file's text; FlowfileError (with file:line) for rule-syntax mistakes."""
+    return _Translator(source, path, file_id).translate()

@@ -1,0 +1,413 @@
+"""Targets → Graph: backward chaining from requested files to the steps that make them.
+
+For each needed path the rules whose outputs match it are candidates. Candidates are ordered by
+``ruleorder`` and then "a rule without wildcards beats one with wildcards"; a candidate whose inputs
+can be neither found nor produced is dropped; two equally preferred candidates that both work are an
+ambiguity error. A path no rule produces is a source file: it must exist.
+
+Resolution is written as generators driven by an explicit stack, so a 2,000-deep chain needs no deep
+Python recursion. The graph grows while a run goes on: a step whose input function asked an
+unfinished checkpoint is *pending* and is instantiated again once the checkpoint is done.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Iterable, Iterator, Sequence
+
+from flowmake.errors import (
+    AmbiguousRuleError,
+    CycleError,
+    FlowmakeError,
+    MissingInputError,
+    NoRuleError,
+    UnsafePathError,
+    did_you_mean,
+)
+from flowmake.rules import IncompleteCheckpoint, Instance, Rule, Workflow
+
+
+class Step:
+    """A rule with bound wildcards. ``instance`` is None while the step waits on a checkpoint."""
+
+    __slots__ = ("id", "rule", "bindings", "instance", "outputs", "deps", "waits_on", "index")
+
+    def __init__(self, rule: Rule, bindings: object, outputs: tuple[str, ...]) -> None:
+        self.rule = rule
+        self.bindings = bindings
+        self.outputs = outputs
+        self.instance: Instance | None = None
+        self.deps: list[Step] = []
+        # Checkpoint outputs this step's input function needs before it can be instantiated.
+        self.waits_on: tuple[str, ...] = ()
+        self.id = _step_id(rule.name, bindings, outputs)
+        self.index = -1
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.instance.input) if self.instance is not None else []
+
+    @property
+    def pending(self) -> bool:
+        return self.instance is None
+
+    def __repr__(self) -> str:
+        return f"<Step {self.id}>"
+
+
+def _step_id(rule: str, bindings: object, outputs: tuple[str, ...]) -> str:
+    # (rule, first output) is unique: a path has one producer. Output-less rules use wildcards.
+    if outputs:
+        return f"{rule}:{outputs[0]}"
+    raw = getattr(bindings, "raw", None)
+    names = list(bindings) if bindings else []  # type: ignore[call-overload]
+    if names and raw is not None:
+        return rule + "[" + ",".join(f"{n}={raw(n)}" for n in names) + "]"
+    return rule
+
+
+@dataclass
+class _Failure:
+    """Why a path cannot be made; grows a consumer chain as it travels up."""
+
+    kind: str  # "missing" | "cycle" | "norule"
+    path: str
+    chain: list[str] = field(default_factory=list)
+    rule: Rule | None = None
+    error: FlowmakeError | None = None
+
+
+SOURCE = None  # a path that exists and no rule needs to make
+
+
+class _CheckpointView:
+    def __init__(self, graph: "Graph") -> None:
+        self._graph = graph
+
+    def is_done(self, paths: tuple[str, ...]) -> bool:
+        g = self._graph
+        return all(p not in g.unfinished_checkpoint_outputs and g.exists(p) for p in paths)
+
+
+def normalize_target(path: str, workdir: str) -> str:
+    """A workdir-relative path, refusing anything that would leave the workdir."""
+    if os.path.isabs(path):
+        rel = os.path.relpath(path, workdir)
+    else:
+        rel = path
+    norm = posixpath.normpath(rel.replace(os.sep, "/"))
+    if norm == ".." or norm.startswith("../") or os.path.isabs(norm):
+        raise UnsafePathError(f"{path!r} is outside the working directory", target=path)
+    return norm
+
+
+class Graph:
+    """Steps needed for some targets, and who produces which path."""
+
+    def __init__(self, workflow: Workflow, exists: Callable[[str], bool]) -> None:
+        self.workflow = workflow
+        self.exists = exists
+        self.producer: dict[str, Step | None | _Failure] = {}
+        self.steps: dict[str, Step] = {}  # by (rule, outputs) identity
+        self.targets: list[Step | str] = []
+        # Outputs of checkpoint steps that will (re)run in this invocation: not done yet.
+        self.unfinished_checkpoint_outputs: set[str] = set()
+        self._view = _CheckpointView(self)
+        self._rules_by_specificity = self._order_rules(workflow.rules)
+
+    # ---- building ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _order_rules(rules: Sequence[Rule]) -> list[Rule]:
+        return list(rules)
+
+    def add_targets(self, targets: Iterable[str]) -> list[Step | None]:
+        """Resolve each target; raises a typed error naming the target on failure."""
+        found: list[Step | None] = []
+        for t in targets:
+            result = self._drive(t)
+            if isinstance(result, _Failure):
+                raise self._error_for(result, t)
+            found.append(result)
+            self.targets.append(result if result is not None else t)
+        return found
+
+    def add_rule_target(self, rule: Rule) -> Step:
+        """A rule name as target: the rule must have no wildcards, like in Snakemake."""
+        if rule.has_wildcards:
+            raise FlowmakeError(
+                f"rule {rule.name!r} has wildcards and cannot be a target",
+                location=rule.location,
+                rule=rule.name,
+                hint="request one of its output files instead",
+            )
+        step = self._step_for(rule, rule.bindings_from_raw({}))
+        result = self._drive_step(step)
+        if isinstance(result, _Failure):
+            raise self._error_for(result, rule.name)
+        self.targets.append(step)
+        return step
+
+    def _step_for(self, rule: Rule, bindings: object) -> Step:
+        outputs = tuple(p.format(bindings) for p in rule.output_patterns)
+        key = rule.name + "\0" + "\0".join(outputs) if outputs else rule.name + "\0" + repr(bindings)
+        step = self.steps.get(key)
+        if step is None:
+            step = Step(rule, bindings, outputs)
+            self.steps[key] = step
+        return step
+
+    def _drive(self, path: str) -> Step | None | _Failure:
+        return self._run(self._resolve(path), path)
+
+    def _drive_step(self, step: Step) -> Step | _Failure:
+        return self._run(self._resolve_step(step, step.outputs[0] if step.outputs else step.rule.name), None)
+
+    def _run(self, gen: Generator, first: str | None) -> object:
+        """Drive resolution generators with an explicit stack (no deep recursion).
+
+        ``paths[i]`` is the path frame ``i`` resolves (None for a step frame); a request for a path
+        already on the stack is a cycle.
+        """
+        stack = [gen]
+        paths: list[str | None] = [first]
+        on_stack = {first} if first is not None else set()
+        send: object = None
+        while stack:
+            try:
+                req = stack[-1].send(send)
+            except StopIteration as stop:
+                stack.pop()
+                done = paths.pop()
+                send = stop.value
+                if done is not None:
+                    on_stack.discard(done)
+                    # A cycle depends on the path we came from: never remember it.
+                    if not (isinstance(send, _Failure) and send.kind == "cycle"):
+                        self.producer[done] = send  # type: ignore[assignment]
+                continue
+            if req in self.producer:
+                send = self.producer[req]
+            elif req in on_stack:
+                loop = [p for p in paths if p is not None]
+                loop = loop[loop.index(req):] + [req]
+                send = _Failure("cycle", req, chain=loop)
+            else:
+                stack.append(self._resolve(req))
+                paths.append(req)
+                on_stack.add(req)
+                send = None
+        return send
+
+    def _candidates(self, path: str) -> list[tuple[Rule, object]]:
+        found = []
+        for rule in self.workflow.rules:
+            b = rule.match_output(path)
+            if b is not None:
+                found.append((rule, b))
+        return found
+
+    def _resolve(self, path: str) -> Generator[str, object, Step | None | _Failure]:
+        if path in self.producer:  # resolved meanwhile (a sibling output of a multi-output step)
+            return self.producer[path]  # type: ignore[return-value]
+        candidates = self._candidates(path)
+        if not candidates:
+            if self.exists(path):
+                return SOURCE
+            return _Failure("norule", path)
+        groups = self._preference_groups(candidates)
+        failures: list[_Failure] = []
+        for group in groups:
+            winners: list[Step] = []
+            for rule, bindings in group:
+                step = self._step_for(rule, bindings)
+                result = yield from self._resolve_step(step, path)
+                if isinstance(result, _Failure):
+                    failures.append(result)
+                else:
+                    winners.append(step)
+            if len(winners) > 1:
+                names = ", ".join(s.rule.name for s in winners)
+                return _Failure(
+                    "ambiguous",
+                    path,
+                    error=AmbiguousRuleError(
+                        f"rules {names} can all produce {path!r}",
+                        location=winners[0].rule.location,
+                        target=path,
+                        details=[f"{s.rule.name} at {s.rule.location}" for s in winners],
+                        hint="add a 'ruleorder:' or constrain the wildcards",
+                    ),
+                )
+            if winners:
+                for out in winners[0].outputs:
+                    self.producer.setdefault(out, winners[0])
+                return winners[0]
+        # Every candidate failed: a file that exists is a source after all (Snakemake does this).
+        if self.exists(path) and all(f.kind != "cycle" for f in failures):
+            return SOURCE
+        return _pick_failure(failures)
+
+    def _preference_groups(self, candidates: list[tuple[Rule, object]]) -> list[list[tuple[Rule, object]]]:
+        """Candidates in preference order, equally preferred ones grouped together."""
+        if len(candidates) == 1:
+            return [candidates]
+        wf = self.workflow
+
+        def beats(a: Rule, b: Rule) -> bool:
+            pref = wf.prefers(a.name, b.name)
+            if pref is not None:
+                return pref
+            return not a.has_wildcards and b.has_wildcards
+
+        groups: list[list[tuple[Rule, object]]] = []
+        remaining = list(candidates)
+        while remaining:
+            top = [c for c in remaining if not any(beats(o[0], c[0]) for o in remaining if o is not c)]
+            if not top:  # contradictory ruleorder: fall back to file order
+                top = [remaining[0]]
+            groups.append(top)
+            remaining = [c for c in remaining if c not in top]
+        return groups
+
+    def _instantiate(self, step: Step) -> None:
+        try:
+            step.instance = step.rule.instantiate(step.bindings, self._view)
+            step.waits_on = ()
+            step.outputs = tuple(step.instance.output)
+        except IncompleteCheckpoint as inc:
+            step.instance = None
+            step.waits_on = tuple(inc.outputs)
+
+    def _resolve_step(self, step: Step, path: str) -> Generator[str, object, Step | _Failure]:
+        if step.index == -2:  # already resolved successfully
+            return step
+        self._instantiate(step)
+        needed = step.inputs if step.instance is not None else list(step.waits_on)
+        unsafe = [o for o in step.outputs if o.startswith("/") or o == ".." or o.startswith("../") or "/../" in o]
+        if unsafe:
+            raise UnsafePathError(
+                f"output {unsafe[0]!r} would leave the working directory",
+                location=step.rule.location,
+                rule=step.rule.name,
+            )
+        deps: list[Step] = []
+        seen: set[int] = set()
+        for inp in needed:
+            result = yield inp
+            if isinstance(result, _Failure):
+                chained = _Failure(result.kind, result.path, list(result.chain), result.rule or step.rule, result.error)
+                if result.kind != "cycle":
+                    chained.chain.append(f"needed by rule {step.rule.name!r} for {path!r} ({step.rule.location})")
+                if result.kind == "norule":
+                    chained.kind = "missing"
+                    chained.rule = step.rule
+                return chained
+            if result is not None and id(result) not in seen:
+                seen.add(id(result))
+                deps.append(result)  # type: ignore[arg-type]
+        step.deps = deps
+        step.index = -2
+        return step
+
+    # ---- dynamic growth --------------------------------------------------------------------
+
+    def expand_pending(self, step: Step) -> list[Step]:
+        """Instantiate a step again now that the checkpoints it waited on are done.
+
+        Returns the steps that are new to the graph (the step itself first when it is ready).
+        Raises a typed error when the new inputs cannot be made.
+        """
+        before = set(map(id, self.steps.values()))
+        step.index = -1
+        result = self._run(self._resolve_step(step, step.outputs[0] if step.outputs else step.rule.name), None)
+        if isinstance(result, _Failure):
+            raise self._error_for(result, step.outputs[0] if step.outputs else step.rule.name)
+        return [s for s in self.walk([step]) if id(s) not in before or s is step]
+
+    def invalidate(self, step: Step, checkpoint_outputs: Iterable[str]) -> None:
+        """A checkpoint this step consulted will rerun: wait for it and ask again afterwards."""
+        step.instance = None
+        step.waits_on = tuple(checkpoint_outputs)
+        step.deps = [d for d in step.deps if set(d.outputs) & set(step.waits_on)]
+        step.index = -1
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def walk(self, roots: Iterable[Step | None | str] | None = None) -> list[Step]:
+        """Steps reachable from ``roots`` (default: the targets), dependencies before dependants."""
+        roots = self.targets if roots is None else roots
+        order: list[Step] = []
+        state: dict[int, int] = {}
+        for root in roots:
+            if not isinstance(root, Step):
+                continue
+            stack: list[tuple[Step, Iterator[Step]]] = [(root, iter(self._edges(root)))]
+            if state.get(id(root)) == 2:
+                continue
+            state[id(root)] = 1
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    state[id(node)] = 2
+                    order.append(node)
+                elif id(nxt) not in state:
+                    state[id(nxt)] = 1
+                    stack.append((nxt, iter(self._edges(nxt))))
+        return order
+
+    def _edges(self, step: Step) -> list[Step]:
+        if step.instance is None:
+            return [p for p in (self.producer.get(o) for o in step.waits_on) if isinstance(p, Step)]
+        return step.deps
+
+    def dependants(self, steps: Sequence[Step]) -> dict[int, list[Step]]:
+        out: dict[int, list[Step]] = {id(s): [] for s in steps}
+        for s in steps:
+            for d in self._edges(s):
+                out.setdefault(id(d), []).append(s)
+        return out
+
+    # ---- errors -----------------------------------------------------------------------------
+
+    def _error_for(self, failure: _Failure, target: str) -> FlowmakeError:
+        if failure.error is not None:
+            return failure.error
+        if failure.kind == "cycle":
+            return CycleError(" -> ".join(failure.chain), target=target)
+        if failure.kind == "norule":
+            hint = did_you_mean(target, self._known_names())
+            return NoRuleError(
+                f"{failure.path!r}: no rule produces it and it does not exist",
+                target=target,
+                hint=hint,
+            )
+        rule = failure.rule
+        return MissingInputError(
+            f"{failure.path!r} does not exist and no rule can produce it",
+            location=rule.location if rule else None,
+            rule=rule.name if rule else None,
+            target=target,
+            details=failure.chain,
+        )
+
+    def _known_names(self) -> list[str]:
+        names = [r.name for r in self.workflow.rules]
+        try:
+            for entry in os.scandir("."):
+                names.append(entry.name)
+        except OSError:
+            pass
+        return names
+
+
+def _pick_failure(failures: list[_Failure]) -> _Failure:
+    for kind in ("ambiguous", "missing", "cycle", "norule"):
+        for f in failures:
+            if f.kind == kind:
+                return f
+    return failures[0]

@@ -1,0 +1,162 @@
+"""Step → JobSpec: what a backend needs to run one step, and the output housekeeping around it.
+
+Shell rules run their rendered command. ``run:`` and ``script:`` rules become a call to
+``python -m flowmake.jobrun`` that loads the same rule file in a fresh process and executes the block
+for this step's wildcards, so every backend runs every kind of rule the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from flowmake.backend import JobSpec, Resources
+from flowmake.graph import Step
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every job of one invocation shares."""
+
+    workdir: str
+    flowfile: str
+    config_overrides: Mapping[str, Any] = field(default_factory=dict)
+    configfiles: Sequence[str] = ()
+    python: str = sys.executable
+    cores: int = 1
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def job_command(step: Step, ctx: JobContext) -> str:
+    inst = step.instance
+    if inst is None:  # pragma: no cover - the scheduler never submits a pending step
+        raise RuntimeError(f"step {step.id} is not instantiated")
+    if step.rule.kind == "shell":
+        return inst.command()
+    if step.rule.kind == "none":
+        return ":"
+    bindings = step.bindings
+    raw = {n: bindings.raw(n) for n in bindings} if bindings else {}  # type: ignore[attr-defined]
+    payload = {
+        "flowfile": ctx.flowfile,
+        "workdir": ctx.workdir,
+        "config": dict(ctx.config_overrides),
+        "configfiles": list(ctx.configfiles),
+        "rule": step.rule.name,
+        "wildcards": raw,
+        "outputs": list(step.outputs),
+    }
+    return f"{shlex.quote(ctx.python)} -m flowmake.jobrun {shlex.quote(json.dumps(payload))}"
+
+
+def log_path(step: Step) -> str:
+    """Where the backend sends the job's stdout and stderr (the rule's own ``log:`` is the command's)."""
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in step.id)
+    if len(safe) > 150:
+        import hashlib
+
+        safe = safe[:100] + "-" + hashlib.sha1(step.id.encode()).hexdigest()[:16]
+    return f".flowmake/logs/{step.rule.name}/{safe}.log"
+
+
+def job_resources(step: Step, cores: int, mem_scale: float = 1.0) -> Resources:
+    inst = step.instance
+    res = dict(inst.resources.items()) if inst is not None and hasattr(inst.resources, "items") else {}
+    mem = res.pop("mem_mb", None)
+    if isinstance(mem, (int, float)):
+        mem = int(mem * mem_scale)
+    runtime = res.pop("runtime", None)
+    threads = min(int(inst.threads) if inst is not None else 1, max(1, cores))
+    return Resources(
+        threads=threads,
+        mem_mb=mem if isinstance(mem, int) else None,
+        runtime_min=int(runtime) if isinstance(runtime, (int, float)) else None,
+        extra=tuple(sorted((k, v) for k, v in res.items() if not k.startswith("_"))),
+    )
+
+
+def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[str, str], ...],
+             image: str | None, local: bool, mem_scale: float = 1.0, command: str | None = None) -> JobSpec:
+    inst = step.instance
+    directories = tuple(o for o in step.outputs if inst is not None and "directory" in inst.flags.get(o, ()))
+    return JobSpec(
+        step_id=step.id,
+        rule=step.rule.name,
+        command=job_command(step, ctx) if command is None else command,
+        workdir=ctx.workdir,
+        inputs=inputs,
+        outputs=step.outputs,
+        directories=directories,
+        log=log_path(step),
+        resources=job_resources(step, ctx.cores, mem_scale),
+        image=image,
+        attempt=attempt,
+        local=local,
+        settings=ctx.settings,
+    )
+
+
+# ---- outputs around a job ---------------------------------------------------------------------
+
+
+def remove_path(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        _make_writable(path)
+        remove_path(path)
+
+
+def _make_writable(path: str) -> None:
+    mode = os.lstat(path).st_mode
+    os.chmod(path, mode | stat.S_IWUSR)
+    parent = os.path.dirname(path) or "."
+    os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR)
+
+
+def prepare_outputs(step: Step, workdir: str) -> None:
+    """Remove stale outputs and create their directories, so a job starts from a clean slate."""
+    for out in step.outputs:
+        full = os.path.join(workdir, out)
+        remove_path(full)
+        os.makedirs(os.path.dirname(full) or workdir, exist_ok=True)
+    inst = step.instance
+    if inst is not None:
+        for log in inst.log:
+            os.makedirs(os.path.dirname(os.path.join(workdir, log)) or workdir, exist_ok=True)
+        if inst.benchmark:
+            os.makedirs(os.path.dirname(os.path.join(workdir, inst.benchmark)) or workdir, exist_ok=True)
+
+
+def finish_outputs(step: Step, workdir: str) -> list[str]:
+    """Touch ``touch()`` outputs, protect ``protected()`` ones; return declared outputs still missing."""
+    inst = step.instance
+    missing = []
+    for out in step.outputs:
+        full = os.path.join(workdir, out)
+        flags = inst.flags.get(out, ()) if inst is not None else ()
+        if "touch" in flags:
+            with open(full, "a"):
+                os.utime(full)
+        if not os.path.lexists(full):
+            missing.append(out)
+        elif "protected" in flags:
+            mode = os.stat(full).st_mode
+            os.chmod(full, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return missing
+
+
+def remove_outputs(step: Step, workdir: str) -> None:
+    for out in step.outputs:
+        remove_path(os.path.join(workdir, out))

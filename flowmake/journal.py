@@ -1,0 +1,235 @@
+"""The record-log format under ``.flowmake/log/``: segments, frames, owner liveness.
+
+One segment file per invocation, named ``<host>-<pid>-<start_ns>.seg``, only ever appended to by its
+owner; compaction writes ``snap-<ns>-<host>-<pid>.seg`` files. A segment is::
+
+    magic b"FMKLOG" + u16 format version (little endian)
+    frame*   where frame = u32 payload length, u32 zlib.crc32(payload), payload
+
+A payload is an ASCII JSON array of records (each record a JSON array, kind first). One flush writes
+one frame with a single ``write`` to an ``O_APPEND`` descriptor, so a reader sees either whole frames
+or a torn tail. A truncated tail is dropped silently (it is what SIGKILL leaves); a frame whose
+checksum fails is skipped, reported as a warning, and reading resumes at the next valid frame.
+
+Liveness: the owner holds an exclusive ``flock`` on ``<segment>.lock`` while the segment is open,
+taken *before* the segment exists. A segment is finished when its lock file is gone or can be
+locked (shared, non-blocking) by someone else, or when its owner is on this host and its pid is
+dead. flock works across NFS clients on Linux (it becomes a POSIX lock there) and is released by
+the kernel when the owner dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+import zlib
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not Unix: fall back to pid checks only
+    fcntl = None  # type: ignore[assignment]
+
+MAGIC = b"FMKLOG"
+FORMAT_VERSION = 1
+HEAD = MAGIC + struct.pack("<H", FORMAT_VERSION)
+_FRAME = struct.Struct("<II")
+MAX_FRAME = 1 << 30
+FRAME_RECORDS = 4096  # records per frame: bounds what one corrupted frame can lose
+SUFFIX = ".seg"
+LOCK_SUFFIX = ".lock"
+
+Record = list[Any]
+
+
+def hostname() -> str:
+    # Segment names are split on '-' from the right, so the host may contain '-' but not much else.
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+
+
+def encode(records: list[Record]) -> bytes:
+    """Frames for ``records`` (ensure_ascii keeps undecodable path bytes, as \\udcXX escapes)."""
+    out = []
+    for i in range(0, len(records), FRAME_RECORDS):
+        payload = json.dumps(records[i : i + FRAME_RECORDS], separators=(",", ":")).encode("ascii")
+        out.append(_FRAME.pack(len(payload), zlib.crc32(payload)))
+        out.append(payload)
+    return b"".join(out)
+
+
+def read_segment(path: str) -> tuple[list[list[Record]], list[str]]:
+    """All valid frames of a segment and warnings. Raises FileNotFoundError if it vanished."""
+    with open(path, "rb") as f:
+        data = f.read()
+    name = os.path.basename(path)
+    if len(data) < len(HEAD):
+        return [], []  # torn before the header was complete: an empty segment
+    if data[: len(MAGIC)] != MAGIC:
+        return [], [f"{name}: not a flowmake log segment; ignored"]
+    (version,) = struct.unpack_from("<H", data, len(MAGIC))
+    if version > FORMAT_VERSION:
+        return [], [f"{name}: written by a newer flowmake (format {version}); ignored"]
+    frames: list[list[Record]] = []
+    warnings: list[str] = []
+    pos, n = len(HEAD), len(data)
+    unpack, crc32, loads = _FRAME.unpack_from, zlib.crc32, json.loads
+    mv = memoryview(data)
+    while pos < n:
+        if n - pos < 8:
+            break  # torn tail
+        length, crc = unpack(data, pos)
+        end = pos + 8 + length
+        if end <= n and crc32(mv[pos + 8 : end]) == crc:
+            try:
+                frames.append(loads(data[pos + 8 : end]))
+            except ValueError:
+                warnings.append(f"{name}: undecodable record at byte {pos} skipped")
+            pos = end
+            continue
+        nxt = _resync(data, pos + 1, end)
+        if nxt is None:
+            if end <= n or length > MAX_FRAME:
+                warnings.append(f"{name}: corrupted records from byte {pos} to the end skipped")
+            break  # otherwise: a torn tail, the normal result of a kill mid-write
+        warnings.append(f"{name}: corrupted record at byte {pos} ({nxt - pos} bytes) skipped")
+        pos = nxt
+    return frames, warnings
+
+
+def _resync(data: bytes, start: int, hint: int) -> int | None:
+    """Offset of the next frame that checks out, trying the declared end first."""
+    n = len(data)
+    mv = memoryview(data)
+
+    def valid(p: int) -> bool:
+        if p + 8 > n:
+            return False
+        length, crc = _FRAME.unpack_from(data, p)
+        return p + 8 + length <= n and zlib.crc32(mv[p + 8 : p + 8 + length]) == crc
+
+    if start <= hint < n and valid(hint):
+        return hint
+    for p in range(start, n - 7):
+        if valid(p):
+            return p
+    return None
+
+
+def parse_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a run segment's name; None for snapshots and foreign files."""
+    if not name.endswith(SUFFIX) or name.startswith("snap-"):
+        return None
+    parts = name[: -len(SUFFIX)].rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_live(path: str, this_host: str) -> bool:
+    """Whether the segment at ``path`` is still open by a running owner."""
+    owner = parse_owner(os.path.basename(path))
+    if owner is None:
+        return False
+    host, pid = owner
+    if host == this_host and not pid_alive(pid):
+        return False
+    if fcntl is None:  # pragma: no cover
+        return True
+    try:
+        fd = os.open(path + LOCK_SUFFIX, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: assume live, the safe answer for compaction
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """This invocation's segment: lock first, then the file; append frames; close or discard."""
+
+    def __init__(self, log_dir: str, host: str, pid: int, start_ns: int) -> None:
+        self.path = os.path.join(log_dir, f"{host}-{pid}-{start_ns}{SUFFIX}")
+        self._lock_fd = os.open(self.path + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self.size = 0
+        self._write(HEAD)
+        self.header_size = self.size
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.size += len(data)
+
+    def append(self, records: list[Record]) -> None:
+        self._write(encode(records))
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Sync and close; an empty segment is removed. Releasing the lock marks it finished."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        if self.size <= self.header_size:
+            _unlink(self.path)
+        _unlink(self.path + LOCK_SUFFIX)
+        os.close(self._lock_fd)
+
+
+def write_snapshot(log_dir: str, name: str, records: list[Record]) -> str:
+    """Write a complete segment atomically: tmp file, fsync, rename, fsync the directory."""
+    final = os.path.join(log_dir, name)
+    tmp = os.path.join(log_dir, f".{name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(HEAD)
+        f.write(encode(records))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(log_dir)
+    return final
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,149 @@
+"""Value types shared by the rule language and the engine.
+
+``NamedList`` is Snakemake's ``Namedlist``: a list whose items (or ranges of items) also have names,
+so ``input.reads``, ``input[0]`` and ``str(input)`` (space-joined) all work. ``Flagged`` is a path
+string carrying flags (temp, protected, directory, ancient, touch) set by the helper functions of
+the same name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+FLAGS = ("temp", "protected", "directory", "ancient", "touch")
+
+
+class NamedList(list):
+    """A list with named entries. A name covers one item (attribute returns the item) or a range."""
+
+    def __init__(self, items: Iterable[Any] = (), names: dict[str, tuple[int, int]] | None = None,
+                 single: frozenset[str] | None = None) -> None:
+        super().__init__(items)
+        # name -> (start, end); names in `_single` return the item itself, others a sub-list.
+        self._names: dict[str, tuple[int, int]] = names or {}
+        self._single: frozenset[str] | set[str] = single if single is not None else frozenset(
+            n for n, (a, b) in self._names.items() if b - a == 1)
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str | None, Any]]) -> NamedList:
+        """Items from (name or None, value) pairs; each name covers exactly one item."""
+        items: list[Any] = []
+        names: dict[str, tuple[int, int]] = {}
+        for name, value in pairs:
+            if name is not None:
+                names[name] = (len(items), len(items) + 1)
+            items.append(value)
+        return cls(items, names)
+
+    def _get_named(self, name: str) -> Any:
+        start, end = self._names[name]
+        if name in self._single:
+            return list.__getitem__(self, start)
+        return NamedList(list.__getitem__(self, slice(start, end)))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails; list methods win except for names set via _names
+        # (see __getattribute__ below for the shadowing rule).
+        names = self.__dict__.get("_names")
+        if names is not None and name in names:
+            return self._get_named(name)
+        raise AttributeError(f"no entry named '{name}'") from None
+
+    def __getattribute__(self, name: str) -> Any:
+        # A declared name shadows a list method of the same name (input.index, params.count),
+        # like Snakemake's setattr-based Namedlist.
+        if name[0] != "_":
+            d = object.__getattribute__(self, "__dict__")
+            names = d.get("_names")
+            if names and name in names:
+                return list.__getattribute__(self, "_get_named")(name)
+        return list.__getattribute__(self, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                return self._get_named(key)
+            except KeyError:
+                raise KeyError(key) from None
+        return list.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        for name in self._names:
+            yield name, self._get_named(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._get_named(name) if name in self._names else default
+
+    def has_name(self, name: str) -> bool:
+        return name in self._names
+
+    def __str__(self) -> str:
+        return " ".join(map(str, self))
+
+    def __repr__(self) -> str:
+        if not self._names:
+            return f"NamedList({list.__repr__(self)})"
+        return f"NamedList({list.__repr__(self)}, names={self._names!r})"
+
+    def __reduce__(self) -> Any:
+        return (NamedList, (list(self), dict(self._names)))
+
+
+class Wildcards(NamedList):
+    """Wildcard values of one step: ``wildcards.sample``, ``wildcards["sample"]``, ``wildcards[0]``."""
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> Wildcards:
+        keys = list(values)
+        names = {k: (i, i + 1) for i, k in enumerate(keys)}
+        return cls([values[k] for k in keys], names, frozenset(keys))
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.items())
+
+
+class Flagged(str):
+    """A path string with flags, e.g. ``temp("a.txt")``."""
+
+    flags: frozenset[str]
+
+    def __new__(cls, value: str, flags: frozenset[str]) -> Flagged:
+        s = str.__new__(cls, value)
+        s.flags = flags
+        return s
+
+    def __reduce__(self) -> Any:
+        return (Flagged, (str(self), self.flags))
+
+
+class FlaggedFunction:
+    """An input/output function wrapped by a flag helper or ``unpack``; its results get the flags."""
+
+    def __init__(self, func: Callable[..., Any], flags: frozenset[str], unpack: bool = False) -> None:
+        self.func = func
+        self.flags = flags
+        self.unpack = unpack
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+
+def flags_of(value: Any) -> frozenset[str]:
+    return getattr(value, "flags", None) or frozenset()
+
+
+def add_flag(value: Any, flag: str) -> Any:
+    """Flag a path, every path of a list/dict, or the results of a function."""
+    if isinstance(value, FlaggedFunction):
+        return FlaggedFunction(value.func, value.flags | {flag}, value.unpack)
+    if callable(value) and not isinstance(value, str):
+        return FlaggedFunction(value, frozenset({flag}))
+    if isinstance(value, dict):
+        return {k: add_flag(v, flag) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [add_flag(v, flag) for v in value]
+    return Flagged(os.fspath(value), flags_of(value) | {flag})

@@ -1,0 +1,284 @@
+"""Graph + traces + digests → Plan: which steps run, and why.
+
+The planner is a pure function. It reads the world only through the callables in ``Facts`` (digests,
+traces, existence), so it is tested from data and the same code serves dry-runs, real runs and the
+re-planning of a pending step once its upstream finished (which is where early cutoff happens).
+
+The rules, in order (DESIGN.md, "Freshness"): missing or incomplete outputs run; no trace runs (or an
+existing untraced output newer than its inputs is adopted, Make's rule, used only this once); a key
+field that differs from the trace runs, naming the field; a step whose upstream will run is pending;
+an output whose own digest moved since it was recorded runs. mtimes never decide anything else.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+from flowmake.graph import Step
+from flowmake.keys import canonical, diff_fields, key_of, step_key_fields
+
+
+class Decision(enum.Enum):
+    RUN = "run"
+    SKIP = "skip"
+    PENDING = "pending"  # runs only if an upstream step's outputs change
+    ADOPT = "adopt"  # outputs exist untraced and are newer than their inputs: record, do not run
+    DONE = "done"  # ran in this invocation (set by the scheduler): its outputs are current
+
+
+class ReasonKind(enum.Enum):
+    MISSING = "missing"
+    INCOMPLETE = "incomplete"
+    NO_TRACE = "no-trace"
+    INPUT_CHANGED = "input-changed"
+    COMMAND_CHANGED = "command-changed"
+    PARAMS_CHANGED = "params-changed"
+    CODE_CHANGED = "code-changed"
+    IMAGE_CHANGED = "image-changed"
+    UPSTREAM_CHANGED = "upstream-changed"
+    OUTPUT_MODIFIED = "output-modified"
+    FORCED = "forced"
+    CHECKPOINT = "checkpoint"  # inputs known only when a checkpoint finishes
+
+
+@dataclass(frozen=True)
+class Reason:
+    kind: ReasonKind
+    path: str | None = None
+    step: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"kind": self.kind.value}
+        if self.path is not None:
+            out["path"] = self.path
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+    def __str__(self) -> str:
+        words = {
+            ReasonKind.MISSING: "output missing",
+            ReasonKind.INCOMPLETE: "output left incomplete by an interrupted run",
+            ReasonKind.NO_TRACE: "no record of how the output was made",
+            ReasonKind.INPUT_CHANGED: "input changed",
+            ReasonKind.COMMAND_CHANGED: "command changed",
+            ReasonKind.PARAMS_CHANGED: "params changed",
+            ReasonKind.CODE_CHANGED: "code changed",
+            ReasonKind.IMAGE_CHANGED: "container image changed",
+            ReasonKind.UPSTREAM_CHANGED: "runs if the output of an upstream step changes",
+            ReasonKind.OUTPUT_MODIFIED: "output was modified since it was made",
+            ReasonKind.FORCED: "forced",
+            ReasonKind.CHECKPOINT: "inputs known once a checkpoint finishes",
+        }[self.kind]
+        if self.path:
+            words += f": {self.path}"
+        if self.step:
+            words += f": {self.step}"
+        return words
+
+
+_FIELD_REASON = {
+    "params": ReasonKind.PARAMS_CHANGED,
+    "env": ReasonKind.PARAMS_CHANGED,
+    "image": ReasonKind.IMAGE_CHANGED,
+    "rule": ReasonKind.CODE_CHANGED,
+    "version": ReasonKind.CODE_CHANGED,
+}
+
+
+class TraceLike(Protocol):
+    key: str
+    fields: Mapping[str, str]
+    inputs: tuple[tuple[str, str], ...]
+    output_digest: str
+
+
+@dataclass
+class StepPlan:
+    step: Step
+    decision: Decision
+    reasons: list[Reason] = field(default_factory=list)
+    fields: dict[str, str] | None = None  # the step key's fields, when all inputs are known
+    inputs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str | None:
+        return key_of(self.fields) if self.fields is not None else None
+
+
+@dataclass(frozen=True)
+class Facts:
+    """The planner's whole view of the world."""
+
+    digest: Callable[[str], str | None]  # content digest; None when missing
+    trace: Callable[[str], TraceLike | None]
+    incomplete: Callable[[str], bool]
+    forced: Callable[[Step], bool]
+    newer_than: Callable[[Sequence[str], Sequence[str]], bool]  # outputs newer than inputs (adoption)
+    image_digest: Callable[[str], str] = lambda ref: ref
+
+
+def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[str, str], ...]] | None:
+    """The step key's fields from current input digests; None if an input is missing."""
+    inst = step.instance
+    if inst is None:
+        return None
+    inputs = []
+    for path in inst.input:
+        if "ancient" in inst.flags.get(path, ()):
+            inputs.append((path, "ancient"))
+            continue
+        d = facts.digest(path)
+        if d is None:
+            return None
+        inputs.append((path, d))
+    image = facts.image_digest(step.rule.container) if step.rule.container else None
+    fields = step_key_fields(
+        rule=step.rule.name,
+        action=inst.action_source(),
+        params=canonical(_params_value(inst)),
+        env={},
+        image=image,
+        inputs=inputs,
+    )
+    return fields, tuple(inputs)
+
+
+def _params_value(inst: Any) -> Any:
+    params = inst.params
+    named = dict(params.items()) if hasattr(params, "items") else {}
+    return [list(params), named]
+
+
+def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> StepPlan:
+    """Decide one step, given the decisions already made for its dependencies."""
+    if step.instance is None:
+        return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.CHECKPOINT, path=p) for p in step.waits_on])
+    reasons: list[Reason] = []
+    if facts.forced(step):
+        reasons.append(Reason(ReasonKind.FORCED))
+    touched_only = all("touch" in step.instance.flags.get(o, ()) for o in step.outputs)
+    for out in step.outputs:
+        if facts.incomplete(out):
+            reasons.append(Reason(ReasonKind.INCOMPLETE, path=out))
+        elif facts.digest(out) is None:
+            reasons.append(Reason(ReasonKind.MISSING, path=out))
+    waiting = [
+        up.step.id for up in (upstream.get(id(d)) for d in step.deps) if up and up.decision in (Decision.RUN, Decision.PENDING)
+    ]
+    if reasons:
+        computed = None if waiting else key_fields(step, facts)
+        fields, inputs = computed if computed else (None, ())
+        return StepPlan(step, Decision.RUN, reasons, fields, inputs)
+    if waiting:
+        return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=s) for s in waiting])
+    computed = key_fields(step, facts)
+    if computed is None:  # an input vanished between graph and plan: run and let the job say so
+        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING, path=_first_missing(step, facts))])
+    fields, inputs = computed
+    traces = [facts.trace(o) for o in step.outputs]
+    if not step.outputs:
+        return StepPlan(step, Decision.SKIP, [], fields, inputs)
+    if any(t is None for t in traces):
+        if all(t is None for t in traces) and facts.newer_than(step.outputs, [p for p, _ in inputs]):
+            return StepPlan(step, Decision.ADOPT, [], fields, inputs)
+        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], fields, inputs)
+    for trace in traces:
+        reasons.extend(_changes(step, trace, fields, inputs))  # type: ignore[arg-type]
+        if reasons:
+            break
+    if not reasons and not touched_only:
+        for out, trace in zip(step.outputs, traces):
+            if facts.digest(out) != trace.output_digest:  # type: ignore[union-attr]
+                reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
+    decision = Decision.RUN if reasons else Decision.SKIP
+    return StepPlan(step, decision, reasons, fields, inputs)
+
+
+def _first_missing(step: Step, facts: Facts) -> str:
+    for p in step.inputs:
+        if facts.digest(p) is None:
+            return p
+    return step.outputs[0] if step.outputs else step.rule.name
+
+
+def _changes(step: Step, trace: TraceLike, fields: Mapping[str, str], inputs: tuple[tuple[str, str], ...]) -> list[Reason]:
+    if trace.fields == fields:
+        return []
+    reasons: list[Reason] = []
+    for name in diff_fields(trace.fields, fields):
+        if name == "inputs":
+            old = dict(trace.inputs)
+            new = dict(inputs)
+            changed = [p for p in new if old.get(p) != new[p]] + [p for p in old if p not in new]
+            reasons.extend(Reason(ReasonKind.INPUT_CHANGED, path=p) for p in changed)
+            if not changed:  # same set, other order
+                reasons.append(Reason(ReasonKind.INPUT_CHANGED))
+        elif name == "action":
+            kind = ReasonKind.COMMAND_CHANGED if step.rule.kind == "shell" else ReasonKind.CODE_CHANGED
+            reasons.append(Reason(kind))
+        else:
+            reasons.append(Reason(_FIELD_REASON.get(name, ReasonKind.CODE_CHANGED)))
+    return list(dict.fromkeys(reasons))
+
+
+@dataclass
+class Plan:
+    steps: list[StepPlan]
+    by_id: dict[int, StepPlan]
+    facts: Facts  # as the plan saw them (absent temp outputs stand in with recorded digests)
+
+    def to_run(self) -> list[StepPlan]:
+        return [p for p in self.steps if p.decision in (Decision.RUN, Decision.PENDING)]
+
+
+def plan(steps: Iterable[Step], facts: Facts) -> Plan:
+    """Decide every step; ``steps`` must list dependencies before dependants.
+
+    A ``temp()`` output deleted after its consumers finished is not a reason to rerun: it stands in
+    with its recorded digest. Only when a consumer runs anyway is its producer run again to remake it.
+    """
+    steps = list(steps)
+    virtual = _absent_temps(steps, facts)
+    if virtual:
+        real = facts.digest
+        facts = replace(facts, digest=lambda p: virtual.get(p) or real(p))
+    out: list[StepPlan] = []
+    by_id: dict[int, StepPlan] = {}
+    for step in steps:
+        sp = plan_step(step, by_id, facts)
+        out.append(sp)
+        by_id[id(step)] = sp
+    if virtual:
+        _remake_needed_temps(out, by_id, virtual)
+    return Plan(out, by_id, facts)
+
+
+def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
+    virtual: dict[str, str] = {}
+    for step in steps:
+        inst = step.instance
+        if inst is None:
+            continue
+        for out in step.outputs:
+            if "temp" in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
+                trace = facts.trace(out)
+                if trace is not None:
+                    virtual[out] = trace.output_digest
+    return virtual
+
+
+def _remake_needed_temps(out: list[StepPlan], by_id: dict[int, StepPlan], virtual: dict[str, str]) -> None:
+    """Walk back from running steps: a producer of an absent temp input must run to remake it."""
+    producers = {o: sp for sp in out for o in sp.step.outputs if o in virtual}
+    work = [sp for sp in out if sp.decision is Decision.RUN]
+    while work:
+        sp = work.pop()
+        for path in sp.step.inputs:
+            prod = producers.get(path)
+            if prod is not None and prod.decision is not Decision.RUN:
+                prod.decision = Decision.RUN
+                prod.reasons = [Reason(ReasonKind.MISSING, path=path)]
+                work.append(prod)

@@ -1,0 +1,364 @@
+"""Workflow, Rule and Instance: the parsed rule file, one rule, and one rule bound to wildcard values.
+
+``Rule.match_output`` and ``Rule.instantiate`` sit on the planner's hot path (100,000 steps in a
+couple of seconds), so everything that can be decided at load time is: patterns are compiled once,
+named ranges of plain patterns are precomputed, and the checkpoint context is only set when the rule
+has functions that might consult it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+from flowmake import shellfmt
+from flowmake.errors import FlowfileError, Location, UsageError, did_you_mean
+from flowmake.namedlist import NamedList, Wildcards
+from flowmake.patterns import BUILTIN_TYPES, Bindings, WildcardType
+from flowmake.rulebody import Flags, IncompleteCheckpointBase, RuleBody
+
+ACTIONS = ("shell", "run", "script")
+
+
+class IncompleteCheckpoint(IncompleteCheckpointBase):
+    """An input function asked for the outputs of a checkpoint that has not finished.
+
+    Not a FlowmakeError: the graph catches it and retries the step once the checkpoint has run.
+    """
+
+    def __init__(self, rule: str, outputs: tuple[str, ...]) -> None:
+        super().__init__(f"checkpoint '{rule}' has not finished: {', '.join(outputs)}")
+        self.rule = rule
+        self.outputs = outputs
+
+
+class CheckpointView(Protocol):
+    def is_done(self, paths: tuple[str, ...]) -> bool: ...
+
+
+class AllDone:
+    """A checkpoint view for re-instantiating a step that is about to run: everything has finished."""
+
+    def is_done(self, paths: tuple[str, ...]) -> bool:
+        return True
+
+
+# (view, consulted paths) while Rule.instantiate evaluates functions; None otherwise.
+_CHECKPOINT_CONTEXT: contextvars.ContextVar[tuple[CheckpointView, set[str]] | None] = (
+    contextvars.ContextVar("flowmake_checkpoint_context", default=None))
+
+
+class Workflow:
+    """The parsed rule file. Built by ``flowfile.load_workflow``; read-only afterwards."""
+
+    def __init__(self, flowfile: str, config: dict[str, Any], *, configfiles: Iterable[str] = (),
+                 config_overrides: Mapping[str, Any] | None = None) -> None:
+        self.flowfile = flowfile
+        self.files: list[str] = [flowfile]
+        self.config = config
+        self.configfiles = tuple(configfiles)
+        self.config_overrides = dict(config_overrides or {})
+        self.rules: list[Rule] = []
+        self._by_name: dict[str, Rule] = {}
+        self.localrules: set[str] = set()
+        self.ruleorder: list[tuple[str, ...]] = []
+        self.hooks: dict[str, Callable[..., Any] | None] = {
+            "onstart": None, "onsuccess": None, "onerror": None}
+        self.shell_settings = shellfmt.ShellSettings()
+        self.workdir = os.path.dirname(os.path.abspath(flowfile))
+        self.container: str | None = None
+        self.wildcard_constraints: dict[str, str] = {}
+        self.wildcard_types: dict[str, WildcardType] = dict(BUILTIN_TYPES)
+
+    def add_rule(self, rule: Rule) -> None:
+        if rule.name in self._by_name:
+            other = self._by_name[rule.name]
+            raise FlowfileError(f"rule '{rule.name}' is defined twice (first at {other.location})",
+                                location=rule.location, rule=rule.name)
+        self.rules.append(rule)
+        self._by_name[rule.name] = rule
+
+    def has_rule(self, name: str) -> bool:
+        return name in self._by_name
+
+    def rule(self, name: str) -> Rule:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UsageError(f"no rule named '{name}'",
+                             hint=did_you_mean(name, self._by_name)) from None
+
+    @property
+    def default_rule(self) -> Rule | None:
+        for r in self.rules:
+            if r.default_target:
+                return r
+        return self.rules[0] if self.rules else None
+
+    def prefers(self, a: str, b: str) -> bool | None:
+        """True if ruleorder puts ``a`` before ``b``, False if after, None if it says nothing."""
+        for chain in self.ruleorder:
+            if a in chain and b in chain:
+                return chain.index(a) < chain.index(b)
+        return None
+
+    @property
+    def onstart(self) -> Callable[..., Any] | None:
+        return self.hooks["onstart"]
+
+    @property
+    def onsuccess(self) -> Callable[..., Any] | None:
+        return self.hooks["onsuccess"]
+
+    @property
+    def onerror(self) -> Callable[..., Any] | None:
+        return self.hooks["onerror"]
+
+    def finalize(self) -> None:
+        """Compile every rule's patterns once all global settings are known; check cross-references."""
+        for rule in self.rules:
+            rule.compile()
+        for names in [*self.ruleorder, sorted(self.localrules)]:
+            for name in names:
+                if name not in self._by_name:
+                    raise FlowfileError(f"unknown rule '{name}' in ruleorder/localrules",
+                                        location=Location(self.flowfile),
+                                        hint=did_you_mean(name, self._by_name))
+        defaults = [r.name for r in self.rules if r.default_target]
+        if len(defaults) > 1:
+            raise FlowfileError(f"several rules are marked default_target: {', '.join(defaults)}",
+                                location=self.rule(defaults[1]).location)
+
+
+class Rule(RuleBody):
+    """One ``rule``/``checkpoint`` block. Directive values live in ``RuleBody``; this adds the API."""
+
+    @property
+    def has_wildcards(self) -> bool:
+        return bool(self.wildcard_names)
+
+    @property
+    def localrule(self) -> bool:
+        return self._localrule or self.name in self.workflow.localrules
+
+    @property
+    def kind(self) -> str:
+        for action in ACTIONS:
+            if getattr(self, action) is not None:
+                return action
+        return "none"
+
+    def match_output(self, path: str) -> Bindings | None:
+        for pattern in self.output_patterns:
+            b = pattern.match(path)
+            if b is not None:
+                return b
+        return None
+
+    def bindings_from_raw(self, raw: Mapping[str, str]) -> Bindings:
+        if not self.output_patterns:
+            return Bindings({}, {})
+        return self.output_patterns[0].bindings_from_raw(raw)
+
+    def instantiate(self, bindings: Mapping[str, Any], checkpoints: CheckpointView,
+                    attempt: int = 1) -> Instance:
+        if not isinstance(bindings, Bindings):
+            bindings = self.bindings_from_raw({k: str(v) for k, v in bindings.items()})
+        if not self.has_functions:
+            return self._build(bindings, attempt, frozenset())
+        consulted: set[str] = set()
+        token = _CHECKPOINT_CONTEXT.set((checkpoints, consulted))
+        try:
+            inst = self._build(bindings, attempt, consulted)
+        finally:
+            _CHECKPOINT_CONTEXT.reset(token)
+        inst.consulted = frozenset(consulted)
+        return inst
+
+    def _build(self, b: Bindings, attempt: int, consulted: Any) -> Instance:
+        inst = Instance.__new__(Instance)
+        inst.rule = self
+        inst.bindings = b
+        inst.attempt = attempt
+        inst.consulted = consulted if isinstance(consulted, frozenset) else frozenset()
+        wc = inst.wildcards = Wildcards.from_mapping(b)
+        flags = inst.flags = Flags()
+        inst.output = self._format_static(self._output, b, flags)
+        inst.input = self._eval_io(self._input, b, wc, flags, "input")
+        inst.log = self._format_static(self._log, b, flags)
+        inst.benchmark = self._benchmark.format(b) if self._benchmark is not None else None
+        inst.threads = self._eval_threads(wc, inst.input, attempt)
+        inst.resources = self._eval_resources(wc, inst.input, inst.threads, attempt)
+        inst.params = self._eval_params(b, wc, inst)
+        return inst
+
+
+class Instance:
+    """One step: a rule with bound wildcards and concrete inputs, outputs, params and resources."""
+
+    __slots__ = ("rule", "bindings", "attempt", "wildcards", "input", "output", "log", "benchmark",
+                 "threads", "resources", "params", "flags", "consulted")
+
+    rule: Rule
+    bindings: Bindings
+    attempt: int
+    wildcards: Wildcards
+    input: NamedList
+    output: NamedList
+    log: NamedList
+    benchmark: str | None
+    threads: int
+    resources: NamedList
+    params: NamedList
+    flags: Flags
+    consulted: frozenset[str]
+
+    def _namespace(self) -> dict[str, Any]:
+        raw = Wildcards.from_mapping(self.bindings._raw)
+        return {"input": self.input, "output": self.output, "params": self.params,
+                "wildcards": raw, "threads": self.threads, "resources": self.resources,
+                "log": self.log, "rule": self.rule.name}
+
+    def _render(self, template: str, what: str, quote: bool) -> str:
+        try:
+            if quote:
+                return shellfmt.render(template, self._namespace())
+            return template.format_map(self._namespace())
+        except (KeyError, AttributeError, IndexError, ValueError) as e:
+            raise FlowfileError(f"cannot format {what}: {type(e).__name__}: {e}",
+                                location=self.rule.location, rule=self.rule.name,
+                                details=[f"{what}: {template}"]) from None
+
+    def command(self) -> str:
+        """The rendered shell command with the prefix and suffix (empty for non-shell rules)."""
+        if self.rule.shell is None:
+            return ""
+        settings = self.rule.workflow.shell_settings
+        return settings.prefix + self._render(self.rule.shell, "shell command", True) + settings.suffix
+
+    def message(self) -> str | None:
+        if self.rule.message is None:
+            return None
+        return self._render(self.rule.message, "message", False)
+
+    def action_source(self) -> str:
+        kind = self.rule.kind
+        if kind == "shell":
+            return self.command()
+        if kind == "run":
+            return self.rule.run_source or ""
+        if kind == "script":
+            path = self.rule.script_path()
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    content = f.read()
+            except OSError as e:
+                raise FlowfileError(f"cannot read script '{path}': {e.strerror}",
+                                    location=self.rule.location, rule=self.rule.name) from None
+            return f"script {self.rule.script}\n{content}"
+        return ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything another process needs to rebuild this Instance (see flowfile.runtime)."""
+        wf = self.rule.workflow
+        return {"flowfile": os.path.abspath(wf.flowfile), "configfiles": list(wf.configfiles),
+                "config_overrides": wf.config_overrides, "rule": self.rule.name,
+                "wildcards": self.bindings.raw_dict(), "attempt": self.attempt}
+
+    def __repr__(self) -> str:
+        return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
+
+
+class CheckpointJob:
+    """What ``checkpoints.NAME.get(**wildcards)`` returns once the checkpoint has finished."""
+
+    def __init__(self, rule: Rule, output: NamedList, wildcards: Mapping[str, Any]) -> None:
+        self.rule = rule
+        self.output = output
+        self.wildcards = wildcards
+
+
+class _CheckpointHandle:
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+
+    def get(self, **wildcards: Any) -> CheckpointJob:
+        context = _CHECKPOINT_CONTEXT.get()
+        if context is None:
+            raise FlowfileError(f"checkpoints.{self.rule.name}.get() can only be called from an input "
+                                "function", location=self.rule.location, rule=self.rule.name)
+        view, consulted = context
+        raw = {k: str(v) for k, v in wildcards.items()}
+        output = self.rule._format_static(self.rule._output, Bindings(raw, raw), Flags())
+        paths = tuple(output)
+        if not view.is_done(paths):
+            raise IncompleteCheckpoint(self.rule.name, paths)
+        consulted.update(paths)
+        return CheckpointJob(self.rule, output, wildcards)
+
+
+class Checkpoints:
+    """The ``checkpoints`` object of a rule file namespace."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self._workflow = workflow
+
+    def __getattr__(self, name: str) -> _CheckpointHandle:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        wf = self._workflow
+        checkpoints = [r.name for r in wf.rules if r.is_checkpoint]
+        if not wf.has_rule(name) or not wf.rule(name).is_checkpoint:
+            raise FlowfileError(f"no checkpoint named '{name}'", hint=did_you_mean(name, checkpoints))
+        return _CheckpointHandle(wf.rule(name))
+
+
+class RuleProxy:
+    """``rules.NAME``: a rule's declared input/output/log patterns, for use in later rules."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.name = rule.name
+
+    @property
+    def input(self) -> NamedList:
+        return _declared(self.rule._input)
+
+    @property
+    def output(self) -> NamedList:
+        return _declared(self.rule._output)
+
+    @property
+    def log(self) -> NamedList:
+        return _declared(self.rule._log)
+
+
+def _declared(entries: list[Any]) -> NamedList:
+    items: list[Any] = []
+    names: dict[str, tuple[int, int]] = {}
+    single: set[str] = set()
+    for entry in entries:
+        start = len(items)
+        items.extend(entry.declared())
+        if entry.name is not None:
+            names[entry.name] = (start, len(items))
+            if entry.single:
+                single.add(entry.name)
+    return NamedList(items, names, frozenset(single))
+
+
+class Rules:
+    """The ``rules`` object of a rule file namespace."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self._workflow = workflow
+
+    def __getattr__(self, name: str) -> RuleProxy:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        wf = self._workflow
+        if not wf.has_rule(name):
+            raise FlowfileError(f"no rule named '{name}' (rules must be defined before use)",
+                                hint=did_you_mean(name, [r.name for r in wf.rules]))
+        return RuleProxy(wf.rule(name))

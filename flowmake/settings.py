@@ -1,0 +1,58 @@
+"""flowmake.toml: which backend to use and each backend's settings.
+
+Looked up in the workdir, then in ``$XDG_CONFIG_HOME/flowmake/`` (``~/.config/flowmake/``);
+``--profile FILE`` picks another file. Settings for backend NAME live under ``[backends.NAME]``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowmake.errors import ConfigError, Location
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str = "local"
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str | None = None
+
+    def for_backend(self, name: str) -> dict[str, Any]:
+        return dict(self.backends.get(name, {}))
+
+
+def _candidates(workdir: str) -> list[str]:
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return [os.path.join(workdir, "flowmake.toml"), os.path.join(config_home, "flowmake", "flowmake.toml")]
+
+
+def load_settings(workdir: str, profile: str | None = None) -> Settings:
+    if profile is not None:
+        if not os.path.isfile(profile):
+            raise ConfigError(f"profile {profile!r} does not exist")
+        return _read(profile)
+    for path in _candidates(workdir):
+        if os.path.isfile(path):
+            return _read(path)
+    return Settings()
+
+
+def _read(path: str) -> Settings:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(exc), location=Location(path)) from None
+    backend = data.get("backend", "local")
+    backends = data.get("backends", {})
+    if not isinstance(backend, str) or not isinstance(backends, dict):
+        raise ConfigError("'backend' must be a string and [backends.NAME] tables", location=Location(path))
+    return Settings(backend=backend, backends={k: dict(v) for k, v in backends.items()}, source=path)

@@ -1,0 +1,117 @@
+"""Rendering shell commands from ``{input}``-style templates, safely, and running them from run blocks.
+
+Formatting follows Snakemake (``{input}``, ``{input.reads}``, ``{input[0]}``, ``{params.p[key]}``,
+``{x:q}``, ``{{``/``}}``), with one difference made for safety: a substituted value that is not
+plainly safe (``^[\\w@%+=:,./-]+$``) is quoted with ``shlex.quote``, element-wise for lists. Plain
+paths stay unquoted, so printed commands look like Snakemake's. An empty value renders as nothing
+(``params: extra=""`` is common and must not become an empty argument); ``{x:q}`` always quotes.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import string
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+_SAFE = re.compile(r"[\w@%+=:,./-]+")
+STRICT_MODE = "set -euo pipefail; "
+
+
+@dataclass
+class ShellSettings:
+    executable: str = "bash"
+    prefix: str = ""
+    suffix: str = ""
+
+
+def _elements(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def safe_word(text: str) -> str:
+    if text == "" or _SAFE.fullmatch(text):
+        return text
+    return shlex.quote(text)
+
+
+class _ShellFormatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec == "q":
+            return " ".join(shlex.quote(str(v)) for v in _elements(value))
+        if format_spec:
+            return safe_word(format(value, format_spec))
+        return " ".join(safe_word(str(v)) for v in _elements(value))
+
+
+_FORMATTER = _ShellFormatter()
+
+
+def render(template: str, namespace: Mapping[str, Any]) -> str:
+    """Format ``template`` with ``namespace``; KeyError/AttributeError/IndexError for unknown names."""
+    return _FORMATTER.vformat(template, (), namespace)
+
+
+class ShellError(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"shell command failed with exit status {self.returncode}: {self.cmd}"
+
+
+class Shell:
+    """The ``shell`` object of a rule file: settings at load time, a command runner in run blocks."""
+
+    def __init__(self, settings: ShellSettings) -> None:
+        self._settings = settings
+
+    def executable(self, path: str | None) -> None:
+        self._settings.executable = path or "bash"
+
+    def prefix(self, text: str) -> None:
+        self._settings.prefix = text
+
+    def suffix(self, text: str) -> None:
+        self._settings.suffix = text
+
+    def __call__(self, cmd: str, *args: Any, read: bool = False, iterable: bool = False,
+                 **kwargs: Any) -> Any:
+        # Like Snakemake: the caller's globals and locals (run-block variables) are the namespace.
+        frame = sys._getframe(1)
+        namespace = {**frame.f_globals, **frame.f_locals, **kwargs}
+        text = _FORMATTER.vformat(cmd, args, namespace)
+        return run_command(text, self._settings, read=read, iterable=iterable)
+
+
+def full_script(command: str, settings: ShellSettings) -> str:
+    return STRICT_MODE + settings.prefix + command + settings.suffix
+
+
+def run_command(command: str, settings: ShellSettings, *, read: bool = False,
+                iterable: bool = False) -> Any:
+    argv = [settings.executable, "-c", full_script(command, settings)]
+    if iterable:
+        return _iterate(argv, command)
+    if read:
+        done = subprocess.run(argv, stdout=subprocess.PIPE)
+        if done.returncode:
+            raise ShellError(done.returncode, command)
+        return done.stdout.decode()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    done = subprocess.run(argv)
+    if done.returncode:
+        raise ShellError(done.returncode, command)
+    return None
+
+
+def _iterate(argv: list[str], command: str) -> Iterator[str]:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None  # for the type checker; PIPE guarantees it
+        for line in proc.stdout:
+            yield line.decode().rstrip("\n")
+    if proc.returncode:
+        raise ShellError(proc.returncode, command)

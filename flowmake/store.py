@@ -1,0 +1,486 @@
+"""``.flowmake/``: what previous runs left behind, for the planner and for ``--why``.
+
+Holds four kinds of records in the append-only log of ``journal``: traces (one per output: the step
+key, its field digests and input digests when the output was made), in-flight markers (begin/end
+around each job, so a run killed mid-step leaves its outputs marked incomplete), run history, and
+the digest stat cache. No SQLite: its locking is unsafe on NFS. Every invocation appends to its own
+segment, so concurrent runs never write the same file; loading merges all segments, and for each key
+the record with the highest time wins. Times are a Lamport clock (never below anything loaded), so a
+run on a host whose clock is behind still supersedes what it has read.
+
+Durability: records are buffered in memory; ``flush()`` writes them as one frame and fsyncs. Call it
+after each batch of completed steps, before reporting them done. ``begin`` writes its marker
+immediately (no fsync): it must survive a SIGKILL of this process, not a machine crash.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import filelock
+
+from flowmake import journal
+from flowmake.digest import StatCache
+from flowmake.errors import StoreError
+
+STORE_DIR = ".flowmake"
+COMPACT_AFTER = 16  # close() compacts when more finished segments than this exist
+HISTORY_KEEP = 20  # history records kept per output by compaction
+Record = journal.Record
+
+
+@dataclass(frozen=True)
+class Trace:
+    output: str
+    rule: str
+    key: str
+    fields: dict[str, str]
+    inputs: tuple[tuple[str, str], ...]  # (path, digest), in rule order
+    output_digest: str
+    step_id: str
+    time: float
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A step that began and never ended: its outputs are suspect."""
+
+    step_id: str
+    outputs: tuple[str, ...]
+    job_pid: int | None
+    pgid: int | None
+    host: str  # host and pid of the flowmake process that ran it
+    pid: int
+    time: float
+
+    def orphan_alive(self) -> bool:
+        """Whether the job's process group still exists on this host (only checkable here)."""
+        if self.pgid is None or self.host != journal.hostname():
+            return False
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    step_id: str
+    rule: str
+    outputs: tuple[str, ...]
+    start: float
+    end: float
+    runtime_s: float
+    exit_code: int | None
+    peak_rss_kb: int | None
+    backend: str
+    host: str
+    command: str
+    params: str
+
+
+# Trace and history records keep their body as one JSON string, decoded on first access: loading
+# creates four objects per trace instead of ~25 (100k traces load in a fraction of the time).
+# T: ["T", t, output, '[rule, key, fields, [[path, digest], ...], output_digest, step_id, time]']
+# H: ["H", t, step_id, [outputs], '[rule, start, end, runtime_s, exit_code, rss, backend, host,
+#     command, params]']
+# F: ["F", t, output]   B: ["B", t, step_id, [outputs], job_pid, pgid, host, pid]   E: ["E", t, step_id]
+# S: ["S", t, path, dev, ino, size, mtime_ns, ctime_ns, digest]   or ["S", t, path]: removed
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _trace_of(r: Record) -> Trace:
+    rule, key, fields, inputs, output_digest, step_id, t = json.loads(r[3])
+    return Trace(r[2], rule, key, fields, tuple((p, d) for p, d in inputs), output_digest, step_id, t)
+
+
+def _history_of(r: Record) -> HistoryRecord:
+    rule, *rest = json.loads(r[4])
+    return HistoryRecord(r[2], rule, tuple(r[3]), *rest)
+
+
+def _marker_of(r: Record) -> Marker:
+    return Marker(r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[1] / 1e9)
+
+
+class _Traces(Mapping[str, Trace]):
+    """Read-only view: Trace objects are built on first access (loading 100k stays cheap)."""
+
+    def __init__(self, rows: dict[str, Record]) -> None:
+        self._rows = rows
+        self._built: dict[str, Trace] = {}
+
+    def __getitem__(self, output: str) -> Trace:
+        t = self._built.get(output)
+        if t is None:
+            t = self._built[output] = _trace_of(self._rows[output])
+        return t
+
+    def __contains__(self, output: object) -> bool:
+        return output in self._rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _changed(self, output: str) -> None:
+        self._built.pop(output, None)
+
+
+class _State:
+    """The merged content of a set of segments: for each key the record with the highest time."""
+
+    def __init__(self) -> None:
+        self.traces: dict[str, Record] = {}  # output -> latest "T" or "F" (forgotten) record
+        self.markers: dict[str, tuple[Record, bool]] = {}  # step -> (latest B/E, owner live)
+        self.history: dict[tuple[int, str], Record] = {}
+        self.stats: dict[str, Record] = {}
+        self.max_t = 0
+
+    def apply(self, frames: list[list[Record]], live: bool) -> None:
+        traces, markers, stats = self.traces, self.markers, self.stats
+        max_t = self.max_t
+        for frame in frames:
+            for r in frame:
+                kind, t = r[0], r[1]
+                if t > max_t:
+                    max_t = t
+                if kind == "T" or kind == "F":
+                    cur = traces.get(r[2])
+                    if cur is None or cur[1] <= t:
+                        traces[r[2]] = r
+                elif kind == "S":
+                    cur = stats.get(r[2])
+                    if cur is None or cur[1] <= t:
+                        stats[r[2]] = r
+                elif kind == "B" or kind == "E":
+                    m = markers.get(r[2])
+                    if m is None or m[0][1] <= t:
+                        markers[r[2]] = (r, live)
+                elif kind == "H":
+                    self.history[(t, r[2])] = r
+                # Unknown kinds come from newer minor versions: ignored, kept by nobody.
+        self.max_t = max_t
+
+    def open_markers(self) -> Iterator[tuple[Record, bool]]:
+        """Begun, never ended, and not superseded by a newer trace for every output."""
+        for r, live in self.markers.values():
+            if r[0] != "B":
+                continue
+            if all(self._newer_trace(o, r[1]) for o in r[3]):
+                continue
+            yield r, live
+
+    def _newer_trace(self, output: str, t: int) -> bool:
+        cur = self.traces.get(output)
+        return cur is not None and cur[1] > t
+
+
+class Store:
+    """Open with ``Store.open(workdir)``; the store lives in ``workdir/.flowmake``."""
+
+    def __init__(self, path: str, readonly: bool) -> None:
+        self.path = path
+        self.log_dir = os.path.join(path, "log")
+        self.readonly = readonly
+        self.host = journal.hostname()
+        self.warnings: list[str] = []
+        self._state = _State()
+        self._writer: journal.SegmentWriter | None = None
+        self._pending: list[Record] = []
+        self._unsynced = False
+        self._clock = 0
+        self._live_rows: dict[str, Record] = {}
+        self.traces: _Traces = _Traces(self._live_rows)
+        self.stat_cache = StatCache()
+        self._incomplete: dict[str, Marker] = {}
+        self._elsewhere: dict[str, Marker] = {}
+        self._history: dict[str, list[Record]] = {}
+
+    # ---- opening and loading -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: str | Path, *, readonly: bool = False) -> Store:
+        """Load everything; unless readonly, create the dirs and this invocation's segment."""
+        store = cls(os.path.join(os.fspath(root), STORE_DIR), readonly)
+        if not readonly:
+            try:
+                os.makedirs(store.log_dir, exist_ok=True)
+                # The segment (and its lock) exist before we load, so a compactor never mistakes
+                # us for finished and anything we write is ordered after what we read.
+                store._writer = journal.SegmentWriter(
+                    store.log_dir, store.host, os.getpid(), time.time_ns()
+                )
+            except OSError as e:
+                raise StoreError(f"cannot open the store in {store.path}: {e}") from e
+        store._load()
+        return store
+
+    def _segment_names(self) -> list[str]:
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(journal.SUFFIX))
+
+    def _read(self, names: list[str], own: str | None) -> tuple[_State, list[str]] | None:
+        """Merge the named segments; None if one vanished (a compaction replaced it)."""
+        state, warnings = _State(), []
+        for name in names:
+            if name == own:
+                continue
+            p = os.path.join(self.log_dir, name)
+            try:
+                frames, w = journal.read_segment(p)
+            except FileNotFoundError:
+                return None
+            warnings.extend(w)
+            state.apply(frames, journal.is_live(p, self.host))
+        return state, warnings
+
+    def _load(self) -> None:
+        # Loading allocates millions of long-lived objects; collecting while doing it costs more
+        # than the load itself and cannot find garbage.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._load_all()
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _load_all(self) -> None:
+        own = os.path.basename(self._writer.path) if self._writer else None
+        for _ in range(20):
+            got = self._read(self._segment_names(), own)
+            if got is not None:
+                break
+        else:
+            raise StoreError(f"the store in {self.path} keeps changing while being read")
+        state, self.warnings = got
+        self._state = state
+        self._clock = max(state.max_t, time.time_ns())
+        self._live_rows.update((k, r) for k, r in state.traces.items() if r[0] == "T")
+        self.stat_cache = StatCache(
+            {p: (r[3], r[4], r[5], r[6], r[7], r[8]) for p, r in state.stats.items() if len(r) > 3}
+        )
+        for r in state.history.values():
+            for o in r[3]:
+                self._history.setdefault(o, []).append(r)
+        for r, live in state.open_markers():
+            target = self._elsewhere if live else self._incomplete
+            m = _marker_of(r)
+            for o in m.outputs:
+                if not state._newer_trace(o, r[1]):
+                    target[o] = m
+
+    # ---- queries --------------------------------------------------------------------------------
+
+    def trace(self, output: str) -> Trace | None:
+        return self.traces.get(output)
+
+    def incomplete_outputs(self) -> dict[str, Marker]:
+        """Outputs of steps that began in a run that is gone and never ended: treat as incomplete.
+
+        A newer trace for an output (the step was rerun since) clears it. ``Marker.orphan_alive()``
+        says whether the job's process group still runs on this host.
+        """
+        return dict(self._incomplete)
+
+    def in_flight_elsewhere(self) -> dict[str, Marker]:
+        """Outputs being built right now by another live flowmake process on this store."""
+        return dict(self._elsewhere)
+
+    def history(self, output: str) -> list[HistoryRecord]:
+        recs = [_history_of(r) for r in self._history.get(output, ())]
+        return sorted(recs, key=lambda h: h.start)
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    def _tick(self) -> int:
+        now = time.time_ns()
+        self._clock = now if now > self._clock else self._clock + 1
+        return self._clock
+
+    def _check_writable(self) -> None:
+        if self._writer is None:
+            raise StoreError("the store was opened read-only" if self.readonly else "store closed")
+
+    def put_traces(self, traces: Iterable[Trace]) -> None:
+        self._check_writable()
+        for tr in traces:
+            body = [tr.rule, tr.key, tr.fields, tr.inputs, tr.output_digest, tr.step_id, tr.time]
+            r = ["T", self._tick(), tr.output, _dumps(body)]
+            self._pending.append(r)
+            self._state.traces[tr.output] = r
+            self._live_rows[tr.output] = r
+            self.traces._changed(tr.output)
+            self._incomplete.pop(tr.output, None)
+
+    def forget(self, outputs: Iterable[str]) -> None:
+        """Drop the traces of outputs (they were deleted): they will be rebuilt from scratch."""
+        self._check_writable()
+        for o in outputs:
+            r = ["F", self._tick(), o]
+            self._pending.append(r)
+            self._state.traces[o] = r
+            self._live_rows.pop(o, None)
+            self.traces._changed(o)
+            self._incomplete.pop(o, None)
+
+    def begin(self, step_id: str, outputs: list[str], job_pid: int | None = None) -> None:
+        """Mark a step in flight. Call before its job can touch outputs; again once its pid is known."""
+        self._check_writable()
+        pgid = None
+        if job_pid is not None:
+            try:
+                pgid = os.getpgid(job_pid)
+            except OSError:
+                pgid = None
+        r = ["B", self._tick(), step_id, list(outputs), job_pid, pgid, self.host, os.getpid()]
+        self._state.markers[step_id] = (r, True)
+        self._pending.append(r)
+        self.flush(sync=False)  # must reach the kernel before the job starts: survives SIGKILL
+
+    def end(self, step_id: str) -> None:
+        """Clear the marker. Put the step's traces first; flush() makes both durable."""
+        self._check_writable()
+        r = ["E", self._tick(), step_id]
+        self._state.markers[step_id] = (r, True)
+        self._pending.append(r)
+
+    def add_history(self, rec: HistoryRecord) -> None:
+        self._check_writable()
+        body = [
+            rec.rule, rec.start, rec.end, rec.runtime_s, rec.exit_code, rec.peak_rss_kb,
+            rec.backend, rec.host, rec.command, rec.params,
+        ]  # fmt: skip
+        r = ["H", self._tick(), rec.step_id, list(rec.outputs), _dumps(body)]
+        self._pending.append(r)
+        self._state.history[(r[1], rec.step_id)] = r
+        for o in rec.outputs:
+            self._history.setdefault(o, []).append(r)
+
+    def flush(self, sync: bool = True) -> None:
+        """Write pending records and stat-cache changes as one frame; fsync when ``sync``."""
+        if self._writer is None:
+            return
+        for path, e in self.stat_cache.take_changes():
+            r: Record = ["S", self._tick(), path] if e is None else ["S", self._tick(), path, *e]
+            self._state.stats[path] = r
+            self._pending.append(r)
+        if self._pending:
+            try:
+                self._writer.append(self._pending)
+            except OSError as e:
+                raise StoreError(f"cannot write to the store in {self.path}: {e}") from e
+            self._pending = []
+            self._unsynced = True
+        if sync and self._unsynced:
+            self._writer.sync()
+            self._unsynced = False
+
+    def close(self) -> None:
+        """Flush, finish this invocation's segment, and compact if segments have piled up."""
+        if self._writer is None:
+            return
+        self.flush(sync=True)
+        self._writer.close()
+        self._writer = None
+        if len(self._segment_names()) > COMPACT_AFTER:
+            self.compact()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- compaction -----------------------------------------------------------------------------
+
+    def compact(self, timeout: float = 0) -> int:
+        """Merge all finished segments into one snapshot; returns how many were merged.
+
+        Runs under ``.flowmake/compact.lock``; returns 0 at once if another process holds it
+        (unless ``timeout``). Live segments (ours included) are left alone. Crash-safe: the snapshot
+        is renamed into place before anything is deleted, and duplicates merge to the same state.
+        """
+        if self.readonly:
+            return 0
+        lock = filelock.FileLock(os.path.join(self.path, "compact.lock"))
+        try:
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            return 0
+        try:
+            return self._compact_locked()
+        finally:
+            lock.release()
+
+    def _compact_locked(self) -> int:
+        own = os.path.basename(self._writer.path) if self._writer else None
+        names = self._segment_names()
+        done = [n for n in names if n != own and not journal.is_live(self._p(n), self.host)]
+        if len(done) < 2 and not any(n for n in done if not n.startswith("snap-")):
+            return 0
+        got = self._read(done, None)
+        if got is None:
+            return 0  # someone else compacted meanwhile: next time
+        state, _ = got
+        keep_tombstones = len(done) < len(names)  # an unmerged segment may hold older records
+        records = _snapshot_records(state, keep_tombstones)
+        name = f"snap-{time.time_ns()}-{self.host}-{os.getpid()}{journal.SUFFIX}"
+        journal.write_snapshot(self.log_dir, name, records)
+        for n in done:
+            journal._unlink(self._p(n))
+            journal._unlink(self._p(n) + journal.LOCK_SUFFIX)
+        self._clean_debris()
+        return len(done)
+
+    def _p(self, name: str) -> str:
+        return os.path.join(self.log_dir, name)
+
+    def _clean_debris(self) -> None:
+        """Lock files whose segment is gone and is not being created; tmp files over an hour old."""
+        now = time.time()
+        for n in os.listdir(self.log_dir):
+            p = self._p(n)
+            try:
+                if n.endswith(journal.LOCK_SUFFIX) and not os.path.exists(p[: -len(".lock")]):
+                    if not journal.is_live(p[: -len(".lock")], self.host):
+                        journal._unlink(p)
+                elif n.endswith(".tmp") and now - os.stat(p).st_mtime > 3600:
+                    journal._unlink(p)
+            except OSError:
+                pass
+
+
+def _snapshot_records(state: _State, keep_tombstones: bool) -> list[Record]:
+    records: list[Record] = [
+        r for r in state.traces.values() if r[0] == "T" or keep_tombstones
+    ]
+    records += [r for r in state.stats.values() if len(r) > 3 or keep_tombstones]
+    records += [r for r, _ in state.open_markers()]
+    per_output: dict[str, list[Record]] = {}
+    for r in state.history.values():
+        for o in r[3]:
+            per_output.setdefault(o, []).append(r)
+    kept: dict[int, Record] = {}
+    for rows in per_output.values():
+        rows.sort(key=lambda r: r[1])
+        for r in rows[-HISTORY_KEEP:]:
+            kept[id(r)] = r
+    records += kept.values()
+    return records

@@ -1,0 +1,347 @@
+"""The store: append-only segments survive kills, torn tails, corruption and concurrent writers."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import flowmake
+from flowmake import journal, store as store_mod
+from flowmake.errors import StoreError
+from flowmake.store import HistoryRecord, Store, Trace
+
+REPO = str(Path(flowmake.__file__).resolve().parent.parent)
+
+
+def trace(output: str, n: int = 0, rule: str = "r") -> Trace:
+    fields = {"rule": "0" * 32, "action": f"{n:032x}"}
+    return Trace(output, rule, f"{n:032x}", fields, (("in.txt", "f" * 32),), f"{n:032x}",
+                 f"{rule}[{output}]", 1700000000.0 + n)  # fmt: skip
+
+
+def child(code: str, *args: str, wait: bool = True) -> subprocess.Popen[str]:
+    """Run ``code`` in a fresh interpreter (a separate flowmake process) with argv ``args``."""
+    prog = "import sys\nfrom flowmake.store import *\n" + textwrap.dedent(code)
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.Popen([sys.executable, "-c", prog, *args], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    if wait:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    return proc
+
+
+def segments(root: Path) -> list[str]:
+    return sorted(n for n in os.listdir(root / ".flowmake" / "log") if n.endswith(".seg"))
+
+
+def test_round_trip_across_processes(tmp_path: Path) -> None:
+    child(
+        """
+        s = Store.open(sys.argv[1])
+        s.put_traces([Trace("out/a", "r", "k1", {"rule": "x"}, (("in", "d1"),), "o1", "s1", 1.5)])
+        s.add_history(HistoryRecord("s1", "r", ("out/a",), 1.0, 2.0, 1.0, 0, 1234, "local",
+                                    "h", "echo", "{}"))
+        s.stat_cache["in"] = (1, 2, 3, 4, 5, "d1")
+        s.close()
+        """,
+        str(tmp_path),
+    )
+    s = Store.open(tmp_path, readonly=True)
+    assert s.trace("out/a") == Trace("out/a", "r", "k1", {"rule": "x"}, (("in", "d1"),), "o1",
+                                     "s1", 1.5)  # fmt: skip
+    assert list(s.traces) == ["out/a"]
+    assert s.history("out/a")[0].peak_rss_kb == 1234
+    assert s.stat_cache["in"] == (1, 2, 3, 4, 5, "d1")
+    assert s.trace("nope") is None and s.history("nope") == [] and s.warnings == []
+
+
+def test_readonly_creates_nothing_and_refuses_writes(tmp_path: Path) -> None:
+    s = Store.open(tmp_path, readonly=True)
+    assert not (tmp_path / ".flowmake").exists()
+    with pytest.raises(StoreError, match="read-only"):
+        s.put_traces([trace("a")])
+    assert s.compact() == 0
+
+
+def test_empty_run_leaves_no_segment(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    assert os.listdir(tmp_path / ".flowmake" / "log") == []
+
+
+def test_last_record_wins_within_and_across_segments(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put_traces([trace("a", 1), trace("b", 1)])
+        s.flush()
+        s.put_traces([trace("a", 2)])
+    with Store.open(tmp_path) as s:
+        assert s.trace("a").key == f"{2:032x}"  # type: ignore[union-attr]
+        s.put_traces([trace("b", 3)])
+        s.forget(["a"])
+    s = Store.open(tmp_path, readonly=True)
+    assert s.trace("a") is None
+    assert s.trace("b").key == f"{3:032x}"  # type: ignore[union-attr]
+
+
+def test_newest_wins_even_when_the_clock_went_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Store.open(tmp_path) as s:
+        s.put_traces([trace("a", 1)])
+    real = time.time_ns
+    monkeypatch.setattr(store_mod.time, "time_ns", lambda: real() - 3600 * 10**9)
+    with Store.open(tmp_path) as s:  # a host whose clock is an hour behind
+        s.put_traces([trace("a", 2)])
+    monkeypatch.undo()
+    assert Store.open(tmp_path, readonly=True).trace("a").key == f"{2:032x}"  # type: ignore[union-attr]
+
+
+def _write_frames(root: Path, n: int) -> str:
+    with Store.open(root) as s:
+        for i in range(n):
+            s.put_traces([trace(f"o{i}", i)])
+            s.flush(sync=False)
+    (seg,) = segments(root)
+    return str(root / ".flowmake" / "log" / seg)
+
+
+def test_torn_tail_keeps_every_complete_record(tmp_path: Path) -> None:
+    src = _write_frames(tmp_path / "src", 30)
+    data = Path(src).read_bytes()
+    rng = random.Random(7)
+    for cut in sorted(rng.sample(range(len(data)), 40)) + [len(data) - 1, 0, 5]:
+        root = tmp_path / f"cut{cut}"
+        (root / ".flowmake" / "log").mkdir(parents=True)
+        (root / ".flowmake" / "log" / os.path.basename(src)).write_bytes(data[:cut])
+        s = Store.open(root, readonly=True)
+        assert s.warnings == []
+        got = sorted(int(o[1:]) for o in s.traces)
+        assert got == list(range(len(got)))  # a prefix: nothing before the cut is lost
+        full = Store.open(tmp_path / "src", readonly=True)
+        assert len(got) <= len(full.traces)
+    assert len(Store.open(tmp_path / "src", readonly=True).traces) == 30
+
+
+def test_corrupted_record_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    seg = Path(_write_frames(tmp_path, 10))
+    data = bytearray(seg.read_bytes())
+    middle = data.find(b'"o5"')
+    data[middle + 1] ^= 0x01  # flip a bit inside the record for o5
+    seg.write_bytes(bytes(data))
+    s = Store.open(tmp_path, readonly=True)
+    assert sorted(s.traces) == sorted(f"o{i}" for i in range(10) if i != 5)
+    assert len(s.warnings) == 1 and "corrupted record" in s.warnings[0]
+
+
+def test_corrupted_length_resynchronises(tmp_path: Path) -> None:
+    seg = Path(_write_frames(tmp_path, 10))
+    data = bytearray(seg.read_bytes())
+    start = data.find(b'"o5"')
+    frame = data.rfind(b'[["T"', 0, start) - 8
+    data[frame : frame + 4] = (10**6).to_bytes(4, "little")  # nonsense length
+    seg.write_bytes(bytes(data))
+    s = Store.open(tmp_path, readonly=True)
+    assert "o4" in s.traces and "o6" in s.traces and "o5" not in s.traces
+    assert s.warnings
+
+
+def test_segment_from_newer_format_is_ignored_with_warning(tmp_path: Path) -> None:
+    log = tmp_path / ".flowmake" / "log"
+    log.mkdir(parents=True)
+    (log / "snap-1-h-1.seg").write_bytes(journal.MAGIC + (99).to_bytes(2, "little") + b"xx")
+    s = Store.open(tmp_path, readonly=True)
+    assert len(s.traces) == 0 and "newer flowmake" in s.warnings[0]
+
+
+def test_compaction_preserves_content(tmp_path: Path) -> None:
+    for run in range(5):
+        with Store.open(tmp_path) as s:
+            s.put_traces([trace(f"o{i}", run * 100 + i) for i in range(run, run + 10)])
+            s.forget([f"o{run}"])
+            s.add_history(HistoryRecord(f"s{run}", "r", ("o9",), run, run + 1, 1.0, 0, None,
+                                        "local", "h", "cmd", "{}"))  # fmt: skip
+            s.stat_cache[f"f{run}"] = (1, run, 2, 3, 4, "d")
+            if run == 4:
+                s.begin("dead-step", ["o_partial"], None)  # never ended: looks like a crash
+                s._writer.close()  # type: ignore[union-attr]
+                s._writer = None
+    before = Store.open(tmp_path, readonly=True)
+    assert len(segments(tmp_path)) == 5
+    with Store.open(tmp_path) as s:
+        assert s.compact() == 5
+    assert len(segments(tmp_path)) == 1
+    after = Store.open(tmp_path, readonly=True)
+    assert dict(after.traces) == dict(before.traces)
+    assert after.history("o9") == before.history("o9") and len(after.history("o9")) == 5
+    assert dict(after.stat_cache.items()) == dict(before.stat_cache.items())
+    assert after.incomplete_outputs().keys() == {"o_partial"}
+    with Store.open(tmp_path) as s:
+        assert s.compact() == 0  # one snapshot: nothing to do
+
+
+def test_two_writers_append_and_compact_concurrently(tmp_path: Path) -> None:
+    code = """
+        import sys
+        root, me = sys.argv[1], sys.argv[2]
+        for run in range(8):
+            s = Store.open(root)
+            for i in range(50):
+                s.put_traces([Trace(f"{me}/{run}/{i}", "r", "k", {}, (), "d", "s", 0.0)])
+                if i % 10 == 0:
+                    s.flush()
+            s.close()
+            Store.open(root).compact(timeout=5)
+    """
+    procs = [child(code, str(tmp_path), name, wait=False) for name in ("w1", "w2")]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    s = Store.open(tmp_path, readonly=True)
+    assert s.warnings == []
+    assert len(s.traces) == 2 * 8 * 50
+    with Store.open(tmp_path) as w:
+        w.compact()
+    assert len(segments(tmp_path)) == 1
+    assert len(Store.open(tmp_path, readonly=True).traces) == 800
+
+
+def test_live_segments_are_not_compacted_and_markers_are_in_flight(tmp_path: Path) -> None:
+    proc = child(
+        """
+        s = Store.open(sys.argv[1])
+        s.put_traces([Trace("x", "r", "k", {}, (), "d", "s", 0.0)])
+        s.begin("running", ["y"], None)
+        s.flush()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        s.end("running")
+        s.close()
+        """,
+        str(tmp_path),
+        wait=False,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    try:
+        with Store.open(tmp_path) as s:
+            assert s.compact() == 0
+            assert s.incomplete_outputs() == {}
+            assert set(s.in_flight_elsewhere()) == {"y"}
+            assert s.trace("x") is not None
+        proc.communicate("go\n", timeout=60)  # the other run ends its step and closes
+        assert proc.returncode == 0
+        with Store.open(tmp_path) as s:
+            assert s.in_flight_elsewhere() == {} and s.incomplete_outputs() == {}
+            assert s.compact() == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigkill_mid_append_leaves_a_loadable_store(tmp_path: Path) -> None:
+    proc = child(
+        """
+        import os, subprocess
+        s = Store.open(sys.argv[1])
+        job = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        s.begin("step-1", ["out/1", "out/2"], job.pid)
+        print(job.pid, flush=True)
+        i = 0
+        while True:  # append as fast as possible until killed
+            s.put_traces([Trace(f"t{i}", "r", "k", {"a": "b"}, (("i", "d"),), "d", "s", 0.0)])
+            s.flush(sync=i % 100 == 0)
+            i += 1
+        """,
+        str(tmp_path),
+        wait=False,
+    )
+    assert proc.stdout is not None
+    job_pid = int(proc.stdout.readline())
+    try:
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        s = Store.open(tmp_path)
+        assert s.warnings == []
+        assert len(s.traces) > 0
+        got = sorted(int(o[1:]) for o in s.traces)
+        assert got == list(range(len(got)))
+        inc = s.incomplete_outputs()
+        assert set(inc) == {"out/1", "out/2"}
+        assert inc["out/1"].job_pid == job_pid and inc["out/1"].pgid == job_pid
+        assert inc["out/1"].step_id == "step-1" and inc["out/1"].orphan_alive()
+        # The step is rerun: its new trace clears the incomplete mark for that output.
+        s.put_traces([trace("out/1")])
+        assert set(s.incomplete_outputs()) == {"out/2"}
+        s.close()
+        assert s.compact() >= 1
+    finally:
+        try:
+            os.killpg(job_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    s = Store.open(tmp_path, readonly=True)
+    assert set(s.incomplete_outputs()) == {"out/2"}
+
+
+def test_begin_end_clears_marker(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.begin("a", ["x"], None)
+        s.put_traces([trace("x")])
+        s.end("a")
+        s.begin("b", ["y"], None)
+        s.end("b")
+    assert Store.open(tmp_path, readonly=True).incomplete_outputs() == {}
+
+
+def test_stat_cache_persists_and_saves_only_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowmake import digest as digest_mod
+    from flowmake.digest import Digester
+
+    monkeypatch.setattr(digest_mod, "RACY_WINDOW_NS", 0)
+    f = tmp_path / "data.txt"
+    f.write_bytes(b"x" * 100)
+    os.utime(f, ns=(10**18, 10**18))
+    with Store.open(tmp_path) as s:
+        first = Digester(s.stat_cache).digest(str(f))
+    os.utime(f, ns=(10**18, 10**18))  # no content change, but ctime moved: one re-hash
+    with Store.open(tmp_path) as s:
+        assert Digester(s.stat_cache).digest(str(f)) == first
+    size = sum(os.path.getsize(tmp_path / ".flowmake" / "log" / n) for n in segments(tmp_path))
+    with Store.open(tmp_path) as s:
+        d = Digester(s.stat_cache)
+        assert d.digest(str(f)) == first and d.files_hashed == 0
+    after = sum(os.path.getsize(tmp_path / ".flowmake" / "log" / n) for n in segments(tmp_path))
+    assert after == size  # a run that hashed nothing wrote nothing
+
+
+def test_metadata_is_one_file_per_run(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put_traces(trace(f"o{i}", i) for i in range(1000))
+        for i in range(50):
+            s.begin(f"s{i}", [f"o{i}"], None)
+            s.end(f"s{i}")
+            s.flush()
+    assert len(segments(tmp_path)) == 1
+    assert [n for n in os.listdir(tmp_path / ".flowmake" / "log") if n.endswith(".lock")] == []
+
+
+def test_stale_debris_is_cleaned_by_compaction(tmp_path: Path) -> None:
+    with Store.open(tmp_path) as s:
+        s.put_traces([trace("a")])
+    log = tmp_path / ".flowmake" / "log"
+    (log / "somehost-999999-1.seg.lock").write_text("")
+    shutil.copy(log / segments(tmp_path)[0], log / "otherhost-1-2.seg")  # dead: lock file missing
+    with Store.open(tmp_path) as s:
+        assert s.compact() == 2
+    assert sorted(os.listdir(log)) == segments(tmp_path)
