@@ -38,20 +38,28 @@ def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = 
         json.dump(doc, out, indent=1)
         out.write("\n")
         return
+    lines: list[str] = []
+    add = lines.append
+    show_cmd = session.opts.printshellcmds
     for sp in todo:
         step = sp.step
-        out.write(f"rule {step.rule.name}: {', '.join(step.outputs) or step.id}\n")
-        if step.instance is not None and step.instance.input:
-            shown = list(step.instance.input)
+        add(f"rule {step.rule.name}: {', '.join(step.outputs) or step.id}")
+        inst = step.instance
+        if inst is not None and inst.input:
+            shown = list(inst.input)
             more = f" (+{len(shown) - 5} more)" if len(shown) > 5 else ""
-            out.write(f"    input: {', '.join(shown[:5])}{more}\n")
+            add(f"    input: {', '.join(shown[:5])}{more}")
         wc = _wildcards(step)
         if wc:
-            out.write("    wildcards: " + ", ".join(f"{k}={v}" for k, v in wc.items()) + "\n")
-        for reason in sp.reasons:
-            out.write(f"    why: {reason}\n")
-        if session.opts.printshellcmds and step.instance is not None and step.rule.kind == "shell":
-            out.write("    " + step.instance.command().strip().replace("\n", "\n    ") + "\n")
+            add("    wildcards: " + ", ".join(f"{k}={v}" for k, v in wc.items()))
+        for reason in sp.reasons[:5]:
+            add(f"    why: {reason}")
+        if len(sp.reasons) > 5:
+            add(f"    why: ... and {len(sp.reasons) - 5} more")
+        if show_cmd and inst is not None and step.rule.kind == "shell":
+            add("    " + inst.command().strip().replace("\n", "\n    "))
+    if lines:
+        out.write("\n".join(lines) + "\n")
     counts = collections.Counter(sp.step.rule.name for sp in todo)
     pending = sum(1 for sp in todo if sp.decision is Decision.PENDING)
     up_to_date = sum(1 for s in steps) - len(todo)

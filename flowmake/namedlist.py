@@ -26,6 +26,16 @@ class NamedList(list):
             n for n, (a, b) in self._names.items() if b - a == 1)
 
     @classmethod
+    def _make(cls, items: list[Any], names: dict[str, tuple[int, int]],
+              single: frozenset[str] | set[str]) -> Any:
+        """Hot-path constructor: ``names``/``single`` are shared, never mutated."""
+        nl = list.__new__(cls)
+        list.extend(nl, items)
+        nl._names = names
+        nl._single = single
+        return nl
+
+    @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str | None, Any]]) -> NamedList:
         """Items from (name or None, value) pairs; each name covers exactly one item."""
         items: list[Any] = []
@@ -34,7 +44,7 @@ class NamedList(list):
             if name is not None:
                 names[name] = (len(items), len(items) + 1)
             items.append(value)
-        return cls(items, names)
+        return cls._make(items, names, frozenset(names))
 
     def _get_named(self, name: str) -> Any:
         start, end = self._names[name]
@@ -90,17 +100,22 @@ class NamedList(list):
         return f"NamedList({list.__repr__(self)}, names={self._names!r})"
 
     def __reduce__(self) -> Any:
-        return (NamedList, (list(self), dict(self._names)))
+        return (type(self), (list(self), dict(self._names), frozenset(self._single)))
 
 
 class Wildcards(NamedList):
     """Wildcard values of one step: ``wildcards.sample``, ``wildcards["sample"]``, ``wildcards[0]``."""
 
     @classmethod
-    def from_mapping(cls, values: Any) -> Wildcards:
-        keys = list(values)
-        names = {k: (i, i + 1) for i, k in enumerate(keys)}
-        return cls([values[k] for k in keys], names, frozenset(keys))
+    def from_mapping(cls, values: Any, names: dict[str, tuple[int, int]] | None = None) -> Wildcards:
+        """``names`` may be passed precomputed when it matches ``values``'s key order."""
+        if names is not None:
+            try:
+                return cls._make([values[k] for k in names], names, names.keys())
+            except KeyError:
+                pass  # not the same names after all
+        names = {k: (i, i + 1) for i, k in enumerate(values)}
+        return cls._make([values[k] for k in names], names, names.keys())
 
     def __str__(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.items())

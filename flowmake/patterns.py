@@ -165,7 +165,7 @@ class Pattern:
     """
 
     __slots__ = ("text", "wildcards", "is_static", "_parts", "_regex", "_prefix", "_suffix",
-                 "_converters", "_types_of")
+                 "_converters", "_types_of", "_template")
 
     def __init__(
         self,
@@ -206,6 +206,11 @@ class Pattern:
         self._regex = re.compile("".join(regex), re.DOTALL)
         self._prefix = _literal_prefix(parts)
         self._suffix = parts[-1] if parts and isinstance(parts[-1], str) and names else ""
+        # str.format_map template for the fast path of format(); None when a name is not a
+        # valid keyword field (e.g. all digits).
+        self._template: str | None = "".join(
+            p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{" + p[0] + "}"
+            for p in parts) if all(not n[0].isdigit() for n in names) else None
 
     def _wildcard_regex(self, m: re.Match, constraints: Mapping[str, str],
                         types: Mapping[str, WildcardType],
@@ -274,7 +279,14 @@ class Pattern:
         return Bindings._fast(values, {**raw, **b._raw})
 
     def format(self, bindings: Mapping[str, Any]) -> str:
+        if self.is_static:
+            return self.text
         raw = bindings._raw if isinstance(bindings, Bindings) else None
+        if raw is not None and self._template is not None:
+            try:
+                return self._template.format_map(raw)
+            except KeyError:
+                pass  # fall through for the error message
         out: list[str] = []
         for part in self._parts:
             if isinstance(part, str):

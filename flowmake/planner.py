@@ -58,26 +58,28 @@ class Reason:
         return out
 
     def __str__(self) -> str:
-        words = {
-            ReasonKind.MISSING: "output missing",
-            ReasonKind.INCOMPLETE: "output left incomplete by an interrupted run",
-            ReasonKind.NO_TRACE: "no record of how the output was made",
-            ReasonKind.INPUT_CHANGED: "input changed",
-            ReasonKind.COMMAND_CHANGED: "command changed",
-            ReasonKind.PARAMS_CHANGED: "params changed",
-            ReasonKind.CODE_CHANGED: "code changed",
-            ReasonKind.IMAGE_CHANGED: "container image changed",
-            ReasonKind.UPSTREAM_CHANGED: "runs if the output of an upstream step changes",
-            ReasonKind.OUTPUT_MODIFIED: "output was modified since it was made",
-            ReasonKind.FORCED: "forced",
-            ReasonKind.CHECKPOINT: "inputs known once a checkpoint finishes",
-        }[self.kind]
+        words = _WORDS[self.kind]
         if self.path:
             words += f": {self.path}"
         if self.step:
             words += f": {self.step}"
         return words
 
+
+_WORDS = {
+    ReasonKind.MISSING: "output missing",
+    ReasonKind.INCOMPLETE: "output left incomplete by an interrupted run",
+    ReasonKind.NO_TRACE: "no record of how the output was made",
+    ReasonKind.INPUT_CHANGED: "input changed",
+    ReasonKind.COMMAND_CHANGED: "command changed",
+    ReasonKind.PARAMS_CHANGED: "params changed",
+    ReasonKind.CODE_CHANGED: "code changed",
+    ReasonKind.IMAGE_CHANGED: "container image changed",
+    ReasonKind.UPSTREAM_CHANGED: "runs if the output of an upstream step changes",
+    ReasonKind.OUTPUT_MODIFIED: "output was modified since it was made",
+    ReasonKind.FORCED: "forced",
+    ReasonKind.CHECKPOINT: "inputs known once a checkpoint finishes",
+}
 
 _FIELD_REASON = {
     "params": ReasonKind.PARAMS_CHANGED,

@@ -96,7 +96,7 @@ class _Layout:
         paths = [p.format(b) for p in self.patterns]
         for i, f in self.flagged:
             flags[paths[i]] = flags[paths[i]] | f
-        return NamedList(paths, self.names, self.single)
+        return NamedList._make(paths, self.names, self.single)
 
 
 def call_plan(func: Callable[..., Any], available: Iterable[str]) -> list[tuple[str, str]] | None:
@@ -200,6 +200,11 @@ class RuleBody:
         self._param_strs = {i: Pattern(v, None, wf.wildcard_types)
                             for i, (_, v) in enumerate(self._params)
                             if isinstance(v, str) and wildcard_names(v)}
+        for i, p in self._param_strs.items():
+            missing = [w for w in p.wildcards if w not in self.wildcard_names]
+            if missing:
+                raise self.error(f"wildcards in params '{self._params[i][0]}' ('{p.text}') cannot be "
+                                 f"determined from the output files: {', '.join(missing)}")
 
     def _check_wildcards(self) -> None:
         sets = {frozenset(p.wildcards) for p in self.output_patterns}
@@ -207,6 +212,7 @@ class RuleBody:
             raise self.error("all outputs of a rule must have the same wildcards: "
                              + "; ".join(p.text for p in self.output_patterns))
         self.wildcard_names = self.output_patterns[0].wildcards if self.output_patterns else ()
+        self._wc_names = {k: (i, i + 1) for i, k in enumerate(self.wildcard_names)}
         known = set(self.wildcard_names)
         others = [p for e in [*self._input, *self._log] for p in e.patterns]
         others += [self._benchmark] if self._benchmark is not None else []
@@ -269,7 +275,7 @@ class RuleBody:
                 names[e.name] = (start, len(items))
                 if is_single:
                     single.add(e.name)
-        return NamedList(items, names, frozenset(single))
+        return NamedList._make(items, names, single)
 
     def _call_input(self, e: _Entry, wc: Wildcards) -> Any:
         func = e.func.func if isinstance(e.func, FlaggedFunction) else e.func
@@ -307,6 +313,8 @@ class RuleBody:
 
     def _eval_resources(self, wc: Wildcards, input: NamedList, threads: int,
                         attempt: int) -> NamedList:
+        if not self._resources:
+            return NamedList._make([], {}, frozenset())
         values: list[tuple[str | None, Any]] = []
         available = None
         for name, v in self._resources:
@@ -319,7 +327,7 @@ class RuleBody:
 
     def _eval_params(self, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:
         if not self._params:
-            return NamedList()
+            return NamedList._make([], {}, frozenset())
         values: list[tuple[str | None, Any]] = []
         available = None
         for i, (name, v) in enumerate(self._params):

@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
-from flowmake.errors import FlowfileError, Location, UsageError, did_you_mean
+from flowmake.errors import FlowfileError, Location, UsageError, WildcardError, did_you_mean
 from flowmake.namedlist import NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, WildcardType
 from flowmake.rulebody import Flags, IncompleteCheckpointBase, RuleBody
@@ -163,16 +163,21 @@ class Rule(RuleBody):
 
     def instantiate(self, bindings: Mapping[str, Any], checkpoints: CheckpointView,
                     attempt: int = 1) -> Instance:
-        if not isinstance(bindings, Bindings):
-            bindings = self.bindings_from_raw({k: str(v) for k, v in bindings.items()})
-        if not self.has_functions:
-            return self._build(bindings, attempt, frozenset())
-        consulted: set[str] = set()
-        token = _CHECKPOINT_CONTEXT.set((checkpoints, consulted))
         try:
-            inst = self._build(bindings, attempt, consulted)
-        finally:
-            _CHECKPOINT_CONTEXT.reset(token)
+            if not isinstance(bindings, Bindings):
+                bindings = self.bindings_from_raw({k: str(v) for k, v in bindings.items()})
+            if not self.has_functions:
+                return self._build(bindings, attempt, frozenset())
+            consulted: set[str] = set()
+            token = _CHECKPOINT_CONTEXT.set((checkpoints, consulted))
+            try:
+                inst = self._build(bindings, attempt, consulted)
+            finally:
+                _CHECKPOINT_CONTEXT.reset(token)
+        except WildcardError as e:
+            if e.location is None:  # say which rule, like every other rule error
+                e.location, e.rule = self.location, self.name
+            raise
         inst.consulted = frozenset(consulted)
         return inst
 
@@ -182,7 +187,8 @@ class Rule(RuleBody):
         inst.bindings = b
         inst.attempt = attempt
         inst.consulted = consulted if isinstance(consulted, frozenset) else frozenset()
-        wc = inst.wildcards = Wildcards.from_mapping(b)
+        wc = inst.wildcards = Wildcards.from_mapping(
+            b, self._wc_names if len(b) == len(self._wc_names) else None)
         flags = inst.flags = Flags()
         inst.output = self._format_static(self._output, b, flags)
         inst.input = self._eval_io(self._input, b, wc, flags, "input")

@@ -4,7 +4,10 @@ Formatting follows Snakemake (``{input}``, ``{input.reads}``, ``{input[0]}``, ``
 ``{x:q}``, ``{{``/``}}``), with one difference made for safety: a substituted value that is not
 plainly safe (``^[\\w@%+=:,./-]+$``) is quoted with ``shlex.quote``, element-wise for lists. Plain
 paths stay unquoted, so printed commands look like Snakemake's. An empty value renders as nothing
-(``params: extra=""`` is common and must not become an empty argument); ``{x:q}`` always quotes.
+(``params: extra=""`` is common and must not become an empty argument); ``{x:q}`` always quotes;
+``{x:raw}`` (ours) inserts a value verbatim, for params that are deliberately shell fragments.
+A field the user already put inside quotes (``-R '{params.rg}'``) is escaped for those quotes
+instead, which keeps existing Snakefiles working and is just as safe.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def safe_word(text: str) -> str:
 
 class _ShellFormatter(string.Formatter):
     def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec == "raw":  # the user's explicit choice: a shell fragment, verbatim
+            return " ".join(str(v) for v in _elements(value))
         if format_spec == "q":
             return " ".join(shlex.quote(str(v)) for v in _elements(value))
         if format_spec:
@@ -52,9 +57,40 @@ class _ShellFormatter(string.Formatter):
 _FORMATTER = _ShellFormatter()
 
 
-def render(template: str, namespace: Mapping[str, Any]) -> str:
-    """Format ``template`` with ``namespace``; KeyError/AttributeError/IndexError for unknown names."""
-    return _FORMATTER.vformat(template, (), namespace)
+def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str:
+    """Format ``template`` with ``namespace``; KeyError/AttributeError/IndexError for unknown names.
+
+    A field the user already wrapped in quotes (``'{params.rg}'``, as Snakemake users must) is
+    inserted verbatim when the value cannot break out of those quotes; quoting it again would
+    change its meaning.
+    """
+    parts = list(_FORMATTER.parse(template))
+    out: list[str] = []
+    auto = 0
+    for i, (literal, field, spec, conversion) in enumerate(parts):
+        out.append(literal)
+        if field is None:
+            continue
+        if field == "":  # "{}" takes the next positional argument, like str.format
+            field, auto = str(auto), auto + 1
+        value, _ = _FORMATTER.get_field(field, args, namespace)
+        value = _FORMATTER.convert_field(value, conversion)
+        after = parts[i + 1][0] if i + 1 < len(parts) else ""
+        quote = literal[-1:] if literal[-1:] in ("'", '"') and after[:1] == literal[-1:] else ""
+        out.append(_inside_quotes(value, quote) if quote and spec not in ("q", "raw") else
+                   _FORMATTER.format_field(value, spec or ""))
+    return "".join(out)
+
+
+_DOUBLE_QUOTE_SPECIAL = re.compile(r'([\\"$`])')
+
+
+def _inside_quotes(value: Any, quote: str) -> str:
+    """Escape a value for the inside of the user's own quotes (exact, and cannot break out)."""
+    words = [str(v) for v in _elements(value)]
+    if quote == "'":
+        return " ".join(w.replace("'", "'\"'\"'") for w in words)
+    return " ".join(_DOUBLE_QUOTE_SPECIAL.sub(r"\\\1", w) for w in words)
 
 
 class ShellError(subprocess.CalledProcessError):
@@ -82,7 +118,7 @@ class Shell:
         # Like Snakemake: the caller's globals and locals (run-block variables) are the namespace.
         frame = sys._getframe(1)
         namespace = {**frame.f_globals, **frame.f_locals, **kwargs}
-        text = _FORMATTER.vformat(cmd, args, namespace)
+        text = render(cmd, namespace, args)
         return run_command(text, self._settings, read=read, iterable=iterable)
 
 

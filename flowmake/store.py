@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ HISTORY_KEEP = 20  # history records kept per output by compaction
 Record = journal.Record
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Trace:
     output: str
     rule: str
@@ -47,7 +48,7 @@ class Trace:
     time: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Marker:
     """A step that began and never ended: its outputs are suspect."""
 
@@ -72,7 +73,7 @@ class Marker:
         return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HistoryRecord:
     step_id: str
     rule: str
@@ -88,24 +89,33 @@ class HistoryRecord:
     params: str
 
 
-# Trace and history records keep their body as one JSON string, decoded on first access: loading
-# creates four objects per trace instead of ~25 (100k traces load in a fraction of the time).
-# T: ["T", t, output, '[rule, key, fields, [[path, digest], ...], output_digest, step_id, time]']
-# H: ["H", t, step_id, [outputs], '[rule, start, end, runtime_s, exit_code, rss, backend, host,
-#     command, params]']
-# F: ["F", t, output]   B: ["B", t, step_id, [outputs], job_pid, pgid, host, pid]   E: ["E", t, step_id]
-# S: ["S", t, path, dev, ino, size, mtime_ns, ctime_ns, digest]   or ["S", t, path]: removed
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+# Record layouts are listed in journal.py.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps builds one per call
+# The C scanner directly: bodies are our own compact JSON, so json.loads' checks are pure overhead.
+_scan = json.JSONDecoder().scan_once
 
 
-def _trace_of(r: Record) -> Trace:
-    rule, key, fields, inputs, output_digest, step_id, t = json.loads(r[3])
-    return Trace(r[2], rule, key, fields, tuple((p, d) for p, d in inputs), output_digest, step_id, t)
+def _loads(body: str) -> Any:
+    return _scan(body, 0)[0]
+
+
+# Field digests that most steps of a rule share: one string object each instead of one per trace.
+_SHARED_FIELDS = frozenset({"version", "rule", "env", "image"})
+
+
+def _trace_of(r: Record, shared: dict[str, str] | None = None) -> Trace:
+    rule, key, fields, inputs, output_digest, step_id, t = _loads(r[3])
+    if shared is not None:
+        share = shared.setdefault
+        rule = share(rule, rule)
+        fields = {
+            share(k, k): share(v, v) if k in _SHARED_FIELDS else v for k, v in fields.items()
+        }
+    return Trace(r[2], rule, key, fields, tuple(map(tuple, inputs)), output_digest, step_id, t)
 
 
 def _history_of(r: Record) -> HistoryRecord:
-    rule, *rest = json.loads(r[4])
+    rule, *rest = _loads(r[4])
     return HistoryRecord(r[2], rule, tuple(r[3]), *rest)
 
 
@@ -119,11 +129,12 @@ class _Traces(Mapping[str, Trace]):
     def __init__(self, rows: dict[str, Record]) -> None:
         self._rows = rows
         self._built: dict[str, Trace] = {}
+        self._shared: dict[str, str] = {}
 
     def __getitem__(self, output: str) -> Trace:
         t = self._built.get(output)
         if t is None:
-            t = self._built[output] = _trace_of(self._rows[output])
+            t = self._built[output] = _trace_of(self._rows[output], self._shared)
         return t
 
     def __contains__(self, output: object) -> bool:
@@ -139,55 +150,6 @@ class _Traces(Mapping[str, Trace]):
         self._built.pop(output, None)
 
 
-class _State:
-    """The merged content of a set of segments: for each key the record with the highest time."""
-
-    def __init__(self) -> None:
-        self.traces: dict[str, Record] = {}  # output -> latest "T" or "F" (forgotten) record
-        self.markers: dict[str, tuple[Record, bool]] = {}  # step -> (latest B/E, owner live)
-        self.history: dict[tuple[int, str], Record] = {}
-        self.stats: dict[str, Record] = {}
-        self.max_t = 0
-
-    def apply(self, frames: list[list[Record]], live: bool) -> None:
-        traces, markers, stats = self.traces, self.markers, self.stats
-        max_t = self.max_t
-        for frame in frames:
-            for r in frame:
-                kind, t = r[0], r[1]
-                if t > max_t:
-                    max_t = t
-                if kind == "T" or kind == "F":
-                    cur = traces.get(r[2])
-                    if cur is None or cur[1] <= t:
-                        traces[r[2]] = r
-                elif kind == "S":
-                    cur = stats.get(r[2])
-                    if cur is None or cur[1] <= t:
-                        stats[r[2]] = r
-                elif kind == "B" or kind == "E":
-                    m = markers.get(r[2])
-                    if m is None or m[0][1] <= t:
-                        markers[r[2]] = (r, live)
-                elif kind == "H":
-                    self.history[(t, r[2])] = r
-                # Unknown kinds come from newer minor versions: ignored, kept by nobody.
-        self.max_t = max_t
-
-    def open_markers(self) -> Iterator[tuple[Record, bool]]:
-        """Begun, never ended, and not superseded by a newer trace for every output."""
-        for r, live in self.markers.values():
-            if r[0] != "B":
-                continue
-            if all(self._newer_trace(o, r[1]) for o in r[3]):
-                continue
-            yield r, live
-
-    def _newer_trace(self, output: str, t: int) -> bool:
-        cur = self.traces.get(output)
-        return cur is not None and cur[1] > t
-
-
 class Store:
     """Open with ``Store.open(workdir)``; the store lives in ``workdir/.flowmake``."""
 
@@ -197,7 +159,6 @@ class Store:
         self.readonly = readonly
         self.host = journal.hostname()
         self.warnings: list[str] = []
-        self._state = _State()
         self._writer: journal.SegmentWriter | None = None
         self._pending: list[Record] = []
         self._unsynced = False
@@ -208,6 +169,7 @@ class Store:
         self._incomplete: dict[str, Marker] = {}
         self._elsewhere: dict[str, Marker] = {}
         self._history: dict[str, list[Record]] = {}
+        self._lock = threading.RLock()  # writes may come from several scheduler threads
 
     # ---- opening and loading -------------------------------------------------------------------
 
@@ -235,9 +197,9 @@ class Store:
             return []
         return sorted(n for n in names if n.endswith(journal.SUFFIX))
 
-    def _read(self, names: list[str], own: str | None) -> tuple[_State, list[str]] | None:
+    def _read(self, names: list[str], own: str | None) -> tuple[journal.State, list[str]] | None:
         """Merge the named segments; None if one vanished (a compaction replaced it)."""
-        state, warnings = _State(), []
+        state, warnings = journal.State(), []
         for name in names:
             if name == own:
                 continue
@@ -270,7 +232,6 @@ class Store:
         else:
             raise StoreError(f"the store in {self.path} keeps changing while being read")
         state, self.warnings = got
-        self._state = state
         self._clock = max(state.max_t, time.time_ns())
         self._live_rows.update((k, r) for k, r in state.traces.items() if r[0] == "T")
         self.stat_cache = StatCache(
@@ -283,7 +244,7 @@ class Store:
             target = self._elsewhere if live else self._incomplete
             m = _marker_of(r)
             for o in m.outputs:
-                if not state._newer_trace(o, r[1]):
+                if not state.newer_trace(o, r[1]):
                     target[o] = m
 
     # ---- queries --------------------------------------------------------------------------------
@@ -319,86 +280,92 @@ class Store:
             raise StoreError("the store was opened read-only" if self.readonly else "store closed")
 
     def put_traces(self, traces: Iterable[Trace]) -> None:
-        self._check_writable()
-        for tr in traces:
-            body = [tr.rule, tr.key, tr.fields, tr.inputs, tr.output_digest, tr.step_id, tr.time]
-            r = ["T", self._tick(), tr.output, _dumps(body)]
-            self._pending.append(r)
-            self._state.traces[tr.output] = r
-            self._live_rows[tr.output] = r
-            self.traces._changed(tr.output)
-            self._incomplete.pop(tr.output, None)
+        with self._lock:
+            self._check_writable()
+            for tr in traces:
+                body = [tr.rule, tr.key, tr.fields, tr.inputs, tr.output_digest, tr.step_id, tr.time]
+                r = ["T", self._tick(), tr.output, _dumps(body)]
+                self._pending.append(r)
+                self._live_rows[tr.output] = r
+                self.traces._changed(tr.output)
+                self._incomplete.pop(tr.output, None)
 
     def forget(self, outputs: Iterable[str]) -> None:
         """Drop the traces of outputs (they were deleted): they will be rebuilt from scratch."""
-        self._check_writable()
-        for o in outputs:
-            r = ["F", self._tick(), o]
-            self._pending.append(r)
-            self._state.traces[o] = r
-            self._live_rows.pop(o, None)
-            self.traces._changed(o)
-            self._incomplete.pop(o, None)
+        with self._lock:
+            self._check_writable()
+            for o in outputs:
+                r = ["F", self._tick(), o]
+                self._pending.append(r)
+                self._live_rows.pop(o, None)
+                self.traces._changed(o)
+                self._incomplete.pop(o, None)
 
     def begin(self, step_id: str, outputs: list[str], job_pid: int | None = None) -> None:
         """Mark a step in flight. Call before its job can touch outputs; again once its pid is known."""
-        self._check_writable()
-        pgid = None
-        if job_pid is not None:
-            try:
-                pgid = os.getpgid(job_pid)
-            except OSError:
-                pgid = None
-        r = ["B", self._tick(), step_id, list(outputs), job_pid, pgid, self.host, os.getpid()]
-        self._state.markers[step_id] = (r, True)
-        self._pending.append(r)
-        self.flush(sync=False)  # must reach the kernel before the job starts: survives SIGKILL
+        with self._lock:
+            self._check_writable()
+            pgid = None
+            if job_pid is not None:
+                try:
+                    pgid = os.getpgid(job_pid)
+                except OSError:
+                    pgid = None
+            r = ["B", self._tick(), step_id, list(outputs), job_pid, pgid, self.host, os.getpid()]
+            self._pending.append(r)
+            self.flush(sync=False)  # must reach the kernel before the job starts: survives SIGKILL
 
     def end(self, step_id: str) -> None:
         """Clear the marker. Put the step's traces first; flush() makes both durable."""
-        self._check_writable()
-        r = ["E", self._tick(), step_id]
-        self._state.markers[step_id] = (r, True)
-        self._pending.append(r)
+        with self._lock:
+            self._check_writable()
+            r = ["E", self._tick(), step_id]
+            self._pending.append(r)
+            # As a reload would see it: an ended step id no longer marks anything incomplete.
+            for o in [o for o, m in self._incomplete.items() if m.step_id == step_id]:
+                del self._incomplete[o]
 
     def add_history(self, rec: HistoryRecord) -> None:
-        self._check_writable()
-        body = [
-            rec.rule, rec.start, rec.end, rec.runtime_s, rec.exit_code, rec.peak_rss_kb,
-            rec.backend, rec.host, rec.command, rec.params,
-        ]  # fmt: skip
-        r = ["H", self._tick(), rec.step_id, list(rec.outputs), _dumps(body)]
-        self._pending.append(r)
-        self._state.history[(r[1], rec.step_id)] = r
-        for o in rec.outputs:
-            self._history.setdefault(o, []).append(r)
+        with self._lock:
+            self._check_writable()
+            body = [
+                rec.rule, rec.start, rec.end, rec.runtime_s, rec.exit_code, rec.peak_rss_kb,
+                rec.backend, rec.host, rec.command, rec.params,
+            ]  # fmt: skip
+            r = ["H", self._tick(), rec.step_id, list(rec.outputs), _dumps(body)]
+            self._pending.append(r)
+            for o in rec.outputs:
+                self._history.setdefault(o, []).append(r)
 
     def flush(self, sync: bool = True) -> None:
         """Write pending records and stat-cache changes as one frame; fsync when ``sync``."""
-        if self._writer is None:
-            return
-        for path, e in self.stat_cache.take_changes():
-            r: Record = ["S", self._tick(), path] if e is None else ["S", self._tick(), path, *e]
-            self._state.stats[path] = r
-            self._pending.append(r)
-        if self._pending:
-            try:
-                self._writer.append(self._pending)
-            except OSError as e:
-                raise StoreError(f"cannot write to the store in {self.path}: {e}") from e
-            self._pending = []
-            self._unsynced = True
-        if sync and self._unsynced:
-            self._writer.sync()
-            self._unsynced = False
+        with self._lock:
+            if self._writer is None:
+                return
+            for path, e in self.stat_cache.take_changes():
+                r: Record = ["S", self._tick(), path]
+                if e is not None:
+                    r.extend(e)
+                self._pending.append(r)
+            if self._pending:
+                try:
+                    self._writer.append(self._pending)
+                except OSError as e:
+                    raise StoreError(f"cannot write to the store in {self.path}: {e}") from e
+                self._pending = []
+                self._unsynced = True
+            if sync and self._unsynced:
+                self._writer.sync()
+                self._unsynced = False
 
     def close(self) -> None:
         """Flush, finish this invocation's segment, and compact if segments have piled up."""
-        if self._writer is None:
-            return
-        self.flush(sync=True)
-        self._writer.close()
-        self._writer = None
+        with self._lock:
+            if self._writer is None:
+                return
+            self.flush(sync=True)
+            self._writer.close()
+            self._writer = None
         if len(self._segment_names()) > COMPACT_AFTER:
             self.compact()
 
@@ -440,12 +407,12 @@ class Store:
             return 0  # someone else compacted meanwhile: next time
         state, _ = got
         keep_tombstones = len(done) < len(names)  # an unmerged segment may hold older records
-        records = _snapshot_records(state, keep_tombstones)
+        records = journal.snapshot_records(state, keep_tombstones, HISTORY_KEEP)
         name = f"snap-{time.time_ns()}-{self.host}-{os.getpid()}{journal.SUFFIX}"
         journal.write_snapshot(self.log_dir, name, records)
         for n in done:
-            journal._unlink(self._p(n))
-            journal._unlink(self._p(n) + journal.LOCK_SUFFIX)
+            journal.unlink_quiet(self._p(n))
+            journal.unlink_quiet(self._p(n) + journal.LOCK_SUFFIX)
         self._clean_debris()
         return len(done)
 
@@ -460,27 +427,8 @@ class Store:
             try:
                 if n.endswith(journal.LOCK_SUFFIX) and not os.path.exists(p[: -len(".lock")]):
                     if not journal.is_live(p[: -len(".lock")], self.host):
-                        journal._unlink(p)
+                        journal.unlink_quiet(p)
                 elif n.endswith(".tmp") and now - os.stat(p).st_mtime > 3600:
-                    journal._unlink(p)
+                    journal.unlink_quiet(p)
             except OSError:
                 pass
-
-
-def _snapshot_records(state: _State, keep_tombstones: bool) -> list[Record]:
-    records: list[Record] = [
-        r for r in state.traces.values() if r[0] == "T" or keep_tombstones
-    ]
-    records += [r for r in state.stats.values() if len(r) > 3 or keep_tombstones]
-    records += [r for r, _ in state.open_markers()]
-    per_output: dict[str, list[Record]] = {}
-    for r in state.history.values():
-        for o in r[3]:
-            per_output.setdefault(o, []).append(r)
-    kept: dict[int, Record] = {}
-    for rows in per_output.values():
-        rows.sort(key=lambda r: r[1])
-        for r in rows[-HISTORY_KEEP:]:
-            kept[id(r)] = r
-    records += kept.values()
-    return records

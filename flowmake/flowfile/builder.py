@@ -52,7 +52,7 @@ class Builder:
             "__builtins__": builtins, "__name__": "__flowfile__", "__file__": wf.flowfile,
             "__flowmake__": self, "config": wf.config, "rules": Rules(wf),
             "checkpoints": Checkpoints(wf), "shell": Shell(wf.shell_settings),
-            "wildcard_type": self.wildcard_type,
+            "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
         }
         ns.update(namespace_helpers(lambda: wf.workdir))
         return ns
@@ -194,6 +194,32 @@ class Builder:
         if name in BUILTIN_TYPES:
             raise FlowfileError(f"wildcard type '{name}' is built in and cannot be redefined")
         self.workflow.wildcard_types[name] = make_type(name, regex, convert)
+
+
+class _WorkflowInfo:
+    """The read-only ``workflow`` object Snakefiles use for ``workflow.basedir`` and friends."""
+
+    def __init__(self, builder: Builder) -> None:
+        self._builder = builder
+
+    @property
+    def basedir(self) -> str:
+        return os.path.dirname(os.path.abspath(self._builder.workflow.flowfile))
+
+    @property
+    def current_basedir(self) -> str:
+        stack = self._builder._stack
+        return os.path.dirname(os.path.abspath(stack[-1])) if stack else self.basedir
+
+    @property
+    def main_snakefile(self) -> str:
+        return os.path.abspath(self._builder.workflow.flowfile)
+
+    snakefile = main_snakefile
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._builder.workflow.config
 
 
 def _single(d: str, value: _Args, file: str) -> Any:

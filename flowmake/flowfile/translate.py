@@ -78,6 +78,12 @@ def _logical_lines(source: str, path: str) -> list[_Line]:
             elif tok.type not in _SKIP:
                 current.append(tok)
     except tokenize.TokenError as e:
+        # Python's own parser names the line that opened the bracket or string; prefer it.
+        try:
+            compile(source, path, "exec")
+        except SyntaxError as se:
+            raise FlowfileError(f"invalid syntax: {se.msg}", location=Location(path, se.lineno),
+                                details=[(se.text or "").strip()]) from None
         row = e.args[1][0] if len(e.args) > 1 else None
         raise FlowfileError(f"unexpected end of file: {e.args[0]}", location=Location(path, row),
                             hint="check for an unclosed bracket or string") from None
@@ -145,6 +151,9 @@ class _Translator:
         seen: dict[str, int] = {}
         action: str | None = None
         k = i + 1
+        if self.lines[k].tokens[0].type == tokenize.STRING and all(
+                t.type == tokenize.STRING for t in self.lines[k].tokens):
+            k += 1  # a docstring, as Snakemake allows; it stays the class docstring
         while k < end:
             k, directive = self._rule_directive(k, row, name, seen, action)
             if directive in ACTIONS:

@@ -12,6 +12,7 @@ No registry is reachable, so images are built locally with ``docker import``:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -137,8 +138,6 @@ def _build_busybox_image(engine: DockerEngine, tar_path: Path) -> None:
         passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"
         info = tarfile.TarInfo("etc/passwd")
         info.size = len(passwd)
-        import io
-
         tar.addfile(info, io.BytesIO(passwd))
     run(["docker", "import", "--change", "ENV PATH=/bin", str(tar_path), engine.busybox_image],
         env=engine.env())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -334,3 +335,104 @@ def test_multiext_and_flags() -> None:
     assert [v.flags for v in t] == [frozenset({"temp"})] * 2
     u = unpack(lambda w: {"a": "b"})
     assert u.unpack
+
+
+def test_workdir_configfile_and_ignored_directives(tmp_path: Path) -> None:
+    (tmp_path / "wd").mkdir()
+    (tmp_path / "wd" / "c.json").write_text('{"a": 5}')
+    wf = load(tmp_path, """
+        workdir: "wd"
+        configfile: "c.json"
+        rule a:
+            output: "a"
+            conda: "envs/x.yaml"
+            envmodules: "bwa/1"
+            singularity: "docker://x"
+            shell: "touch a"
+    """)
+    assert wf.workdir == str(tmp_path / "wd")
+    assert wf.config == {"a": 5}
+    assert wf.rule("a").container == "docker://x"
+    assert str(tmp_path / "wd" / "c.json") in wf.files
+
+
+def test_error_in_directive_expression_has_line(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, 'rule a:\n    output: "a"\n    params:\n        x=undefined_name\n    shell: "x"\n')
+    assert e.value.location.line == 4
+    assert e.value.message == "NameError: name 'undefined_name' is not defined"
+
+
+def test_syntax_error_inside_run_block(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, 'rule a:\n    output: "a"\n    run:\n        x = 1\n        y = = 2\n')
+    assert e.value.location.line == 5
+    assert e.value.details == ["y = = 2"]
+
+
+def test_global_and_rule_wildcard_constraints(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        wildcard_constraints:
+            s=r"[a-z]+"
+        rule a:
+            output: "{s}/{n}.txt"
+            wildcard_constraints:
+                n=r"\\d+"
+            shell: "x"
+        rule b:
+            output: "b/{s,[A-Z]+}.txt"
+            shell: "x"
+    """)
+    a = wf.rule("a")
+    assert a.match_output("ab/12.txt") == {"s": "ab", "n": "12"}
+    assert a.match_output("ab/x.txt") is None and a.match_output("A/1.txt") is None
+    assert wf.rule("b").match_output("b/AB.txt") == {"s": "AB"}
+    assert a.match_output("../1.txt") is None
+
+
+def test_hooks_are_callables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wf = load(tmp_path, """
+        onsuccess: print("done")
+        onerror:
+            print("failed:", log)
+    """)
+    wf.onsuccess()
+    wf.onerror(log="x.log")
+    assert capsys.readouterr().out == "done\nfailed: x.log\n"
+
+
+def test_snakemake_style_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "Snakefile"
+    path.write_text('rule all:\n    input: "a"\nrule a:\n    output: "a"\n    shell: "touch {output}"\n')
+    wf = load_workflow(str(path))
+    assert wf.flowfile == str(path) and wf.default_rule.name == "all"
+
+
+def test_glob_wildcards_in_rule_file_uses_the_workflow_directory(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    for s in ["s1", "s2"]:
+        (tmp_path / "data" / f"{s}.fq").write_text("")
+    cwd = os.getcwd()
+    os.chdir("/")
+    try:
+        wf = load(tmp_path, """
+            SAMPLES = sorted(glob_wildcards("data/{sample}.fq").sample)
+            rule all:
+                input: expand("out/{s}.txt", s=SAMPLES)
+                threads: workflow.cores
+        """)
+    finally:
+        os.chdir(cwd)
+    from flowmake.rules import AllDone
+    assert list(wf.rule("all").instantiate({}, AllDone()).input) == ["out/s1.txt", "out/s2.txt"]
+
+
+def test_private_names_are_not_mangled_in_rule_bodies(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        __prefix = "p"
+        rule a:
+            output: __prefix + ".txt"
+            run:
+                print(__prefix)
+    """)
+    assert [p.text for p in wf.rule("a").output_patterns] == ["p.txt"]

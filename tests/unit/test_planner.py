@@ -1,0 +1,144 @@
+"""The planner is a pure function: these tests feed it steps, traces and digests as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowmake.planner import Decision, Facts, ReasonKind, key_fields, plan
+from flowmake.store import Trace
+
+
+@dataclass
+class FakeRule:
+    name: str
+    kind: str = "shell"
+    container: str | None = None
+    is_checkpoint: bool = False
+
+
+@dataclass
+class FakeInstance:
+    input: list[str]
+    command: str
+    params: list[Any] = field(default_factory=list)
+    flags: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def action_source(self) -> str:
+        return self.command
+
+
+class FakeStep:
+    def __init__(self, name: str, inputs: list[str], outputs: list[str], command: str = "cmd",
+                 deps: list["FakeStep"] = (), flags: dict[str, frozenset[str]] | None = None) -> None:
+        self.rule = FakeRule(name)
+        self.instance = FakeInstance(inputs, command, flags=flags or {})
+        self.outputs = tuple(outputs)
+        self.deps = list(deps)
+        self.id = f"{name}:{outputs[0]}"
+        self.waits_on = ()
+
+    @property
+    def inputs(self) -> list[str]:
+        return self.instance.input
+
+
+def facts(files: dict[str, str], traces: dict[str, Trace], *, incomplete=(), forced=(), newer=False) -> Facts:
+    return Facts(
+        digest=files.get,
+        trace=traces.get,
+        incomplete=set(incomplete).__contains__,
+        forced=lambda s: s.id in forced,
+        newer_than=lambda outs, ins: newer,
+    )
+
+
+def traced(step: FakeStep, files: dict[str, str]) -> dict[str, Trace]:
+    """Traces as a successful run of ``step`` over ``files`` would have left them."""
+    f = facts(files, {})
+    fields, inputs = key_fields(step, f)  # type: ignore[arg-type, misc]
+    return {o: Trace(o, step.rule.name, "k", fields, inputs, files[o], step.id, 0.0) for o in step.outputs}
+
+
+def test_missing_output_runs():
+    s = FakeStep("a", ["in.txt"], ["out.txt"])
+    p = plan([s], facts({"in.txt": "1"}, {}))
+    assert p.steps[0].decision is Decision.RUN
+    assert [r.kind for r in p.steps[0].reasons] == [ReasonKind.MISSING]
+
+
+def test_unchanged_step_skips_and_content_change_names_the_input():
+    s = FakeStep("a", ["in.txt", "other.txt"], ["out.txt"])
+    files = {"in.txt": "1", "other.txt": "2", "out.txt": "3"}
+    traces = traced(s, files)
+    assert plan([s], facts(files, traces)).steps[0].decision is Decision.SKIP
+    files["in.txt"] = "changed"
+    sp = plan([s], facts(files, traces)).steps[0]
+    assert sp.decision is Decision.RUN
+    assert [(r.kind, r.path) for r in sp.reasons] == [(ReasonKind.INPUT_CHANGED, "in.txt")]
+
+
+def test_command_edit_is_command_changed_and_downstream_pends():
+    a = FakeStep("a", ["in.txt"], ["mid.txt"])
+    b = FakeStep("b", ["mid.txt"], ["out.txt"], deps=[a])
+    files = {"in.txt": "1", "mid.txt": "2", "out.txt": "3"}
+    traces = {**traced(a, files), **traced(b, files)}
+    a.instance.command = "new cmd"
+    p = plan([a, b], facts(files, traces))
+    assert [r.kind for r in p.steps[0].reasons] == [ReasonKind.COMMAND_CHANGED]
+    assert p.steps[1].decision is Decision.PENDING
+    assert p.steps[1].reasons[0].kind is ReasonKind.UPSTREAM_CHANGED and p.steps[1].reasons[0].step == a.id
+
+
+def test_no_trace_adopts_newer_outputs_once_and_runs_older_ones():
+    s = FakeStep("a", ["in.txt"], ["out.txt"])
+    files = {"in.txt": "1", "out.txt": "2"}
+    assert plan([s], facts(files, {}, newer=True)).steps[0].decision is Decision.ADOPT
+    sp = plan([s], facts(files, {}, newer=False)).steps[0]
+    assert sp.decision is Decision.RUN and sp.reasons[0].kind is ReasonKind.NO_TRACE
+
+
+def test_incomplete_beats_everything_and_output_edit_is_noticed():
+    s = FakeStep("a", ["in.txt"], ["out.txt"])
+    files = {"in.txt": "1", "out.txt": "2"}
+    traces = traced(s, files)
+    sp = plan([s], facts(files, traces, incomplete={"out.txt"})).steps[0]
+    assert [r.kind for r in sp.reasons] == [ReasonKind.INCOMPLETE]
+    files["out.txt"] = "edited by hand"
+    sp = plan([s], facts(files, traces)).steps[0]
+    assert [r.kind for r in sp.reasons] == [ReasonKind.OUTPUT_MODIFIED]
+
+
+def test_params_change_and_forced():
+    s = FakeStep("a", ["in.txt"], ["out.txt"])
+    files = {"in.txt": "1", "out.txt": "2"}
+    traces = traced(s, files)
+    s.instance.params = [3]
+    assert [r.kind for r in plan([s], facts(files, traces)).steps[0].reasons] == [ReasonKind.PARAMS_CHANGED]
+    s.instance.params = []
+    sp = plan([s], facts(files, traces, forced={s.id})).steps[0]
+    assert [r.kind for r in sp.reasons] == [ReasonKind.FORCED]
+
+
+def test_deleted_temp_output_does_not_rerun_its_producer_unless_a_consumer_runs():
+    a = FakeStep("a", ["in.txt"], ["tmp.txt"], flags={"tmp.txt": frozenset({"temp"})})
+    b = FakeStep("b", ["tmp.txt"], ["out.txt"], deps=[a])
+    files = {"in.txt": "1", "tmp.txt": "2", "out.txt": "3"}
+    traces = {**traced(a, files), **traced(b, files)}
+    del files["tmp.txt"]
+    p = plan([a, b], facts(files, traces))
+    assert [sp.decision for sp in p.steps] == [Decision.SKIP, Decision.SKIP]
+    b.instance.command = "edited"
+    p = plan([a, b], facts(files, traces))
+    assert [sp.decision for sp in p.steps] == [Decision.RUN, Decision.RUN]
+    assert p.steps[0].reasons[0].kind is ReasonKind.MISSING
+
+
+def test_reasons_serialise_with_hyphenated_kinds():
+    s = FakeStep("a", ["in.txt"], ["out.txt"])
+    files = {"in.txt": "1", "out.txt": "2"}
+    traces = traced(s, files)
+    files["in.txt"] = "9"
+    sp = plan([s], facts(files, traces)).steps[0]
+    assert sp.reasons[0].to_json() == {"kind": "input-changed", "path": "in.txt"}
+    assert str(sp.reasons[0]) == "input changed: in.txt"

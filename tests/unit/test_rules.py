@@ -1,0 +1,455 @@
+"""Rules and instances: matching, instantiation, functions, checkpoints, commands, run blocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import timeit
+from pathlib import Path
+
+import pytest
+
+from flowmake.errors import FlowfileError
+from flowmake.flowfile import load_workflow
+from flowmake.flowfile.runtime import rebuild_instance, run_from_dict, run_instance
+from flowmake.namedlist import NamedList
+from flowmake.rules import AllDone, IncompleteCheckpoint, Instance, Workflow
+
+
+def load(tmp_path: Path, text: str) -> Workflow:
+    path = tmp_path / "Flowfile"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return load_workflow(str(path))
+
+
+def inst(wf: Workflow, rule: str, target: str, view: object = None) -> Instance:
+    r = wf.rule(rule)
+    b = r.match_output(target)
+    assert b is not None, f"{rule} does not match {target}"
+    return r.instantiate(b, view or AllDone())
+
+
+class Done:
+    def __init__(self, done: bool) -> None:
+        self.done = done
+        self.asked: list[tuple[str, ...]] = []
+
+    def is_done(self, paths: tuple[str, ...]) -> bool:
+        self.asked.append(paths)
+        return self.done
+
+
+def test_namedlist() -> None:
+    nl = NamedList(["a", "b", "c"], {"one": (0, 1), "rest": (1, 3), "index": (2, 3)})
+    assert nl.one == "a" and nl["one"] == "a"
+    assert list(nl.rest) == ["b", "c"] and str(nl.rest) == "b c"
+    assert nl.index == "c"  # a declared name shadows the list method
+    assert str(nl) == "a b c" and nl[0] == "a"
+    assert nl.keys() == ["one", "rest", "index"]
+    with pytest.raises(AttributeError):
+        nl.nope
+
+
+def test_rule_properties(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            output: "{s}.txt", log="{s}.log2"
+            priority: 5
+            retries: 2
+            cache: True
+            shell: "touch {output}"
+        checkpoint c:
+            output: directory("d")
+            run:
+                pass
+        rule s:
+            output: "s.out"
+            script: "scripts/x.py"
+        rule n:
+            input: "x"
+    """)
+    a = wf.rule("a")
+    assert (a.priority, a.retries, a.cache, a.kind, a.has_wildcards) == (5, 2, True, "shell", True)
+    assert [p.text for p in a.output_patterns] == ["{s}.txt", "{s}.log2"]
+    assert a.location.line == 1
+    c = wf.rule("c")
+    assert c.is_checkpoint and c.kind == "run" and not c.has_wildcards
+    assert wf.rule("s").kind == "script" and wf.rule("n").kind == "none"
+    assert a.priority == 5 and wf.rule("n").priority == 0 and wf.rule("n").retries == 0
+
+
+def test_instantiate_plain(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            input: "data/{s}.fq", ref="ref.fa"
+            output: bam=temp("out/{s}.bam"), bai=protected("out/{s}.bai")
+            log: "logs/{s}.log"
+            benchmark: "bench/{s}.tsv"
+            params: prefix="out/{s}", n=3
+            threads: 4
+            resources: mem_mb=2000, runtime=10
+            message: "aligning {wildcards.s} with {threads} threads"
+            shell: "bwa {input} > {output.bam} 2> {log}"
+    """)
+    i = inst(wf, "a", "out/x.bam")
+    assert list(i.input) == ["data/x.fq", "ref.fa"] and i.input.ref == "ref.fa"
+    assert i.output.bam == "out/x.bam" and list(i.output) == ["out/x.bam", "out/x.bai"]
+    assert list(i.log) == ["logs/x.log"] and i.benchmark == "bench/x.tsv"
+    assert i.params.prefix == "out/x" and i.params.n == 3
+    assert i.threads == 4 and i.resources.mem_mb == 2000 and dict(i.resources.items()) == {
+        "mem_mb": 2000, "runtime": 10}
+    assert i.flags["out/x.bam"] == {"temp"} and i.flags["out/x.bai"] == {"protected"}
+    assert i.flags["data/x.fq"] == frozenset()
+    assert i.message() == "aligning x with 4 threads"
+    assert i.command() == "bwa data/x.fq ref.fa > out/x.bam 2> logs/x.log"
+    assert i.action_source() == i.command()
+    assert i.consulted == frozenset()
+
+
+def test_input_functions(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        def gen(wildcards):
+            for k in range(2):
+                yield f"g/{wildcards.s}.{k}"
+        rule a:
+            input:
+                lambda wildcards: f"in/{wildcards.s}",
+                paths=lambda w: [Path("p1"), "p2"],
+                gen=gen,
+                one=ancient(lambda w: "old"),
+            output: "{s}.out"
+            shell: "x"
+        rule b:
+            input: unpack(lambda w: {"r1": "a_1", "r2": ["a_2", "a_3"]})
+            output: "{s}.b"
+            shell: "cat {input.r1} {input.r2}"
+        rule bad:
+            input: lambda w: {"r1": "x"}
+            output: "{s}.bad"
+            shell: "x"
+    """)
+    i = inst(wf, "a", "q.out")
+    assert list(i.input) == ["in/q", "p1", "p2", "g/q.0", "g/q.1", "old"]
+    assert list(i.input.paths) == ["p1", "p2"] and i.input.one == "old"
+    assert i.flags["old"] == {"ancient"}
+    j = inst(wf, "b", "q.b")
+    assert j.input.r1 == "a_1" and list(j.input.r2) == ["a_2", "a_3"]
+    assert j.command() == "cat a_1 a_2 a_3"
+    with pytest.raises(FlowfileError) as e:
+        inst(wf, "bad", "q.bad")
+    assert e.value.message == "input function returned a dict; wrap the function with unpack()"
+
+
+def test_typed_wildcards_reach_functions(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            input: lambda wildcards: f"lanes/{wildcards.lane}.{wildcards.lane + 1}.fq"
+            output: "out/{lane:int}/{day:date}.txt"
+            params: wd=lambda wildcards: wildcards.day.isoweekday()
+            shell: "echo {wildcards.lane} {wildcards.day} > {output}"
+    """)
+    i = inst(wf, "a", "out/007/2024-01-01.txt")
+    assert list(i.input) == ["lanes/007.8.fq"]
+    assert i.params.wd == 1 and i.wildcards.lane == 7 and i.wildcards["lane"] == 7
+    assert i.command() == "echo 007 2024-01-01 > out/007/2024-01-01.txt"
+    assert wf.rule("a").match_output("out/7/2024-02-30.txt") is None
+
+
+def test_params_threads_resources_functions(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            input: "{s}.in"
+            output: "{s}.out"
+            threads: lambda wildcards: 2 if wildcards.s == "big" else 1
+            resources:
+                mem_mb=lambda wildcards, input, threads, attempt: 1000 * threads * attempt
+            params:
+                a=lambda wildcards, input, output, threads, resources: f"{input[0]}:{output}:{threads}:{resources.mem_mb}",
+                b=lambda w: w.s.upper(),
+            shell: "x"
+    """)
+    i = inst(wf, "a", "big.out")
+    assert i.threads == 2 and i.resources.mem_mb == 2000
+    assert i.params.a == "big.in:big.out:2:2000" and i.params.b == "BIG"
+    r = wf.rule("a")
+    assert r.instantiate(r.match_output("big.out"), AllDone(), attempt=2).resources.mem_mb == 4000
+
+
+def test_user_function_errors(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            input: lambda w: 1 / 0
+            output: "{s}.a"
+            shell: "x"
+        rule b:
+            output: "{s}.b"
+            params: p=lambda wildcards, bogus: 1
+            shell: "x"
+        rule c:
+            output: "{s}.c"
+            threads: lambda w: "many"
+            shell: "x"
+    """)
+    with pytest.raises(FlowfileError) as e:
+        inst(wf, "a", "x.a")
+    assert str(e.value) == (f"{tmp_path / 'Flowfile'}:1: Flowfile error: input function raised "
+                            "ZeroDivisionError: division by zero\n  rule: a")
+    with pytest.raises(FlowfileError) as e:
+        inst(wf, "b", "x.b")
+    assert e.value.message == "params 'p' function takes unknown argument(s): bogus"
+    with pytest.raises(FlowfileError) as e:
+        inst(wf, "c", "x.c")
+    assert e.value.message == "threads must be an integer, got 'many'"
+
+
+def test_command_quoting(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        shell.prefix("set -x; ")
+        shell.suffix(" # end")
+        rule a:
+            input: "in/{s}.txt"
+            output: "out/{s}.txt"
+            params: p={"k": "v w"}, extra="", evil="; rm -rf /", opts=["-a", "b c"]
+            shell: "cmd {input:q} {params.p[k]} {params.extra} {params.evil} {params.opts} {{lit}} {output}"
+    """)
+    i = inst(wf, "a", "out/a b.txt")
+    assert i.command() == ("set -x; cmd 'in/a b.txt' 'v w'  '; rm -rf /' -a 'b c' {lit} "
+                           "'out/a b.txt' # end")
+
+
+def test_command_unknown_name(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            output: "o"
+            shell: "echo {config[x]} {nope}"
+    """)
+    with pytest.raises(FlowfileError) as e:
+        inst(wf, "a", "o").command()
+    assert e.value.message == "cannot format shell command: KeyError: 'config'"
+
+
+def test_rules_reference_and_checkpoints(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        checkpoint split:
+            input: "{s}.in"
+            output: directory("parts/{s}")
+            shell: "mkdir {output}"
+        def parts(wildcards):
+            out = checkpoints.split.get(s=wildcards.s).output[0]
+            return [out + "/1.txt", out + "/2.txt"]
+        rule merge:
+            input: parts
+            output: "{s}.merged"
+            shell: "cat {input} > {output}"
+        rule copy:
+            input: rules.split.input[0]
+            output: "{s}.copy"
+            shell: "x"
+    """)
+    with pytest.raises(IncompleteCheckpoint) as e:
+        inst(wf, "merge", "a.merged", Done(False))
+    assert (e.value.rule, e.value.outputs) == ("split", ("parts/a",))
+    assert not isinstance(e.value, FlowfileError)
+    view = Done(True)
+    i = inst(wf, "merge", "a.merged", view)
+    assert list(i.input) == ["parts/a/1.txt", "parts/a/2.txt"]
+    assert i.consulted == frozenset({"parts/a"}) and view.asked == [("parts/a",)]
+    assert list(inst(wf, "copy", "z.copy").input) == ["z.in"]
+    assert inst(wf, "split", "parts/q").flags["parts/q"] == {"directory"}
+
+
+def test_run_block_executes_with_shell(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        X = "glob"
+        rule a:
+            input: "{s}.in"
+            output: "{s}.out"
+            params: n=2
+            run:
+                text = shell("cat {input}", read=True)
+                lines = list(shell("printf 'a\\\\nb\\\\n'", iterable=True))
+                local = "loc"
+                with open(output[0], "w") as f:
+                    f.write(f"{text.strip()} {lines} {wildcards.s} {params.n} {threads} {X} {rule}")
+                shell("echo {local} {config[k]} >> {output}")
+    """)
+    (tmp_path / "q.in").write_text("hello\n")
+    wf.config["k"] = "cfg"
+    i = inst(wf, "a", "q.out")
+    assert i.action_source().startswith('text = shell("cat {input}", read=True)\n')
+    cwd = os.getcwd()
+    try:
+        run_instance(wf, "a", {"s": "q"})
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "q.out").read_text() == "hello ['a', 'b'] q 2 1 glob aloc cfg\n"
+
+
+def test_run_block_shell_failure_raises(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            output: "o"
+            run:
+                shell("false")
+    """)
+    cwd = os.getcwd()
+    try:
+        with pytest.raises(Exception) as e:
+            run_instance(wf, "a", {})
+    finally:
+        os.chdir(cwd)
+    assert "exit status 1" in str(e.value)
+
+
+def test_script_rule(tmp_path: Path) -> None:
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "w.py").write_text(
+        "open(snakemake.output[0], 'w').write("
+        "f'{snakemake.input.a} {snakemake.params.p} {snakemake.wildcards.n + 1} {snakemake.rule}')\n")
+    wf = load(tmp_path, """
+        rule a:
+            input: a="{n}.in"
+            output: "{n:int}.out"
+            params: p="x"
+            script: "scripts/w.py"
+    """)
+    i = inst(wf, "a", "4.out")
+    assert i.action_source().startswith("script scripts/w.py\nopen(snakemake.output[0]")
+    data = json.loads(json.dumps(i.to_dict()))
+    assert data["wildcards"] == {"n": "4"} and data["rule"] == "a"
+    again = rebuild_instance(data)
+    assert list(again.output) == ["4.out"] and again.wildcards.n == 4
+    cwd = os.getcwd()
+    try:
+        run_from_dict(data)
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "4.out").read_text() == "4.in x 5 a"
+
+
+def test_instantiate_with_raw_dict(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            output: "{n:int}.out"
+            shell: "x"
+    """)
+    i = wf.rule("a").instantiate({"n": "07"}, AllDone())
+    assert i.wildcards.n == 7 and list(i.output) == ["07.out"]
+
+
+def test_speed(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule a:
+            input: "data/{sample}.fq", ref="ref.fa"
+            output: "out/{sample}.bam"
+            log: "logs/{sample}.log"
+            params: x=1
+            threads: 2
+            shell: "bwa {input} > {output}"
+    """)
+    r = wf.rule("a")
+    n = 20000
+    t_match = timeit.timeit(lambda: r.match_output("out/s123.bam"), number=n) / n
+    b = r.match_output("out/s123.bam")
+    view = AllDone()
+    t_inst = timeit.timeit(lambda: r.instantiate(b, view), number=n) / n
+    # Generous bounds for slow CI machines; typical numbers are ~1 µs and ~10 µs.
+    assert t_match < 20e-6 and t_inst < 100e-6
+
+
+def test_fields_inside_user_quotes_are_escaped_not_requoted(tmp_path: Path) -> None:
+    wf = load(tmp_path, r"""
+        rule a:
+            output: "{s}.bam"
+            params: rg=r"@RG\tID:{s}", q="it's", d='say "$HOME"'
+            shell: "bwa -R '{params.rg}' --a '{params.q}' --b \"{params.d}\" > {output}"
+    """)
+    i = inst(wf, "a", "x.bam")
+    assert i.command() == (
+        "bwa -R '@RG\\tID:x' --a 'it'\"'\"'s' --b \"say \\\"\\$HOME\\\"\" > x.bam")
+    import subprocess
+    out = subprocess.run(["bash", "-c", "printf '%s|' " + i.command().split(" ", 1)[1].split(" >")[0]],
+                         capture_output=True, text=True).stdout
+    assert out == '-R|@RG\\tID:x|--a|it\'s|--b|say "$HOME"|'
+
+
+def test_workflow_object(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        BASE = workflow.basedir
+        rule a:
+            output: "o"
+            params: b=BASE
+            shell: "x"
+    """)
+    assert wf.rule("a")._params == [("b", str(tmp_path))]
+
+
+def test_rule_docstring_and_raw_fragment(tmp_path: Path) -> None:
+    wf = load(tmp_path, '''
+        rule a:
+            """Align reads."""
+            output: "{s}.bam"
+            params: extra="-m 4G", evil="a;b"
+            shell: "sort {params.extra:raw} {params.evil} > {output}"
+    ''')
+    assert inst(wf, "a", "x.bam").command() == "sort -m 4G 'a;b' > x.bam"
+
+
+def test_params_string_with_unknown_wildcard(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, """
+            rule a:
+                output: "{s}.out"
+                params: p="{t}.x", awk="{print $1}"
+                shell: "x"
+        """)
+    assert e.value.message == ("wildcards in params 'p' ('{t}.x') cannot be determined from the "
+                               "output files: t")
+
+
+def test_checkpoint_get_outside_input_function(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, """
+            checkpoint c:
+                output: "c"
+                shell: "touch c"
+            x = checkpoints.c.get()
+        """)
+    assert e.value.message == "checkpoints.c.get() can only be called from an input function"
+    assert e.value.location.line == 1  # the checkpoint rule's own line
+    wf = load(tmp_path, 'rule c:\n    output: "c"\n    shell: "x"\ndef f(w):\n'
+                        '    return checkpoints.c.get().output\nrule d:\n    input: f\n    output: "d"\n')
+    with pytest.raises(FlowfileError) as e:
+        inst(wf, "d", "d")
+    assert e.value.message == "no checkpoint named 'c'"
+
+
+def test_instance_pickles_namedlists(tmp_path: Path) -> None:
+    import pickle
+    wf = load(tmp_path, """
+        rule a:
+            input: r="{s}.in"
+            output: "{s}.out"
+            shell: "x"
+    """)
+    i = inst(wf, "a", "q.out")
+    nl = pickle.loads(pickle.dumps(i.input))
+    assert nl.r == "q.in" and str(nl) == "q.in"
+    w = pickle.loads(pickle.dumps(i.wildcards))
+    assert w.s == "q" and type(w).__name__ == "Wildcards"
+
+
+def test_instantiate_with_bad_raw_values(tmp_path: Path) -> None:
+    from flowmake.errors import WildcardError
+    wf = load(tmp_path, """
+        rule a:
+            output: "{n:int}.out"
+            shell: "x"
+    """)
+    with pytest.raises(WildcardError) as e:
+        wf.rule("a").instantiate({"n": "seven"}, AllDone())
+    assert e.value.rule == "a" and e.value.location.line == 1
+    with pytest.raises(WildcardError) as e:
+        wf.rule("a").instantiate({}, AllDone())
+    assert e.value.message == "wildcard 'n' of pattern '{n:int}.out' has no value"
