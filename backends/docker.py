@@ -23,6 +23,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -90,7 +91,7 @@ class DockerBackend:
             handle.native_id = f"local-{next(self._seq)}"
             cmd = ["bash", "-c", job_script(spec)]
         env = {**os.environ, **dict(spec.env)} if not image else None
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:  # appends across attempts, as the local backend does
             # Own session: cancel can kill the whole process group of a local job.
             handle.proc = subprocess.Popen(
                 cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -203,7 +204,7 @@ class DockerBackend:
         with self._lock:
             self._running.pop(handle.native_id, None)
         self._events.put(JobEvent(handle, st, exit_code=code, runtime_s=runtime,
-                                  host="docker" if handle.container else "localhost",
+                                  host="docker" if handle.container else socket.gethostname(),
                                   message=message))
 
     def _kill(self, handle: DockerHandle) -> None:

@@ -128,6 +128,7 @@ class Digester:
         self.stat_cache = stat_cache
         self._stats: dict[str, os.stat_result | None] = {}
         self._dirs: dict[str, str] = {}
+        self._children: dict[str, set[str]] = {}
         self.files_hashed = 0  # how many files were actually read (for reports and tests)
         self.bytes_hashed = 0
 
@@ -143,20 +144,33 @@ class Digester:
         except (FileNotFoundError, NotADirectoryError):
             st = None
         self._stats[path] = st
+        self._note_child(path)
         return st
 
+    def _note_child(self, path: str) -> None:
+        # parent -> memoised children, so invalidate() costs O(subtree), not O(everything memoised)
+        parent = os.path.dirname(path)
+        kids = self._children.get(parent)
+        if kids is None:
+            self._children[parent] = {path}
+        else:
+            kids.add(path)
+
     def invalidate(self, path: str) -> None:
-        """Forget memoised stats for ``path`` and everything under it (it was just rewritten)."""
+        """Forget memoised stats and digests for ``path`` and everything under it (it was just
+        rewritten), and the digests of the directories above it."""
         path = os.path.normpath(path)
-        prefix = path.rstrip(os.sep) + os.sep
-        for memo in (self._stats, self._dirs):
-            memo.pop(path, None)
-            for p in [p for p in memo if p.startswith(prefix)]:
-                del memo[p]
-        # Directories above it may contain it: their digests are stale too.
+        todo = [path]
+        while todo:
+            p = todo.pop()
+            self._stats.pop(p, None)
+            self._dirs.pop(p, None)
+            todo.extend(self._children.pop(p, ()))
+        # Directories above it: their digests are stale, and one may have just been created.
         parent = os.path.dirname(path)
         while parent and parent != path:
             self._dirs.pop(parent, None)
+            self._stats.pop(parent, None)
             path, parent = parent, os.path.dirname(parent)
 
     def digest(self, path: str, *, settled: bool = False) -> str | None:
@@ -221,6 +235,7 @@ class Digester:
                 out.append((rpath, f"l\0{rpath}\0{os.readlink(full)}\n"))
             elif e.is_dir(follow_symlinks=False):
                 out.append((rpath, f"d\0{rpath}\0\n"))
+                self._note_child(os.path.normpath(full))
                 self._walk(root, rpath, out, settled)
             else:
                 st = self.stat(full)

@@ -112,9 +112,13 @@ def _resync(data: bytes, start: int, hint: int) -> int | None:
 
     if start <= hint < n and valid(hint):
         return hint
-    for p in range(start, n - 7):
-        if valid(p):
-            return p
+    # Every payload is a JSON array of arrays, so a frame's payload starts with "[[": only those
+    # offsets are candidates (a byte-by-byte scan of a torn multi-MB tail would take seconds).
+    p = data.find(b"[[", start + 8)
+    while p != -1:
+        if valid(p - 8):
+            return p - 8
+        p = data.find(b"[[", p + 1)
     return None
 
 

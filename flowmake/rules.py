@@ -229,7 +229,8 @@ class Instance:
     def _render(self, template: str, what: str, quote: bool) -> str:
         try:
             if quote:
-                return shellfmt.render(template, self._namespace())
+                tainted = tuple(v for v in self.bindings.raw_dict().values() if not shellfmt.is_safe(v))
+                return shellfmt.render(template, self._namespace(), tainted=tainted)
             return template.format_map(self._namespace())
         except (KeyError, AttributeError, IndexError, ValueError) as e:
             raise FlowfileError(f"cannot format {what}: {type(e).__name__}: {e}",

@@ -1,9 +1,12 @@
 """Rendering shell commands from ``{input}``-style templates, safely, and running them from run blocks.
 
 Formatting follows Snakemake (``{input}``, ``{input.reads}``, ``{input[0]}``, ``{params.p[key]}``,
-``{x:q}``, ``{{``/``}}``), with one difference made for safety: a substituted value that is not
-plainly safe (``^[\\w@%+=:,./-]+$``) is quoted with ``shlex.quote``, element-wise for lists. Plain
-paths stay unquoted, so printed commands look like Snakemake's. An empty value renders as nothing
+``{x:q}``, ``{{``/``}}``), with one difference made for safety: wildcard values come from target
+names, which anyone may choose, so every value that carries them (input, output, log, wildcards)
+is quoted with ``shlex.quote`` when it is not plainly safe (``^[\\w@%+=:,./-]+$``), element-wise for
+lists. Plain paths stay unquoted, so printed commands look like Snakemake's. params, threads and
+resources are the rule author's own and are inserted verbatim as in Snakemake (``extra="-m 4G"``
+stays two words) — unless a value contains an unsafe wildcard value, which is then quoted. An empty value renders as nothing
 (``params: extra=""`` is common and must not become an empty argument); ``{x:q}`` always quotes;
 ``{x:raw}`` (ours) inserts a value verbatim, for params that are deliberately shell fragments.
 A field the user already put inside quotes (``-R '{params.rg}'``) is escaped for those quotes
@@ -37,6 +40,10 @@ def _elements(value: Any) -> list[Any]:
     return [value]
 
 
+def is_safe(text: str) -> bool:
+    return text == "" or _SAFE.fullmatch(text) is not None
+
+
 def safe_word(text: str) -> str:
     if text == "" or _SAFE.fullmatch(text):
         return text
@@ -57,8 +64,33 @@ class _ShellFormatter(string.Formatter):
 _FORMATTER = _ShellFormatter()
 
 
-def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = ()) -> str:
+VERBATIM = frozenset({"params", "threads", "resources", "rule", "config"})
+
+
+def _root(field: str) -> str:
+    end = len(field)
+    for sep in ".[":
+        i = field.find(sep)
+        if i != -1:
+            end = min(end, i)
+    return field[:end]
+
+
+def _verbatim(value: Any, tainted: tuple[str, ...]) -> str | None:
+    """A rule author's value as Snakemake inserts it, or None when a wildcard value hides in it."""
+    words = [str(v) for v in _elements(value)]
+    if any(t in w for t in tainted for w in words):
+        return None
+    return " ".join(words)
+
+
+def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = (),
+           tainted: tuple[str, ...] | None = None) -> str:
     """Format ``template`` with ``namespace``; KeyError/AttributeError/IndexError for unknown names.
+
+    ``tainted``: the step's wildcard values that are not plainly safe; when given, params, threads
+    and resources are inserted verbatim unless they contain one of them. When None (``shell()`` in
+    a run block, where names are the user's own locals), everything not plainly safe is quoted.
 
     A field the user already wrapped in quotes (``'{params.rg}'``, as Snakemake users must) is
     inserted verbatim when the value cannot break out of those quotes; quoting it again would
@@ -77,6 +109,11 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
         value = _FORMATTER.convert_field(value, conversion)
         after = parts[i + 1][0] if i + 1 < len(parts) else ""
         quote = literal[-1:] if literal[-1:] in ("'", '"') and after[:1] == literal[-1:] else ""
+        if tainted is not None and not spec and not quote and _root(field) in VERBATIM:
+            plain = _verbatim(value, tainted)
+            if plain is not None:
+                out.append(plain)
+                continue
         out.append(_inside_quotes(value, quote) if quote and spec not in ("q", "raw") else
                    _FORMATTER.format_field(value, spec or ""))
     return "".join(out)

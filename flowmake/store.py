@@ -11,6 +11,10 @@ run on a host whose clock is behind still supersedes what it has read.
 Durability: records are buffered in memory; ``flush()`` writes them as one frame and fsyncs. Call it
 after each batch of completed steps, before reporting them done. ``begin`` writes its marker
 immediately (no fsync): it must survive a SIGKILL of this process, not a machine crash.
+
+Paths (trace outputs, stat-cache keys) are used exactly as given: pass workdir-relative, normalised
+paths. ``Store.open(..., readonly=True)`` (dry-run, ``--why``) loads without creating anything.
+What was loaded is a snapshot: records other live runs append later are not seen until reopened.
 """
 
 from __future__ import annotations
@@ -96,7 +100,10 @@ _scan = json.JSONDecoder().scan_once
 
 
 def _loads(body: str) -> Any:
-    return _scan(body, 0)[0]
+    try:
+        return _scan(body, 0)[0]
+    except StopIteration:  # the C scanner's way of saying "invalid": get json's real error
+        return json.loads(body)
 
 
 # Field digests that most steps of a rule share: one string object each instead of one per trace.
@@ -357,6 +364,10 @@ class Store:
             if sync and self._unsynced:
                 self._writer.sync()
                 self._unsynced = False
+
+    def save_stat_cache(self) -> None:
+        """Write stat-cache changes now (``flush`` and ``close`` do it too)."""
+        self.flush(sync=False)
 
     def close(self) -> None:
         """Flush, finish this invocation's segment, and compact if segments have piled up."""

@@ -221,6 +221,11 @@ class _WorkflowInfo:
     def config(self) -> dict[str, Any]:
         return self._builder.workflow.config
 
+    @property
+    def cores(self) -> int:
+        # --cores is not known while loading; the scheduler caps threads at the real value anyway.
+        return os.cpu_count() or 1
+
 
 def _single(d: str, value: _Args, file: str) -> Any:
     if len(value.args) != 1 or value.kwargs:

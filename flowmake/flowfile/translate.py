@@ -7,15 +7,16 @@ A rule block becomes a class statement whose metaclass is the builder's rule fac
 immediately (so rules in loops and under ``if`` work), Python scoping is untouched, and the class
 namespace hands the directive values, including the ``run:`` function, to the builder::
 
-    rule align:                      class __flow_rule__(metaclass=__flowmake__.rule('align', 1, False, 0)):
+    rule align:                      class ___(metaclass=__flowmake__.rule('align', 1, False, 0)):
         input: "a.fq", ref="r.fa"        __flow_input__ = __flowmake__.args(2, "a.fq", ref="r.fa")
         run:                             def __flow_run__(input, output, params, wildcards, ...):
             shell("...")                     shell("...")
 
 Top-level directives become builder calls (``include: "x"`` → ``__flowmake__.include(3, "x")``);
 ``onstart:``/``onsuccess:``/``onerror:`` blocks become functions the builder collects after the file
-ran. Only ``__flowmake__`` links the namespace to the engine (dunder names escape class-body name
-mangling).
+ran. Only ``__flowmake__`` links the namespace to the engine. The class is named ``___`` because
+Python does not mangle private names inside an all-underscore class, so ``__x`` in a rule body
+means what it says.
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ class _Translator:
             raise self.error(f"{kw.string} '{name or ''}' has no directives", row)
         factory = (f"__flowmake__.rule({name!r}, {row}, {kw.string == 'checkpoint'}, "
                    f"{self.file_id})")
-        self._replace(kw, colon, f"class __flow_rule__(metaclass={factory}):")
+        # An all-underscore class name turns off private-name mangling, so user code in the
+        # rule body that uses __names means what it says.
+        self._replace(kw, colon, f"class ___(metaclass={factory}):")
         seen: dict[str, int] = {}
         action: str | None = None
         k = i + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import blake3
@@ -169,3 +170,18 @@ def test_large_file_uses_mmap_and_matches(tmp_path: Path, no_racy: None) -> None
     data = os.urandom(1024) * (9 * 1024 + 1)  # just over 9 MiB > MMAP_THRESHOLD
     p = write(tmp_path / "big.bin", data)
     assert Digester(StatCache()).digest(p) == blake3.blake3(data).hexdigest(16)
+
+
+def test_invalidate_sees_new_directories_and_is_cheap(tmp_path: Path, no_racy: None) -> None:
+    d = Digester(StatCache())
+    out = tmp_path / "out"
+    assert d.digest(str(out / "x")) is None and d.digest(str(out)) is None
+    write(out / "x", b"made by a job")
+    d.invalidate(str(out / "x"))
+    assert d.digest(str(out / "x")) is not None and d.digest(str(out)) is not None
+    for i in range(20_000):  # a big memo must not make each invalidate a full scan
+        d._stats[str(tmp_path / f"other{i}")] = None
+    start = time.perf_counter()
+    for _ in range(2_000):
+        d.invalidate(str(out / "x"))
+    assert time.perf_counter() - start < 0.5

@@ -210,12 +210,17 @@ def test_command_quoting(tmp_path: Path) -> None:
         rule a:
             input: "in/{s}.txt"
             output: "out/{s}.txt"
-            params: p={"k": "v w"}, extra="", evil="; rm -rf /", opts=["-a", "b c"]
-            shell: "cmd {input:q} {params.p[k]} {params.extra} {params.evil} {params.opts} {{lit}} {output}"
+            params: p={"k": "v w"}, extra="", pipe="| sort", opts=["-a", "b c"], tag=lambda wc: "id-" + wc.s
+            shell: "cmd {input:q} {params.p[k]} {params.extra} {params.pipe} {params.opts} {{lit}} {params.tag} {output}"
     """)
+    # Paths and wildcard values are quoted when unsafe; the author's own params go in verbatim, as
+    # in Snakemake, unless a wildcard value hides inside one.
     i = inst(wf, "a", "out/a b.txt")
-    assert i.command() == ("set -x; cmd 'in/a b.txt' 'v w'  '; rm -rf /' -a 'b c' {lit} "
+    assert i.command() == ("set -x; cmd 'in/a b.txt' v w  | sort -a b c {lit} 'id-a b' "
                            "'out/a b.txt' # end")
+    evil = inst(wf, "a", "out/x;touch pwned.txt")
+    assert evil.command() == ("set -x; cmd 'in/x;touch pwned.txt' v w  | sort -a b c {lit} "
+                              "'id-x;touch pwned' 'out/x;touch pwned.txt' # end")
 
 
 def test_command_unknown_name(tmp_path: Path) -> None:
@@ -393,7 +398,7 @@ def test_rule_docstring_and_raw_fragment(tmp_path: Path) -> None:
             params: extra="-m 4G", evil="a;b"
             shell: "sort {params.extra:raw} {params.evil} > {output}"
     ''')
-    assert inst(wf, "a", "x.bam").command() == "sort -m 4G 'a;b' > x.bam"
+    assert inst(wf, "a", "x.bam").command() == "sort -m 4G a;b > x.bam"
 
 
 def test_params_string_with_unknown_wildcard(tmp_path: Path) -> None:

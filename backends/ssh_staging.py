@@ -1,0 +1,259 @@
+"""Moving files to and from ssh hosts that do not share the filesystem (used by ``ssh.py``).
+
+Inputs go into a per-host content-addressed area (``cas/<digest>``, sent once, read-only) and are
+hard-linked into the job's directory. Outputs come back under a temporary name beside their final
+place, are checked against a digest computed on the host, and only then renamed into place: a
+half-transferred or corrupted output never appears under its real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import blake3
+import paramiko
+
+CHUNK = 1 << 20
+
+# Runs on the host: digests of the outputs (files, and every file under output directories).
+MANIFEST_PY = r"""
+import hashlib, json, os, sys
+try:
+    import blake3
+    algo, new = "blake3", blake3.blake3
+except ImportError:
+    algo, new = "sha256", hashlib.sha256
+def digest(path):
+    h = new()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+files, dirs, missing = [], [], []
+for out in sys.argv[1:]:
+    if os.path.isdir(out):
+        dirs.append(out)
+        for root, subdirs, names in os.walk(out):
+            dirs.extend(os.path.join(root, d) for d in subdirs)
+            for n in names:
+                p = os.path.join(root, n)
+                files.append([p, os.stat(p).st_mode & 0o777, digest(p)])
+    elif os.path.isfile(out):
+        files.append([out, os.stat(out).st_mode & 0o777, digest(out)])
+    else:
+        missing.append(out)
+print(json.dumps({"algo": algo, "files": files, "dirs": dirs, "missing": missing}))
+"""
+
+
+class TransferError(Exception):
+    """An output did not arrive intact."""
+
+
+def q(text: str) -> str:
+    """Quote a remote path for the shell, leaving a leading ``~/`` for the shell to expand."""
+    if text.startswith("~/"):
+        return "~/" + shlex.quote(text[2:])
+    return shlex.quote(text)
+
+
+def sftp_path(text: str) -> str:
+    # SFTP paths are relative to the login's home already; SFTP does not expand "~".
+    return text[2:] if text.startswith("~/") else text
+
+
+def run(client: paramiko.SSHClient, cmd: str, timeout: float, check: bool = False
+        ) -> tuple[int, str, str]:
+    """Run a short command on the host; (exit status, stdout, stderr)."""
+    _, out, err = client.exec_command(cmd, timeout=max(timeout, 60))
+    stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    code = out.channel.recv_exit_status()
+    if check and code != 0:
+        raise RuntimeError(f"remote command failed ({code}): {stderr.strip() or stdout.strip()}")
+    return code, stdout, stderr
+
+
+def read_pid(chan: paramiko.Channel, timeout: float) -> int | None:
+    """The first stdout line of a job launcher: the pid (= pgid) of the job's session."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf and time.monotonic() < deadline:
+        if chan.recv_ready():
+            data = chan.recv(64)
+            if not data:
+                break
+            buf += data
+        elif chan.exit_status_ready() or chan.closed:
+            break
+        else:
+            time.sleep(0.005)
+    line = buf.split(b"\n", 1)[0].strip()
+    return int(line) if line.isdigit() else None
+
+
+def file_digest(path: Path, new: Callable[[], Any] = blake3.blake3) -> str:
+    h = new()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expand_inputs(workdir: Path, inputs: tuple[tuple[str, str], ...]
+                  ) -> list[tuple[str, str, Path]]:
+    """(relative path, digest, local path) for every input file, directories walked.
+
+    The scheduler's digest names a file in the CAS when it is a plain hex digest; directories
+    (whose digest is a Merkle digest) and unknown digests are hashed here, file by file.
+    """
+    files: list[tuple[str, str, Path]] = []
+    for rel, digest in inputs:
+        local = workdir / rel
+        if local.is_dir():
+            for root, _dirs, names in os.walk(local):
+                for n in sorted(names):
+                    p = Path(root) / n
+                    files.append((str(p.relative_to(workdir)), file_digest(p), p))
+        else:
+            d = digest.rpartition(":")[2].lower()
+            if not re.fullmatch(r"[0-9a-f]{16,128}", d):
+                d = file_digest(local)
+            files.append((rel, d, local))
+    return files
+
+
+def ensure_cas(sftp: paramiko.SFTPClient, casdir: str, digest: str, local: Path) -> bool:
+    """Make sure the host has ``casdir/digest``; True when it had to be sent."""
+    target = f"{sftp_path(casdir)}/{digest}"
+    try:
+        sftp.stat(target)
+        return False
+    except FileNotFoundError:
+        pass
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    sftp.put(str(local), tmp, confirm=True)
+    # Read-only: the CAS copy is hard-linked into job dirs and must not be edited through them.
+    sftp.chmod(tmp, 0o444 | (0o111 if os.access(local, os.X_OK) else 0))
+    sftp.posix_rename(tmp, target)
+    return True
+
+
+def link_script(casdir: str, rundir: str, files: list[tuple[str, str, Path]],
+                outputs: list[str]) -> str:
+    """One shell script that builds the job dir: inputs linked from the CAS, output parents made."""
+    parents = sorted({os.path.dirname(rel) for rel, _, _ in files}
+                     | {os.path.dirname(o.rstrip("/")) for o in outputs} - {""})
+    lines = ["set -e", f"mkdir -p {q(rundir)}", f"cd {q(rundir)}"]
+    if parents:
+        lines.append("mkdir -p " + " ".join(shlex.quote(p) for p in parents))
+    cas = q(casdir) if casdir.startswith(("/", "~/")) else '"$OLDPWD"/' + shlex.quote(casdir)
+    for rel, digest, _ in files:
+        # A hard link is free; a copy only where links cannot be made (another filesystem).
+        src = f"{cas}/{digest}"
+        lines.append(f"ln -f {src} {shlex.quote(rel)} 2>/dev/null || cp {src} {shlex.quote(rel)}")
+    return "\n".join(lines)
+
+
+def remote_manifest(client: paramiko.SSHClient, python: str, rundir: str, outputs: list[str],
+                    timeout: float) -> dict[str, Any]:
+    cmd = (f"cd {q(rundir)} && {shlex.quote(python)} -c {shlex.quote(MANIFEST_PY)} "
+           + " ".join(shlex.quote(o.rstrip("/")) for o in outputs))
+    code, out, err = run(client, cmd, timeout)
+    if code != 0:
+        raise RuntimeError(f"cannot digest outputs on the host ({python} exit {code}): "
+                           f"{err.strip()[-500:]}")
+    return json.loads(out)
+
+
+def fetch_outputs(transport: paramiko.Transport, rundir: str, workdir: Path, outputs: list[str],
+                  manifest: dict[str, Any]) -> int:
+    """Fetch, verify and rename outputs into place; returns the number of files fetched."""
+    new = blake3.blake3 if manifest["algo"] == "blake3" else hashlib.sha256
+    sftp = paramiko.SFTPClient.from_transport(transport)
+    if sftp is None:
+        raise RuntimeError("cannot open SFTP")
+    tag = uuid.uuid4().hex[:8]
+    staged: list[tuple[Path, Path]] = []  # (temporary, final) per top-level output
+    count = 0
+    try:
+        for out in outputs:
+            out = out.rstrip("/")
+            final = workdir / out
+            tmp = final.with_name(f".{final.name}.flowmake-{tag}")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staged.append((tmp, final))
+            if out in manifest["dirs"]:
+                tmp.mkdir()
+                for d in manifest["dirs"]:
+                    if d.startswith(out + "/"):
+                        (tmp / d[len(out) + 1:]).mkdir(parents=True, exist_ok=True)
+            for rel, mode, digest in manifest["files"]:
+                if rel == out:
+                    dest = tmp
+                elif rel.startswith(out + "/"):
+                    dest = tmp / rel[len(out) + 1:]
+                else:
+                    continue
+                _get_verified(sftp, f"{sftp_path(rundir)}/{rel}", dest, digest, new)
+                dest.chmod(mode)
+                count += 1
+        for tmp, final in staged:
+            _replace(tmp, final)
+        staged.clear()
+    finally:
+        sftp.close()
+        for tmp, _ in staged:  # anything not renamed into place is garbage now
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+    return count
+
+
+def _get_verified(sftp: paramiko.SFTPClient, remote: str, dest: Path, digest: str,
+                  new: Callable[[], Any]) -> None:
+    h = new()
+    with sftp.open(remote, "rb") as src, open(dest, "wb") as dst:
+        src.prefetch()
+        for block in iter(lambda: src.read(CHUNK), b""):
+            h.update(block)
+            dst.write(block)
+    if h.hexdigest() != digest:
+        raise TransferError(f"{remote}: digest mismatch after transfer "
+                            f"(host {digest[:16]}, here {h.hexdigest()[:16]})")
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    if final.is_dir() and not final.is_symlink():
+        # A directory cannot be replaced atomically: move the old one aside first.
+        old = final.with_name(f".{final.name}.flowmake-old-{uuid.uuid4().hex[:8]}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def fetch_log(transport: paramiko.Transport, rundir: str, log: str, workdir: Path) -> None:
+    """Bring the job's log home (whatever the outcome); a missing log is not an error."""
+    dest = workdir / log
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    sftp = paramiko.SFTPClient.from_transport(transport)
+    if sftp is None:
+        return
+    try:
+        sftp.get(f"{sftp_path(rundir)}/{log}", str(dest))
+    except FileNotFoundError:
+        pass
+    finally:
+        sftp.close()
+
