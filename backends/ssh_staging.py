@@ -150,8 +150,8 @@ def ensure_cas(sftp: paramiko.SFTPClient, casdir: str, digest: str, local: Path)
 def link_script(casdir: str, rundir: str, files: list[tuple[str, str, Path]],
                 outputs: list[str]) -> str:
     """One shell script that builds the job dir: inputs linked from the CAS, output parents made."""
-    parents = sorted({os.path.dirname(rel) for rel, _, _ in files}
-                     | {os.path.dirname(o.rstrip("/")) for o in outputs} - {""})
+    parents = sorted(({os.path.dirname(rel) for rel, _, _ in files}
+                      | {os.path.dirname(o.rstrip("/")) for o in outputs}) - {""})
     lines = ["set -e", f"mkdir -p {q(rundir)}", f"cd {q(rundir)}"]
     if parents:
         lines.append("mkdir -p " + " ".join(shlex.quote(p) for p in parents))

@@ -183,12 +183,20 @@ class Digester:
         path = os.path.normpath(path)
         st = self.stat(path)
         if st is None:
+            self.stat_cache.discard(path)  # so the store does not carry deleted files forever
             return None
         if statmod.S_ISDIR(st.st_mode):
             return self._digest_dir(path, settled)
-        return self._digest_file(path, st, settled)
+        try:
+            return self._digest_file(path, st, settled)
+        except FileNotFoundError:  # deleted between stat and read
+            self.invalidate(path)
+            return None
 
     def _digest_file(self, path: str, st: os.stat_result, settled: bool = False) -> str:
+        if not statmod.S_ISREG(st.st_mode):
+            # A FIFO or device: reading could block forever or never end. Its kind is its content.
+            return hash_bytes(f"special\0{statmod.S_IFMT(st.st_mode)}".encode())
         ident = _identity(st)
         entry = self.stat_cache.get(path)
         if entry is not None and entry[:5] == ident:
@@ -241,5 +249,8 @@ class Digester:
                 st = self.stat(full)
                 if st is None:  # vanished while we walked
                     continue
-                digest = self._digest_file(os.path.normpath(full), st, settled)
+                try:
+                    digest = self._digest_file(os.path.normpath(full), st, settled)
+                except FileNotFoundError:
+                    continue
                 out.append((rpath, f"f\0{rpath}\0{digest}\n"))

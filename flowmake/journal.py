@@ -201,6 +201,7 @@ class SegmentWriter:
         _HELD.add(os.path.abspath(self.path))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self.size = 0
+        self._dir_synced = False
         self._write(HEAD)
         self.header_size = self.size
 
@@ -216,6 +217,9 @@ class SegmentWriter:
 
     def sync(self) -> None:
         os.fsync(self._fd)
+        if not self._dir_synced:  # the new file's directory entry must be durable too, once
+            fsync_dir(os.path.dirname(self.path))
+            self._dir_synced = True
 
     def close(self) -> None:
         """Sync and close; an empty segment is removed. Releasing the lock marks it finished."""

@@ -1,8 +1,8 @@
 """The step key: the one place that lists everything a step's result depends on.
 
-``step_key_fields`` digests each field separately so ``explain``/``--why`` can name what changed
-(``diff_fields``); ``key_of`` combines the field digests into the key the planner compares and the
-cache is addressed by. Threads, memory and other resources are deliberately not fields: they change
+``key_texts`` lists every field; ``step_key``/``key_of_texts`` hash them into the key the planner
+compares and the cache is addressed by; ``step_key_fields`` digests each field separately so
+``explain``/``--why`` can name what changed (``diff_fields``). Threads, memory and other resources are deliberately not fields: they change
 how a step runs, not what it produces. Paths must already be relative to the workdir (a moved
 checkout keeps its keys). Digests are 32 hex characters, like file digests (see ``digest``).
 
@@ -35,7 +35,7 @@ def _h(text: str) -> str:
     return blake3.blake3(text.encode("utf-8", "surrogateescape")).hexdigest(DIGEST_BYTES)
 
 
-def step_key_fields(
+def key_texts(
     *,
     rule: str,
     action: str,
@@ -45,7 +45,7 @@ def step_key_fields(
     inputs: Sequence[tuple[str, str]],
     version: int = KEY_VERSION,
 ) -> dict[str, str]:
-    """Per-field digests of a step key, in ``FIELDS`` order.
+    """Every field of a step key, as text, in ``FIELDS`` order: the one list of what counts.
 
     rule: the rule's identity (its name). action: the rendered command, run-block source or script
     content. params: ``canonical(params)``. env: the declared environment (not the whole os.environ).
@@ -53,23 +53,39 @@ def step_key_fields(
     the rule declares them; order matters because commands see inputs positionally.
     Per-input digests are not fields: they are kept in the trace and compared with ``diff_inputs``.
     """
-    # NUL and newline cannot appear in a path; digests are hex: the encodings are unambiguous.
-    env_text = "".join(f"{k}\0{v}\n" for k, v in sorted(env.items()))
+    # Unambiguous encodings: paths never contain NUL and digests are hex (no NUL, no newline);
+    # env names and values may contain newlines, so they are length-prefixed.
+    env_text = "".join(f"{len(k)}:{k}{len(v)}:{v}" for k, v in sorted(env.items())) if env else ""
     inputs_text = "".join(f"{p}\0{d}\n" for p, d in inputs)
     return {
         "version": str(version),
-        "rule": _h(rule),
-        "action": _h(action),
-        "params": _h(params),
-        "env": _h(env_text),
-        "image": "-" if image is None else _h(image),
-        "inputs": _h(inputs_text),
+        "rule": rule,
+        "action": action,
+        "params": params,
+        "env": env_text,
+        "image": "-" if image is None else image,
+        "inputs": inputs_text,
     }
 
 
-def key_of(fields: Mapping[str, str]) -> str:
-    """The step key: a digest over all field names and digests, in sorted name order."""
-    return _h("".join(f"{k}={fields[k]}\n" for k in sorted(fields)))
+def key_of_texts(texts: Mapping[str, str]) -> str:
+    """The step key: one digest over every field, each length-framed so no two keys collide by
+    shifting text between fields. One hash per step, not one per field: planning 100k steps."""
+    return _h("".join(f"{k}\1{len(v)}\1{v}" for k, v in texts.items()))
+
+
+def digests_of(texts: Mapping[str, str]) -> dict[str, str]:
+    """Per-field digests (kept in traces), so ``diff_fields`` can name what changed."""
+    return {k: (v if k in ("version",) or v == "-" and k == "image" else _h(v)) for k, v in texts.items()}
+
+
+def step_key_fields(**kwargs: Any) -> dict[str, str]:
+    """Per-field digests of a step key, in ``FIELDS`` order (see ``key_texts`` for the fields)."""
+    return digests_of(key_texts(**kwargs))
+
+
+def step_key(**kwargs: Any) -> str:
+    return key_of_texts(key_texts(**kwargs))
 
 
 def diff_fields(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:

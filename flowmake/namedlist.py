@@ -17,6 +17,9 @@ FLAGS = ("temp", "protected", "directory", "ancient", "touch")
 class NamedList(list):
     """A list with named entries. A name covers one item (attribute returns the item) or a range."""
 
+    # Slots, not a __dict__: a plan holds several of these per step, 100,000 steps at a time.
+    __slots__ = ("_names", "_single")
+
     def __init__(self, items: Iterable[Any] = (), names: dict[str, tuple[int, int]] | None = None,
                  single: frozenset[str] | None = None) -> None:
         super().__init__(items)
@@ -55,7 +58,10 @@ class NamedList(list):
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails; list methods win except for names set via _names
         # (see __getattribute__ below for the shadowing rule).
-        names = self.__dict__.get("_names")
+        try:
+            names = list.__getattribute__(self, "_names")
+        except AttributeError:
+            names = None
         if names is not None and name in names:
             return self._get_named(name)
         raise AttributeError(f"no entry named '{name}'") from None
@@ -64,8 +70,10 @@ class NamedList(list):
         # A declared name shadows a list method of the same name (input.index, params.count),
         # like Snakemake's setattr-based Namedlist.
         if name[0] != "_":
-            d = object.__getattribute__(self, "__dict__")
-            names = d.get("_names")
+            try:
+                names = list.__getattribute__(self, "_names")
+            except AttributeError:
+                names = None
             if names and name in names:
                 return list.__getattribute__(self, "_get_named")(name)
         return list.__getattribute__(self, name)
@@ -105,6 +113,8 @@ class NamedList(list):
 
 class Wildcards(NamedList):
     """Wildcard values of one step: ``wildcards.sample``, ``wildcards["sample"]``, ``wildcards[0]``."""
+
+    __slots__ = ()
 
     @classmethod
     def from_mapping(cls, values: Any, names: dict[str, tuple[int, int]] | None = None) -> Wildcards:

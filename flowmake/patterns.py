@@ -203,7 +203,9 @@ class Pattern:
         self.wildcards: tuple[str, ...] = tuple(names)
         self.is_static = not names
         self._converters = converters
-        self._regex = re.compile("".join(regex), re.DOTALL)
+        # A static pattern matches by string equality: compiling a regex for each of the thousands
+        # of plain paths an expand() makes would dominate loading.
+        self._regex = re.compile("".join(regex), re.DOTALL) if names else None
         self._prefix = _literal_prefix(parts)
         self._suffix = parts[-1] if parts and isinstance(parts[-1], str) and names else ""
         # str.format_map template for the fast path of format(); None when a name is not a

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from flowmake.graph import Step
-from flowmake.keys import canonical, diff_fields, key_of, step_key_fields
+from flowmake.keys import canonical, diff_fields, digests_of, key_of_texts, key_texts
 
 
 class Decision(enum.Enum):
@@ -102,12 +102,14 @@ class StepPlan:
     step: Step
     decision: Decision
     reasons: list[Reason] = field(default_factory=list)
-    fields: dict[str, str] | None = None  # the step key's fields, when all inputs are known
+    key: str | None = None  # the step key, when all inputs are known
     inputs: tuple[tuple[str, str], ...] = ()
+    texts: dict[str, str] | None = None  # the key's fields as text; kept only for steps that run
 
     @property
-    def key(self) -> str | None:
-        return key_of(self.fields) if self.fields is not None else None
+    def fields(self) -> dict[str, str] | None:
+        """Per-field digests for the trace (computed only for steps that ran)."""
+        return digests_of(self.texts) if self.texts is not None else None
 
 
 @dataclass(frozen=True)
@@ -123,29 +125,48 @@ class Facts:
 
 
 def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[str, str], ...]] | None:
-    """The step key's fields from current input digests; None if an input is missing."""
+    """The step key's fields as text, from current input digests; None if an input is missing."""
     inst = step.instance
     if inst is None:
         return None
     inputs = []
+    flags = inst.flags
+    digest = facts.digest
     for path in inst.input:
-        if "ancient" in inst.flags.get(path, ()):
+        if flags and "ancient" in flags.get(path, ()):
             inputs.append((path, "ancient"))
             continue
-        d = facts.digest(path)
+        d = digest(path)
         if d is None:
             return None
         inputs.append((path, d))
     image = facts.image_digest(step.rule.container) if step.rule.container else None
-    fields = step_key_fields(
+    texts = key_texts(
         rule=step.rule.name,
         action=inst.action_source(),
-        params=canonical(_params_value(inst)),
+        params=_params_text(inst),
         env={},
         image=image,
         inputs=inputs,
     )
-    return fields, tuple(inputs)
+    return texts, tuple(inputs)
+
+
+def refresh_key(sp: StepPlan, facts: Facts) -> bool:
+    """Recompute a step's key from the digests its inputs have now (upstream may have just run)."""
+    computed = key_fields(sp.step, facts)
+    if computed is None:
+        return False
+    sp.texts, sp.inputs = computed
+    sp.key = key_of_texts(sp.texts)
+    return True
+
+
+def _params_text(inst: Any) -> str:
+    params = inst.params
+    if not params:
+        return "[]"
+    return canonical(_params_value(inst))
 
 
 def _params_value(inst: Any) -> Any:
@@ -170,33 +191,33 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     waiting = [
         up.step.id for up in (upstream.get(id(d)) for d in step.deps) if up and up.decision in (Decision.RUN, Decision.PENDING)
     ]
-    if reasons:
-        computed = None if waiting else key_fields(step, facts)
-        fields, inputs = computed if computed else (None, ())
-        return StepPlan(step, Decision.RUN, reasons, fields, inputs)
+    if reasons:  # the key is computed when the step starts, from the digests it then sees
+        return StepPlan(step, Decision.RUN, reasons)
     if waiting:
         return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=s) for s in waiting])
     computed = key_fields(step, facts)
     if computed is None:  # an input vanished between graph and plan: run and let the job say so
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING, path=_first_missing(step, facts))])
-    fields, inputs = computed
-    traces = [facts.trace(o) for o in step.outputs]
+    texts, inputs = computed
+    key = key_of_texts(texts)
     if not step.outputs:
-        return StepPlan(step, Decision.SKIP, [], fields, inputs)
+        return StepPlan(step, Decision.SKIP, [], key, inputs)
+    traces = [facts.trace(o) for o in step.outputs]
     if any(t is None for t in traces):
         if all(t is None for t in traces) and facts.newer_than(step.outputs, [p for p, _ in inputs]):
-            return StepPlan(step, Decision.ADOPT, [], fields, inputs)
-        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], fields, inputs)
+            return StepPlan(step, Decision.ADOPT, [], key, inputs, texts)
+        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, texts)
     for trace in traces:
-        reasons.extend(_changes(step, trace, fields, inputs))  # type: ignore[arg-type]
-        if reasons:
+        if trace.key != key:  # type: ignore[union-attr]
+            reasons.extend(_changes(step, trace, digests_of(texts), inputs))  # type: ignore[arg-type]
             break
     if not reasons and not touched_only:
         for out, trace in zip(step.outputs, traces):
             if facts.digest(out) != trace.output_digest:  # type: ignore[union-attr]
                 reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
-    decision = Decision.RUN if reasons else Decision.SKIP
-    return StepPlan(step, decision, reasons, fields, inputs)
+    if reasons:
+        return StepPlan(step, Decision.RUN, reasons, key, inputs, texts)
+    return StepPlan(step, Decision.SKIP, [], key, inputs)
 
 
 def _first_missing(step: Step, facts: Facts) -> str:
@@ -207,8 +228,6 @@ def _first_missing(step: Step, facts: Facts) -> str:
 
 
 def _changes(step: Step, trace: TraceLike, fields: Mapping[str, str], inputs: tuple[tuple[str, str], ...]) -> list[Reason]:
-    if trace.fields == fields:
-        return []
     reasons: list[Reason] = []
     for name in diff_fields(trace.fields, fields):
         if name == "inputs":
@@ -223,6 +242,8 @@ def _changes(step: Step, trace: TraceLike, fields: Mapping[str, str], inputs: tu
             reasons.append(Reason(kind))
         else:
             reasons.append(Reason(_FIELD_REASON.get(name, ReasonKind.CODE_CHANGED)))
+    if not reasons:  # the key moved but no field did: the key's encoding changed (a new flowmake)
+        reasons.append(Reason(ReasonKind.CODE_CHANGED))
     return list(dict.fromkeys(reasons))
 
 

@@ -20,7 +20,7 @@ from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext, finish_outputs, job_spec, prepare_outputs, remove_outputs
 from flowmake.locks import OutputLocks
-from flowmake.planner import Decision, Plan, Reason, ReasonKind, StepPlan, key_fields, plan_step
+from flowmake.planner import Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, refresh_key
 from flowmake.report import Progress
 from flowmake.store import HistoryRecord, Store, Trace
 
@@ -274,9 +274,7 @@ class Scheduler:
 
     def _start(self, step: Step) -> None:
         sp = self.plan.by_id[id(step)]
-        computed = key_fields(step, self.plan.facts)
-        if computed is not None:
-            sp.fields, sp.inputs = computed
+        refresh_key(sp, self.plan.facts)
         backend = self._backend_for(step)
         attempt = self._attempts.get(id(step), 0) + 1
         image = self._image_digest(step.rule.container) if step.rule.container else None
@@ -435,19 +433,18 @@ class Scheduler:
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
                   facts: Any = None) -> None:
     """One trace per output: the step key's fields, its input digests and the output's digest."""
-    if sp.fields is None and facts is not None:
-        computed = key_fields(step, facts)
-        if computed is not None:
-            sp.fields, sp.inputs = computed
-    if sp.fields is None:
+    if sp.texts is None and facts is not None:
+        refresh_key(sp, facts)
+    if sp.texts is None:
         return
     key = sp.key or ""
+    fields = sp.fields or {}
     now = time.time()
     traces = []
     for out in step.outputs:
         d = digest(out)
         if d is not None:
-            traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=dict(sp.fields),
+            traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
                                 inputs=tuple(sp.inputs), output_digest=d, step_id=step.id, time=now))
     store.put_traces(traces)
 

@@ -19,6 +19,7 @@ What was loaded is a snapshot: records other live runs append later are not seen
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -35,8 +36,11 @@ from flowmake.digest import StatCache
 from flowmake.errors import StoreError
 
 STORE_DIR = ".flowmake"
-COMPACT_AFTER = 16  # close() compacts when more finished segments than this exist
+COMPACT_AFTER = 16  # close() compacts when more finished run segments than this exist
 HISTORY_KEEP = 20  # history records kept per output by compaction
+# Compaction deletes what it merges, so it wants more than a free lock before it merges a segment
+# of another host: on NFS mounted with "nolock", locks are local and every remote run looks dead.
+FOREIGN_GRACE_S = 24 * 3600
 Record = journal.Record
 
 
@@ -130,6 +134,19 @@ def _marker_of(r: Record) -> Marker:
     return Marker(r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[1] / 1e9)
 
 
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Reading a store allocates millions of long-lived objects: collecting meanwhile costs more
+    than the reading itself and cannot find garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class _Traces(Mapping[str, Trace]):
     """Read-only view: Trace objects are built on first access (loading 100k stays cheap)."""
 
@@ -220,15 +237,8 @@ class Store:
         return state, warnings
 
     def _load(self) -> None:
-        # Loading allocates millions of long-lived objects; collecting while doing it costs more
-        # than the load itself and cannot find garbage.
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_gc():
             self._load_all()
-        finally:
-            if enabled:
-                gc.enable()
 
     def _load_all(self) -> None:
         own = os.path.basename(self._writer.path) if self._writer else None
@@ -377,7 +387,10 @@ class Store:
             self.flush(sync=True)
             self._writer.close()
             self._writer = None
-        if len(self._segment_names()) > COMPACT_AFTER:
+        # Count only what compaction would merge besides the snapshot, so that unmergeable
+        # segments (live, or another host's within its grace) do not rewrite the snapshot each run.
+        runs = [n for n in self._segment_names() if not n.startswith("snap-")]
+        if len(runs) > COMPACT_AFTER and sum(map(self._finished, runs)) > COMPACT_AFTER:
             self.compact()
 
     def __enter__(self) -> Store:
@@ -410,12 +423,13 @@ class Store:
     def _compact_locked(self) -> int:
         own = os.path.basename(self._writer.path) if self._writer else None
         names = self._segment_names()
-        done = [n for n in names if n != own and not journal.is_live(self._p(n), self.host)]
+        done = [n for n in names if n != own and self._finished(n)]
         if len(done) < 2 and not any(n for n in done if not n.startswith("snap-")):
             return 0
-        got = self._read(done, None)
+        with _no_gc():
+            got = self._read(done, None)
         if got is None:
-            return 0  # someone else compacted meanwhile: next time
+            return 0  # a segment vanished under us: next time
         state, _ = got
         keep_tombstones = len(done) < len(names)  # an unmerged segment may hold older records
         records = journal.snapshot_records(state, keep_tombstones, HISTORY_KEEP)
@@ -426,6 +440,18 @@ class Store:
             journal.unlink_quiet(self._p(n) + journal.LOCK_SUFFIX)
         self._clean_debris()
         return len(done)
+
+    def _finished(self, name: str) -> bool:
+        path = self._p(name)
+        if journal.is_live(path, self.host):
+            return False
+        owner = journal.parse_owner(name)
+        if owner is None or owner[0] == self.host:
+            return True
+        try:
+            return time.time() - os.stat(path).st_mtime > FOREIGN_GRACE_S
+        except FileNotFoundError:
+            return False
 
     def _p(self, name: str) -> str:
         return os.path.join(self.log_dir, name)

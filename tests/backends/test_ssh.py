@@ -135,7 +135,7 @@ def test_dead_host_is_lost_and_the_rerun_succeeds_elsewhere(ssh_hosts, tmp_path_
     from flowmake.backends.ssh import SshBackend
     from tests.services.ssh import start_ssh_hosts
 
-    hosts = start_ssh_hosts(tmp_path_factory.mktemp("ssh-kill"), n=2)
+    hosts = start_ssh_hosts(tmp_path_factory.mktemp("ssh-kill"), n=2, block=1)
     b = SshBackend(settings=hosts.settings(shared_fs=False), cores=2)
     try:
         wd = hosts.fs / "work"
@@ -145,7 +145,7 @@ def test_dead_host_is_lost_and_the_rerun_succeeds_elsewhere(ssh_hosts, tmp_path_
         s2 = spec(wd, "other", "sleep 30; cp in out2", inputs=[("in", "")], outputs=["out2"])
         h1, h2 = b.submit(s), b.submit(s2)
         time.sleep(1.5)
-        victim = next(h for h in hosts.hosts if h.spec.endswith(h1.host.spec.split("@")[1]))
+        victim = next(h for h in hosts.hosts if h.spec == h1.host.spec)
         t0 = time.monotonic()
         hosts.kill(victim.name)
         ev = wait_one(b, h1, timeout=30)

@@ -1,6 +1,6 @@
 """sshd "hosts" for the ssh backend tests: one on 127.0.0.1, or several in network namespaces.
 
-Several hosts: a bridge in the root namespace (10.213.0.1/24) and, per host, a network namespace
+Several hosts: a bridge in the root namespace (10.213.0.1/26) and, per host, a network namespace
 with a veth into the bridge at 10.213.0.(10+i), its own hostname (``unshare -u``) and its own sshd
 on port 22. The namespaces get no default route: nothing they run can leave the machine.
 
@@ -129,8 +129,16 @@ def start_sshd_local(base: Path) -> SshHosts:
     return hosts
 
 
-def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = ()) -> SshHosts:
-    """``n`` hosts in network namespaces, named fmhost0..; indexes in ``private`` get a private fs."""
+def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = (), block: int = 0
+                    ) -> SshHosts:
+    """``n`` hosts in network namespaces, named fmhost0..; indexes in ``private`` get a private fs.
+
+    ``block`` (0-3) picks a /26 of 10.213.0.0/24, so that several sets of hosts can coexist:
+    block b has its bridge at .(64b+1) and hosts at .(64b+10+i).
+    """
+    if not 0 <= block <= 3 or n > 50:
+        raise ValueError("block must be 0-3 and n at most 50")
+    first = 64 * block
     require_root("network namespaces")
     bins = require_binaries("ssh hosts", ["sshd", "ssh-keygen", "ip", "unshare", "mount"])
     hosts = _prepare(base, bins)
@@ -138,7 +146,7 @@ def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = ()) -> Ss
     hosts.bridge = f"fmbr{tag}"
     try:
         run(["ip", "link", "add", hosts.bridge, "type", "bridge"])
-        run(["ip", "addr", "add", f"{SUBNET}.1/24", "dev", hosts.bridge])
+        run(["ip", "addr", "add", f"{SUBNET}.{first + 1}/26", "dev", hosts.bridge])
         run(["ip", "link", "set", hosts.bridge, "up"])
         for i in range(n):
             ns = f"fm{tag}h{i}"
@@ -146,10 +154,10 @@ def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = ()) -> Ss
             run(["ip", "netns", "add", ns])
             run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
             run(["ip", "link", "set", veth, "master", hosts.bridge, "up"])
-            run(["ip", "-n", ns, "addr", "add", f"{SUBNET}.{10 + i}/24", "dev", "eth0"])
+            run(["ip", "-n", ns, "addr", "add", f"{SUBNET}.{first + 10 + i}/26", "dev", "eth0"])
             run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            host = SshHost(name=f"fmhost{i}", address=f"{SUBNET}.{10 + i}", port=22,
+            host = SshHost(name=f"fmhost{i}", address=f"{SUBNET}.{first + 10 + i}", port=22,
                            user=getpass.getuser(), private=i in private, netns=ns)
             hosts.hosts.append(host)
             _start_sshd(hosts, host, bins["sshd"], listen=host.address)

@@ -185,3 +185,23 @@ def test_invalidate_sees_new_directories_and_is_cheap(tmp_path: Path, no_racy: N
     for _ in range(2_000):
         d.invalidate(str(out / "x"))
     assert time.perf_counter() - start < 0.5
+
+
+def test_fifo_is_not_read(tmp_path: Path, reads: list[str], no_racy: None) -> None:
+    root = tmp_path / "d"
+    write(root / "f", b"x")
+    os.mkfifo(root / "pipe")
+    d = Digester(StatCache())
+    assert d.digest(str(root / "pipe")) is not None
+    assert d.digest(str(root)) is not None
+    assert reads == ["f"]
+
+
+def test_deleted_file_leaves_the_stat_cache(tmp_path: Path, no_racy: None) -> None:
+    cache = StatCache()
+    p = write(tmp_path / "a", b"x")
+    Digester(cache).digest(p)
+    cache.take_changes()
+    os.unlink(p)
+    assert Digester(cache).digest(p) is None
+    assert p not in cache and cache.take_changes() == [(p, None)]

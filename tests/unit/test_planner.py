@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowmake.keys import digests_of, key_of_texts
 from flowmake.planner import Decision, Facts, ReasonKind, key_fields, plan
 from flowmake.store import Trace
 
@@ -56,8 +57,9 @@ def facts(files: dict[str, str], traces: dict[str, Trace], *, incomplete=(), for
 def traced(step: FakeStep, files: dict[str, str]) -> dict[str, Trace]:
     """Traces as a successful run of ``step`` over ``files`` would have left them."""
     f = facts(files, {})
-    fields, inputs = key_fields(step, f)  # type: ignore[arg-type, misc]
-    return {o: Trace(o, step.rule.name, "k", fields, inputs, files[o], step.id, 0.0) for o in step.outputs}
+    texts, inputs = key_fields(step, f)  # type: ignore[arg-type, misc]
+    return {o: Trace(o, step.rule.name, key_of_texts(texts), digests_of(texts), inputs, files[o], step.id, 0.0)
+            for o in step.outputs}
 
 
 def test_missing_output_runs():

@@ -1,0 +1,133 @@
+"""Golden-directory cases, in Snakemake's style: a workflow, its inputs and the files it must make.
+
+Each directory ``tests/cases/<name>/`` (``tutorial`` has its own test) holds a rule file, its input
+files, ``case.toml`` (or ``case.json``) and ``expected/``. The case is copied to a temporary
+directory and ``python -m flowmake ARGS`` runs there. ``case.toml`` keys:
+
+``description``      what the case shows (one line).
+``args``             the command-line arguments (list; default ``["-c", "2"]``).
+``exit_code``        the expected exit code (default 0).
+``stderr``           the exact expected stderr (after the copy's path is replaced by ``.``).
+``stderr_contains``  lines that must each appear in stderr.
+``stdout``           the exact expected stdout.
+``stdout_contains``  lines that must each appear in stdout.
+``absent``           paths that must not exist after the run.
+``second_run_noop``  run again with ``-n --json`` (plus ``noop_args``) and expect no steps.
+``noop_args``        extra arguments for that second run (e.g. the same targets or ``--config``).
+``xfail``            a reason: the case documents a known bug (not strict).
+
+Every file under ``expected/`` must exist after the run with identical bytes. Error text is part
+of the interface, so error cases assert it exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CASES = Path(__file__).resolve().parents[1] / "cases"
+OWNED_ELSEWHERE = {"tutorial"}
+KNOWN_KEYS = {"description", "args", "exit_code", "stderr", "stderr_contains", "stdout",
+              "stdout_contains", "absent", "second_run_noop", "noop_args", "xfail"}
+
+
+def load_case(case: Path) -> dict[str, Any]:
+    if (case / "case.toml").is_file():
+        spec = tomllib.loads((case / "case.toml").read_text(encoding="utf-8"))
+    else:
+        spec = json.loads((case / "case.json").read_text(encoding="utf-8"))
+    unknown = set(spec) - KNOWN_KEYS
+    assert not unknown, f"{case.name}: unknown case keys {sorted(unknown)}"
+    return spec
+
+
+def case_dirs() -> list[Path]:
+    return sorted(p for p in CASES.iterdir()
+                  if p.is_dir() and p.name not in OWNED_ELSEWHERE
+                  and ((p / "case.toml").is_file() or (p / "case.json").is_file()))
+
+
+def params() -> list[Any]:
+    out = []
+    for case in case_dirs():
+        reason = load_case(case).get("xfail")
+        marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+        out.append(pytest.param(case, id=case.name, marks=marks))
+    return out
+
+
+def run_flowmake(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWMAKE_")}
+    return subprocess.run([sys.executable, "-m", "flowmake", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def relative(text: str, work: Path) -> str:
+    """Error messages name files by absolute path; the case's expectations use ``.`` for the copy."""
+    for prefix in {str(work), os.path.realpath(work)}:
+        text = text.replace(prefix, ".")
+    return text
+
+
+def expected_files(case: Path) -> list[Path]:
+    expected = case / "expected"
+    if not expected.is_dir():
+        return []
+    return sorted(p.relative_to(expected) for p in expected.rglob("*") if p.is_file())
+
+
+def test_every_case_checks_something() -> None:
+    for case in case_dirs():
+        spec = load_case(case)
+        checks = expected_files(case) or any(
+            k in spec for k in ("stderr", "stderr_contains", "stdout", "stdout_contains", "absent",
+                                "second_run_noop"))
+        assert checks, f"{case.name}: asserts nothing"
+
+
+@pytest.mark.parametrize("case", params())
+def test_case(case: Path, tmp_path: Path) -> None:
+    spec = load_case(case)
+    work = tmp_path / case.name
+    shutil.copytree(case, work, ignore=shutil.ignore_patterns("expected", "case.toml", "case.json",
+                                                              "__pycache__", ".flowmake"))
+    args = list(spec.get("args", ["-c", "2"]))
+    res = run_flowmake(args, work)
+    out, err = relative(res.stdout, work), relative(res.stderr, work)
+    context = f"flowmake {' '.join(args)}\n--- stdout\n{out}--- stderr\n{err}"
+
+    assert res.returncode == spec.get("exit_code", 0), context
+    assert "Traceback" not in err, context
+    if "stderr" in spec:
+        assert err == spec["stderr"], context
+    for line in spec.get("stderr_contains", []):
+        assert line in err, f"missing in stderr: {line!r}\n{context}"
+    if "stdout" in spec:
+        assert out == spec["stdout"], context
+    for line in spec.get("stdout_contains", []):
+        assert line in out, f"missing in stdout: {line!r}\n{context}"
+    for rel in spec.get("absent", []):
+        assert not os.path.lexists(work / rel), f"{rel} exists but must not\n{context}"
+    for rel in expected_files(case):
+        produced = work / rel
+        assert produced.is_file(), f"{rel} was not produced\n{context}"
+        want = (case / "expected" / rel).read_bytes()
+        assert produced.read_bytes() == want, (
+            f"{rel} differs: got {produced.read_bytes()!r}, want {want!r}\n{context}")
+
+    if spec.get("second_run_noop"):
+        again = run_flowmake(["-n", "--json", *spec.get("noop_args", [])], work)
+        assert again.returncode == 0, relative(again.stderr, work)
+        steps = json.loads(again.stdout)["steps"]
+        assert steps == [], f"second run would do: {steps}"
