@@ -13,7 +13,9 @@ this machine as a plain subprocess, exactly as the local backend would.
 
 Settings (``[backends.docker]``): ``image`` default image, ``docker`` CLI path, ``user``
 ("uid:gid", default the caller's), ``network`` (default "none"), ``run_args`` (extra ``docker run``
-arguments), ``jobs`` (capacity, default ``cores``).
+arguments), ``pull`` (docker run's --pull: "missing", "never", "always"; default docker's own),
+``jobs`` (capacity, default ``cores``). A rule's ``docker_args`` resource (a list) adds arguments
+for that rule's containers.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class DockerBackend:
         self.user = str(self.settings.get("user") or f"{os.getuid()}:{os.getgid()}")
         self.network = str(self.settings.get("network", "none"))
         self.run_args = [str(a) for a in self.settings.get("run_args", ())]
+        # None: docker's default (pull when missing). "never" keeps a run from reaching a registry.
+        self.pull: str | None = self.settings.get("pull") or None
         self._events: queue.Queue[JobEvent] = queue.Queue()
         self._running: dict[str, DockerHandle] = {}
         self._lock = threading.Lock()
@@ -134,7 +138,8 @@ class DockerBackend:
             if h.waiter is not None:
                 h.waiter.join(15)
         # Containers whose docker CLI died before it could be waited for.
-        ids = self._docker("ps", "-aq", "--filter", f"label=flowmake.run={self._tag}").stdout.split()
+        mine = f"label=flowmake.run={self._tag}"
+        ids = self._docker("ps", "-aq", "--filter", mine).stdout.split()
         if ids:
             self._docker("rm", "-f", *ids)
 
@@ -165,6 +170,8 @@ class DockerBackend:
             cmd += ["--memory", f"{int(res.mem_mb)}m", "--memory-swap", f"{int(res.mem_mb)}m"]
         for key, value in spec.env:
             cmd += ["-e", f"{key}={value}"]
+        if self.pull:
+            cmd.append(f"--pull={self.pull}")
         cmd += [*self.run_args, *map(str, spec.resources.get("docker_args", ()) or ()), image]
         # bash when the image has it (the command is a bash script), else the image's POSIX sh.
         launcher = 'if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; fi; exec sh -c "$1"'

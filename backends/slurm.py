@@ -84,6 +84,10 @@ class SlurmBackend:
         return int(self.settings.get("max_jobs", 500))
 
     def submit(self, spec: JobSpec) -> JobHandle:
+        if spec.local:
+            raise BackendError(f"localrule {spec.rule!r} sent to the slurm backend",
+                               rule=spec.rule,
+                               hint="this is a bug: localrules belong to the local backend")
         script = self.render(spec)
         log = os.path.join(spec.workdir, spec.log or f".flowmake/log/{spec.step_id}.log")
         os.makedirs(os.path.dirname(log), exist_ok=True)

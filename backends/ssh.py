@@ -56,9 +56,13 @@ class SshHost:
     def __init__(self, spec: str, slots: int, shared_fs: bool) -> None:
         self.spec = spec
         user, _, rest = spec.rpartition("@")
-        host, _, port = rest.partition(":") if rest.count(":") == 1 else (rest, "", "")
+        if rest.startswith("["):  # [v6 address]:port
+            host, _, port = rest[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            host, _, port = rest.partition(":") if rest.count(":") == 1 else (rest, "", "")
         self.user = user or getpass.getuser()
-        self.address = host.strip("[]")
+        self.address = host
         self.port = int(port or 22)
         self.label = self.address if self.port == 22 else f"{self.address}:{self.port}"
         self.slots = slots
@@ -123,6 +127,9 @@ class SshBackend:
         return sum(h.slots for h in self.hosts if not h.down)
 
     def submit(self, spec: JobSpec) -> JobHandle:
+        if spec.local:
+            raise BackendError(f"localrule {spec.rule!r} sent to the ssh backend", rule=spec.rule,
+                               hint="this is a bug: localrules belong to the local backend")
         self._connect_all()
         handle = SshHandle(spec)
         with self._lock:
@@ -254,7 +261,8 @@ class SshBackend:
                 if all(h.down for h in self.hosts):
                     while self._pending:  # nowhere left to run: the scheduler decides
                         h = self._pending.popleft()
-                        self._events.put(JobEvent(h, JobState.LOST, message="every ssh host is down"))
+                        self._events.put(JobEvent(h, JobState.LOST,
+                                                  message="every ssh host is down"))
                 return
             host = min(free, key=lambda h: h.running / h.slots)
             handle = self._pending.popleft()

@@ -312,8 +312,9 @@ def _hook(fn: Callable[..., Any] | None) -> None:
 
 def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:
     def digest(path: str) -> str | None:
+        # Called for a finished job's outputs: the job has exited, so nothing still writes them.
         dig.invalidate(path)
-        return dig.digest(path)
+        return dig.digest(path, settled=True)
 
     return digest
 

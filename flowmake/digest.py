@@ -129,11 +129,17 @@ class Digester:
         self._stats: dict[str, os.stat_result | None] = {}
         self._dirs: dict[str, str] = {}
         self._children: dict[str, set[str]] = {}
+        # path as asked -> digest: planning asks for the same paths several times per step.
+        self._memo: dict[str, str | None] = {}
         self.files_hashed = 0  # how many files were actually read (for reports and tests)
         self.bytes_hashed = 0
 
     def stat(self, path: str) -> os.stat_result | None:
         """``os.stat`` (following symlinks), memoised; None when the path does not exist."""
+        try:
+            return self._stats[path]
+        except KeyError:
+            pass
         path = os.path.normpath(path)
         try:
             return self._stats[path]
@@ -159,18 +165,23 @@ class Digester:
     def invalidate(self, path: str) -> None:
         """Forget memoised stats and digests for ``path`` and everything under it (it was just
         rewritten), and the digests of the directories above it."""
+        self._memo.pop(path, None)
+        self._stats.pop(path, None)
         path = os.path.normpath(path)
+        self._memo.pop(path, None)
         todo = [path]
         while todo:
             p = todo.pop()
             self._stats.pop(p, None)
             self._dirs.pop(p, None)
+            self._memo.pop(p, None)
             todo.extend(self._children.pop(p, ()))
         # Directories above it: their digests are stale, and one may have just been created.
         parent = os.path.dirname(path)
         while parent and parent != path:
             self._dirs.pop(parent, None)
             self._stats.pop(parent, None)
+            self._memo.pop(parent, None)
             path, parent = parent, os.path.dirname(parent)
 
     def digest(self, path: str, *, settled: bool = False) -> str | None:
@@ -180,7 +191,17 @@ class Digester:
         exited), so a recent mtime is not racy: a step's fresh outputs are then not re-read by the
         next run. Without it, files changed within ``RACY_WINDOW_NS`` are re-hashed once next run.
         """
+        try:
+            return self._memo[path]
+        except KeyError:
+            pass
+        asked = path
         path = os.path.normpath(path)
+        digest = self._digest(path, settled)
+        self._memo[asked] = digest
+        return digest
+
+    def _digest(self, path: str, settled: bool) -> str | None:
         st = self.stat(path)
         if st is None:
             self.stat_cache.discard(path)  # so the store does not carry deleted files forever

@@ -2,7 +2,8 @@
 
 The scheduler turns such steps into this command so that every backend runs them like any shell
 command. It loads the same rule file with the same config, instantiates the rule for the given
-wildcards and executes its block with the working directory as cwd.
+wildcards and executes its block with the working directory as cwd. ``threads`` is capped at the
+run's cores here too, so a run block sees what a shell command of the same rule would.
 """
 
 from __future__ import annotations
@@ -20,13 +21,25 @@ def main(argv: list[str]) -> int:
         return 2
     job = json.loads(argv[0])
     from flowmake.flowfile import load_workflow
-    from flowmake.flowfile.runtime import run_instance
+    from flowmake.flowfile.runtime import _shell_of, instantiate, run_script
 
     os.chdir(job["workdir"])
     try:
         workflow = load_workflow(job["flowfile"], config_overrides=job.get("config") or {},
                                  configfiles=job.get("configfiles") or [])
-        run_instance(workflow, job["rule"], job.get("wildcards") or {})
+        inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
+        if job.get("cores"):
+            inst.threads = min(int(inst.threads), max(1, int(job["cores"])))
+        os.chdir(workflow.workdir)
+        rule = inst.rule
+        if rule.kind == "run":
+            rule.run(inst.input, inst.output, inst.params, inst.wildcards, inst.threads,
+                     inst.resources, inst.log, rule.name, workflow.config, _shell_of(workflow))
+        elif rule.kind == "script":
+            run_script(inst)
+        else:
+            print(f"rule '{rule.name}' has no run: block or script: to execute", file=sys.stderr)
+            return 1
     except FlowmakeError as err:
         print(str(err), file=sys.stderr)
         return 1

@@ -33,12 +33,26 @@ class JobContext:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
-def job_command(step: Step, ctx: JobContext) -> str:
+def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
+    """Render with ``{threads}`` capped at the cores of this run, as Snakemake does.
+
+    Only the command sent to the backend sees the cap; the step key is computed from the rule's own
+    threads, so running with another ``-c`` never makes a step out of date.
+    """
+    declared = inst.threads
+    inst.threads = min(int(declared), max(1, cores))
+    try:
+        return str(render())
+    finally:
+        inst.threads = declared
+
+
+def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
     inst = step.instance
     if inst is None:  # pragma: no cover - the scheduler never submits a pending step
         raise RuntimeError(f"step {step.id} is not instantiated")
     if step.rule.kind == "shell":
-        return inst.command()
+        return _with_capped_threads(inst, ctx.cores, inst.command)
     if step.rule.kind == "none":
         return ":"
     bindings = step.bindings
@@ -51,6 +65,8 @@ def job_command(step: Step, ctx: JobContext) -> str:
         "rule": step.rule.name,
         "wildcards": raw,
         "outputs": list(step.outputs),
+        "cores": ctx.cores,
+        "attempt": attempt,
     }
     return f"{shlex.quote(ctx.python)} -m flowmake.jobrun {shlex.quote(json.dumps(payload))}"
 
@@ -88,7 +104,7 @@ def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[s
     return JobSpec(
         step_id=step.id,
         rule=step.rule.name,
-        command=job_command(step, ctx) if command is None else command,
+        command=job_command(step, ctx, attempt) if command is None else command,
         workdir=ctx.workdir,
         inputs=inputs,
         outputs=step.outputs,

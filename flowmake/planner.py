@@ -183,10 +183,11 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     if facts.forced(step):
         reasons.append(Reason(ReasonKind.FORCED))
     touched_only = all("touch" in step.instance.flags.get(o, ()) for o in step.outputs)
-    for out in step.outputs:
+    out_digests = [facts.digest(o) for o in step.outputs]
+    for out, d in zip(step.outputs, out_digests):
         if facts.incomplete(out):
             reasons.append(Reason(ReasonKind.INCOMPLETE, path=out))
-        elif facts.digest(out) is None:
+        elif d is None:
             reasons.append(Reason(ReasonKind.MISSING, path=out))
     waiting = [
         up.step.id for up in (upstream.get(id(d)) for d in step.deps) if up and up.decision in (Decision.RUN, Decision.PENDING)
@@ -212,8 +213,8 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
             reasons.extend(_changes(step, trace, digests_of(texts), inputs))  # type: ignore[arg-type]
             break
     if not reasons and not touched_only:
-        for out, trace in zip(step.outputs, traces):
-            if facts.digest(out) != trace.output_digest:  # type: ignore[union-attr]
+        for out, d, trace in zip(step.outputs, out_digests, traces):
+            if d != trace.output_digest:  # type: ignore[union-attr]
                 reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
     if reasons:
         return StepPlan(step, Decision.RUN, reasons, key, inputs, texts)

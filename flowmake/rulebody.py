@@ -221,6 +221,17 @@ class RuleBody:
             if missing:
                 raise self.error(f"wildcards in '{p.text}' cannot be determined from the output "
                                  f"files: {', '.join(missing)}")
+        # One wildcard, one type: a value matched as int must not be written into a date pattern.
+        declared: dict[str, tuple[str, str]] = {}
+        for p in [*self.output_patterns, *others]:
+            for w in p.wildcards:
+                t = p.type_of(w)
+                if t is None:
+                    continue
+                first = declared.setdefault(w, (t, p.text))
+                if first[0] != t:
+                    raise self.error(f"wildcard '{w}' is declared as {first[0]} in '{first[1]}' "
+                                     f"but as {t} in '{p.text}'")
 
     # -- instantiate ---------------------------------------------------------------------------
 

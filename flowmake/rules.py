@@ -94,6 +94,11 @@ class Workflow:
         for r in self.rules:
             if r.default_target:
                 return r
+        # Like Snakemake, includes above the first rule do not change the default target: it is
+        # the first rule of the main rule file, when that file has rules.
+        for r in self.rules:
+            if r.location.file == self.flowfile:
+                return r
         return self.rules[0] if self.rules else None
 
     def prefers(self, a: str, b: str) -> bool | None:

@@ -15,6 +15,8 @@ instead, which keeps existing Snakefiles working and is just as safe.
 
 from __future__ import annotations
 
+import _string  # the parser str.format itself uses for "a.b[c]" field names
+import functools
 import re
 import shlex
 import string
@@ -96,19 +98,19 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
     inserted verbatim when the value cannot break out of those quotes; quoting it again would
     change its meaning.
     """
-    parts = list(_FORMATTER.parse(template))
     out: list[str] = []
     auto = 0
-    for i, (literal, field, spec, conversion) in enumerate(parts):
+    for literal, field, path, spec, conversion, quote in _compile(template):
         out.append(literal)
         if field is None:
             continue
         if field == "":  # "{}" takes the next positional argument, like str.format
-            field, auto = str(auto), auto + 1
-        value, _ = _FORMATTER.get_field(field, args, namespace)
-        value = _FORMATTER.convert_field(value, conversion)
-        after = parts[i + 1][0] if i + 1 < len(parts) else ""
-        quote = literal[-1:] if literal[-1:] in ("'", '"') and after[:1] == literal[-1:] else ""
+            value = args[auto]
+            auto += 1
+        else:
+            value = _lookup(field, path, args, namespace)
+        if conversion:
+            value = _FORMATTER.convert_field(value, conversion)
         if tainted is not None and not spec and not quote and _root(field) in VERBATIM:
             plain = _verbatim(value, tainted)
             if plain is not None:
@@ -117,6 +119,37 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
         out.append(_inside_quotes(value, quote) if quote and spec not in ("q", "raw") else
                    _FORMATTER.format_field(value, spec or ""))
     return "".join(out)
+
+
+_Part = tuple[str, "str | None", tuple[tuple[bool, Any], ...], str, "str | None", str]
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile(template: str) -> tuple[_Part, ...]:
+    """Parse a template once (a rule's command is rendered for every one of its steps)."""
+    parsed = list(_FORMATTER.parse(template))
+    parts: list[_Part] = []
+    for i, (literal, field, spec, conversion) in enumerate(parsed):
+        if field is None:
+            parts.append((literal, None, (), "", None, ""))
+            continue
+        after = parsed[i + 1][0] if i + 1 < len(parsed) else ""
+        quote = literal[-1:] if literal[-1:] in ("'", '"') and after[:1] == literal[-1:] else ""
+        path: tuple[tuple[bool, Any], ...] = ()
+        root = field
+        if field:
+            root, rest = _string.formatter_field_name_split(field)
+            path = tuple(rest)
+        parts.append((literal, field if field == "" else str(root), path, spec or "", conversion, quote))
+    return tuple(parts)
+
+
+def _lookup(root: str, path: tuple[tuple[bool, Any], ...], args: tuple[Any, ...],
+            namespace: Mapping[str, Any]) -> Any:
+    value = args[int(root)] if root.isdigit() else namespace[root]
+    for is_attr, key in path:
+        value = getattr(value, key) if is_attr else value[key]
+    return value
 
 
 _DOUBLE_QUOTE_SPECIAL = re.compile(r'([\\"$`])')

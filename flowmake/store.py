@@ -147,19 +147,61 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+class TraceView:
+    """A trace read from the log: key and output digest at once, the rest decoded when asked for.
+
+    A no-op plan compares only ``key`` and ``output_digest``; decoding the whole body of 100k
+    traces would cost more than the rest of the plan.
+    """
+
+    __slots__ = ("_row", "_shared", "_full")
+
+    def __init__(self, row: Record, shared: dict[str, str]) -> None:
+        self._row = row
+        self._shared = shared
+        self._full: Trace | None = None
+
+    def _decoded(self) -> Trace:
+        if self._full is None:
+            self._full = _trace_of(self._row, self._shared)
+        return self._full
+
+    @property
+    def output(self) -> str:
+        return self._row[2]  # type: ignore[no-any-return]
+
+    @property
+    def key(self) -> str:
+        row = self._row
+        return row[4] if len(row) > 5 else self._decoded().key  # type: ignore[no-any-return]
+
+    @property
+    def output_digest(self) -> str:
+        row = self._row
+        return row[5] if len(row) > 5 else self._decoded().output_digest  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._decoded(), name)
+
+    def __eq__(self, other: object) -> bool:
+        mine = self._decoded()
+        return mine == (other._decoded() if isinstance(other, TraceView) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
+
+
 class _Traces(Mapping[str, Trace]):
-    """Read-only view: Trace objects are built on first access (loading 100k stays cheap)."""
+    """Read-only view: traces are decoded on first use of a field beyond key and output digest."""
 
     def __init__(self, rows: dict[str, Record]) -> None:
         self._rows = rows
-        self._built: dict[str, Trace] = {}
         self._shared: dict[str, str] = {}
 
     def __getitem__(self, output: str) -> Trace:
-        t = self._built.get(output)
-        if t is None:
-            t = self._built[output] = _trace_of(self._rows[output], self._shared)
-        return t
+        return TraceView(self._rows[output], self._shared)  # type: ignore[return-value]
 
     def __contains__(self, output: object) -> bool:
         return output in self._rows
@@ -171,7 +213,7 @@ class _Traces(Mapping[str, Trace]):
         return len(self._rows)
 
     def _changed(self, output: str) -> None:
-        self._built.pop(output, None)
+        pass  # views read the row they were made from; a new row means a new view
 
 
 class Store:
@@ -301,7 +343,8 @@ class Store:
             self._check_writable()
             for tr in traces:
                 body = [tr.rule, tr.key, tr.fields, tr.inputs, tr.output_digest, tr.step_id, tr.time]
-                r = ["T", self._tick(), tr.output, _dumps(body)]
+                # key and output digest also outside the body: a no-op plan reads only those.
+                r = ["T", self._tick(), tr.output, _dumps(body), tr.key, tr.output_digest]
                 self._pending.append(r)
                 self._live_rows[tr.output] = r
                 self.traces._changed(tr.output)

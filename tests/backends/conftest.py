@@ -12,11 +12,16 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import pytest
 
 from tests.services import ServiceUnavailable, in_ci
+
+if TYPE_CHECKING:
+    from tests.services.docker import DockerEngine
+    from tests.services.slurm import SlurmCluster
+    from tests.services.ssh import SshHosts
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,8 +59,8 @@ def _start(what: str, start: Callable[[], T]) -> T:
 
 
 @pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator["DockerEngine"]:
-    from tests.services.docker import DockerEngine, start_docker  # noqa: F401
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerEngine]:
+    from tests.services.docker import start_docker
 
     engine = _start("docker", lambda: start_docker(tmp_path_factory.mktemp("docker")))
     # The backend calls the docker CLI, which finds the engine through DOCKER_HOST.
@@ -72,8 +77,14 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator["DockerE
 
 
 @pytest.fixture(scope="session")
-def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SshHosts"]:
-    from tests.services.ssh import SshHosts, start_ssh_hosts  # noqa: F401
+def docker_python_image(docker_engine: DockerEngine) -> str:
+    """A Debian+python3 image in ``docker_engine`` (debootstrap, ~40 s, once per session)."""
+    return _start("docker python image", docker_engine.python_image)
+
+
+@pytest.fixture(scope="session")
+def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHosts]:
+    from tests.services.ssh import start_ssh_hosts
 
     hosts = _start("ssh hosts", lambda: start_ssh_hosts(tmp_path_factory.mktemp("ssh"), n=3,
                                                        private=(2,)))
@@ -84,8 +95,8 @@ def ssh_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SshHosts"]:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator["SlurmCluster"]:
-    from tests.services.slurm import SlurmCluster, start_slurm  # noqa: F401
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    from tests.services.slurm import start_slurm
 
     cluster = _start("slurm", lambda: start_slurm(tmp_path_factory.mktemp("slurm")))
     try:

@@ -164,3 +164,14 @@ def test_close_kills_running_jobs(docker_engine, tmp_path):
     _wait_container(docker_engine, h.native_id)
     b.close()
     assert docker_engine.docker("inspect", h.native_id, check=False).returncode != 0
+
+
+def test_rule_image_with_python(backend, docker_engine, docker_python_image, tmp_path):
+    # run:/script: rules need python in the image; this one is built once per session (~40 s).
+    image = docker_python_image
+    s = spec(tmp_path, "py", "python3 -c 'import sys; print(sys.version_info[0])' > major",
+             image=image)
+    ev = wait_one(backend, backend.submit(s), timeout=120)
+    assert ev.state is JobState.SUCCEEDED, (tmp_path / "logs/py.log").read_text()
+    assert (tmp_path / "major").read_text() == "3\n"
+    assert backend.image_digest(image) != backend.image_digest(docker_engine.busybox_image)

@@ -12,6 +12,8 @@ directory and ``python -m flowmake ARGS`` runs there. ``case.toml`` keys:
 ``stdout``           the exact expected stdout.
 ``stdout_contains``  lines that must each appear in stdout.
 ``absent``           paths that must not exist after the run.
+``present``          paths that must exist after the run (content not compared).
+``read_only``        paths that must exist without write permission (``protected()``).
 ``second_run_noop``  run again with ``-n --json`` (plus ``noop_args``) and expect no steps.
 ``noop_args``        extra arguments for that second run (e.g. the same targets or ``--config``).
 ``xfail``            a reason: the case documents a known bug (not strict).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +42,7 @@ else:  # pragma: no cover - Python 3.10
 CASES = Path(__file__).resolve().parents[1] / "cases"
 OWNED_ELSEWHERE = {"tutorial"}
 KNOWN_KEYS = {"description", "args", "exit_code", "stderr", "stderr_contains", "stdout",
-              "stdout_contains", "absent", "second_run_noop", "noop_args", "xfail"}
+              "stdout_contains", "absent", "present", "read_only", "second_run_noop", "noop_args", "xfail"}
 
 
 def load_case(case: Path) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def test_every_case_checks_something() -> None:
         spec = load_case(case)
         checks = expected_files(case) or any(
             k in spec for k in ("stderr", "stderr_contains", "stdout", "stdout_contains", "absent",
-                                "second_run_noop"))
+                                "present", "second_run_noop"))
         assert checks, f"{case.name}: asserts nothing"
 
 
@@ -119,6 +122,11 @@ def test_case(case: Path, tmp_path: Path) -> None:
         assert line in out, f"missing in stdout: {line!r}\n{context}"
     for rel in spec.get("absent", []):
         assert not os.path.lexists(work / rel), f"{rel} exists but must not\n{context}"
+    for rel in spec.get("present", []):
+        assert os.path.lexists(work / rel), f"{rel} is missing\n{context}"
+    for rel in spec.get("read_only", []):
+        mode = (work / rel).stat().st_mode
+        assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), f"{rel} is writable\n{context}"
     for rel in expected_files(case):
         produced = work / rel
         assert produced.is_file(), f"{rel} was not produced\n{context}"

@@ -38,10 +38,9 @@ def require_binaries(what: str, names: Sequence[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     missing = []
     for name in names:
-        path = shutil.which(name) or next(
-            (p for d in ("/usr/sbin", "/sbin", "/usr/bin") if os.access(p := f"{d}/{name}", os.X_OK)),
-            None,
-        )
+        # sbin is not on every PATH (non-login shells, CI runners).
+        candidates = [f"{d}/{name}" for d in ("/usr/sbin", "/sbin", "/usr/bin")]
+        path = shutil.which(name) or next((p for p in candidates if os.access(p, os.X_OK)), None)
         if path:
             found[name] = path
         else:
@@ -60,7 +59,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+def wait_until(check: Callable[[], bool], timeout: float, what: str,
+               log: Path | None = None) -> None:
     """Poll ``check`` until true; ServiceUnavailable with the log's tail when it never is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -4,8 +4,8 @@ dockerd runs with bridge none / iptables false / ip-forward false / ip-masq fals
 bridge, no NAT rules and does not turn on forwarding; every container must use ``--network none``.
 No registry is reachable, so images are built locally with ``docker import``:
 
-- ``busybox_image``: /bin/busybox and its applet links plus a static bash (≈4 MB, <1 s). Enough for
-  shell rules; ``run:``/``script:`` rules need python inside the container.
+- ``busybox_image``: /bin/busybox and its applet links plus a static bash (≈4 MB, <1 s).
+  Enough for shell rules; ``run:``/``script:`` rules need python inside the container.
 - ``python_image()``: Debian minbase + python3 via debootstrap (≈30 s, built once per engine, on
   first use).
 """
@@ -21,7 +21,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ServiceUnavailable, log_tail, require_binaries, require_root, run, stop_process, wait_until
+from . import (ServiceUnavailable, log_tail, require_binaries, require_root, run, stop_process,
+               wait_until)
 
 BUSYBOX_IMAGE = "flowmake-test/busybox:1"
 PYTHON_IMAGE = "flowmake-test/python:1"
@@ -149,10 +150,29 @@ def _build_python_image(engine: DockerEngine) -> str:
     if not (rootfs / "usr" / "bin" / "python3").exists():
         shutil.rmtree(rootfs, ignore_errors=True)
         run([bins["debootstrap"], "--variant=minbase", "--include=python3-minimal",
-             "bookworm", str(rootfs)], timeout=600)
+             "bookworm", str(rootfs), _debian_mirror()], timeout=600)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     try:
         run(["docker", "import", "-", PYTHON_IMAGE], stdin=tar.stdout, env=engine.env())
     finally:
         tar.wait()
     return PYTHON_IMAGE
+
+
+def _debian_mirror() -> str:
+    """The Debian mirror apt uses here (debootstrap should fetch from the same place)."""
+    sources = [Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split()
+            if words[:1] == ["URIs:"] and len(words) > 1:
+                return words[1]
+            if words[:1] == ["deb"]:
+                urls = [w for w in words[1:] if "://" in w]
+                if urls:
+                    return urls[0]
+    return "http://deb.debian.org/debian"

@@ -32,7 +32,8 @@ def wait_for(backend: Backend, handles: Iterable[JobHandle], timeout: float = 60
     while pending:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"no final event after {timeout}s for {sorted(map(repr, pending))}")
+            names = sorted(map(repr, pending))
+            raise AssertionError(f"no final event after {timeout}s for {names}")
         for ev in backend.poll(min(step, left)):
             if ev.finished and ev.handle in pending:
                 pending.discard(ev.handle)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,17 @@ class SlurmCluster:
         return proc.stdout
 
     def stop(self) -> None:
-        subprocess.run(["scancel", "--full", "--user", str(os.getuid())], env=self.env(),
-                       capture_output=True)
+        if len(self.procs) == 3:
+            # Drain first: a job step still running when slurmd stops is orphaned for good.
+            subprocess.run(["scancel", "--user", str(os.getuid())], env=self.env(),
+                           capture_output=True)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                left = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env(),
+                                      capture_output=True, text=True)
+                if left.returncode != 0 or not left.stdout.strip():
+                    break
+                time.sleep(0.2)
         for proc in reversed(self.procs):  # slurmd, slurmctld, then munged
             stop_process(proc, grace=10)
 
@@ -71,7 +81,9 @@ def start_slurm(base: Path) -> SlurmCluster:
         for daemon in ("slurmctld", "slurmd"):
             log = base / "log" / f"{daemon}.out"
             with open(log, "wb") as out:
-                args = [bins[daemon], "-D", "-f", str(conf)] + (["-i"] if daemon == "slurmctld" else [])
+                # -i: a fresh controller ignores any state a crashed earlier one left behind.
+                args = [bins[daemon], "-D", "-f", str(conf)]
+                args += ["-i"] if daemon == "slurmctld" else []
                 cluster.procs.append(subprocess.Popen(
                     args, env=env, stdout=out, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, start_new_session=True))

@@ -39,6 +39,7 @@ class SshHost:
     user: str
     private: bool
     netns: str | None
+    veth: str | None = None  # root-namespace end of the host's link
     proc: subprocess.Popen | None = field(default=None, repr=False)
     log: Path | None = None
 
@@ -106,6 +107,10 @@ class SshHosts:
         for h in self.hosts:
             if h.netns:
                 self.kill(h.name)
+                # Deleting our end removes the pair now; left alone it would outlive the netns
+                # for as long as the kernel keeps closing sockets (TIME_WAIT) in there.
+                if h.veth:
+                    subprocess.run(["ip", "link", "del", h.veth], capture_output=True)
                 subprocess.run(["ip", "netns", "del", h.netns], capture_output=True)
             else:
                 stop_process(h.proc)
@@ -158,7 +163,7 @@ def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = (), block
             run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
             host = SshHost(name=f"fmhost{i}", address=f"{SUBNET}.{first + 10 + i}", port=22,
-                           user=getpass.getuser(), private=i in private, netns=ns)
+                           user=getpass.getuser(), private=i in private, netns=ns, veth=veth)
             hosts.hosts.append(host)
             _start_sshd(hosts, host, bins["sshd"], listen=host.address)
     except ServiceUnavailable as exc:
@@ -209,7 +214,8 @@ def _start_sshd(hosts: SshHosts, host: SshHost, sshd: str, listen: str) -> None:
         setup = [f"hostname {host.name}"]
         if host.private:
             # Cover the shared test tree: the host keeps only what is staged to it.
-            setup.append(f"mount -t tmpfs -o mode=0755 flowmake-private {shlex.quote(str(hosts.fs))}")
+            fs = shlex.quote(str(hosts.fs))
+            setup.append(f"mount -t tmpfs -o mode=0755 flowmake-private {fs}")
             setup.append(f"mkdir -p {shlex.quote(str(hosts.remote_root))}")
         script = " && ".join(setup) + " && exec " + shlex.join(cmd)
         unshare = ["unshare", "-u"] + (["-m", "--propagation", "private"] if host.private else [])
