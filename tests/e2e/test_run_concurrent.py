@@ -1,0 +1,79 @@
+"""Two flowmake processes on one workdir: every step runs once, and the second uses what the first built."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+from conftest import Flow
+
+CHAINS = """
+    rule first:
+        output: "c/{i}.1"
+        shell: "echo {output} >> counts.log; sleep 0.2; echo {wildcards.i} > {output}"
+    rule second:
+        input: "c/{i}.1"
+        output: "c/{i}.2"
+        shell: "echo {output} >> counts.log; sleep 0.1; cat {input} > {output}"
+"""
+
+
+def test_overlapping_invocations_run_every_step_exactly_once(flow: Flow) -> None:
+    flow.write(CHAINS)
+    a = flow.popen("-c", "2", *[f"c/{i}.2" for i in range(0, 6)])
+    b = flow.popen("-c", "2", *[f"c/{i}.2" for i in range(2, 8)])
+    out_a, err_a = a.communicate(timeout=60)
+    out_b, err_b = b.communicate(timeout=60)
+    assert a.returncode == 0, err_a
+    assert b.returncode == 0, err_b
+    counts = collections.Counter(flow.read("counts.log").split())
+    assert set(counts) == {f"c/{i}.{k}" for i in range(8) for k in (1, 2)}
+    assert set(counts.values()) == {1}, counts
+    for i in range(8):
+        assert flow.read(f"c/{i}.2") == f"{i}\n"
+    assert flow.planned(*[f"c/{i}.2" for i in range(8)]) == []
+
+
+def test_the_second_invocation_waits_for_the_first_and_names_it(flow: Flow) -> None:
+    flow.write("""
+        rule slow:
+            output: "shared"
+            shell: "echo run >> counts.log; touch started; sleep 1; echo made > {output}"
+    """)
+    first = flow.popen("-c", "1")
+    flow.wait_for("started")
+    owners = [p.read_text() for p in (flow.root / ".flowmake" / "locks").glob("*.owner")]
+    assert f"{socket.gethostname()} {first.pid}" in owners, "the lock records who holds it"
+    rc, _, err = flow.run("-c", "1")
+    first.communicate(timeout=30)
+    assert rc == 0, err
+    assert f"waiting for {socket.gethostname()} {first.pid}" in err
+    assert "built meanwhile by another flowmake" in err
+    assert flow.read("counts.log") == "run\n"
+
+
+def test_a_lock_left_by_a_dead_process_is_recovered(flow: Flow) -> None:
+    flow.write("""
+        rule a:
+            output: "a"
+            shell: "echo made > {output}"
+    """)
+    holder = textwrap.dedent(f"""
+        import sys, time
+        from flowmake.locks import OutputLocks
+        locks = OutputLocks({str(flow.root / ".flowmake")!r})
+        assert locks.try_acquire("a", ("a",))
+        print("held", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    flow.ok("-c", "1")
+    assert flow.read("a") == "made\n"
