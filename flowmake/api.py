@@ -217,8 +217,7 @@ def _plan_converged(session: Session) -> Plan:
         session.graph.unfinished_checkpoint_outputs |= rerun
         if not stale:
             return plan
-        for s in stale:
-            session.graph.invalidate(s, sorted(rerun & set(s.instance.consulted)))
+        session.graph.invalidate(stale, rerun)
         session.steps = session.graph.walk()
 
 

@@ -285,7 +285,13 @@ class Graph:
         if step.index == -2:  # already resolved successfully
             return step
         self._instantiate(step)
-        needed = step.inputs if step.instance is not None else list(step.waits_on)
+        if step.instance is not None:
+            # A checkpoint's outputs that the input function read are dependencies too: the step
+            # must come after the checkpoint, and be asked again if the checkpoint reruns.
+            consulted = step.instance.consulted
+            needed = step.inputs + sorted(consulted) if consulted else step.inputs
+        else:
+            needed = list(step.waits_on)
         unsafe = [o for o in step.outputs if o.startswith("/") or o == ".." or o.startswith("../") or "/../" in o]
         if unsafe:
             raise UnsafePathError(
@@ -327,12 +333,25 @@ class Graph:
             raise self._error_for(result, step.outputs[0] if step.outputs else step.rule.name)
         return [s for s in self.walk([step]) if id(s) not in before or s is step]
 
-    def invalidate(self, step: Step, checkpoint_outputs: Iterable[str]) -> None:
-        """A checkpoint this step consulted will rerun: wait for it and ask again afterwards."""
-        step.instance = None
-        step.waits_on = tuple(checkpoint_outputs)
-        step.deps = [d for d in step.deps if set(d.outputs) & set(step.waits_on)]
-        step.index = -1
+    def invalidate(self, steps: Iterable[Step], checkpoint_outputs: set[str]) -> None:
+        """Checkpoints these steps consulted will rerun: they wait and are asked again afterwards.
+
+        What they needed before was decided from the checkpoint's old outputs: every step that only
+        they reached is forgotten, so it is resolved and planned afresh once the checkpoint is done.
+        """
+        for step in steps:
+            consulted = step.instance.consulted if step.instance is not None else ()
+            step.instance = None
+            step.waits_on = tuple(sorted(set(consulted) & checkpoint_outputs))
+            step.deps = [d for d in step.deps if set(d.outputs) & set(step.waits_on)]
+            step.index = -1
+        live = {id(s) for s in self.walk()}
+        for key, s in list(self.steps.items()):
+            if id(s) not in live:
+                del self.steps[key]
+                for out in s.outputs:
+                    if self.producer.get(out) is s:
+                        del self.producer[out]
 
     # ---- reading --------------------------------------------------------------------------
 

@@ -56,6 +56,12 @@ class Progress:
             self._line(f"[{self._counter()}] {step.id}: inputs unchanged after upstream rerun, skipped")
         self._status()
 
+    def skipped(self, step: Any, why: str) -> None:
+        """A step that needed no job after all (another invocation built it)."""
+        self.done += 1
+        self._line(f"[{self._counter()}] {step.id}: {why}", force=True)
+        self._status()
+
     def note(self, text: str) -> None:
         self._line(text, force=True)
 

@@ -41,6 +41,7 @@ class SchedulerOptions:
 class RunResult:
     ran: list[str] = field(default_factory=list)
     skipped_by_cutoff: list[str] = field(default_factory=list)
+    built_elsewhere: list[str] = field(default_factory=list)  # by a concurrent flowmake on this workdir
     failed: list[tuple[str, str]] = field(default_factory=list)  # (step id, why)
     interrupted: bool = False
 
@@ -92,6 +93,8 @@ class Scheduler:
         self._stop = False
         self._interrupt = False
         self._image_digest = image_digest or (lambda ref: ref)
+        self._t0_ns = time.time_ns()
+        self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -182,8 +185,8 @@ class Scheduler:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
+            self.store.flush()  # before the locks go: a waiting invocation reads our traces
             self.locks.release_all()
-            self.store.flush()
         self.result.interrupted = self._interrupt
         return self.result
 
@@ -249,14 +252,27 @@ class Scheduler:
             return
         if self._was_built_meanwhile(step):
             self.locks.release(step.id)
-            self.result.skipped_by_cutoff.append(step.id)
+            self.result.built_elsewhere.append(step.id)
+            self.progress.skipped(step, "built meanwhile by another flowmake, skipped")
             self._complete(step)
             return
         self._start(step)
 
+    def _touched_by_another_run(self, step: Step) -> bool:
+        # Nothing of ours writes a step's outputs before we start it, so an output changed since this
+        # run began was written by another invocation (which then released the lock we now hold).
+        for out in step.outputs:
+            try:
+                st = os.lstat(os.path.join(self.ctx.workdir, out))
+            except OSError:
+                continue
+            if st.st_ctime_ns >= self._t0_ns:
+                return True
+        return False
+
     def _was_built_meanwhile(self, step: Step) -> bool:
-        """Another invocation may have built this step while we waited for its lock."""
-        if step.id not in self._lock_waited:
+        """Another invocation may have built this step while we waited for, or before we took, its lock."""
+        if step.id not in self._lock_waited and not self._touched_by_another_run(step):
             return False
         other = Store.open(self.ctx.workdir, readonly=True)
         traces = [other.trace(o) for o in step.outputs]
@@ -268,7 +284,6 @@ class Scheduler:
         sp = plan_step(step, self.plan.by_id, self.plan.facts)
         if sp.decision is Decision.SKIP:
             self.plan.by_id[id(step)] = sp
-            self.progress.note(f"{step.id}: built meanwhile by another flowmake, skipped")
             return True
         return False
 
@@ -308,6 +323,13 @@ class Scheduler:
         for ev in events:
             if ev.finished:
                 self._finished(ev)
+        if self._unlock:
+            # Another invocation waiting on these locks reads our traces once it holds them: they
+            # must be in the store before the locks go.
+            self.store.flush(sync=False)
+            for step_id in self._unlock:
+                self.locks.release(step_id)
+            self._unlock.clear()
 
     def _release(self, run: _Running) -> None:
         self._used["cores"] -= run.threads
@@ -329,7 +351,7 @@ class Scheduler:
             self._record_traces(step, run.plan)
             self._history(run, ev)
             self.store.end(step.id)
-            self.locks.release(step.id)
+            self._unlock.append(step.id)
             self.result.ran.append(step.id)
             self.progress.finished(step, ok=True)
             self._complete(step)
@@ -337,7 +359,7 @@ class Scheduler:
         if ev.state is JobState.CANCELLED:
             remove_outputs(step, self.ctx.workdir)
             self.store.end(step.id)
-            self.locks.release(step.id)
+            self._unlock.append(step.id)
             return
         why = {
             JobState.FAILED: f"exit code {ev.exit_code}",
@@ -352,7 +374,7 @@ class Scheduler:
         remove_outputs(step, self.ctx.workdir)
         self._history(run, ev)
         self.store.end(step.id)
-        self.locks.release(step.id)
+        self._unlock.append(step.id)
         key = id(step)
         if ev.state is JobState.LOST:  # not the job's fault: rerun without spending a retry
             self.progress.note(f"{step.id}: {why}; resubmitting")
