@@ -71,6 +71,7 @@ class SshHost:
         self.down: str | None = None  # why, once down
         self.client: paramiko.SSHClient | None = None
         self.cas_known: set[str] = set()
+        self.stale_dirs: list[str] = []  # finished job dirs, removed lazily
         self.cas_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
 
     @property
@@ -177,6 +178,13 @@ class SshBackend:
         for t in list(self._threads):
             t.join(max(0.0, deadline - time.monotonic()))
         for host in self.hosts:
+            if host.client is not None and host.stale_dirs and _alive(host):
+                try:
+                    staging.run(host.client, "rm -rf " + " ".join(map(_q, host.stale_dirs)),
+                                self.timeout)
+                except Exception:  # best effort: the next run's first job retries it
+                    pass
+                host.stale_dirs = []
             if host.client is not None:
                 host.client.close()
                 host.client = None
@@ -305,82 +313,107 @@ class SshBackend:
         spec = handle.spec
         if handle.cancelled:
             return JobEvent(handle, JobState.CANCELLED, host=host.label)
-        client = host.client
-        if client is None:
-            raise HostDown(host.down or f"{host.label} is down")
         workdir = Path(spec.workdir)
         log = spec.log or f".flowmake/log/{spec.step_id}.log"
-        try:
-            if host.shared_fs:
-                rundir = spec.workdir
-            else:
-                rundir = f"{self.remote_root}/jobs/{handle.native_id}-{uuid.uuid4().hex[:8]}"
-                missing = [p for p, _ in spec.inputs if not (workdir / p).exists()]
-                if missing:
-                    return JobEvent(handle, JobState.FAILED, host=host.label,
-                                    message="missing input: " + ", ".join(missing))
-                self._stage_in(host, spec, rundir)
-            code, runtime, timed_out = self._run(handle, host, rundir, log)
-            if not host.shared_fs:
-                staging.fetch_log(host.transport, rundir, log, workdir)
-            message = ""
-            if code == 0 and not handle.cancelled and not timed_out and not host.shared_fs:
-                message = self._stage_out(host, spec, rundir)
-        finally:
-            if not host.shared_fs and not self.settings.get("keep_remote_jobs") and not host.down:
-                try:
-                    staging.run(client, f"rm -rf {_q(rundir)}", self.timeout)
-                except Exception:  # cleanup is best effort; the next run does not depend on it
-                    pass
+        outputs = list(dict.fromkeys(o.rstrip("/") for o in [*spec.outputs, *spec.directories]))
+        if host.shared_fs:
+            launch = staging.Launch(rundir=spec.workdir, log=log)
+            result = self._run(handle, host, launch)
+            message = result.message
+        else:
+            missing = [p for p, _ in spec.inputs if not (workdir / p).exists()]
+            if missing:
+                return JobEvent(handle, JobState.FAILED, host=host.label,
+                                message="missing input: " + ", ".join(missing))
+            rundir = f"{self.remote_root}/jobs/{handle.native_id}-{uuid.uuid4().hex[:8]}"
+            sftp = paramiko.SFTPClient.from_transport(host.transport)
+            if sftp is None:
+                raise HostDown(f"{host.label}: cannot open SFTP")
+            try:
+                files = self._stage_in(host, sftp, spec)
+                # Setup, job and output digests in one remote command: one round trip per job.
+                with self._lock:
+                    stale, host.stale_dirs = host.stale_dirs, []
+                launch = staging.Launch(
+                    rundir=rundir, log=log, stale=stale,
+                    links=staging.link_commands(f"{self.remote_root}/cas", rundir, files, outputs),
+                    manifest=staging.manifest_command(self.python, outputs) if outputs else "")
+                result = self._run(handle, host, launch)
+                message = result.message
+                if result.launched:
+                    staging.fetch_log(sftp, rundir, log, workdir)
+                if result.manifest is not None and not handle.cancelled and not result.timed_out:
+                    if result.manifest["missing"]:
+                        message = "missing output: " + ", ".join(result.manifest["missing"])
+                    else:
+                        n = staging.fetch_outputs(sftp, rundir, workdir, outputs, result.manifest)
+                        with self._lock:
+                            self.downloads += n
+            finally:
+                sftp.close()
+                if not self.settings.get("keep_remote_jobs"):
+                    with self._lock:
+                        host.stale_dirs.append(rundir)  # removed by the host's next job, or close()
+        code = result.code
         if handle.cancelled:
             state = JobState.CANCELLED
-        elif timed_out:
+        elif result.timed_out:
             state, message = JobState.TIMEOUT, f"killed after {spec.resources.runtime_min} min"
         elif code == 0 and not message:
             state = JobState.SUCCEEDED
         else:
             state = JobState.FAILED
-        return JobEvent(handle, state, exit_code=code, runtime_s=runtime, host=host.label,
+        return JobEvent(handle, state, exit_code=code, runtime_s=result.runtime, host=host.label,
                         message=message)
 
-    def _run(self, handle: SshHandle, host: SshHost, rundir: str, log: str
-             ) -> tuple[int | None, float, bool]:
-        """Run the job; (exit code, runtime, timed out). HostDown when the connection dies."""
+    def _run(self, handle: SshHandle, host: SshHost, launch: staging.Launch) -> staging.Result:
+        """Run the job and wait for it. HostDown when the connection dies."""
         spec = handle.spec
         script = "set -euo pipefail\n" + "".join(
             f"export {k}={shlex.quote(v)}\n" for k, v in spec.env) + spec.command + "\n"
-        # setsid -w: a new session (so the pgid is the job's pid and cancel kills the group) and
-        # still wait for it, so the channel's exit status is the job's.
-        inner = 'echo $$; exec bash -c "$1" flowmake-job > "$2" 2>&1 < /dev/null'
-        log_dir = os.path.dirname(log) or "."
-        cmd = (f"cd {_q(rundir)} && mkdir -p {_q(log_dir)} && "
-               f"exec setsid -w bash -c {_q(inner)} flowmake {_q(script)} {_q(log)}")
+        result = staging.Result()
         try:
             chan = host.transport.open_session(timeout=self.timeout)
-            chan.exec_command(cmd)
-            started = time.monotonic()
-            handle.pgid = staging.read_pid(chan, self.timeout)
+            chan.exec_command(staging.launch_command(launch, script))
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise HostDown(f"{host.label}: {exc}") from exc
-        if handle.cancelled:
-            self._kill_remote(handle)
         limit = spec.resources.runtime_min
-        deadline = started + limit * 60 if limit else None
-        timed_out = False
-        while not chan.status_event.wait(0.2):
+        started = time.monotonic()
+        out, err = bytearray(), bytearray()
+        while True:
+            done = chan.status_event.wait(0.1)
+            # Keep reading while waiting: a large manifest must not fill the channel's window.
+            while chan.recv_ready():
+                out += chan.recv(1 << 16)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(1 << 16)
+            if handle.pgid is None and b"\n" in out:
+                handle.pgid = staging.parse_pid(out)
+                started = time.monotonic()
+                if handle.cancelled:
+                    self._kill_remote(handle)
+            if result.runtime is None and staging.MARK in out:
+                result.runtime = time.monotonic() - started
+            if done:
+                break
             if not _alive(host):
                 raise HostDown(f"connection to {host.label} lost while the job ran")
-            if deadline and not timed_out and time.monotonic() > deadline:
-                timed_out = True
+            if limit and not result.timed_out and time.monotonic() - started > limit * 60:
+                result.timed_out = True
                 self._kill_remote(handle)
-        runtime = time.monotonic() - started
+        staging.drain(chan, out, err, self.timeout)
+        if result.runtime is None:
+            result.runtime = time.monotonic() - started
         code = chan.exit_status
         chan.close()
-        if code == -1:  # no exit status: the server went away (or the job died by a signal)
+        if code == -1:  # no exit status: the server went away (or killed our shell)
             if not _alive(host):
                 raise HostDown(f"connection to {host.label} lost while the job ran")
             code = None
-        return code, runtime, timed_out
+        staging.interpret(result, code, bytes(out), bytes(err))
+        if handle.pgid is None:
+            handle.pgid = staging.parse_pid(out)
+        return result
 
     def _kill_remote(self, handle: SshHandle) -> None:
         host, pgid = handle.host, handle.pgid
@@ -401,43 +434,24 @@ class SshBackend:
 
     # -- staging ----------------------------------------------------------------------------------
 
-    def _stage_in(self, host: SshHost, spec: JobSpec, rundir: str) -> None:
+    def _stage_in(self, host: SshHost, sftp: paramiko.SFTPClient, spec: JobSpec
+                  ) -> list[tuple[str, str, Path]]:
+        """Send the host what its CAS lacks; the input files as (path, digest, local path)."""
         files = staging.expand_inputs(Path(spec.workdir), spec.inputs)
-        todo = [f for f in files if f[1] not in host.cas_known]
-        if todo:
-            sftp = paramiko.SFTPClient.from_transport(host.transport)
-            if sftp is None:
-                raise HostDown(f"{host.label}: cannot open SFTP")
-            try:
-                for _rel, digest, local in todo:
-                    # Per digest: two jobs needing the same input send it once.
-                    with host.cas_locks[digest]:
-                        if digest in host.cas_known:
-                            continue
-                        sent = staging.ensure_cas(sftp, f"{self.remote_root}/cas", digest, local)
-                        host.cas_known.add(digest)
-                        if sent:
-                            with self._lock:
-                                self.uploads += 1
-                                self.upload_bytes += local.stat().st_size
-            finally:
-                sftp.close()
-        script = staging.link_script(f"{self.remote_root}/cas", rundir, files,
-                                     [*spec.outputs, *spec.directories])
-        staging.run(host.client, script, self.timeout, check=True)
-
-    def _stage_out(self, host: SshHost, spec: JobSpec, rundir: str) -> str:
-        """Fetch outputs; returns an error message (job FAILED) or "" when all came back."""
-        outputs = list(dict.fromkeys([*spec.outputs, *spec.directories]))
-        if not outputs:
-            return ""
-        manifest = staging.remote_manifest(host.client, self.python, rundir, outputs, self.timeout)
-        if manifest["missing"]:
-            return "missing output: " + ", ".join(manifest["missing"])
-        n = staging.fetch_outputs(host.transport, rundir, Path(spec.workdir), outputs, manifest)
-        with self._lock:
-            self.downloads += n
-        return ""
+        for _rel, digest, local in files:
+            if digest in host.cas_known:
+                continue
+            # Per digest: two jobs needing the same input send it once.
+            with host.cas_locks[digest]:
+                if digest in host.cas_known:
+                    continue
+                sent = staging.ensure_cas(sftp, f"{self.remote_root}/cas", digest, local)
+                host.cas_known.add(digest)
+                if sent:
+                    with self._lock:
+                        self.uploads += 1
+                        self.upload_bytes += local.stat().st_size
+        return files
 
 
 def _alive(host: SshHost) -> bool:

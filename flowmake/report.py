@@ -52,8 +52,7 @@ class Progress:
     def cutoff(self, step: Any) -> None:
         self.cutoffs += 1
         self.done += 1
-        if not self.quiet and not self.tty:
-            self._line(f"[{self._counter()}] {step.id}: inputs unchanged after upstream rerun, skipped")
+        self._line(f"[{self._counter()}] {step.id}: skipped, early cutoff: its inputs are unchanged after upstream reran")
         self._status()
 
     def skipped(self, step: Any, why: str) -> None:

@@ -116,9 +116,8 @@ class Scheduler:
                     self._record_traces(step, sp)
                 self._done.add(id(step))
                 continue
-            if id(step) not in self._counted:
-                self._counted.add(id(step))
-                self.progress.total += 1
+            if step.outputs or sp.decision is Decision.RUN:  # a pure target rule is no work to count
+                self._count(step)
             inst = step.instance
             if inst is not None:
                 for path in inst.input:
@@ -128,6 +127,11 @@ class Scheduler:
             self._waiting_deps[id(step)] = pending
             if pending == 0:
                 self._settle(step)
+
+    def _count(self, step: Step) -> None:
+        if id(step) not in self._counted:
+            self._counted.add(id(step))
+            self.progress.total += 1
 
     def _compute_depths(self, steps: list[Step]) -> None:
         # Critical path: the longest chain of dependants below a step runs first when priorities tie.
@@ -154,13 +158,15 @@ class Scheduler:
             self.plan.by_id[id(step)] = new
             sp = new
             if sp.decision in (Decision.SKIP, Decision.ADOPT):
-                self.result.skipped_by_cutoff.append(step.id)
-                self.progress.cutoff(step)
+                if step.outputs:  # a target rule without outputs has nothing to cut off
+                    self.result.skipped_by_cutoff.append(step.id)
+                    self.progress.cutoff(step)
                 self._complete(step)
                 return
         self._push(step)
 
     def _push(self, step: Step) -> None:
+        self._count(step)
         self._seq += 1
         heapq.heappush(self._ready, (-step.rule.priority, -self._depth.get(id(step), 0), self._seq, id(step)))
 

@@ -1,0 +1,9 @@
+rule count:
+    input:
+        "data/{sample}.txt",
+    output:
+        "results/{sample}.txt",
+    run:
+        n = len(open(input[0]).read().splitlines())
+        with open(output[0], "w") as f:
+            f.write(f"{config['label']} {wildcards.sample} {n}\n")
