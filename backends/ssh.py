@@ -182,7 +182,7 @@ class SshBackend:
                 try:
                     staging.run(host.client, "rm -rf " + " ".join(map(_q, host.stale_dirs)),
                                 self.timeout)
-                except Exception:  # best effort: the next run's first job retries it
+                except Exception:  # best effort: whatever is left in jobs/ is garbage
                     pass
                 host.stale_dirs = []
             if host.client is not None:

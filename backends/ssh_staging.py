@@ -14,8 +14,8 @@ import os
 import re
 import shlex
 import shutil
-import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,24 +82,6 @@ def run(client: paramiko.SSHClient, cmd: str, timeout: float, check: bool = Fals
     return code, stdout, stderr
 
 
-def read_pid(chan: paramiko.Channel, timeout: float) -> int | None:
-    """The first stdout line of a job launcher: the pid (= pgid) of the job's session."""
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in buf and time.monotonic() < deadline:
-        if chan.recv_ready():
-            data = chan.recv(64)
-            if not data:
-                break
-            buf += data
-        elif chan.exit_status_ready() or chan.closed:
-            break
-        else:
-            time.sleep(0.005)
-    line = buf.split(b"\n", 1)[0].strip()
-    return int(line) if line.isdigit() else None
-
-
 def file_digest(path: Path, new: Callable[[], Any] = blake3.blake3) -> str:
     h = new()
     with open(path, "rb") as f:
@@ -147,40 +129,119 @@ def ensure_cas(sftp: paramiko.SFTPClient, casdir: str, digest: str, local: Path)
     return True
 
 
-def link_script(casdir: str, rundir: str, files: list[tuple[str, str, Path]],
-                outputs: list[str]) -> str:
-    """One shell script that builds the job dir: inputs linked from the CAS, output parents made."""
+def link_commands(casdir: str, rundir: str, files: list[tuple[str, str, Path]],
+                  outputs: list[str]) -> list[str]:
+    """Commands that build the job dir: inputs linked from the CAS, output parents made."""
     parents = sorted(({os.path.dirname(rel) for rel, _, _ in files}
-                      | {os.path.dirname(o.rstrip("/")) for o in outputs}) - {""})
-    lines = ["set -e", f"mkdir -p {q(rundir)}", f"cd {q(rundir)}"]
+                      | {os.path.dirname(o) for o in outputs}) - {""})
+    cmds = [f"mkdir -p {q(rundir)}", f"cd {q(rundir)}"]
     if parents:
-        lines.append("mkdir -p " + " ".join(shlex.quote(p) for p in parents))
-    cas = q(casdir) if casdir.startswith(("/", "~/")) else '"$OLDPWD"/' + shlex.quote(casdir)
+        cmds.append("mkdir -p " + " ".join(shlex.quote(p) for p in parents))
+    cas = q(casdir) if casdir.startswith(("/", "~/")) else '"$HOME"/' + shlex.quote(casdir)
     for rel, digest, _ in files:
         # A hard link is free; a copy only where links cannot be made (another filesystem).
-        src = f"{cas}/{digest}"
-        lines.append(f"ln -f {src} {shlex.quote(rel)} 2>/dev/null || cp {src} {shlex.quote(rel)}")
-    return "\n".join(lines)
+        src, dst = f"{cas}/{digest}", shlex.quote(rel)
+        cmds.append(f"{{ ln -f {src} {dst} 2>/dev/null || cp {src} {dst}; }}")
+    return cmds
 
 
-def remote_manifest(client: paramiko.SSHClient, python: str, rundir: str, outputs: list[str],
-                    timeout: float) -> dict[str, Any]:
-    cmd = (f"cd {q(rundir)} && {shlex.quote(python)} -c {shlex.quote(MANIFEST_PY)} "
-           + " ".join(shlex.quote(o.rstrip("/")) for o in outputs))
-    code, out, err = run(client, cmd, timeout)
-    if code != 0:
-        raise RuntimeError(f"cannot digest outputs on the host ({python} exit {code}): "
-                           f"{err.strip()[-500:]}")
-    return json.loads(out)
+def manifest_command(python: str, outputs: list[str]) -> str:
+    return (f"{shlex.quote(python)} -c {shlex.quote(MANIFEST_PY)} "
+            + " ".join(shlex.quote(o) for o in outputs))
 
 
-def fetch_outputs(transport: paramiko.Transport, rundir: str, workdir: Path, outputs: list[str],
+@dataclass
+class Launch:
+    """What one remote command does: clean up, build the job dir, run, digest the outputs."""
+
+    rundir: str
+    log: str
+    stale: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    manifest: str = ""
+
+
+@dataclass
+class Result:
+    code: int | None = None
+    runtime: float | None = None
+    timed_out: bool = False
+    launched: bool = False
+    manifest: dict[str, Any] | None = None
+    message: str = ""
+
+
+MARK = b"@@flowmake-manifest@@"
+SETUP_FAILED = 254
+
+
+def launch_command(launch: Launch, script: str) -> str:
+    """One bash script for the whole job; the login shell only has to start bash.
+
+    Its stdout is the job's pgid on the first line, then (after MARK) the output manifest. The
+    job runs under ``setsid -w``: in its own session (the pgid that cancel kills; this wrapper is
+    outside it), and still waited for, so the wrapper sees its exit status. Setup steps are
+    chained with && because errexit does not apply inside an ``||`` list.
+    """
+    lines = []
+    if launch.stale:
+        # Earlier jobs' dirs, removed in the background so this job does not wait for it.
+        lines.append("(rm -rf " + " ".join(map(q, launch.stale)) + ") >/dev/null 2>&1 </dev/null &")
+    setup = [*launch.links, f"cd {q(launch.rundir)}",
+             f"mkdir -p {shlex.quote(os.path.dirname(launch.log) or '.')}"]
+    lines.append(" &&\n".join(setup) + f" || exit {SETUP_FAILED}")
+    inner = 'echo $$; exec bash -c "$1" flowmake-job >> "$2" 2>&1 < /dev/null'
+    lines.append(f"setsid -w bash -c {shlex.quote(inner)} flowmake {shlex.quote(script)} "
+                 f"{shlex.quote(launch.log)}")
+    lines.append("code=$?")
+    if launch.manifest:
+        lines.append(f'if [ "$code" = 0 ]; then echo {MARK.decode()}; {launch.manifest}; fi')
+    lines.append('exit "$code"')
+    return "bash -c " + shlex.quote("\n".join(lines))
+
+
+def parse_pid(out: bytes | bytearray) -> int | None:
+    line = bytes(out).split(b"\n", 1)[0].strip()
+    return int(line) if line.isdigit() else None
+
+
+def drain(chan: paramiko.Channel, out: bytearray, err: bytearray, timeout: float) -> None:
+    """Read what is left on the channel after the exit status (up to EOF)."""
+    chan.settimeout(timeout)
+    try:
+        while True:
+            data = chan.recv(1 << 16)
+            if not data:
+                break
+            out += data
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+    except OSError:  # socket.timeout included: keep what arrived
+        pass
+
+
+def interpret(result: Result, code: int | None, out: bytes, err: bytes) -> None:
+    """Fill ``result`` from the launch command's exit status and output."""
+    result.launched = parse_pid(out) is not None
+    if not result.launched:
+        result.code = code
+        result.message = ("could not prepare the job on the host: "
+                          + err.decode(errors="replace").strip()[-500:])
+        return
+    result.code = code
+    if MARK in out:
+        body = out.split(MARK, 1)[1]
+        try:
+            result.manifest = json.loads(body)
+        except ValueError:
+            result.message = ("cannot digest outputs on the host (needs python3): "
+                              + err.decode(errors="replace").strip()[-500:])
+
+
+def fetch_outputs(sftp: paramiko.SFTPClient, rundir: str, workdir: Path, outputs: list[str],
                   manifest: dict[str, Any]) -> int:
     """Fetch, verify and rename outputs into place; returns the number of files fetched."""
     new = blake3.blake3 if manifest["algo"] == "blake3" else hashlib.sha256
-    sftp = paramiko.SFTPClient.from_transport(transport)
-    if sftp is None:
-        raise RuntimeError("cannot open SFTP")
     tag = uuid.uuid4().hex[:8]
     staged: list[tuple[Path, Path]] = []  # (temporary, final) per top-level output
     count = 0
@@ -210,7 +271,6 @@ def fetch_outputs(transport: paramiko.Transport, rundir: str, workdir: Path, out
             _replace(tmp, final)
         staged.clear()
     finally:
-        sftp.close()
         for tmp, _ in staged:  # anything not renamed into place is garbage now
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -243,17 +303,16 @@ def _replace(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
-def fetch_log(transport: paramiko.Transport, rundir: str, log: str, workdir: Path) -> None:
+def fetch_log(sftp: paramiko.SFTPClient, rundir: str, log: str, workdir: Path) -> None:
     """Bring the job's log home (whatever the outcome); a missing log is not an error."""
     dest = workdir / log
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sftp = paramiko.SFTPClient.from_transport(transport)
-    if sftp is None:
-        return
     try:
-        sftp.get(f"{sftp_path(rundir)}/{log}", str(dest))
+        src = sftp.open(f"{sftp_path(rundir)}/{log}", "rb")
     except FileNotFoundError:
-        pass
-    finally:
-        sftp.close()
-
+        return
+    # Appended, as the local backend does: a retry's log follows the failed attempt's.
+    with src, open(dest, "ab") as dst:
+        src.prefetch()
+        for block in iter(lambda: src.read(CHUNK), b""):
+            dst.write(block)

@@ -65,6 +65,7 @@ class Session:
     steps: list[Step]
     plan: Plan
     config_overrides: dict[str, Any]
+    image_digest: Callable[[str], str] | None = None  # the backend's, when it runs containers
 
     def close(self) -> None:
         self.store.close()
@@ -97,30 +98,39 @@ def _parse_config(pairs: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def open_session(opts: Options, *, readonly: bool) -> Session:
+def enter_directory(opts: Options) -> None:
+    """Resolve paths given on the command line, then move into the working directory (-d)."""
+    if opts.flowfile:
+        opts.flowfile = os.path.abspath(opts.flowfile)
+    opts.configfiles = [os.path.abspath(c) for c in opts.configfiles]
+    if opts.profile:
+        opts.profile = os.path.abspath(opts.profile)
+    if opts.directory:
+        if not os.path.isdir(opts.directory):
+            raise UsageError(f"directory {opts.directory!r} does not exist")
+        os.chdir(opts.directory)
+        opts.directory = None
+
+
+def open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str], str] | None = None) -> Session:
     # Planning builds a few long-lived objects per step and frees almost nothing: the cyclic
     # collector would walk them over and over (a third of the time at 100k steps). Freeze what
     # planning built so later collections during the run skip it.
     gc.disable()
     try:
-        return _open_session(opts, readonly=readonly)
+        return _open_session(opts, readonly=readonly, image_digest=image_digest)
     finally:
         gc.freeze()
         gc.enable()
 
 
-def _open_session(opts: Options, *, readonly: bool) -> Session:
+def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str], str] | None) -> Session:
     from flowmake.flowfile import load_workflow
 
-    flowfile_arg = os.path.abspath(opts.flowfile) if opts.flowfile else None
-    configfiles = [os.path.abspath(c) for c in opts.configfiles]
-    if opts.directory:
-        if not os.path.isdir(opts.directory):
-            raise UsageError(f"directory {opts.directory!r} does not exist")
-        os.chdir(opts.directory)
-    flowfile = find_flowfile(flowfile_arg)
+    enter_directory(opts)
+    flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
-    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=configfiles)
+    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
     workdir = os.getcwd()
     store = Store.open(workdir, readonly=readonly)
     digester = Digester(store.stat_cache)
@@ -128,7 +138,7 @@ def _open_session(opts: Options, *, readonly: bool) -> Session:
     _add_targets(graph, workflow, opts.targets, workdir)
     steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
-                      Plan([], {}, None), overrides)  # type: ignore[arg-type]
+                      Plan([], {}, None), overrides, image_digest)  # type: ignore[arg-type]
     session.plan = _plan_converged(session)
     return session
 
@@ -163,7 +173,19 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         incomplete=incomplete.__contains__,
         forced=forced,
         newer_than=newer_than,
+        image_digest=_memoised(session.image_digest) if session.image_digest else (lambda ref: ref),
     )
+
+
+def _memoised(fn: Callable[[str], str]) -> Callable[[str], str]:
+    seen: dict[str, str] = {}
+
+    def get(ref: str) -> str:
+        if ref not in seen:
+            seen[ref] = fn(ref)
+        return seen[ref]
+
+    return get
 
 
 def _forced_set(session: Session) -> Callable[[Step], bool]:
@@ -237,48 +259,53 @@ def _selected_steps(session: Session) -> list[Step]:
 
 
 def build(opts: Options) -> int:
-    session = open_session(opts, readonly=opts.dry_run)
-    try:
-        steps = _selected_steps(session)
-        if opts.dry_run:
+    if opts.dry_run:
+        session = open_session(opts, readonly=True)
+        try:
             from flowmake.explain import print_plan
 
-            print_plan(session, steps, as_json=opts.json)
+            print_plan(session, _selected_steps(session), as_json=opts.json)
             return 0
-        return _run(session, steps)
-    finally:
-        session.close()
-
-
-def _run(session: Session, steps: list[Step]) -> int:
-    from flowmake.scheduler import Scheduler, SchedulerOptions
-
-    opts = session.opts
+        finally:
+            session.close()
+    enter_directory(opts)
     cores = opts.cores or _all_cores()
-    settings = load_settings(session.workdir, opts.profile)
+    settings = load_settings(os.getcwd(), opts.profile)
     backend_name = opts.backend or settings.backend
     local = load_backend("local", settings.for_backend("local"), cores)
     backend = local if backend_name == "local" else load_backend(backend_name, settings.for_backend(backend_name), cores)
+    try:
+        session = open_session(opts, readonly=False, image_digest=getattr(backend, "image_digest", None))
+        try:
+            return _run(session, _selected_steps(session), backend, local, settings.for_backend(backend_name), cores)
+        finally:
+            session.close()
+    finally:
+        backend.close()
+        if local is not backend:
+            local.close()
+
+
+def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings: dict[str, Any], cores: int) -> int:
+    from flowmake.scheduler import Scheduler, SchedulerOptions
+
+    opts = session.opts
     _stop_orphans(session)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=[os.path.abspath(c) for c in opts.configfiles], cores=cores,
-                     settings=settings.for_backend(backend_name))
+                     configfiles=list(opts.configfiles), cores=cores, settings=settings)
     progress = Progress(quiet=opts.quiet)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
         local=local, ctx=ctx, progress=progress,
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
-        image_digest=getattr(backend, "image_digest", None),
+        image_digest=session.plan.facts.image_digest,
     )
     hooks = session.workflow
     _hook(getattr(hooks, "onstart", None))
     try:
         result = sched.run(steps)
     finally:
-        backend.close()
-        if local is not backend:
-            local.close()
         _save_stat_cache(session)
     progress.summary(len(result.ran), len(result.failed), result.interrupted)
     if result.interrupted:
@@ -345,8 +372,7 @@ def _all_cores() -> int:
 def list_rules(opts: Options) -> int:
     from flowmake.flowfile import load_workflow
 
-    if opts.directory:
-        os.chdir(opts.directory)
+    enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
     wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles)
     for rule in wf.rules:

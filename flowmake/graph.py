@@ -399,7 +399,7 @@ class Graph:
         if failure.kind == "cycle":
             return CycleError(" -> ".join(failure.chain), target=target)
         if failure.kind == "norule":
-            hint = did_you_mean(target, self._known_names())
+            hint = did_you_mean(target, self._known_names(target))
             return NoRuleError(
                 f"{failure.path!r}: no rule produces it and it does not exist",
                 target=target,
@@ -414,11 +414,14 @@ class Graph:
             details=failure.chain,
         )
 
-    def _known_names(self) -> list[str]:
+    def _known_names(self, target: str) -> list[str]:
+        """What a mistyped target may have meant: rule names, files beside it, output patterns."""
         names = [r.name for r in self.workflow.rules]
+        names += [p.text for r in self.workflow.rules for p in r.output_patterns]
+        folder = posixpath.dirname(target)
         try:
-            for entry in os.scandir("."):
-                names.append(entry.name)
+            for entry in os.scandir(folder or "."):
+                names.append(posixpath.join(folder, entry.name) if folder else entry.name)
         except OSError:
             pass
         return names

@@ -51,7 +51,7 @@ def multiext(prefix: str, *extensions: str) -> list[str]:
     for ext in extensions:
         if "/" in ext or not ext.startswith("."):
             raise ValueError(f"multiext: extension {ext!r} must start with '.' and contain no '/'")
-    return [prefix + ext for ext in extensions]
+    return [os.fspath(prefix) + ext for ext in extensions]
 
 
 class _Missing(dict):
@@ -64,9 +64,24 @@ class _Missing(dict):
 _FIELD_NAME = re.compile(r"\{([^{}.\[!:,]+)")
 
 
+def _is_escaped(pattern: str, start: int) -> bool:
+    """True if the '{' at ``start`` is the second half of an escaped ``{{``."""
+    k = start
+    while k > 0 and pattern[k - 1] == "{":
+        k -= 1
+    return (start - k) % 2 == 1
+
+
 def _fields(pattern: str) -> list[str]:
     names: list[str] = []
-    for literal, field, spec, conv in string.Formatter().parse(pattern):
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError:  # a constraint with braces of its own ({n,\d{3}}): str.format cannot parse it
+        for m in WILDCARD_RE.finditer(pattern):
+            if not _is_escaped(pattern, m.start()) and m.group("name") not in names:
+                names.append(m.group("name"))
+        return names
+    for literal, field, spec, conv in parsed:
         if field is not None:
             m = _FIELD_NAME.match("{" + field)
             if m and m.group(1) not in names:
@@ -104,9 +119,12 @@ def _format(pattern: str, values: dict[str, Any], allow_missing: bool) -> str:
     if not allow_missing:
         return pattern.format_map(values)
     # A missing wildcard may carry a constraint/type ({s,\d+}); write it back verbatim.
+    # A ``{{name}}`` the user escaped is literal text, not a wildcard: leave it for format_map.
     def repl(m: re.Match) -> str:
         name = m.group("name")
-        return m.group(0).replace("{", "{{").replace("}", "}}") if name not in values else m.group(0)
+        if name in values or _is_escaped(m.string, m.start()):
+            return m.group(0)
+        return m.group(0).replace("{", "{{").replace("}", "}}")
     protected_pattern = WILDCARD_RE.sub(repl, pattern)
     return protected_pattern.format_map(values)
 
