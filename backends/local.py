@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,10 @@ def _libc() -> Any:
 
 
 _LIBC = _libc()
+# util-linux's setpriv sets PR_SET_PDEATHSIG and execs the job's shell. Going through it instead of a
+# Python preexec_fn lets subprocess use vfork: 4 ms per job instead of 35 ms from a large flowmake
+# process (a forked copy of the whole planned graph faulting its pages in to run one prctl).
+_SETPRIV = shutil.which("setpriv")
 
 
 def _die_with_parent() -> None:
@@ -65,15 +70,18 @@ class LocalBackend:
         if spec.env:
             env = dict(os.environ)
             env.update(spec.env)
+        argv = ["bash", "-c", STRICT + spec.command]
+        if _SETPRIV:
+            argv[:0] = [_SETPRIV, "--pdeathsig", "KILL"]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                ["bash", "-c", STRICT + spec.command],
+                argv,
                 cwd=spec.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=None if _SETPRIV else _die_with_parent,
                 env=env,
                 close_fds=True,
             )

@@ -5,12 +5,16 @@ by its own worker thread, so a slow host never blocks ``poll``. Host keys are al
 against the configured known_hosts file (paramiko's RejectPolicy): an unknown or changed key is a
 ``BackendError`` naming the host and the file, never accepted.
 
-Jobs run under ``setsid`` so that ``cancel`` can kill the whole process group remotely.
+Each job is one remote command (``ssh_staging.launch_command``): build the job dir, run the job
+under ``setsid`` (so ``cancel`` can kill its whole process group remotely), digest the outputs.
+Staging adds SFTP transfers on one SFTP channel per job, and nothing else.
 
 With ``shared_fs = true`` a job runs in ``spec.workdir`` on the host, which must see the same files.
 Without it, each host keeps a content-addressed input area ``<remote_root>/cas/<digest>``: inputs
-are sent by SFTP only when the host does not have them yet, hard-linked into a per-job directory
-``<remote_root>/jobs/<id>`` under their relative paths, and the job runs there. Its outputs (files
+are sent by SFTP only when the host does not have them yet (known from earlier jobs of this
+backend, else checked with one SFTP stat), hard-linked into a per-job directory
+``<remote_root>/jobs/<id>`` under their relative paths, and the job runs there; finished job dirs
+are removed in the background by the host's next job, or by ``close``. Its outputs (files
 and directories) come back by SFTP under temporary names in the workdir, are checked against a
 digest computed on the host (blake3 if the host's python3 has it, else sha256; the host needs
 python3) and renamed into place. The log always comes back. CAS files are made read-only; they are

@@ -131,7 +131,9 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
-    workdir = os.getcwd()
+    workdir = workflow.workdir
+    if workdir != os.getcwd():  # the rule file's workdir: directive
+        os.chdir(workdir)
     store = Store.open(workdir, readonly=readonly)
     digester = Digester(store.stat_cache)
     graph = Graph(workflow, lambda p: digester.stat(p) is not None)

@@ -97,7 +97,7 @@ class TraceLike(Protocol):
     output_digest: str
 
 
-@dataclass
+@dataclass(slots=True)  # one per step: 100,000 of them in a big plan
 class StepPlan:
     step: Step
     decision: Decision

@@ -53,7 +53,7 @@ class Workflow:
     """The parsed rule file. Built by ``flowfile.load_workflow``; read-only afterwards."""
 
     def __init__(self, flowfile: str, config: dict[str, Any], *, configfiles: Iterable[str] = (),
-                 config_overrides: Mapping[str, Any] | None = None) -> None:
+                 config_overrides: Mapping[str, Any] | None = None, workdir: str | None = None) -> None:
         self.flowfile = flowfile
         self.files: list[str] = [flowfile]
         self.config = config
@@ -66,7 +66,9 @@ class Workflow:
         self.hooks: dict[str, Callable[..., Any] | None] = {
             "onstart": None, "onsuccess": None, "onerror": None}
         self.shell_settings = shellfmt.ShellSettings()
-        self.workdir = os.path.dirname(os.path.abspath(flowfile))
+        # Snakemake's rule: paths in rules, configfile: and glob_wildcards are relative to the
+        # working directory (where flowmake runs, or -d), not to the rule file's folder.
+        self.workdir = os.path.abspath(workdir) if workdir else os.getcwd()
         self.container: str | None = None
         self.wildcard_constraints: dict[str, str] = {}
         self.wildcard_types: dict[str, WildcardType] = dict(BUILTIN_TYPES)
@@ -275,7 +277,7 @@ class Instance:
         """Everything another process needs to rebuild this Instance (see flowfile.runtime)."""
         wf = self.rule.workflow
         return {"flowfile": os.path.abspath(wf.flowfile), "configfiles": list(wf.configfiles),
-                "config_overrides": wf.config_overrides, "rule": self.rule.name,
+                "config_overrides": wf.config_overrides, "rule": self.rule.name, "workdir": wf.workdir,
                 "wildcards": self.bindings.raw_dict(), "attempt": self.attempt}
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from flowmake.errors import FlowfileError, FlowmakeError, Location
+from flowmake.errors import FlowfileError, FlowmakeError, Location, did_you_mean
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile.helpers import namespace_helpers
 from flowmake.flowfile.translate import HOOKS, Translation, translate
@@ -44,6 +44,8 @@ class Builder:
         self._cli_config = command_line_config
         self._files: list[tuple[str, Translation]] = []
         self._stack: list[str] = []
+        # (directive, rule names, where): checked once every rule is known (check_rule_names).
+        self._name_refs: list[tuple[str, tuple[str, ...], Location]] = []
         self.namespace = self._make_namespace()
 
     def _make_namespace(self) -> dict[str, Any]:
@@ -164,20 +166,32 @@ class Builder:
             self.workflow.files.append(target)
 
     def localrules(self, line: int, *names: str) -> None:
+        self._name_refs.append(("localrules", names, self._here(line)))
         self.workflow.localrules.update(names)
 
     def ruleorder(self, line: int, *names: str) -> None:
         if len(names) < 2:
             raise FlowfileError("ruleorder needs at least two rules: a > b", location=self._here(line))
+        self._name_refs.append(("ruleorder", names, self._here(line)))
         self.workflow.ruleorder.append(tuple(names))
+
+    def check_rule_names(self) -> None:
+        """Every rule named by localrules/ruleorder exists; FlowfileError at the directive if not."""
+        known = [r.name for r in self.workflow.rules]
+        for directive, names, where in self._name_refs:
+            for name in names:
+                if not self.workflow.has_rule(name):
+                    raise FlowfileError(f"unknown rule '{name}' in {directive}", location=where,
+                                        hint=did_you_mean(name, known))
 
     def wildcard_constraints(self, line: int, *args: Any, **constraints: Any) -> None:
         value = _Args(line, args, constraints)
         self.workflow.wildcard_constraints.update(_constraints(value, self._here(line).file))
 
     def workdir(self, line: int, path: Any) -> None:
-        base = os.path.dirname(os.path.abspath(self.workflow.flowfile))
-        self.workflow.workdir = self._resolve(path, base)
+        target = self._resolve(path, self.workflow.workdir)
+        os.makedirs(target, exist_ok=True)  # Snakemake creates it too
+        self.workflow.workdir = target
 
     def container(self, line: int, image: Any) -> None:
         self.workflow.container = str(image)

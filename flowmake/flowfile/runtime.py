@@ -43,7 +43,7 @@ def rebuild_instance(data: Mapping[str, Any]) -> Instance:
     from flowmake.flowfile import load_workflow
 
     workflow = load_workflow(data["flowfile"], config_overrides=data.get("config_overrides"),
-                             configfiles=data.get("configfiles", ()))
+                             configfiles=data.get("configfiles", ()), workdir=data.get("workdir"))
     return instantiate(workflow, data["rule"], data["wildcards"], data.get("attempt", 1))
 
 
@@ -52,7 +52,7 @@ def run_from_dict(data: Mapping[str, Any]) -> None:
     from flowmake.flowfile import load_workflow
 
     workflow = load_workflow(data["flowfile"], config_overrides=data.get("config_overrides"),
-                             configfiles=data.get("configfiles", ()))
+                             configfiles=data.get("configfiles", ()), workdir=data.get("workdir"))
     run_instance(workflow, data["rule"], data["wildcards"], data.get("attempt", 1))
 
 

@@ -4,19 +4,20 @@ Each directory ``tests/cases/<name>/`` (``tutorial`` has its own test) holds a r
 files, ``case.toml`` (or ``case.json``) and ``expected/``. The case is copied to a temporary
 directory and ``python -m flowmake ARGS`` runs there. ``case.toml`` keys:
 
-``description``      what the case shows (one line).
-``args``             the command-line arguments (list; default ``["-c", "2"]``).
-``exit_code``        the expected exit code (default 0).
-``stderr``           the exact expected stderr (after the copy's path is replaced by ``.``).
-``stderr_contains``  lines that must each appear in stderr.
-``stdout``           the exact expected stdout.
-``stdout_contains``  lines that must each appear in stdout.
-``absent``           paths that must not exist after the run.
-``present``          paths that must exist after the run (content not compared).
-``read_only``        paths that must exist without write permission (``protected()``).
-``second_run_noop``  run again with ``-n --json`` (plus ``noop_args``) and expect no steps.
-``noop_args``        extra arguments for that second run (e.g. the same targets or ``--config``).
-``xfail``            a reason: the case documents a known bug (not strict).
+``description``       what the case shows (one line).
+``args``              the command-line arguments (list; default ``["-c", "2"]``).
+``exit_code``         the expected exit code (default 0).
+``stderr``            the exact expected stderr (after the copy's path is replaced by ``.``).
+``stderr_contains``   lines that must each appear in stderr.
+``stdout``            the exact expected stdout.
+``stdout_contains``   lines that must each appear in stdout.
+``absent``            paths that must not exist after the run.
+``present``           paths that must exist after the run (content not compared).
+``read_only``         paths that must exist without write permission (``protected()``).
+``second_run_noop``   run again with ``-n --json`` (plus ``noop_args``) and expect no steps.
+``noop_args``         extra arguments for that second run (e.g. the same targets or ``--config``).
+``edit_before_noop``  path → new text, written before that second run (an ``ancient()`` input).
+``xfail``             a reason: the case documents a known bug (not strict).
 
 Every file under ``expected/`` must exist after the run with identical bytes. Error text is part
 of the interface, so error cases assert it exactly.
@@ -42,7 +43,8 @@ else:  # pragma: no cover - Python 3.10
 CASES = Path(__file__).resolve().parents[1] / "cases"
 OWNED_ELSEWHERE = {"tutorial"}
 KNOWN_KEYS = {"description", "args", "exit_code", "stderr", "stderr_contains", "stdout",
-              "stdout_contains", "absent", "present", "read_only", "second_run_noop", "noop_args", "xfail"}
+              "stdout_contains", "absent", "present", "read_only", "second_run_noop", "noop_args",
+              "edit_before_noop", "xfail"}
 
 
 def load_case(case: Path) -> dict[str, Any]:
@@ -111,7 +113,9 @@ def test_case(case: Path, tmp_path: Path) -> None:
     context = f"flowmake {' '.join(args)}\n--- stdout\n{out}--- stderr\n{err}"
 
     assert res.returncode == spec.get("exit_code", 0), context
-    assert "Traceback" not in err, context
+    assert "internal error" not in err, context
+    if res.returncode == 2:  # the user's mistake: one message, never a traceback
+        assert "Traceback" not in err, context
     if "stderr" in spec:
         assert err == spec["stderr"], context
     for line in spec.get("stderr_contains", []):
@@ -135,6 +139,8 @@ def test_case(case: Path, tmp_path: Path) -> None:
             f"{rel} differs: got {produced.read_bytes()!r}, want {want!r}\n{context}")
 
     if spec.get("second_run_noop"):
+        for rel, text in spec.get("edit_before_noop", {}).items():
+            (work / rel).write_text(text, encoding="utf-8")
         again = run_flowmake(["-n", "--json", *spec.get("noop_args", [])], work)
         assert again.returncode == 0, relative(again.stderr, work)
         steps = json.loads(again.stdout)["steps"]

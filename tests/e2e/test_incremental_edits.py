@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Flow
+from tests.conftest import Flow
 
 # Two independent chains a1 -> a2 and b1 -> b2; params.p feeds a2's output so a params edit shows.
 FLOWFILE = """

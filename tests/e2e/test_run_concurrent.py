@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import Flow
+from tests.conftest import Flow
 
 CHAINS = """
     rule first:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import Flow
+from tests.conftest import Flow
 
 FLOWFILE = """
     rule all:

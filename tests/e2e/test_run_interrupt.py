@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Flow
+from tests.conftest import Flow
 
 
 def alive(pid: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-from conftest import Flow
+from tests.conftest import Flow
 
 # Each job appends "start end threads" to spans.txt so the test can replay how busy the machine was.
 SPAN = 's=$(date +%s.%N); sleep {params.t}; echo "$s $(date +%s.%N) {threads}" >> spans.txt; touch {output}'

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from conftest import Flow
+from tests.conftest import Flow
 
 
 def test_priority_then_critical_path_decide_the_order(flow: Flow) -> None:

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import Flow
+from tests.conftest import Flow
 
 TWO = """
     rule all:

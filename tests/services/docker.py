@@ -6,8 +6,8 @@ No registry is reachable, so images are built locally with ``docker import``:
 
 - ``busybox_image``: /bin/busybox and its applet links plus a static bash (≈4 MB, <1 s).
   Enough for shell rules; ``run:``/``script:`` rules need python inside the container.
-- ``python_image()``: Debian minbase + python3 via debootstrap (≈30 s, built once per engine, on
-  first use).
+- ``python_image()``: Debian minbase + python3 via debootstrap (30-80 s, built once per engine,
+  on first use; ``FLOWMAKE_TEST_IMAGE_CACHE=DIR`` keeps its rootfs tarball across sessions).
 """
 
 from __future__ import annotations
@@ -145,17 +145,26 @@ def _build_busybox_image(engine: DockerEngine, tar_path: Path) -> None:
 
 
 def _build_python_image(engine: DockerEngine) -> str:
+    # FLOWMAKE_TEST_IMAGE_CACHE=DIR keeps the rootfs tarball across sessions (a developer's
+    # machine); without it the image is built from the Debian mirror once per engine.
+    cache_dir = os.environ.get("FLOWMAKE_TEST_IMAGE_CACHE")
+    cached = Path(cache_dir) / "python-bookworm-rootfs.tar" if cache_dir else None
+    if cached is not None and cached.exists():
+        run(["docker", "import", str(cached), PYTHON_IMAGE], env=engine.env())
+        return PYTHON_IMAGE
     bins = require_binaries("python image", ["debootstrap"])
     rootfs = engine.root / "python-rootfs"
     if not (rootfs / "usr" / "bin" / "python3").exists():
         shutil.rmtree(rootfs, ignore_errors=True)
         run([bins["debootstrap"], "--variant=minbase", "--include=python3-minimal",
              "bookworm", str(rootfs), _debian_mirror()], timeout=600)
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    try:
-        run(["docker", "import", "-", PYTHON_IMAGE], stdin=tar.stdout, env=engine.env())
-    finally:
-        tar.wait()
+    tar_path = cached or engine.root / "python-rootfs.tar"
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tar_path.with_name(tar_path.name + ".part")
+    run(["tar", "-C", str(rootfs), "-cf", str(tmp), "."])
+    tmp.rename(tar_path)
+    shutil.rmtree(rootfs, ignore_errors=True)
+    run(["docker", "import", str(tar_path), PYTHON_IMAGE], env=engine.env())
     return PYTHON_IMAGE
 
 

@@ -26,6 +26,7 @@ def write(tmp_path: Path, text: str, name: str = "Flowfile") -> str:
 
 
 def load(tmp_path: Path, text: str, **kw: object) -> Workflow:
+    kw.setdefault("workdir", str(tmp_path))  # as if flowmake ran in tmp_path
     return load_workflow(write(tmp_path, text), **kw)  # type: ignore[arg-type]
 
 
@@ -404,7 +405,7 @@ def test_hooks_are_callables(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_snakemake_style_file_name(tmp_path: Path) -> None:
     path = tmp_path / "Snakefile"
     path.write_text('rule all:\n    input: "a"\nrule a:\n    output: "a"\n    shell: "touch {output}"\n')
-    wf = load_workflow(str(path))
+    wf = load_workflow(str(path), workdir=str(path.parent))
     assert wf.flowfile == str(path) and wf.default_rule.name == "all"
 
 

@@ -20,7 +20,7 @@ from flowmake.rules import AllDone, IncompleteCheckpoint, Instance, Workflow
 def load(tmp_path: Path, text: str) -> Workflow:
     path = tmp_path / "Flowfile"
     path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return load_workflow(str(path))
+    return load_workflow(str(path), workdir=str(path.parent))
 
 
 def inst(wf: Workflow, rule: str, target: str, view: object = None) -> Instance:

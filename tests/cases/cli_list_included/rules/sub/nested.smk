@@ -1,0 +1,5 @@
+rule nested:
+    output:
+        "nested.txt"
+    shell:
+        "echo nested > {output}"
