@@ -182,15 +182,6 @@ def test_two_workflows_are_independent(tmp_path: Path) -> None:
     assert w1.config == {"k": 1} and w2.config == {}
 
 
-def test_load_is_fast(tmp_path: Path) -> None:
-    path = write(tmp_path, "".join(
-        f'rule r{i}:\n    input: "in/{{s}}.{i}"\n    output: "out/{{s}}.{i}"\n    shell: "cp {{input}} {{output}}"\n'
-        for i in range(20)))
-    start = time.perf_counter()
-    load_workflow(path)
-    assert time.perf_counter() - start < 0.05
-
-
 # -- config ------------------------------------------------------------------------------------
 
 
