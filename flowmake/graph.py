@@ -115,13 +115,10 @@ class Graph:
         # Outputs of checkpoint steps that will (re)run in this invocation: not done yet.
         self.unfinished_checkpoint_outputs: set[str] = set()
         self._view = _CheckpointView(self)
-        self._rules_by_specificity = self._order_rules(workflow.rules)
+        self._rule_heads = {id(r): self._heads(r) for r in workflow.rules}
+        self._rules_by_head: dict[str, list[Rule]] = {}
 
     # ---- building ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _order_rules(rules: Sequence[Rule]) -> list[Rule]:
-        return list(rules)
 
     def add_targets(self, targets: Iterable[str]) -> list[Step | None]:
         """Resolve each target; raises a typed error naming the target on failure."""
@@ -150,8 +147,10 @@ class Graph:
         self.targets.append(step)
         return step
 
-    def _step_for(self, rule: Rule, bindings: object) -> Step:
-        outputs = tuple(p.format(bindings) for p in rule.output_patterns)
+    def _step_for(self, rule: Rule, bindings: object, path: str | None = None) -> Step:
+        pats = rule.output_patterns
+        # One output pattern: the path it matched is the output (and keeps its spelling).
+        outputs = (path,) if path is not None and len(pats) == 1 else tuple(p.format(bindings) for p in pats)
         key = rule.name + "\0" + "\0".join(outputs) if outputs else rule.name + "\0" + repr(bindings)
         step = self.steps.get(key)
         if step is None:
@@ -202,12 +201,34 @@ class Graph:
         return send
 
     def _candidates(self, path: str) -> list[tuple[Rule, object]]:
+        slash = path.find("/")
+        head = path[:slash] if slash > 0 else ""
+        rules = self._rules_by_head.get(head)
+        if rules is None:
+            rules = self._rules_by_head[head] = [
+                r for r in self.workflow.rules if self._rule_heads[id(r)] is None or head in self._rule_heads[id(r)]]
         found = []
-        for rule in self.workflow.rules:
+        for rule in rules:
             b = rule.match_output(path)
             if b is not None:
                 found.append((rule, b))
         return found
+
+    @staticmethod
+    def _heads(rule: Rule) -> frozenset[str] | None:
+        """First path segments every output of the rule starts with; None when one can be anything.
+
+        Lets a path be tried only against rules that can produce something in its top directory,
+        which matters when a rule file has many rules and a plan has 100,000 paths.
+        """
+        heads = set()
+        for p in rule.output_patterns:
+            prefix = p.literal_prefix
+            slash = prefix.find("/")
+            if slash <= 0:
+                return None
+            heads.add(prefix[:slash])
+        return frozenset(heads)
 
     def _resolve(self, path: str) -> Generator[str, object, Step | None | _Failure]:
         if path in self.producer:  # resolved meanwhile (a sibling output of a multi-output step)
@@ -222,7 +243,7 @@ class Graph:
         for group in groups:
             winners: list[Step] = []
             for rule, bindings in group:
-                step = self._step_for(rule, bindings)
+                step = self._step_for(rule, bindings, path)
                 result = yield from self._resolve_step(step, path)
                 if isinstance(result, _Failure):
                     failures.append(result)

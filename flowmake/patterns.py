@@ -234,6 +234,11 @@ class Pattern:
             return inline
         return constraints.get(name, ".+")
 
+    @property
+    def literal_prefix(self) -> str:
+        """The text before the first wildcard (all of it for a static pattern)."""
+        return self.text if self.is_static else self._prefix
+
     def type_of(self, name: str) -> str | None:
         """The declared type name of a wildcard, or None for an untyped one."""
         return self._types_of.get(name)

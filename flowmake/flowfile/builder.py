@@ -44,8 +44,8 @@ class Builder:
         self._cli_config = command_line_config
         self._files: list[tuple[str, Translation]] = []
         self._stack: list[str] = []
-        # (directive, rule names, where): checked once every rule is known (check_rule_names).
-        self._name_refs: list[tuple[str, tuple[str, ...], Location]] = []
+        # (rule names, where) from localrules/ruleorder: checked once every rule is known.
+        self._name_refs: list[tuple[tuple[str, ...], Location]] = []
         self.namespace = self._make_namespace()
 
     def _make_namespace(self) -> dict[str, Any]:
@@ -166,23 +166,24 @@ class Builder:
             self.workflow.files.append(target)
 
     def localrules(self, line: int, *names: str) -> None:
-        self._name_refs.append(("localrules", names, self._here(line)))
+        self._name_refs.append((names, self._here(line)))
         self.workflow.localrules.update(names)
 
     def ruleorder(self, line: int, *names: str) -> None:
         if len(names) < 2:
             raise FlowfileError("ruleorder needs at least two rules: a > b", location=self._here(line))
-        self._name_refs.append(("ruleorder", names, self._here(line)))
+        self._name_refs.append((names, self._here(line)))
         self.workflow.ruleorder.append(tuple(names))
 
     def check_rule_names(self) -> None:
         """Every rule named by localrules/ruleorder exists; FlowfileError at the directive if not."""
         known = [r.name for r in self.workflow.rules]
-        for directive, names, where in self._name_refs:
+        for names, where in self._name_refs:
             for name in names:
                 if not self.workflow.has_rule(name):
-                    raise FlowfileError(f"unknown rule '{name}' in {directive}", location=where,
-                                        hint=did_you_mean(name, known))
+                    # The message is the one Workflow.finalize gives; this adds the line.
+                    raise FlowfileError(f"unknown rule '{name}' in ruleorder/localrules",
+                                        location=where, hint=did_you_mean(name, known))
 
     def wildcard_constraints(self, line: int, *args: Any, **constraints: Any) -> None:
         value = _Args(line, args, constraints)
