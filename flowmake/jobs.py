@@ -176,3 +176,22 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
 def remove_outputs(step: Step, workdir: str) -> None:
     for out in step.outputs:
         remove_path(os.path.join(workdir, out))
+
+
+BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
+
+
+def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_kb: int | None) -> None:
+    """The rule's ``benchmark:`` file, with Snakemake's columns; what the OS did not report is NA."""
+    inst = step.instance
+    if inst is None or not inst.benchmark:
+        return
+    secs = runtime_s or 0.0
+    m, s = divmod(int(secs), 60)
+    h, m = divmod(m, 60)
+    rss = f"{peak_rss_kb / 1024:.2f}" if peak_rss_kb else "NA"
+    row = [f"{secs:.4f}", f"{h}:{m:02d}:{s:02d}", rss] + ["NA"] * 7
+    path = os.path.join(workdir, inst.benchmark)
+    os.makedirs(os.path.dirname(path) or workdir, exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(BENCHMARK_HEADER + "\n" + "\t".join(row) + "\n")

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
-from flowmake.jobs import JobContext, finish_outputs, job_spec, prepare_outputs, remove_outputs
+from flowmake.jobs import (JobContext, finish_outputs, job_spec, prepare_outputs, remove_outputs,
+                           write_benchmark)
 from flowmake.locks import OutputLocks
 from flowmake.planner import Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, refresh_key
 from flowmake.report import Progress
@@ -354,6 +355,7 @@ class Scheduler:
             if missing:
                 self._failure(run, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
+            write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
             self._record_traces(step, run.plan)
             self._history(run, ev)
             self.store.end(step.id)

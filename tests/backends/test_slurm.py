@@ -51,13 +51,13 @@ def test_is_a_backend(make_backend):
 
 def test_job_writes_its_output(make_backend, tmp_path):
     b = make_backend()
-    h = b.submit(spec(tmp_path, "ok", "mkdir -p out; echo hi > out/x; echo logged",
+    h = b.submit(spec(tmp_path, "ok", 'mkdir -p out; echo hi > out/x; echo "logged by $WHO"',
                       outputs=["out/x"], env=(("WHO", "it's me"),)))
     ev = wait_one(b, h, timeout=60)
     assert ev.state is JobState.SUCCEEDED, ev
     assert ev.exit_code == 0 and ev.host
     assert (tmp_path / "out/x").read_text() == "hi\n"
-    assert (tmp_path / "logs/ok.log").read_text() == "logged\n"
+    assert (tmp_path / "logs/ok.log").read_text() == "logged by it's me\n"
 
 
 def test_failing_job_is_failed_with_exit_code_and_log(make_backend, tmp_path):
@@ -146,3 +146,19 @@ def test_close_cancels_everything(make_backend, slurm_cluster, tmp_path):
     for h in handles:
         _wait_state(slurm_cluster, h.native_id, {"CANCELLED"})
     assert wait_for(b, [], timeout=1) == {}
+
+
+def test_job_gone_from_squeue_is_looked_up_once_then_lost(make_backend, tmp_path):
+    # No slurmdbd here: sacct cannot say how a forgotten job ended, so it is LOST (rerun).
+    from flowmake.backends.slurm import SlurmHandle
+
+    b = make_backend()
+    ghosts = [SlurmHandle(spec(tmp_path, f"g{i}", "true"), str(990000 + i)) for i in range(3)]
+    for h in ghosts:
+        h.submitted -= 60  # long enough ago that squeue should list it
+        b._jobs[h.native_id] = h
+    events = b.poll(1.0)
+    assert {e.handle for e in events} == set(ghosts)
+    assert {e.state for e in events} == {JobState.LOST}
+    assert "sacct" in events[0].message
+    assert b.queries == 2  # one squeue for all, one sacct for all

@@ -215,3 +215,13 @@ def test_unreachable_host_is_marked_down_and_others_carry_on(make_backend, ssh_h
         assert b.capacity() == 1
     finally:
         b.close()
+
+
+def test_runtime_limit_is_timeout(make_backend, workdir):
+    from dataclasses import replace
+
+    b = make_backend("fmhost1")
+    s = spec(workdir, "slow", "sleep 30", runtime_min=1)
+    s = replace(s, resources=replace(s.resources, runtime_min=0.02))  # 1.2 s, for the test's sake
+    ev = wait_one(b, b.submit(s), timeout=30)
+    assert ev.state is JobState.TIMEOUT
