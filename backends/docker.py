@@ -164,7 +164,8 @@ class DockerBackend:
                "--label", f"flowmake.step={spec.step_id}", f"--network={self.network}",
                "--user", self.user,
                "-v", f"{spec.workdir}:{spec.workdir}", "-w", spec.workdir,
-               "--cpus", str(max(1, int(res.threads)))]
+               # docker refuses more CPUs than the machine has; the limit then is the machine.
+               "--cpus", str(max(1, min(int(res.threads), os.cpu_count() or 1)))]
         if res.mem_mb:
             # memory-swap == memory: the limit is the limit, no spill into swap.
             cmd += ["--memory", f"{int(res.mem_mb)}m", "--memory-swap", f"{int(res.mem_mb)}m"]

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/venv.sh
 .venv/bin/flowmake -s Flowfile.example "$@"
 echo
-echo "Done. The report is in results/report.txt; run the same command again and nothing reruns."
+echo "Done: results are in example/out/ (summary.tsv and one report per day). Run it again: nothing reruns."

@@ -130,6 +130,10 @@ class _Translator:
                 i = self._top_directive(i)
             elif _is_unsupported(toks):
                 raise self.error(f"'{first.string}' is not supported", first.start[0])
+            elif _looks_like_misspelt_directive(toks):
+                # `inclde: "x.smk"` is a valid Python annotation that would silently do nothing.
+                raise self.error(f"unknown directive '{first.string}'", first.start[0],
+                                 hint=did_you_mean(first.string, TOP_DIRECTIVES))
             else:
                 i += 1
         return Translation(self._apply(), self.run_sources)
@@ -265,6 +269,13 @@ def _is_rule_header(toks: list[tokenize.TokenInfo]) -> bool:
     if toks[1].string == ":":
         return True
     return len(toks) >= 3 and toks[1].type == tokenize.NAME and toks[2].string == ":"
+
+
+def _looks_like_misspelt_directive(toks: list[tokenize.TokenInfo]) -> bool:
+    """`NAME: "string"` (a bare annotation, no `=`) whose NAME is close to a top-level directive."""
+    return (len(toks) == 3 and toks[0].type == tokenize.NAME and toks[1].string == ":"
+            and toks[2].type == tokenize.STRING and toks[0].string not in TOP_DIRECTIVES
+            and did_you_mean(toks[0].string, TOP_DIRECTIVES) is not None)
 
 
 def _is_unsupported(toks: list[tokenize.TokenInfo]) -> bool:

@@ -3,6 +3,16 @@
 Each ``start_*`` function either returns a running service or raises ``ServiceUnavailable`` with a
 reason. The fixtures in ``tests/backends/conftest.py`` turn that into a skip that prints the reason,
 or, under ``CI=true``, into a failure: in CI a missing service is a broken machine, not a pass.
+
+- ``docker.start_docker(dir) -> DockerEngine``: ``.host`` (a DOCKER_HOST value), ``.env()``,
+  ``.docker(*args)``, ``.inspect(name)``, ``.busybox_image``, ``.python_image()``, ``.stop()``.
+- ``ssh.start_ssh_hosts(dir, n=3, private=(2,), block=0) -> SshHosts`` (hosts fmhost0.. in network
+  namespaces) or ``ssh.start_sshd_local(dir)`` (one sshd on 127.0.0.1): ``.hosts``, ``.host(name)``,
+  ``.settings(*names, **extra)`` (ready ``[backends.ssh]`` settings), ``.fs`` (put workdirs here),
+  ``.identity_file``, ``.known_hosts``, ``.host_keys``, ``.kill(name)``, ``.stop()``.
+- ``slurm.start_slurm(dir) -> SlurmCluster``: ``.conf``, ``.env()`` (SLURM_CONF),
+  ``.settings(**extra)`` (ready ``[backends.slurm]`` settings), ``.cmd(*args)``, ``.stop()``.
+- ``jobs.spec(...)``, ``jobs.wait_one(backend, handle)``, ``jobs.wait_for(backend, handles)``.
 """
 
 from __future__ import annotations
