@@ -22,6 +22,7 @@ from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState
 
 _PR_SET_PDEATHSIG = 1
 STRICT = "set -euo pipefail\n"
+KILL_AFTER_S = 2.0  # a cancelled job's grace between SIGTERM and SIGKILL
 
 
 def _libc() -> Any:
@@ -58,6 +59,7 @@ class LocalBackend:
         self.host = socket.gethostname()
         self._running: dict[int, LocalHandle] = {}
         self._events: list[JobEvent] = []
+        self._kill_at: dict[int, float] = {}  # cancelled jobs' pids -> when SIGTERM becomes SIGKILL
 
     def capacity(self) -> int:
         return max(1, self.cores)
@@ -100,6 +102,9 @@ class LocalBackend:
         return int(handle.native_id)
 
     def poll(self, timeout: float) -> list[JobEvent]:
+        if self._kill_at:
+            self._escalate()
+            timeout = min(timeout, 0.1)
         events = self._reap()
         if events or not self._running:
             if not self._running and not events and timeout:
@@ -146,24 +151,34 @@ class LocalBackend:
         return events
 
     def cancel(self, handle: JobHandle) -> None:
+        """SIGTERM the job's whole group now, SIGKILL it 2 s later (from ``poll``) if it lingers.
+
+        Never waits: on Ctrl-C with many jobs running, every job gets its SIGTERM at once.
+        """
         pid = int(handle.native_id)
         if pid not in self._running:
             return
         handle.cancelled = True  # type: ignore[attr-defined]  # a LocalHandle
         _kill_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            try:
-                if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                    break
-            except ChildProcessError:
-                break
-            time.sleep(0.02)
-        _kill_group(pid, signal.SIGKILL)
+        self._kill_at[pid] = time.monotonic() + KILL_AFTER_S
+
+    def _escalate(self) -> None:
+        now = time.monotonic()
+        for pid, when in list(self._kill_at.items()):
+            if pid not in self._running:
+                del self._kill_at[pid]
+            elif now >= when:
+                _kill_group(pid, signal.SIGKILL)
+                del self._kill_at[pid]
 
     def close(self) -> None:
         for handle in list(self._running.values()):
             self.cancel(handle)
+        deadline = time.monotonic() + KILL_AFTER_S + 1
+        while self._running and time.monotonic() < deadline:
+            self._events.extend(self.poll(0.05))
+        for pid in list(self._running):
+            _kill_group(pid, signal.SIGKILL)
         self._events.extend(self._reap())
 
 

@@ -8,6 +8,7 @@ traceback for their own mistakes. Anything else that escapes is a bug and is rep
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -18,7 +19,17 @@ class Location:
     line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}" if self.line else self.file
+        name = _shown(self.file)
+        return f"{name}:{self.line}" if self.line else name
+
+
+def _shown(path: str) -> str:
+    """A path as the user typed it: relative when it lies under the current directory."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
 
 
 class FlowmakeError(Exception):

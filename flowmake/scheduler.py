@@ -95,6 +95,7 @@ class Scheduler:
         self._interrupt = False
         self._image_digest = image_digest or (lambda ref: ref)
         self._t0_ns = time.time_ns()
+        self._other: Store | None = None  # a read-only snapshot of what concurrent runs recorded
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -233,9 +234,10 @@ class Scheduler:
 
     def _submit_ready(self) -> None:
         if self._locked:
+            # Back into the queue: a step that waited for a lock must still fit the free cores.
             retry, self._locked = self._locked, []
-            for step in retry:
-                self._try_lock_and_start(step)
+            for step in retry if not self._stop else ():
+                self._push(step)
         deferred = []
         while self._ready and not self._stop:
             entry = heapq.heappop(self._ready)
@@ -277,13 +279,23 @@ class Scheduler:
                 return True
         return False
 
+    def _foreign_traces(self, step: Step) -> list[Trace] | None:
+        # Loading the store reads every segment: reuse the snapshot until it lacks what we ask for.
+        for fresh in (False, True):
+            if self._other is None or fresh:
+                self._other = Store.open(self.ctx.workdir, readonly=True)
+            traces = [self._other.trace(o) for o in step.outputs]
+            if all(t is not None and t.time * 1e9 >= _ctime_ns(self.ctx.workdir, o) - 1e6
+                   for t, o in zip(traces, step.outputs)):  # not a trace older than the file
+                return traces  # type: ignore[return-value]
+        return None
+
     def _was_built_meanwhile(self, step: Step) -> bool:
         """Another invocation may have built this step while we waited for, or before we took, its lock."""
         if step.id not in self._lock_waited and not self._touched_by_another_run(step):
             return False
-        other = Store.open(self.ctx.workdir, readonly=True)
-        traces = [other.trace(o) for o in step.outputs]
-        if any(t is None for t in traces):
+        traces = self._foreign_traces(step)
+        if traces is None:
             return False
         for out in step.outputs:
             self.digest(out)  # refresh the memoised stat: the file was rewritten by the other run
@@ -455,8 +467,8 @@ class Scheduler:
                         remove_outputs(run.step, self.ctx.workdir)
                         self.store.end(run.step.id)
         for run in self._running.values():
+            # Not reaped: its marker stays, so the next run stops its process group and reruns it.
             remove_outputs(run.step, self.ctx.workdir)
-            self.store.end(run.step.id)
         self._running.clear()
 
 
@@ -477,6 +489,13 @@ def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str]
             traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
                                 inputs=tuple(sp.inputs), output_digest=d, step_id=step.id, time=now))
     store.put_traces(traces)
+
+
+def _ctime_ns(workdir: str, path: str) -> int:
+    try:
+        return os.lstat(os.path.join(workdir, path)).st_ctime_ns
+    except OSError:
+        return 0
 
 
 def remove_outputs_path(path: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from flowmake.errors import ConfigError, Location
+from flowmake.errors import ConfigError, Location, _shown
 
 
 def merge(into: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -32,17 +32,17 @@ def load_configfile(path: str, location: Location | None = None) -> dict[str, An
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(f"cannot read config file '{path}': {e.strerror}",
+        raise ConfigError(f"cannot read config file '{_shown(path)}': {e.strerror}",
                           location=location) from None
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file '{path}' is not valid {_kind(path)}: {_one_line(e)}",
+        raise ConfigError(f"config file '{_shown(path)}' is not valid {_kind(path)}: {_one_line(e)}",
                           location=location) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping, not {type(data).__name__}",
+        raise ConfigError(f"config file '{_shown(path)}' must hold a mapping, not {type(data).__name__}",
                           location=location)
     return data
 

@@ -45,19 +45,19 @@ def make_backend(ssh_hosts):
         b.close()
 
 
-def test_is_a_backend(make_backend):
-    b = make_backend("fmhost0", "fmhost1", slots={"10.213.0.10": 2})
+def test_is_a_backend(make_backend, ssh_hosts):
+    b = make_backend("fmhost0", "fmhost1", slots={ssh_hosts.host("fmhost0").address: 2})
     assert isinstance(b, Backend)
     assert b.capacity() == 3
 
 
-def test_job_on_shared_fs_writes_its_output(make_backend, workdir):
+def test_job_on_shared_fs_writes_its_output(make_backend, ssh_hosts, workdir):
     b = make_backend("fmhost0", shared_fs=True)
     h = b.submit(spec(workdir, "s1", "mkdir -p out; hostname > out/host.txt",
                       outputs=["out/host.txt"]))
     ev = wait_one(b, h)
     assert ev.state is JobState.SUCCEEDED, ev
-    assert (ev.exit_code, ev.host) == (0, "10.213.0.10")
+    assert (ev.exit_code, ev.host) == (0, ssh_hosts.host("fmhost0").address)
     assert (workdir / "out/host.txt").read_text() == "fmhost0\n"
 
 
@@ -143,7 +143,7 @@ def test_dead_host_is_lost_and_the_rerun_succeeds_elsewhere(ssh_hosts, tmp_path_
     from flowmake.backends.ssh import SshBackend
     from tests.services.ssh import start_ssh_hosts
 
-    hosts = start_ssh_hosts(tmp_path_factory.mktemp("ssh-kill"), n=2, block=1)
+    hosts = start_ssh_hosts(tmp_path_factory.mktemp("ssh-kill"), n=2)
     b = SshBackend(settings=hosts.settings(shared_fs=False), cores=2)
     try:
         wd = hosts.fs / "work"
@@ -175,21 +175,23 @@ def test_changed_host_key_is_refused(make_backend, ssh_hosts, workdir, tmp_path)
     other = ssh_hosts.host_keys["fmhost1"]  # a real key, but not fmhost0's
     pub = " ".join(Path(f"{other}.pub").read_text().split()[:2])
     bad = tmp_path / "known_hosts"
-    bad.write_text(f"10.213.0.10 {pub}\n")
+    address = ssh_hosts.host("fmhost0").address
+    bad.write_text(f"{address} {pub}\n")
     b = make_backend("fmhost0", known_hosts=str(bad))
     with pytest.raises(BackendError) as err:
         b.submit(spec(workdir, "k", "true"))
     text = str(err.value)
-    assert "host key of 10.213.0.10 does not match known_hosts file " + str(bad) in text
+    assert f"host key of {address} does not match known_hosts file {bad}" in text
 
 
-def test_unknown_host_key_is_refused(make_backend, workdir, tmp_path):
+def test_unknown_host_key_is_refused(make_backend, ssh_hosts, workdir, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
     b = make_backend("fmhost1", known_hosts=str(empty))
     with pytest.raises(BackendError) as err:
         b.submit(spec(workdir, "k", "true"))
-    assert f"host key of 10.213.0.11 is not in known_hosts file {empty}" in str(err.value)
+    address = ssh_hosts.host("fmhost1").address
+    assert f"host key of {address} is not in known_hosts file {empty}" in str(err.value)
 
 
 def test_parallel_jobs_spread_over_hosts(make_backend, workdir):
@@ -204,14 +206,15 @@ def test_parallel_jobs_spread_over_hosts(make_backend, workdir):
 
 def test_unreachable_host_is_marked_down_and_others_carry_on(make_backend, ssh_hosts, workdir):
     settings = ssh_hosts.settings("fmhost0")
-    settings["hosts"].append(f"{ssh_hosts.host('fmhost1').user}@10.213.0.11:2222")  # nothing there
+    other = ssh_hosts.host("fmhost1")
+    settings["hosts"].append(f"{other.user}@{other.address}:2222")  # nothing listens there
     from flowmake.backends.ssh import SshBackend
 
     b = SshBackend(settings=settings, cores=1)
     try:
         assert b.capacity() == 2  # nothing is known before the first submit
         ev = wait_one(b, b.submit(spec(workdir, "u", "hostname > h")))
-        assert (ev.state, ev.host) == (JobState.SUCCEEDED, "10.213.0.10")
+        assert (ev.state, ev.host) == (JobState.SUCCEEDED, ssh_hosts.host("fmhost0").address)
         assert b.capacity() == 1
     finally:
         b.close()

@@ -50,6 +50,26 @@ def test_ctrl_c_cancels_running_jobs_removes_partial_outputs_and_exits_130(flow:
     assert "slow" in flow.planned(), "the cancelled step is not recorded as done"
 
 
+def test_ctrl_c_kills_jobs_that_ignore_sigterm_all_at_once(flow: Flow) -> None:
+    flow.write("""
+        rule all:
+            input: "a", "b"
+        rule stubborn:
+            output: "{n}"
+            wildcard_constraints: n="[ab]"
+            shell: "trap '' TERM; echo $$ > {output}.pid; for i in $(seq 300); do sleep 0.1; done; touch {output}"
+    """)
+    proc = flow.popen("-c", "2")
+    flow.wait_for("a.pid")
+    flow.wait_for("b.pid")
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - start < 3.5, "SIGKILL after one grace period, not one per job"
+    assert not alive(int(flow.read("a.pid"))) and not alive(int(flow.read("b.pid")))
+
+
 ORPHAN = """
     rule out:
         output: "out"

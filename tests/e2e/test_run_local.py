@@ -134,3 +134,16 @@ def test_a_failed_job_shows_its_log_tail_and_keeps_the_log(flow: Flow) -> None:
     logs = list((flow.root / ".flowmake" / "logs").rglob("*.log"))
     assert logs and "line30" in logs[0].read_text(), "the log is kept"
     assert os.path.basename(str(logs[0])) in err, "the log's path is named"
+
+
+def test_benchmark_file_has_snakemakes_columns_and_the_measured_runtime(flow: Flow) -> None:
+    flow.write("""
+        rule a:
+            output: "a.txt"
+            benchmark: "bench/a.tsv"
+            shell: "sleep 0.2; touch {output}"
+    """)
+    flow.ok("-c", "1")
+    header, row = flow.read("bench/a.tsv").splitlines()
+    assert header.split("\t")[:3] == ["s", "h:m:s", "max_rss"]
+    assert float(row.split("\t")[0]) >= 0.2

@@ -16,14 +16,19 @@ jobs) as a dying machine would.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import os
+import re
 import shlex
 import signal
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from . import (ServiceUnavailable, free_port, log_tail, require_binaries, require_root, run,
                stop_process, wait_until)
@@ -134,24 +139,28 @@ def start_sshd_local(base: Path) -> SshHosts:
     return hosts
 
 
-def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = (), block: int = 0
-                    ) -> SshHosts:
+def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = (),
+                    block: int | None = None) -> SshHosts:
     """``n`` hosts in network namespaces, named fmhost0..; indexes in ``private`` get a private fs.
 
-    ``block`` (0-3) picks a /26 of 10.213.0.0/24, so that several sets of hosts can coexist:
-    block b has its bridge at .(64b+1) and hosts at .(64b+10+i).
+    Each set of hosts takes one /26 of 10.213.0.0/24 (``block`` 0-3, by default the first one no
+    other set on this machine uses): its bridge at .(64b+1), its hosts at .(64b+10+i). So several
+    sets, from one test session or from concurrent ones, coexist.
     """
-    if not 0 <= block <= 3 or n > 50:
+    if n > 50 or (block is not None and not 0 <= block <= 3):
         raise ValueError("block must be 0-3 and n at most 50")
-    first = 64 * block
     require_root("network namespaces")
     bins = require_binaries("ssh hosts", ["sshd", "ssh-keygen", "ip", "unshare", "mount"])
     hosts = _prepare(base, bins)
     tag = uuid.uuid4().hex[:6]
     hosts.bridge = f"fmbr{tag}"
     try:
-        run(["ip", "link", "add", hosts.bridge, "type", "bridge"])
-        run(["ip", "addr", "add", f"{SUBNET}.{first + 1}/26", "dev", hosts.bridge])
+        with _block_lock():  # choosing a block and taking its address must not interleave
+            if block is None:
+                block = _free_block()
+            first = 64 * block
+            run(["ip", "link", "add", hosts.bridge, "type", "bridge"])
+            run(["ip", "addr", "add", f"{SUBNET}.{first + 1}/26", "dev", hosts.bridge])
         run(["ip", "link", "set", hosts.bridge, "up"])
         for i in range(n):
             ns = f"fm{tag}h{i}"
@@ -175,6 +184,23 @@ def start_ssh_hosts(base: Path, n: int = 3, private: tuple[int, ...] = (), block
         hosts.stop()
         raise
     return hosts
+
+
+@contextlib.contextmanager
+def _block_lock() -> Iterator[None]:
+    with open(Path(tempfile.gettempdir()) / "flowmake-test-ssh-blocks.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _free_block() -> int:
+    text = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True,
+                          text=True).stdout
+    used = {int(m) // 64 for m in re.findall(rf"inet {re.escape(SUBNET)}\.(\d+)/", text)}
+    free = [b for b in range(4) if b not in used]
+    if not free:
+        raise ServiceUnavailable(f"all four /26 blocks of {SUBNET}.0/24 are in use here")
+    return free[0]
 
 
 def _prepare(base: Path, bins: dict[str, str]) -> SshHosts:
