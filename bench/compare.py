@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import statistics
@@ -205,6 +206,8 @@ def measure(tool: Tool, root: Path, args: list[str], cell: Cell, timeout: float)
         return False
     if data["rc"] != 0:
         cell.failed = f"exit {data['rc']}: {last_error_line(log)}"
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        log_msg("\n".join(f"    | {line}" for line in tail))  # the table keeps one line only
         return False
     cell.walls.append(data["wall"])
     cell.rss_kb.append(data["rss_kb"])
@@ -213,7 +216,9 @@ def measure(tool: Tool, root: Path, args: list[str], cell: Cell, timeout: float)
 
 def last_error_line(log: Path) -> str:
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    hits = [ln for ln in lines if "Error" in ln or "error" in ln]
+    # A traceback's last line names the exception; else the last line that mentions an error.
+    hits = ([ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+            or [ln for ln in lines if "Error" in ln or "error" in ln])
     return (hits or lines or ["(no output)"])[-1][:160].replace("|", "/")
 
 
@@ -230,7 +235,7 @@ def bench_workload(w: Workload, tools: list[Tool], base: Path, reps: int, full_r
         materialise(w, r)
     kinds = ["full run -c 2"] if full_run else ["dry-run -n", "no-op", "no-op after touch"]
     cells = {k: {t.name: Cell() for t in tools} for k in kinds}
-    log(f"{w.name}: {w.jobs} jobs, tools {', '.join(roots)}")
+    log_msg(f"{w.name}: {w.jobs} jobs, tools {', '.join(roots)}")
 
     def each(kind: str, before, args: list[str]) -> None:
         for rep in range(reps):
@@ -246,7 +251,7 @@ def bench_workload(w: Workload, tools: list[Tool], base: Path, reps: int, full_r
                     after = output_mtimes(roots[t.name])
                     n = sum(1 for p, m in after.items() if snap.get(p) != m)
                     cell.note = f"{n} outputs written"
-                log(f"  {kind:18} {t.name:9} rep {rep + 1}: "
+                log_msg(f"  {kind:18} {t.name:9} rep {rep + 1}: "
                     f"{cell.walls[-1]:.2f}s" if ok else f"  {kind} {t.name}: FAILED {cell.failed}")
 
     if full_run:
@@ -259,13 +264,13 @@ def bench_workload(w: Workload, tools: list[Tool], base: Path, reps: int, full_r
         if not measure(t, roots[t.name], [*run_args(), *t.build_args], build, timeout):
             for kind in ("no-op", "no-op after touch"):
                 cells[kind][t.name].failed = f"build {build.failed}"
-        log(f"  build {t.name}: " + (f"{build.walls[0]:.1f}s" if build.walls else build.failed))
+        log_msg(f"  build {t.name}: " + (f"{build.walls[0]:.1f}s" if build.walls else build.failed))
     each("no-op", lambda root: None, run_args())
     each("no-op after touch", touch_inputs, run_args())
     return cells
 
 
-def log(msg: str) -> None:
+def log_msg(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -275,7 +280,7 @@ def setup_venv(version: str | None) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     spec = f"snakemake=={version}" if version else "snakemake"
     subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", spec], check=True)
-    log(f"installed {spec} into {VENV.relative_to(REPO)}")
+    log_msg(f"installed {spec} into {VENV.relative_to(REPO)}")
 
 
 def make_tools(args: argparse.Namespace) -> list[Tool]:
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
-    log(f"wrote {args.out}")
+    log_msg(f"wrote {args.out}")
     return 0
 
 

@@ -8,6 +8,8 @@ has functions that might consult it.
 
 from __future__ import annotations
 
+from collections import ChainMap
+
 import contextvars
 import os
 from typing import Any, Callable, Iterable, Mapping, Protocol
@@ -66,6 +68,7 @@ class Workflow:
         self.hooks: dict[str, Callable[..., Any] | None] = {
             "onstart": None, "onsuccess": None, "onerror": None}
         self.shell_settings = shellfmt.ShellSettings()
+        self.globals: Mapping[str, Any] = {}  # the rule file's namespace, once loaded
         # Snakemake's rule: paths in rules, configfile: and glob_wildcards are relative to the
         # working directory (where flowmake runs, or -d), not to the rule file's folder.
         self.workdir = os.path.abspath(workdir) if workdir else os.getcwd()
@@ -227,11 +230,12 @@ class Instance:
     flags: Flags
     consulted: frozenset[str]
 
-    def _namespace(self) -> dict[str, Any]:
+    def _namespace(self) -> Mapping[str, Any]:
         raw = Wildcards.from_mapping(self.bindings._raw)
-        return {"input": self.input, "output": self.output, "params": self.params,
-                "wildcards": raw, "threads": self.threads, "resources": self.resources,
-                "log": self.log, "rule": self.rule.name}
+        job = {"input": self.input, "output": self.output, "params": self.params,
+               "wildcards": raw, "threads": self.threads, "resources": self.resources,
+               "log": self.log, "rule": self.rule.name}
+        return ChainMap(job, self.rule.workflow.globals)
 
     def _render(self, template: str, what: str, quote: bool) -> str:
         try:

@@ -47,6 +47,8 @@ class Builder:
         # (rule names, where) from localrules/ruleorder: checked once every rule is known.
         self._name_refs: list[tuple[tuple[str, ...], Location]] = []
         self.namespace = self._make_namespace()
+        # Like Snakemake, shell commands may name the rule file's globals ({config[x]}, {REF}).
+        workflow.globals = self.namespace
 
     def _make_namespace(self) -> dict[str, Any]:
         wf = self.workflow
@@ -176,7 +178,7 @@ class Builder:
         self.workflow.ruleorder.append(tuple(names))
 
     def check_rule_names(self) -> None:
-        """Every rule named by localrules/ruleorder exists; FlowfileError at the directive if not."""
+        """Every rule that localrules/ruleorder name exists; else FlowfileError at the directive."""
         known = [r.name for r in self.workflow.rules]
         for names, where in self._name_refs:
             for name in names:

@@ -37,13 +37,13 @@ def load_configfile(path: str, location: Location | None = None) -> dict[str, An
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file '{_shown(path)}' is not valid {_kind(path)}: {_one_line(e)}",
-                          location=location) from None
+        raise ConfigError(f"config file '{_shown(path)}' is not valid {_kind(path)}: "
+                          f"{_one_line(e)}", location=location) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{_shown(path)}' must hold a mapping, not {type(data).__name__}",
-                          location=location)
+        raise ConfigError(f"config file '{_shown(path)}' must hold a mapping, not "
+                          f"{type(data).__name__}", location=location)
     return data
 
 

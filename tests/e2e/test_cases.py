@@ -79,7 +79,7 @@ def run_flowmake(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]
 
 
 def relative(text: str, work: Path) -> str:
-    """Error messages name files by absolute path; the case's expectations use ``.`` for the copy."""
+    """Paths under the copy that messages give in full read ``.`` in the case's expectations."""
     for prefix in {str(work), os.path.realpath(work)}:
         text = text.replace(prefix, ".")
     return text
@@ -130,7 +130,8 @@ def test_case(case: Path, tmp_path: Path) -> None:
         assert os.path.lexists(work / rel), f"{rel} is missing\n{context}"
     for rel in spec.get("read_only", []):
         mode = (work / rel).stat().st_mode
-        assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), f"{rel} is writable\n{context}"
+        writable = mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        assert not writable, f"{rel} is writable\n{context}"
     for rel in expected_files(case):
         produced = work / rel
         assert produced.is_file(), f"{rel} was not produced\n{context}"

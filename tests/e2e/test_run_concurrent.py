@@ -50,8 +50,9 @@ def test_the_second_invocation_waits_for_the_first_and_names_it(flow: Flow) -> N
     """)
     first = flow.popen("-c", "1")
     flow.wait_for("started")
-    owners = [p.read_text() for p in (flow.root / ".flowmake" / "locks").glob("*.lock")]
-    assert f"{socket.gethostname()} {first.pid}" in owners, "the lock records who holds it"
+    locks = OutputLocks(str(flow.root / ".flowmake"))
+    assert locks.holder("shared") == f"{socket.gethostname()} {first.pid}", "the lock knows who holds it"
+    assert not locks.try_acquire("slow", ("shared",))
     rc, _, err = flow.run("-c", "1")
     first.communicate(timeout=30)
     assert rc == 0, err

@@ -225,13 +225,18 @@ def test_command_quoting(tmp_path: Path) -> None:
 
 def test_command_unknown_name(tmp_path: Path) -> None:
     wf = load(tmp_path, """
+        config["x"] = "cfg"
+        REF = "ref.fa"
         rule a:
             output: "o"
-            shell: "echo {config[x]} {nope}"
+            shell: "echo {config[x]} {REF} {nope}"
     """)
+    # The rule file's globals (config included) are there, as in Snakemake; unknown names are errors.
     with pytest.raises(FlowfileError) as e:
         inst(wf, "a", "o").command()
-    assert e.value.message == "cannot format shell command: KeyError: 'config'"
+    assert e.value.message == "cannot format shell command: KeyError: 'nope'"
+    wf.rules[0].shell = "echo {config[x]} {REF}"
+    assert inst(wf, "a", "o").command() == "echo cfg ref.fa"
 
 
 def test_rules_reference_and_checkpoints(tmp_path: Path) -> None:
