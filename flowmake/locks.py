@@ -128,8 +128,12 @@ class OutputLocks:
             self._release(lock)
 
     def release_all(self) -> None:
+        """Release everything and close the lock file (the end of a run)."""
         for step_id in list(self._held):
             self.release(step_id)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _read(path: str) -> str:

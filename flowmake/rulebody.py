@@ -174,8 +174,8 @@ class RuleBody:
         return FlowfileError(message, location=self.location, rule=self.name, **kw)
 
     def script_path(self) -> str:
-        assert self.script is not None  # only called for script rules
-        return self.script if os.path.isabs(self.script) else os.path.join(self.basedir, self.script)
+        script = self.script or ""
+        return script if os.path.isabs(script) else os.path.join(self.basedir, script)
 
     # -- load time ---------------------------------------------------------------------------
 

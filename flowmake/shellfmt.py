@@ -216,8 +216,7 @@ def run_command(command: str, settings: ShellSettings, *, read: bool = False,
 
 def _iterate(argv: list[str], command: str) -> Iterator[str]:
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None  # for the type checker; PIPE guarantees it
-        for line in proc.stdout:
+        for line in proc.stdout or ():
             yield line.decode().rstrip("\n")
     if proc.returncode:
         raise ShellError(proc.returncode, command)
