@@ -220,8 +220,21 @@ class DockerBackend:
         if proc is None or proc.poll() is not None:
             return
         if handle.container:
-            # Killing the CLI would leave the container running: kill the container itself.
-            self._docker("kill", handle.container)
+            # Killing the CLI would leave the container running: kill the container itself. A
+            # container the CLI has not created yet cannot be killed: retry until it exits.
+            container = handle.container
+
+            def kill() -> None:
+                deadline = time.monotonic() + 30
+                while proc.poll() is None and time.monotonic() < deadline:
+                    self._docker("kill", container)
+                    try:
+                        proc.wait(0.3)
+                    except subprocess.TimeoutExpired:
+                        pass
+
+            if self._docker("kill", container).returncode != 0 and proc.poll() is None:
+                threading.Thread(target=kill, daemon=True).start()
         else:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -355,6 +355,17 @@ def render(results: list[tuple[Workload, dict[str, dict[str, Cell]]]], info: dic
     return "\n".join(out) + "\n"
 
 
+def merge_rows(old: str, new: str) -> str:
+    """`new` with the table rows of `old` whose workload `new` did not measure kept in front."""
+    def rows(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| workload")]
+    measured = {ln.split("|")[1].strip() for ln in rows(new)}
+    kept = [ln for ln in rows(old) if ln.split("|")[1].strip() not in measured]
+    lines = new.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("|---"))
+    return "\n".join(lines[:first + 1] + kept + lines[first + 1:]) + "\n"
+
+
 def fmt_cell(c: Cell | None, what: str) -> str:
     if c is None:
         return "skipped"
@@ -366,6 +377,20 @@ def fmt_cell(c: Cell | None, what: str) -> str:
 
 
 # ---- main ---------------------------------------------------------------------------------------
+
+def make_plan(args: argparse.Namespace) -> list[tuple[Workload, bool]]:
+    """(workload, is the timed full run), cheap ones first: RESULTS.md is rewritten after each,
+    so an interrupted run still reports everything measured so far."""
+    only = set(filter(None, args.only.split(","))) or {"chains", "fanin", "deep", "run"}
+    sizes = sorted(parse_size(s) for s in args.sizes.split(","))
+    plan: list[tuple[Workload, bool]] = []
+    plan += [(chains(sizes[0]), False)] if "chains" in only else []
+    plan += [(chains(parse_size(args.run_jobs)), True)] if "run" in only else []
+    plan += [(deep(parse_size(args.depth)), False)] if "deep" in only else []
+    plan += [(chains(s), False) for s in sizes[1:]] if "chains" in only else []
+    plan += [(fanin(parse_size(args.fanin)), False)] if "fanin" in only else []
+    return plan
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -391,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="where to generate workflows (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the generated workflows")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--append", action="store_true",
+                   help="keep --out's rows for workloads this run does not measure")
     args = p.parse_args(argv)
     if args.setup:
         setup_venv(args.snakemake_version)
@@ -401,18 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = ",".join(dict.fromkeys([*args.sizes.split(","), "100k"]))
     smk_max = parse_size(args.snakemake_max or ("100k" if args.full else "10k"))
     tools = make_tools(args)
-    only = set(filter(None, args.only.split(","))) or {"chains", "fanin", "deep", "run"}
-
-    # Cheap workloads first: RESULTS.md is rewritten after each, so an interrupted run still
-    # reports everything measured so far.
-    sizes = sorted(parse_size(s) for s in args.sizes.split(","))
-    plan: list[tuple[Workload, bool]] = []
-    plan += [(chains(sizes[0]), False)] if "chains" in only else []
-    plan += [(chains(parse_size(args.run_jobs)), True)] if "run" in only else []
-    plan += [(deep(parse_size(args.depth)), False)] if "deep" in only else []
-    plan += [(chains(s), False) for s in sizes[1:]] if "chains" in only else []
-    plan += [(fanin(parse_size(args.fanin)), False)] if "fanin" in only else []
-
+    plan = make_plan(args)
     base = Path(args.workdir or tempfile.mkdtemp(prefix="flowmake-bench-"))
     results = []
     info = {**machine(), **{f"{t.name} version": version_of(t) for t in tools}}
@@ -420,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         for w, full_run in plan:
             active = [t for t in tools if t.name != "snakemake" or w.jobs <= smk_max + 1]
             results.append((w, bench_workload(w, active, base, args.reps, full_run, args.timeout)))
-            Path(args.out).write_text(render(results, info, args.reps))  # after each, in case of ^C
+            text = render(results, info, args.reps)
+            if args.append and Path(args.out).exists():
+                text = merge_rows(Path(args.out).read_text(), text)
+            Path(args.out).write_text(text)  # after each workload, in case of ^C
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(base, ignore_errors=True)

@@ -311,10 +311,8 @@ class Scheduler:
         refresh_key(sp, self.plan.facts)
         backend = self._backend_for(step)
         attempt = self._attempts.get(id(step), 0) + 1
-        image = self._image_digest(step.rule.container) if step.rule.container else None
         spec = job_spec(step, self.ctx, attempt=attempt, inputs=sp.inputs, image=step.rule.container,
                         local=backend is self.local, mem_scale=self._mem_scale.get(id(step), 1.0))
-        del image
         prepare_outputs(step, self.ctx.workdir)
         self.store.begin(step.id, list(step.outputs), None)
         threads, mem, extra = self._res(step)

@@ -17,7 +17,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from flowmake.errors import FlowfileError, FlowmakeError, Location, did_you_mean
+from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile.helpers import namespace_helpers
 from flowmake.flowfile.translate import HOOKS, Translation, translate
@@ -153,7 +153,9 @@ class Builder:
         target = self._resolve(path, base)
         if not os.path.isfile(target):
             raise FlowfileError(f"cannot include '{os.fspath(path)}': file not found",
-                                location=self._here(line))
+                                location=self._here(line),
+                                hint=f"looked for {_shown(target)}: include: paths are relative "
+                                "to the file that includes")
         if target in self.workflow.files:
             return  # like Snakemake, a file is included once
         self.workflow.files.append(target)

@@ -272,8 +272,12 @@ def _is_rule_header(toks: list[tokenize.TokenInfo]) -> bool:
 
 
 def _looks_like_misspelt_directive(toks: list[tokenize.TokenInfo]) -> bool:
-    """`NAME: "string"` (a bare annotation, no `=`) whose NAME is close to a top-level directive."""
-    return (len(toks) == 3 and toks[0].type == tokenize.NAME and toks[1].string == ":"
+    """`NAME: "string"` at column 0 (a bare annotation) whose NAME is close to a top-level directive.
+
+    Column 0 only: inside a class, `field: "Type"` is an ordinary forward-reference annotation.
+    """
+    return (len(toks) == 3 and toks[0].start[1] == 0 and toks[0].type == tokenize.NAME
+            and toks[1].string == ":"
             and toks[2].type == tokenize.STRING and toks[0].string not in TOP_DIRECTIVES
             and did_you_mean(toks[0].string, TOP_DIRECTIVES) is not None)
 

@@ -175,3 +175,12 @@ def test_rule_image_with_python(backend, docker_engine, docker_python_image, tmp
     assert ev.state is JobState.SUCCEEDED, (tmp_path / "logs/py.log").read_text()
     assert (tmp_path / "major").read_text() == "3\n"
     assert backend.image_digest(image) != backend.image_digest(docker_engine.busybox_image)
+
+
+def test_cancel_right_after_submit(backend, docker_engine, tmp_path):
+    # The container may not exist yet when cancel comes: it must still die, promptly.
+    h = backend.submit(spec(tmp_path, "early", "sleep 60"))
+    backend.cancel(h)
+    t0 = time.monotonic()
+    assert wait_one(backend, h, timeout=30).state is JobState.CANCELLED
+    assert time.monotonic() - t0 < 15

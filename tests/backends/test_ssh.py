@@ -228,3 +228,50 @@ def test_runtime_limit_is_timeout(make_backend, workdir):
     s = replace(s, resources=replace(s.resources, runtime_min=0.02))  # 1.2 s, for the test's sake
     ev = wait_one(b, b.submit(s), timeout=30)
     assert ev.state is JobState.TIMEOUT
+
+
+def test_flowmake_runs_a_pipeline_on_a_private_host(ssh_hosts, workdir):
+    # The whole path: scheduler → staging → remote job → verified outputs, through the CLI.
+    import json
+    import subprocess
+    import sys
+
+    settings = ssh_hosts.settings("fmhost2", shared_fs=False, slots=2)
+    toml = "".join(f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}\n"
+                   for k, v in settings.items())
+    (workdir / "flowmake.toml").write_text(f'backend = "ssh"\n\n[backends.ssh]\n{toml}')
+    (workdir / "in").mkdir()
+    for n in (1, 2, 3):
+        (workdir / "in" / f"{n}.txt").write_text(f"{n}\n")
+    (workdir / "Flowfile").write_text('''
+rule all:
+    input: "out/sum.txt", "out/d"
+
+rule square:
+    input: "in/{n}.txt"
+    output: "out/{n}.sq"
+    shell: "echo $(( $(cat {input}) * $(cat {input}) )) > {output}; hostname"
+
+rule total:
+    input: expand("out/{n}.sq", n=[1, 2, 3])
+    output: "out/sum.txt"
+    shell: "cat {input} | awk '{{s += $1}} END {{print s}}' > {output}"
+
+rule d:
+    input: "out/sum.txt"
+    output: directory("out/d")
+    shell: "mkdir -p {output}/x; cp {input} {output}/x/copy"
+''')
+
+    def flowmake(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flowmake", "-c", "2", *args], cwd=workdir,
+                              capture_output=True, text=True, timeout=120)
+
+    res = flowmake()
+    assert res.returncode == 0, res.stderr
+    assert (workdir / "out/sum.txt").read_text() == "14\n"
+    assert (workdir / "out/d/x/copy").read_text() == "14\n"
+    logs = list((workdir / ".flowmake").rglob("square*.log"))
+    assert logs and all(p.read_text() == "fmhost2\n" for p in logs)
+    res = flowmake("-n", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout) == {"steps": []}

@@ -17,6 +17,7 @@ directory and ``python -m flowmake ARGS`` runs there. ``case.toml`` keys:
 ``second_run_noop``   run again with ``-n --json`` (plus ``noop_args``) and expect no steps.
 ``noop_args``         extra arguments for that second run (e.g. the same targets or ``--config``).
 ``edit_before_noop``  path → new text, written before that second run (an ``ancient()`` input).
+``timeout``           seconds the run may take (default 120); longer fails the case.
 ``xfail``             a reason: the case documents a known bug (not strict).
 
 Every file under ``expected/`` must exist after the run with identical bytes. Error text is part
@@ -44,7 +45,7 @@ CASES = Path(__file__).resolve().parents[1] / "cases"
 OWNED_ELSEWHERE = {"tutorial"}
 KNOWN_KEYS = {"description", "args", "exit_code", "stderr", "stderr_contains", "stdout",
               "stdout_contains", "absent", "present", "read_only", "second_run_noop", "noop_args",
-              "edit_before_noop", "xfail"}
+              "edit_before_noop", "timeout", "xfail"}
 
 
 def load_case(case: Path) -> dict[str, Any]:
@@ -72,10 +73,14 @@ def params() -> list[Any]:
     return out
 
 
-def run_flowmake(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_flowmake(args: list[str], cwd: Path,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWMAKE_")}
-    return subprocess.run([sys.executable, "-m", "flowmake", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env=env)
+    try:
+        return subprocess.run([sys.executable, "-m", "flowmake", *args], cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"flowmake {' '.join(args)} took longer than {timeout} s")
 
 
 def relative(text: str, work: Path) -> str:
@@ -108,7 +113,7 @@ def test_case(case: Path, tmp_path: Path) -> None:
     shutil.copytree(case, work, ignore=shutil.ignore_patterns("expected", "case.toml", "case.json",
                                                               "__pycache__", ".flowmake"))
     args = list(spec.get("args", ["-c", "2"]))
-    res = run_flowmake(args, work)
+    res = run_flowmake(args, work, spec.get("timeout", 120))
     out, err = relative(res.stdout, work), relative(res.stderr, work)
     context = f"flowmake {' '.join(args)}\n--- stdout\n{out}--- stderr\n{err}"
 

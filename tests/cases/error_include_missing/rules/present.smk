@@ -1,0 +1,2 @@
+# Relative to this file: rules/helpers.smk, which does not exist.
+include: "helpers.smk"
