@@ -262,7 +262,7 @@ def _selected_steps(session: Session) -> list[Step]:
 
 def build(opts: Options) -> int:
     if opts.dry_run:
-        session = open_session(opts, readonly=True)
+        session = open_session(opts, readonly=True, image_digest=_image_resolver(opts))
         try:
             from flowmake.explain import print_plan
 
@@ -286,6 +286,20 @@ def build(opts: Options) -> int:
         backend.close()
         if local is not backend:
             local.close()
+
+
+def _image_resolver(opts: Options) -> Callable[[str], str] | None:
+    """The selected backend's image digests, so a dry-run keys container steps like a run does."""
+    from flowmake.backend import backend_class
+
+    enter_directory(opts)
+    settings = load_settings(os.getcwd(), opts.profile)
+    name = opts.backend or settings.backend
+    cls = backend_class(name)
+    if not hasattr(cls, "image_digest"):
+        return None
+    backend = cls(settings=settings.for_backend(name), cores=1)
+    return backend.image_digest  # type: ignore[no-any-return]
 
 
 def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings: dict[str, Any], cores: int) -> int:

@@ -112,14 +112,18 @@ def backend_names() -> list[str]:
     return sorted(ep.name for ep in importlib.metadata.entry_points(group="flowmake.backends"))
 
 
-def load_backend(name: str, settings: Mapping[str, Any], cores: int) -> Backend:
-    """Instantiate a backend by its entry-point name with its ``[backends.NAME]`` settings."""
+def backend_class(name: str) -> type:
+    """The class registered under ``name``, imported only now."""
     for ep in importlib.metadata.entry_points(group="flowmake.backends"):
         if ep.name == name:
-            cls = ep.load()
-            return cls(settings=dict(settings), cores=cores)
+            return ep.load()  # type: ignore[no-any-return]
     names = backend_names()
     raise BackendError(
         f"unknown backend {name!r}",
         hint=did_you_mean(name, names) or "available: " + ", ".join(names),
     )
+
+
+def load_backend(name: str, settings: Mapping[str, Any], cores: int) -> Backend:
+    """Instantiate a backend by its entry-point name with its ``[backends.NAME]`` settings."""
+    return backend_class(name)(settings=dict(settings), cores=cores)  # type: ignore[no-any-return]
