@@ -24,6 +24,7 @@ from flowmake.errors import (
     MissingInputError,
     NoRuleError,
     UnsafePathError,
+    WildcardError,
     did_you_mean,
 )
 from flowmake.rules import IncompleteCheckpoint, Instance, Rule, Workflow
@@ -323,6 +324,15 @@ class Graph:
         deps: list[Step] = []
         seen: set[int] = set()
         for inp in needed:
+            if len(inp) > 255 and any(len(part) > 255 for part in inp.split("/")):
+                # No file system holds such a name: a wildcard keeps growing ({a} from {a}.x).
+                raise WildcardError(
+                    f"rule {step.rule.name!r} needs ever longer inputs ('{inp[:40]}...'): its input "
+                    "pattern extends its own output pattern, so each step asks for another step of the "
+                    "same rule (periodic wildcards)",
+                    location=step.rule.location, rule=step.rule.name,
+                    hint="constrain the wildcard, e.g. {a,[^.]+}, or give the input another name",
+                )
             result = yield inp
             if isinstance(result, _Failure):
                 chained = _Failure(result.kind, result.path, list(result.chain), result.rule or step.rule, result.error)

@@ -173,6 +173,14 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
     return missing
 
 
+def ctime_ns(workdir: str, path: str) -> int:
+    """When the file's inode last changed (0 if it does not exist)."""
+    try:
+        return os.lstat(os.path.join(workdir, path)).st_ctime_ns
+    except OSError:
+        return 0
+
+
 def remove_outputs(step: Step, workdir: str) -> None:
     for out in step.outputs:
         remove_path(os.path.join(workdir, out))

@@ -58,6 +58,8 @@ class Reason:
         return out
 
     def __str__(self) -> str:
+        if self.kind is ReasonKind.MISSING and self.path is None:
+            return "the rule has no outputs, so it always runs"
         words = _WORDS[self.kind]
         if self.path:
             words += f": {self.path}"
@@ -202,6 +204,8 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     texts, inputs = computed
     key = key_of_texts(texts)
     if not step.outputs:
+        if step.rule.kind != "none":  # Snakemake: an action without outputs always runs
+            return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, texts)
         return StepPlan(step, Decision.SKIP, [], key, inputs)
     traces = [facts.trace(o) for o in step.outputs]
     if any(t is None for t in traces):

@@ -18,10 +18,10 @@ from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
-from flowmake.jobs import (JobContext, finish_outputs, job_spec, prepare_outputs, remove_outputs,
-                           write_benchmark)
+from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, remove_outputs,
+                           remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
-from flowmake.planner import Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, refresh_key
+from flowmake.planner import Decision, Plan, StepPlan, plan_step, refresh_key
 from flowmake.report import Progress
 from flowmake.store import HistoryRecord, Store, Trace
 
@@ -95,6 +95,7 @@ class Scheduler:
         self._interrupt = False
         self._image_digest = image_digest or (lambda ref: ref)
         self._t0_ns = time.time_ns()
+        self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
         self._other: Store | None = None  # a read-only snapshot of what concurrent runs recorded
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
@@ -142,8 +143,11 @@ class Scheduler:
             self._depth[id(step)] = 1 + max((self._depth.get(id(d), 0) for d in below), default=0)
 
     def _is_temp(self, path: str) -> bool:
+        """A ``temp()`` output to delete once its consumers are done; never one the user asked for."""
         prod = self.graph.producer.get(path)
-        return isinstance(prod, Step) and prod.instance is not None and "temp" in prod.instance.flags.get(path, ())
+        if not isinstance(prod, Step) or prod.instance is None or "temp" not in prod.instance.flags.get(path, ()):
+            return False
+        return id(prod) not in self._target_ids
 
     # ---- deciding ----------------------------------------------------------------------------
 
@@ -239,7 +243,7 @@ class Scheduler:
             for step in retry if not self._stop else ():
                 self._push(step)
         deferred = []
-        while self._ready and not self._stop:
+        while self._ready and not self._stop and not self._interrupt:  # Ctrl-C: submit nothing more
             entry = heapq.heappop(self._ready)
             step = self._by_id[entry[3]]
             if not self._fits(step, self._backend_for(step)):
@@ -285,7 +289,7 @@ class Scheduler:
             if self._other is None or fresh:
                 self._other = Store.open(self.ctx.workdir, readonly=True)
             traces = [self._other.trace(o) for o in step.outputs]
-            if all(t is not None and t.time * 1e9 >= _ctime_ns(self.ctx.workdir, o) - 1e6
+            if all(t is not None and t.time * 1e9 >= ctime_ns(self.ctx.workdir, o) - 1e6
                    for t, o in zip(traces, step.outputs)):  # not a trace older than the file
                 return traces  # type: ignore[return-value]
         return None
@@ -427,7 +431,7 @@ class Scheduler:
                 if path in self._temp_consumers:
                     self._temp_consumers[path] -= 1
                     if self._temp_consumers[path] == 0:
-                        remove_outputs_path(os.path.join(self.ctx.workdir, path))
+                        remove_path(os.path.join(self.ctx.workdir, path))
         if self._stop:
             return
         for dep in self._dependants.get(id(step), {}).values():
@@ -487,20 +491,3 @@ def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str]
             traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
                                 inputs=tuple(sp.inputs), output_digest=d, step_id=step.id, time=now))
     store.put_traces(traces)
-
-
-def _ctime_ns(workdir: str, path: str) -> int:
-    try:
-        return os.lstat(os.path.join(workdir, path)).st_ctime_ns
-    except OSError:
-        return 0
-
-
-def remove_outputs_path(path: str) -> None:
-    from flowmake.jobs import remove_path
-
-    remove_path(path)
-
-
-def describe(reasons: list[Reason]) -> str:
-    return "; ".join(str(r) for r in reasons) or ReasonKind.FORCED.value

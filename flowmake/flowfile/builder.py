@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
 from flowmake.flowfile import config as configmod
+from flowmake.flowfile.compat import builtins_with_snakemake
 from flowmake.flowfile.helpers import namespace_helpers
 from flowmake.flowfile.translate import HOOKS, Translation, translate
 from flowmake.patterns import BUILTIN_TYPES, make_type
@@ -52,13 +53,14 @@ class Builder:
 
     def _make_namespace(self) -> dict[str, Any]:
         wf = self.workflow
+        helpers = namespace_helpers(lambda: wf.workdir)
         ns: dict[str, Any] = {
-            "__builtins__": builtins, "__name__": "__flowfile__", "__file__": wf.flowfile,
+            "__builtins__": builtins_with_snakemake(helpers), "__name__": "__flowfile__", "__file__": wf.flowfile,
             "__flowmake__": self, "config": wf.config, "rules": Rules(wf),
             "checkpoints": Checkpoints(wf), "shell": Shell(wf.shell_settings),
             "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
         }
-        ns.update(namespace_helpers(lambda: wf.workdir))
+        ns.update(helpers)
         return ns
 
     # -- executing files ---------------------------------------------------------------------

@@ -159,3 +159,17 @@ def test_declared_outputs_missing_after_success_are_named(flow: Flow) -> None:
     assert rc == 1
     assert "declared outputs missing after the job: forgotten" in err
     assert not flow.exists("made"), "a failed step leaves no half of its outputs"
+
+
+def test_a_temp_output_asked_for_by_name_is_kept(flow: Flow) -> None:
+    flow.write("""
+        rule final:
+            input: "mid"
+            output: "final"
+            shell: "cat {input} > {output}"
+        rule mid:
+            output: temp("mid")
+            shell: "echo m > {output}"
+    """)
+    flow.ok("-c", "1", "final", "mid")
+    assert flow.exists("mid") and flow.exists("final")
