@@ -15,7 +15,7 @@ from flowmake.flowfile import load_workflow
 from flowmake.flowfile.config import parse_overrides
 from flowmake.flowfile.helpers import expand, glob_wildcards_in, multiext, temp, unpack
 from flowmake.flowfile.translate import translate
-from flowmake.rules import Workflow
+from flowmake.rules import AllDone, Workflow
 
 
 def write(tmp_path: Path, text: str, name: str = "Flowfile") -> str:
@@ -428,3 +428,17 @@ def test_private_names_are_not_mangled_in_rule_bodies(tmp_path: Path) -> None:
                 print(__prefix)
     """)
     assert [p.text for p in wf.rule("a").output_patterns] == ["p.txt"]
+
+
+def test_common_snakefile_headers_load_with_or_without_snakemake(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        from snakemake.utils import min_version
+        from snakemake.io import expand as snake_expand
+        min_version("7.0")
+        rule a:
+            output: snake_expand("o{i}.txt", i=[1])
+            benchmark: repeat("bench/a.tsv", 3)
+            shell: "touch {output}"
+    """)
+    inst = wf.rule("a").instantiate(wf.rule("a").bindings_from_raw({}), AllDone())
+    assert list(inst.output) == ["o1.txt"] and inst.benchmark == "bench/a.tsv"
