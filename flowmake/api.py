@@ -288,6 +288,23 @@ def build(opts: Options) -> int:
             local.close()
 
 
+def _refuse_protected(session: Session, steps: list[Step]) -> None:
+    """Like Snakemake, never overwrite a protected() output: the user removes it on purpose."""
+    chosen = {id(s) for s in steps}
+    found = [(sp.step, o) for sp in session.plan.steps
+             if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING) and sp.step.instance
+             for o in sp.step.outputs
+             if "protected" in sp.step.instance.flags.get(o, ()) and os.path.lexists(o)]
+    if found:
+        raise FlowmakeError(
+            "write-protected outputs would be overwritten",
+            rule=found[0][0].rule.name,
+            location=found[0][0].rule.location,
+            details=[f"{o} (rule {s.rule.name})" for s, o in found],
+            hint="remove them first if they really must be rebuilt: rm -f " + " ".join(o for _, o in found),
+        )
+
+
 def _image_resolver(opts: Options) -> Callable[[str], str] | None:
     """The selected backend's image digests, so a dry-run keys container steps like a run does."""
     from flowmake.backend import backend_class
@@ -306,6 +323,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
     from flowmake.scheduler import Scheduler, SchedulerOptions
 
     opts = session.opts
+    _refuse_protected(session, steps)
     _stop_orphans(session)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
                      configfiles=list(opts.configfiles), cores=cores, settings=settings)

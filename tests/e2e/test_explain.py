@@ -165,3 +165,22 @@ def test_no_flowfile_is_a_usage_error(tmp_path):
 def test_json_is_valid_when_nothing_to_do(chain):
     rc, out, _ = chain.run("-n", "--json")
     assert json.loads(out) == {"steps": []}
+
+
+def test_protected_output_is_never_overwritten(flow):
+    flow.write("""
+        rule a:
+            input: "in.txt"
+            output: protected("out.txt")
+            shell: "cp {input} {output}"
+    """)
+    flow.file("in.txt", "1\n")
+    flow.ok()
+    flow.file("in.txt", "2\n")
+    rc, _, err = flow.run()
+    assert rc == 2
+    assert "write-protected outputs would be overwritten" in err and "rm -f out.txt" in err
+    assert flow.read("out.txt") == "1\n"
+    (flow.root / "out.txt").unlink()
+    flow.ok()
+    assert flow.read("out.txt") == "2\n"
