@@ -49,6 +49,11 @@ class Progress:
             self._line(f"FAILED {step.id}: {why}" + (f"\n    log: {log}" + _tail(log) if log else ""), force=True)
         self._status()
 
+    def requeued(self) -> None:
+        """A job ended and will run again (retry, lost host): it is no longer running."""
+        self.running -= 1
+        self._status()
+
     def cutoff(self, step: Any) -> None:
         self.cutoffs += 1
         self.done += 1

@@ -400,6 +400,7 @@ class Scheduler:
         key = id(step)
         if ev.state is JobState.LOST:  # not the job's fault: rerun without spending a retry
             self.progress.note(f"{step.id}: {why}; resubmitting")
+            self.progress.requeued()
             self._push(step)
             return
         attempts = self._attempts.get(key, 0) + 1
@@ -409,6 +410,8 @@ class Scheduler:
             if ev.state is JobState.OOM:
                 self._mem_scale[key] = self._mem_scale.get(key, 1.0) * 1.5
             self.progress.note(f"{step.id}: {why}; retry {attempts} of {allowed}")
+            self.progress.requeued()
+            self._reinstantiate(step, attempts + 1)
             self._push(step)
             return
         self._failed.add(key)
@@ -417,6 +420,13 @@ class Scheduler:
         if not self.opt.keep_going:
             self._stop = True
             self._ready.clear()
+
+    def _reinstantiate(self, step: Step, attempt: int) -> None:
+        """Resources and threads may depend on the attempt (``lambda wildcards, attempt: ...``)."""
+        try:
+            step.instance = step.rule.instantiate(step.bindings, self.graph._view, attempt=attempt)
+        except Exception:  # the first attempt's instance stays valid; its resources are a fine retry
+            pass
 
     def _complete(self, step: Step) -> None:
         self._done.add(id(step))
