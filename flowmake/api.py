@@ -341,7 +341,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
         result = sched.run(steps)
     finally:
         _save_stat_cache(session)
-    progress.summary(len(result.ran), len(result.failed), result.interrupted)
+    progress.summary(len(result.ran), len(result.failed), result.interrupted, session.digester.files_hashed)
     if result.interrupted:
         _hook(getattr(hooks, "onerror", None))
         raise _interrupted()

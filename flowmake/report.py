@@ -69,7 +69,7 @@ class Progress:
     def note(self, text: str) -> None:
         self._line(text, force=True)
 
-    def summary(self, ran: int, failed: int, interrupted: bool) -> None:
+    def summary(self, ran: int, failed: int, interrupted: bool, hashed: int = 0) -> None:
         self._clear_status()
         if self.quiet and not failed and not interrupted:
             return
@@ -81,7 +81,9 @@ class Progress:
             parts.append(f"{failed} failed")
         if interrupted:
             parts.append("interrupted")
-        print(", ".join(parts) + f" in {secs:.1f} s", file=self.out)
+        # Files read to digest them: a no-op over unchanged files reads none (stats only).
+        print(", ".join(parts) + f" in {secs:.1f} s; {hashed} file{'s' if hashed != 1 else ''} hashed",
+              file=self.out)
 
     # ---- drawing -------------------------------------------------------------------------------
 

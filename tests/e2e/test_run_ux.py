@@ -29,7 +29,7 @@ def test_plain_lines_when_not_a_terminal_and_a_final_summary(flow: Flow) -> None
     assert "\x1b[" not in err and "\r" not in err, "no terminal control codes in a log file"
     assert "[1/2] a: a  (output missing: a)" in err
     assert "[2/2] b: b  (output missing: b)" in err
-    assert re.search(r"^2 steps ran in \d+\.\d s$", err, re.M), err
+    assert re.search(r"^2 steps ran in \d+\.\d s; \d+ files? hashed$", err, re.M), err
     assert "early cutoff" not in err, "a rule without outputs is not an early cutoff"
 
 
