@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -49,6 +50,7 @@ class Options:
     resources: dict[str, int] = field(default_factory=dict)
     backend: str | None = None
     profile: str | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -327,7 +329,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
     _stop_orphans(session)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
                      configfiles=list(opts.configfiles), cores=cores, settings=settings)
-    progress = Progress(quiet=opts.quiet)
+    progress = Progress(quiet=opts.quiet, started=opts.started)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
         local=local, ctx=ctx, progress=progress,

@@ -11,7 +11,8 @@ class Progress:
     """Counts and prints. On a TTY one status line (done / running / failed / total, ETA) is redrawn
     in place under the job lines; elsewhere every event is one plain line, so logs stay readable."""
 
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False, tty: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False, tty: bool | None = None,
+                 started: float | None = None) -> None:
         self.out = stream or sys.stderr
         self.quiet = quiet
         self.tty = self.out.isatty() if tty is None else tty
@@ -20,7 +21,7 @@ class Progress:
         self.running = 0
         self.failed = 0
         self.cutoffs = 0
-        self.t0 = time.monotonic()
+        self.t0 = time.monotonic() if started is None else started  # the summary counts planning too
         self._status_shown = False
         self._last_draw = 0.0
         self._job_time = 0.0
