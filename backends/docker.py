@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState
+from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState, drain
 from flowmake.errors import BackendError
 
 # docker run's own failures (bad flag, image missing, cannot start): not the job's exit code.
@@ -109,16 +109,7 @@ class DockerBackend:
         return handle
 
     def poll(self, timeout: float) -> list[JobEvent]:
-        events: list[JobEvent] = []
-        try:
-            events.append(self._events.get(timeout=max(0.0, timeout)))
-        except queue.Empty:
-            return events
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events, timeout)
 
     def cancel(self, handle: JobHandle) -> None:
         if not isinstance(handle, DockerHandle):
@@ -180,7 +171,8 @@ class DockerBackend:
 
     def _wait(self, handle: DockerHandle) -> None:
         proc = handle.proc
-        assert proc is not None  # set before the thread starts
+        if proc is None:  # the thread starts only after the process does
+            return
         limit = handle.spec.resources.runtime_min
         try:
             code = proc.wait(timeout=limit * 60 if limit else None)

@@ -46,7 +46,7 @@ from typing import Any
 
 import paramiko
 
-from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState
+from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState, drain
 from flowmake.errors import BackendError
 
 from . import ssh_staging as staging
@@ -147,16 +147,7 @@ class SshBackend:
         return handle
 
     def poll(self, timeout: float) -> list[JobEvent]:
-        events: list[JobEvent] = []
-        try:
-            events.append(self._events.get(timeout=max(0.0, timeout)))
-        except queue.Empty:
-            return events
-        while True:
-            try:
-                events.append(self._events.get_nowait())
-            except queue.Empty:
-                return events
+        return drain(self._events, timeout)
 
     def cancel(self, handle: JobHandle) -> None:
         if not isinstance(handle, SshHandle):
@@ -290,7 +281,8 @@ class SshBackend:
 
     def _job_thread(self, handle: SshHandle) -> None:
         host = handle.host
-        assert host is not None
+        if host is None:  # dispatched jobs always have a host
+            return
         try:
             event = self._execute(handle, host)
         except HostDown as exc:

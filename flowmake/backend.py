@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import importlib.metadata
+import queue
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -106,6 +107,21 @@ class Backend(Protocol):
     def cancel(self, handle: JobHandle) -> None: ...
 
     def close(self) -> None: ...
+
+
+def drain(events: "queue.Queue[JobEvent]", timeout: float) -> list[JobEvent]:
+    """For backends whose jobs report from threads: wait up to ``timeout`` for one event, then
+    take everything else already queued."""
+    out: list[JobEvent] = []
+    try:
+        out.append(events.get(timeout=max(0.0, timeout)))
+    except queue.Empty:
+        return out
+    while True:
+        try:
+            out.append(events.get_nowait())
+        except queue.Empty:
+            return out
 
 
 def backend_names() -> list[str]:
