@@ -10,7 +10,6 @@ one process share nothing. Custom wildcard types are declared with::
 
 from __future__ import annotations
 
-import builtins
 import os
 import re
 import types
