@@ -30,7 +30,16 @@ import filelock
 from flowmake import journal
 from flowmake.digest import StatCache
 from flowmake.errors import StoreError
-from flowmake.records import (  # Trace, HistoryRecord: imported from here by callers
+from flowmake.records import (  # Trace and HistoryRecord are imported from here by callers
+    HistoryRecord,
+    Marker,
+    Trace,
+    _dumps,
+    _history_of,
+    _marker_of,
+    _no_gc,
+    _Traces,
+)
 
 STORE_DIR = ".flowmake"
 COMPACT_AFTER = 16  # close() compacts when more finished run segments than this exist
@@ -39,18 +48,6 @@ HISTORY_KEEP = 20  # history records kept per output by compaction
 # of another host: on NFS mounted with "nolock", locks are local and every remote run looks dead.
 FOREIGN_GRACE_S = 24 * 3600
 Record = journal.Record
-
-
-    HistoryRecord,
-    Marker,
-    Trace,
-    TraceView,  # noqa: F401  (re-exported)
-    _dumps,
-    _history_of,
-    _marker_of,
-    _no_gc,
-    _Traces,
-)
 
 
 class Store:
