@@ -1,3 +1,3 @@
-from flowmake.cli import main
+from flowmake.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -24,7 +24,7 @@ def test_wheel_installs_only_the_flowmake_package(tmp_path: Path) -> None:
                    "flowmake/rules/checksums.flow", "flowmake/__main__.py"):
         assert needed in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "flowmake = flowmake.cli:main" in entry_points
+    assert "flowmake = flowmake.cli:entry" in entry_points
     assert "local = flowmake.backends.local:LocalBackend" in entry_points
 
 
