@@ -98,7 +98,7 @@ def apply(edit: tuple[str, int, int], wf: dict, d: Path) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(wf=workflows())
 def test_incremental_equals_clean_and_runs_only_changed_keys(tmp_path: Path, wf: dict) -> None:
     root = tmp_path / "case"
