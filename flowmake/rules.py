@@ -8,11 +8,10 @@ has functions that might consult it.
 
 from __future__ import annotations
 
-from collections import ChainMap
 
 import contextvars
 import os
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 from flowmake import shellfmt
 from flowmake.errors import FlowfileError, Location, UsageError, WildcardError, did_you_mean
@@ -231,11 +230,7 @@ class Instance:
     consulted: frozenset[str]
 
     def _namespace(self) -> Mapping[str, Any]:
-        raw = Wildcards.from_mapping(self.bindings._raw)
-        job = {"input": self.input, "output": self.output, "params": self.params,
-               "wildcards": raw, "threads": self.threads, "resources": self.resources,
-               "log": self.log, "rule": self.rule.name}
-        return ChainMap(job, self.rule.workflow.globals)
+        return _JobNamespace(self)
 
     def _render(self, template: str, what: str, quote: bool) -> str:
         try:
@@ -286,6 +281,36 @@ class Instance:
 
     def __repr__(self) -> str:
         return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
+
+
+class _JobNamespace(Mapping[str, Any]):
+    """What a command template may name: the step's fields, then the rule file's globals.
+
+    Looked up on demand: a command names two or three of these, and it is rendered for every step.
+    """
+
+    __slots__ = ("_inst",)
+    _FIELDS = frozenset({"input", "output", "params", "wildcards", "threads", "resources", "log", "rule"})
+
+    def __init__(self, inst: Instance) -> None:
+        self._inst = inst
+
+    def __getitem__(self, key: str) -> Any:
+        inst = self._inst
+        if key in self._FIELDS:
+            if key == "wildcards":  # paths keep their spelling: the raw values, not the typed ones
+                return Wildcards.from_mapping(inst.bindings._raw)
+            if key == "rule":
+                return inst.rule.name
+            return getattr(inst, key)
+        return inst.rule.workflow.globals[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._FIELDS
+        yield from self._inst.rule.workflow.globals
+
+    def __len__(self) -> int:
+        return len(self._FIELDS) + len(self._inst.rule.workflow.globals)
 
 
 class CheckpointJob:

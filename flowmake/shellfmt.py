@@ -60,6 +60,8 @@ class _ShellFormatter(string.Formatter):
             return " ".join(shlex.quote(str(v)) for v in _elements(value))
         if format_spec:
             return safe_word(format(value, format_spec))
+        if type(value) is str:  # the common case: one path
+            return safe_word(value)
         return " ".join(safe_word(str(v)) for v in _elements(value))
 
 
@@ -67,15 +69,6 @@ _FORMATTER = _ShellFormatter()
 
 
 VERBATIM = frozenset({"params", "threads", "resources", "rule", "config"})
-
-
-def _root(field: str) -> str:
-    end = len(field)
-    for sep in ".[":
-        i = field.find(sep)
-        if i != -1:
-            end = min(end, i)
-    return field[:end]
 
 
 def _verbatim(value: Any, tainted: tuple[str, ...]) -> str | None:
@@ -111,7 +104,7 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
             value = _lookup(field, path, args, namespace)
         if conversion:
             value = _FORMATTER.convert_field(value, conversion)
-        if tainted is not None and not spec and not quote and _root(field) in VERBATIM:
+        if tainted is not None and not spec and not quote and field in VERBATIM:
             plain = _verbatim(value, tainted)
             if plain is not None:
                 out.append(plain)
