@@ -71,7 +71,7 @@ def key_texts(
 def key_of_texts(texts: Mapping[str, str]) -> str:
     """The step key: one digest over every field, each length-framed so no two keys collide by
     shifting text between fields. One hash per step, not one per field: planning 100k steps."""
-    return _h("".join(f"{k}\1{len(v)}\1{v}" for k, v in texts.items()))
+    return _h("".join([f"{k}\1{len(v)}\1{v}" for k, v in texts.items()]))
 
 
 def digests_of(texts: Mapping[str, str]) -> dict[str, str]:

@@ -60,8 +60,10 @@ class _ShellFormatter(string.Formatter):
             return " ".join(shlex.quote(str(v)) for v in _elements(value))
         if format_spec:
             return safe_word(format(value, format_spec))
-        if type(value) is str:  # the common case: one path
+        if type(value) is str:  # the common cases: one path, or a list of one
             return safe_word(value)
+        if isinstance(value, list) and len(value) == 1:
+            return safe_word(str(value[0]))
         return " ".join(safe_word(str(v)) for v in _elements(value))
 
 
