@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", metavar="NAME", help="where jobs run: local, docker, ssh, slurm (default: local)")
     p.add_argument("--profile", metavar="FILE", help="settings file instead of flowmake.toml")
     p.add_argument("--version", action="version", version=f"flowmake {__version__}")
+    habits = p.add_argument_group("Snakemake habits flowmake does not need (accepted, no effect)")
+    habits.add_argument("-r", "--reason", action="store_true", help="reasons are always shown")
+    habits.add_argument("--rerun-incomplete", "--ri", action="store_true",
+                        help="steps a killed run left unfinished always rerun")
+    habits.add_argument("--unlock", action="store_true", help="there is no lock to remove: dead runs' locks free themselves")
+    habits.add_argument("--nolock", action="store_true", help="per-output locks are cheap and always on")
     return p
 
 
@@ -82,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowmake import api
 
     args = _parser().parse_args(argv)
+    if args.unlock:
+        print("nothing to unlock: locks of runs that died are released by themselves", file=sys.stderr)
+        return 0
     try:
         resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
         opts = api.Options(
