@@ -184,3 +184,9 @@ def test_protected_output_is_never_overwritten(flow):
     (flow.root / "out.txt").unlink()
     flow.ok()
     assert flow.read("out.txt") == "2\n"
+
+
+def test_snakemake_habits_are_accepted(chain):
+    assert chain.run("--unlock")[0] == 0
+    rc, out, _ = chain.run("-n", "-r", "--rerun-incomplete", "--nolock")
+    assert rc == 0 and "Nothing to do" in out
