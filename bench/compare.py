@@ -19,6 +19,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -195,10 +196,16 @@ def measure(tool: Tool, root: Path, args: list[str], cell: Cell, timeout: float)
     helper = [sys.executable, str(Path(__file__).resolve()), "--_measure", str(root), str(log),
               "--", *tool.argv, *args]
     env = {**os.environ, **tool.env}
+    # Own session, so a timeout can stop the tool and its jobs too, not just the helper.
+    proc = subprocess.Popen(helper, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
     try:
-        res = subprocess.run(helper, capture_output=True, text=True, env=env, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
+        res = subprocess.CompletedProcess(helper, proc.returncode, stdout, stderr)
         data = json.loads(res.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate()
         cell.failed = f"timeout after {timeout:.0f}s"
         return False
     except (ValueError, IndexError):

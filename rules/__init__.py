@@ -1,12 +1,13 @@
 """Reusable rule fragments shipped with flowmake: the `*.flow` files beside this module.
 
-Each fragment is ordinary Snakemake syntax, so it can be included from a Flowfile or from a
-Snakefile. From a Flowfile run by an installed flowmake:
+Installed as ``flowmake.library`` (the source folder is ``rules/``; ``flowmake.rules`` is the
+engine's Rule module). Each fragment is ordinary Snakemake syntax, so it can be included from a
+Flowfile or from a Snakefile. From a Flowfile run by an installed flowmake:
 
-    import flowmake.rules
-    include: flowmake.rules.path("checksums.flow")
+    import flowmake.library
+    include: flowmake.library.path("checksums.flow")
 
-or give `include:` the file's path (`python -c 'import flowmake.rules as r; print(r.path("compress.flow"))'`).
+or give `include:` the file's path (`python -m flowmake.library` lists them with their paths).
 
 - `checksums.flow`: `X.sha256` for any file `X` (`sha256sum -c` format, relocatable).
 - `compress.flow`:  `X.gz` for any file `X`, byte-reproducible (`gzip -n`).
@@ -32,5 +33,5 @@ def path(name: str) -> str:
     if not name.endswith(".flow") or not candidate.is_file():
         close = difflib.get_close_matches(name, names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; available: {', '.join(names())}"
-        raise FileNotFoundError(f"no rule fragment {name!r} in flowmake.rules{hint}")
+        raise FileNotFoundError(f"no rule fragment {name!r} in flowmake.library{hint}")
     return str(candidate)

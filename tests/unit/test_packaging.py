@@ -21,8 +21,12 @@ def test_wheel_installs_only_the_flowmake_package(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops == {"flowmake", next(t for t in tops if t.endswith(".dist-info"))}
     for needed in ("flowmake/backends/local.py", "flowmake/backends/slurm_job.sh.j2",
-                   "flowmake/rules/checksums.flow", "flowmake/__main__.py"):
+                   "flowmake/library/checksums.flow", "flowmake/__main__.py", "flowmake/rules.py"):
         assert needed in names
+    # A package named like an engine module would shadow it once installed.
+    modules = {n[:-3] for n in names if n.endswith(".py")}
+    packages = {n.rsplit("/", 1)[0] for n in names if n.endswith("/__init__.py")}
+    assert not modules & packages
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "flowmake = flowmake.cli:entry" in entry_points
     assert "local = flowmake.backends.local:LocalBackend" in entry_points
@@ -36,3 +40,11 @@ def test_backends_are_found_by_entry_point_and_unknown_names_get_a_suggestion() 
     with pytest.raises(BackendError) as err:
         load_backend("slrum", {}, 1)
     assert err.value.hint == "did you mean 'slurm'?"
+
+
+def test_rule_library_is_importable_beside_the_engine() -> None:
+    import flowmake.library
+    import flowmake.rules
+
+    assert hasattr(flowmake.rules, "Rule")
+    assert flowmake.library.path("checksums.flow").endswith("checksums.flow")
