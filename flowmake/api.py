@@ -464,7 +464,7 @@ def list_changes(opts: Options, kind: str) -> int:
 def touch(opts: Options) -> int:
     """Record the outputs that exist as up to date, without running anything."""
     from flowmake.planner import plan_step, refresh_key
-    from flowmake.scheduler import record_traces
+    from flowmake.jobs import record_traces
 
     session = open_session(opts, readonly=False)
     try:

@@ -13,11 +13,18 @@ import shlex
 import shutil
 import stat
 import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
+from flowmake.planner import refresh_key
+from flowmake.records import Trace
+
+if TYPE_CHECKING:
+    from flowmake.planner import StepPlan
+    from flowmake.store import Store
 
 
 @dataclass(frozen=True)
@@ -203,3 +210,22 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     os.makedirs(os.path.dirname(path) or workdir, exist_ok=True)
     with open(path, "w") as fh:
         fh.write(BENCHMARK_HEADER + "\n" + "\t".join(row) + "\n")
+
+
+def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
+                  facts: Any = None) -> None:
+    """One trace per output: the step key's fields, its input digests and the output's digest."""
+    if sp.texts is None and facts is not None:
+        refresh_key(sp, facts)
+    if sp.texts is None:
+        return
+    key = sp.key or ""
+    fields = sp.fields or {}
+    now = time.time()
+    traces = []
+    for out in step.outputs:
+        d = digest(out)
+        if d is not None:
+            traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
+                                inputs=tuple(sp.inputs), output_digest=d, step_id=step.id, time=now))
+    store.put_traces(traces)

@@ -18,12 +18,13 @@ from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
-from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, remove_outputs,
+from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces, remove_outputs,
                            remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
 from flowmake.planner import Decision, Plan, StepPlan, plan_step, refresh_key
 from flowmake.report import Progress
-from flowmake.store import HistoryRecord, Store, Trace
+from flowmake.records import Trace
+from flowmake.store import HistoryRecord, Store
 
 
 @dataclass
@@ -482,22 +483,3 @@ class Scheduler:
             # Not reaped: its marker stays, so the next run stops its process group and reruns it.
             remove_outputs(run.step, self.ctx.workdir)
         self._running.clear()
-
-
-def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
-                  facts: Any = None) -> None:
-    """One trace per output: the step key's fields, its input digests and the output's digest."""
-    if sp.texts is None and facts is not None:
-        refresh_key(sp, facts)
-    if sp.texts is None:
-        return
-    key = sp.key or ""
-    fields = sp.fields or {}
-    now = time.time()
-    traces = []
-    for out in step.outputs:
-        d = digest(out)
-        if d is not None:
-            traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
-                                inputs=tuple(sp.inputs), output_digest=d, step_id=step.id, time=now))
-    store.put_traces(traces)
