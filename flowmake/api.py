@@ -239,7 +239,9 @@ def _plan_converged(session: Session) -> Plan:
         plan = make_plan(session.steps, facts)
         rerun = {o for sp in plan.steps if sp.step.rule.is_checkpoint and sp.decision in (Decision.RUN, Decision.PENDING)
                  for o in sp.step.outputs}
-        stale = [s for s in session.steps if s.instance is not None and rerun & set(s.instance.consulted)]
+        if not rerun:
+            return plan
+        stale = [s for s in session.steps if s.instance is not None and rerun & s.instance.consulted]
         session.graph.unfinished_checkpoint_outputs |= rerun
         if not stale:
             return plan
