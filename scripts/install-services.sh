@@ -6,9 +6,9 @@
 # Installing starts nothing: the tests start dockerd, sshd, munged and slurm themselves, under a
 # temporary directory, on 127.0.0.1 or inside network namespaces they create.
 #
-# SLURM accounting: we do not install slurmdbd/MariaDB. The backend reads finished jobs from
-# `squeue --states=all` (the controller keeps them for MinJobAge seconds) and falls back to one
-# `sacct` call only where accounting exists.
+# SLURM accounting: the backend reads finished jobs from `squeue --states=all` (the controller
+# keeps them for MinJobAge seconds) and falls back to one `sacct` call for jobs squeue forgot.
+# slurmdbd + MariaDB let the tests exercise that path (a private mariadbd the tests start).
 set -euo pipefail
 
 packages=(
@@ -21,6 +21,8 @@ packages=(
     util-linux       # unshare (own hostname, private mount namespace)
     slurm-wlm        # slurmctld + slurmd + client commands (sbatch, squeue, scancel, scontrol)
     munge            # SLURM's authentication daemon
+    slurmdbd         # SLURM accounting daemon, so sacct works in the accounting tests
+    mariadb-server   # the database behind slurmdbd (the tests start a private mariadbd)
     procps           # ps/pkill used by test helpers to inspect processes
 )
 

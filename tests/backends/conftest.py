@@ -103,3 +103,16 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_accounting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A separate cluster with slurmdbd + a private MariaDB, so ``sacct`` works."""
+    from tests.services.slurm import start_slurm_accounting
+
+    cluster = _start("slurm accounting",
+                     lambda: start_slurm_accounting(tmp_path_factory.mktemp("slurm-acct")))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
