@@ -337,7 +337,6 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
         local=local, ctx=ctx, progress=progress,
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
-        image_digest=session.plan.facts.image_digest,
     )
     hooks = session.workflow
     _hook(getattr(hooks, "onstart", None))

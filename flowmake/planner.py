@@ -258,9 +258,6 @@ class Plan:
     by_id: dict[int, StepPlan]
     facts: Facts  # as the plan saw them (absent temp outputs stand in with recorded digests)
 
-    def to_run(self) -> list[StepPlan]:
-        return [p for p in self.steps if p.decision in (Decision.RUN, Decision.PENDING)]
-
 
 def plan(steps: Iterable[Step], facts: Facts) -> Plan:
     """Decide every step; ``steps`` must list dependencies before dependants.

@@ -63,7 +63,7 @@ class _Running:
 class Scheduler:
     def __init__(self, graph: Graph, plan: Plan, *, store: Store, digest: Callable[[str], str | None],
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
-                 progress: Progress, image_digest: Callable[[str], str] | None = None) -> None:
+                 progress: Progress) -> None:
         self.graph = graph
         self.plan = plan
         self.store = store
@@ -94,7 +94,6 @@ class Scheduler:
         self._used_extra: dict[str, int] = {}
         self._stop = False
         self._interrupt = False
-        self._image_digest = image_digest or (lambda ref: ref)
         self._t0_ns = time.time_ns()
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
         self._other: Store | None = None  # a read-only snapshot of what concurrent runs recorded
