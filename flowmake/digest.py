@@ -157,7 +157,9 @@ class Digester:
             return self._stats[path]
         except KeyError:
             pass
-        path = os.path.normpath(path)
+        return self._stat_normalised(os.path.normpath(path))
+
+    def _stat_normalised(self, path: str) -> Stat | None:
         try:
             return self._stats[path]
         except KeyError:
@@ -219,7 +221,7 @@ class Digester:
         return digest
 
     def _digest(self, path: str, settled: bool) -> str | None:
-        st = self.stat(path)
+        st = self._stat_normalised(path)  # digest() normalised it already: not twice per file
         if st is None:
             self.stat_cache.discard(path)  # so the store does not carry deleted files forever
             return None
