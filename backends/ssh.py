@@ -293,7 +293,9 @@ class SshBackend:
         except Exception as exc:
             # On a dead connection any error is the host's; on a live one it is the job's
             # (a remote error such as a full disk, or a bug here): FAILED, with the reason.
-            if not _alive(host):
+            # EOFError is the connection ending, even when paramiko has not yet marked the
+            # transport inactive.
+            if isinstance(exc, EOFError) or not _alive(host):
                 self._mark_down(host, f"{host.label}: {exc}")
                 event = JobEvent(handle, JobState.LOST, host=host.label, message=str(exc))
             else:

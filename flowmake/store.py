@@ -43,6 +43,9 @@ from flowmake.records import (  # Trace and HistoryRecord are imported from here
 
 STORE_DIR = ".flowmake"
 COMPACT_AFTER = 16  # close() compacts when more finished run segments than this exist
+# ... or when finished run segments outweigh the snapshot: a big build leaves one segment full of
+# superseded markers and stat records, and every later run would read it whole.
+COMPACT_MIN_BYTES = 1 << 20
 HISTORY_KEEP = 20  # history records kept per output by compaction
 # Compaction deletes what it merges, so it wants more than a free lock before it merges a segment
 # of another host: on NFS mounted with "nolock", locks are local and every remote run looks dead.
@@ -68,7 +71,8 @@ class Store:
         self.stat_cache = StatCache()
         self._incomplete: dict[str, Marker] = {}
         self._elsewhere: dict[str, Marker] = {}
-        self._history: dict[str, list[Record]] = {}
+        self._history: dict[str, list[Record]] | None = None  # read when first asked for
+        self._own_history: list[Record] = []
         self._lock = threading.RLock()  # writes may come from several scheduler threads
 
     # ---- opening and loading -------------------------------------------------------------------
@@ -97,9 +101,10 @@ class Store:
             return []
         return sorted(n for n in names if n.endswith(journal.SUFFIX))
 
-    def _read(self, names: list[str], own: str | None) -> tuple[journal.State, list[str]] | None:
+    def _read(self, names: list[str], own: str | None,
+              history: bool = True) -> tuple[journal.State, list[str]] | None:
         """Merge the named segments; None if one vanished (a compaction replaced it)."""
-        state, warnings = journal.State(), []
+        state, warnings = journal.State(history), []
         for name in names:
             if name == own:
                 continue
@@ -116,23 +121,21 @@ class Store:
         with _no_gc():
             self._load_all()
 
-    def _load_all(self) -> None:
+    def _read_all(self, history: bool) -> tuple[journal.State, list[str]]:
         own = os.path.basename(self._writer.path) if self._writer else None
         for _ in range(20):
-            got = self._read(self._segment_names(), own)
+            got = self._read(self._segment_names(), own, history)
             if got is not None:
-                break
-        else:
-            raise StoreError(f"the store in {self.path} keeps changing while being read")
-        state, self.warnings = got
+                return got
+        raise StoreError(f"the store in {self.path} keeps changing while being read")
+
+    def _load_all(self) -> None:
+        state, self.warnings = self._read_all(history=False)
         self._clock = max(state.max_t, time.time_ns())
         self._live_rows.update((k, r) for k, r in state.traces.items() if r[0] == "T")
         self.stat_cache = StatCache(
             {p: (r[3], r[4], r[5], r[6], r[7], r[8]) for p, r in state.stats.items() if len(r) > 3}
         )
-        for r in state.history.values():
-            for o in r[3]:
-                self._history.setdefault(o, []).append(r)
         for r, live in state.open_markers():
             target = self._elsewhere if live else self._incomplete
             m = _marker_of(r)
@@ -158,6 +161,15 @@ class Store:
         return dict(self._elsewhere)
 
     def history(self, output: str) -> list[HistoryRecord]:
+        if self._history is None:
+            with _no_gc():
+                state, _ = self._read_all(history=True)
+            rows = state.history  # keyed by (time, step): this run's own records may be in it
+            rows.update(((r[1], r[2]), r) for r in self._own_history)
+            self._history = {}
+            for r in rows.values():
+                for o in r[3]:
+                    self._history.setdefault(o, []).append(r)
         recs = [_history_of(r) for r in self._history.get(output, ())]
         return sorted(recs, key=lambda h: h.start)
 
@@ -228,8 +240,10 @@ class Store:
             ]  # fmt: skip
             r = ["H", self._tick(), rec.step_id, list(rec.outputs), _dumps(body)]
             self._pending.append(r)
-            for o in rec.outputs:
-                self._history.setdefault(o, []).append(r)
+            self._own_history.append(r)
+            if self._history is not None:
+                for o in rec.outputs:
+                    self._history.setdefault(o, []).append(r)
 
     def flush(self, sync: bool = True) -> None:
         """Write pending records and stat-cache changes as one frame; fsync when ``sync``."""
@@ -266,9 +280,20 @@ class Store:
             self._writer = None
         # Count only what compaction would merge besides the snapshot, so that unmergeable
         # segments (live, or another host's within its grace) do not rewrite the snapshot each run.
-        runs = [n for n in self._segment_names() if not n.startswith("snap-")]
-        if len(runs) > COMPACT_AFTER and sum(map(self._finished, runs)) > COMPACT_AFTER:
+        names = self._segment_names()
+        runs = [n for n in names if not n.startswith("snap-") and self._finished(n)]
+        if len(runs) > COMPACT_AFTER or self._size(runs) > max(COMPACT_MIN_BYTES, self._size(
+                [n for n in names if n.startswith("snap-")])):
             self.compact()
+
+    def _size(self, names: list[str]) -> int:
+        total = 0
+        for n in names:
+            try:
+                total += os.stat(self._p(n)).st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def __enter__(self) -> Store:
         return self
