@@ -18,6 +18,7 @@ followed: links to directories could loop). Timestamps and permissions are not p
 
 from __future__ import annotations
 
+import functools
 import os
 import stat as statmod
 import time
@@ -124,9 +125,28 @@ class Stat(NamedTuple):
     st_ctime_ns: int
 
 
+_new_stat = functools.partial(tuple.__new__, Stat)  # Stat(...) runs Python code; this does not
+
+
 def _stat(path: str) -> Stat:
     st = os.stat(path)
-    return Stat(st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _new_stat((st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def _normal(path: str) -> str:
+    """``os.path.normpath``, skipped for the paths it would not change (nearly all that planning
+    sees: they come from formatted patterns)."""
+    if path and "//" not in path and "/." not in path and path[0] != "." and path[-1] != "/":
+        return path
+    return os.path.normpath(path)
+
+
+def _parent(path: str) -> str:
+    i = path.rfind("/")
+    return path[:i] if i > 0 else ("/" if i == 0 else "")
+
+
+_UNKNOWN = object()
 
 
 def _identity(st: os.stat_result | Stat) -> tuple[int, int, int, int, int]:
@@ -151,30 +171,31 @@ class Digester:
         self.files_hashed = 0  # how many files were actually read (for reports and tests)
         self.bytes_hashed = 0
 
+    # Lookups use get() with a sentinel, not try/except: most first lookups miss, and a raised
+    # KeyError costs more than the lookup (planning does a few hundred thousand).
+
     def stat(self, path: str) -> Stat | None:
         """``os.stat`` (following symlinks), memoised; None when the path does not exist."""
-        try:
-            return self._stats[path]
-        except KeyError:
-            pass
-        return self._stat_normalised(os.path.normpath(path))
+        st = self._stats.get(path, _UNKNOWN)
+        if st is not _UNKNOWN:
+            return st  # type: ignore[return-value]
+        return self._stat_normalised(_normal(path))
 
     def _stat_normalised(self, path: str) -> Stat | None:
+        st = self._stats.get(path, _UNKNOWN)
+        if st is not _UNKNOWN:
+            return st  # type: ignore[return-value]
         try:
-            return self._stats[path]
-        except KeyError:
-            pass
-        try:
-            st: Stat | None = _stat(path)
+            st = _stat(path)
         except (FileNotFoundError, NotADirectoryError):
             st = None
-        self._stats[path] = st
+        self._stats[path] = st  # type: ignore[assignment]
         self._note_child(path)
-        return st
+        return st  # type: ignore[return-value]
 
     def _note_child(self, path: str) -> None:
         # parent -> memoised children, so invalidate() costs O(subtree), not O(everything memoised)
-        parent = os.path.dirname(path)
+        parent = _parent(path)
         kids = self._children.get(parent)
         if kids is None:
             self._children[parent] = {path}
@@ -210,14 +231,11 @@ class Digester:
         exited), so a recent mtime is not racy: a step's fresh outputs are then not re-read by the
         next run. Without it, files changed within ``RACY_WINDOW_NS`` are re-hashed once next run.
         """
-        try:
-            return self._memo[path]
-        except KeyError:
-            pass
-        asked = path
-        path = os.path.normpath(path)
-        digest = self._digest(path, settled)
-        self._memo[asked] = digest
+        digest = self._memo.get(path, _UNKNOWN)
+        if digest is not _UNKNOWN:
+            return digest  # type: ignore[return-value]
+        digest = self._digest(_normal(path), settled)
+        self._memo[path] = digest
         return digest
 
     def _digest(self, path: str, settled: bool) -> str | None:
@@ -237,8 +255,8 @@ class Digester:
         if not statmod.S_ISREG(st.st_mode):
             # A FIFO or device: reading could block forever or never end. Its kind is its content.
             return hash_bytes(f"special\0{statmod.S_IFMT(st.st_mode)}".encode())
-        ident = _identity(st)
-        entry = self.stat_cache.get(path)
+        entry = self.stat_cache._data.get(path)
+        ident = st[1:]  # (dev, ino, size, mtime_ns, ctime_ns): Stat's fields after the mode
         if entry is not None and entry[:5] == ident:
             return entry[5]
         now = time.time_ns()

@@ -235,6 +235,11 @@ class Pattern:
         return constraints.get(name, ".+")
 
     @property
+    def literal_suffix(self) -> str:
+        """The text after the last wildcard (all of it for a static pattern)."""
+        return self.text if self.is_static else self._suffix
+
+    @property
     def literal_prefix(self) -> str:
         """The text before the first wildcard (all of it for a static pattern)."""
         return self.text if self.is_static else self._prefix

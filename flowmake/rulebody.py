@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable, Iterable, Mapping
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location
-from flowmake.namedlist import FlaggedFunction, NamedList, Wildcards, flags_of
+from flowmake.namedlist import EMPTY, FlaggedFunction, NamedList, Wildcards, flags_of
 from flowmake.patterns import Bindings, Pattern, wildcard_names
 
 
@@ -22,6 +22,11 @@ class Flags(dict):
 
     def __missing__(self, key: str) -> frozenset[str]:
         return frozenset()
+
+
+# What steps of a rule that can flag nothing share (``__missing__`` never stores, so reading it
+# leaves it empty; only ``_build`` writes flags, and only into a Flags of its own).
+NO_FLAGS = Flags()
 
 
 class IncompleteCheckpointBase(Exception):
@@ -93,6 +98,8 @@ class _Layout:
         self.single = frozenset(single)
 
     def format(self, b: Bindings, flags: Flags) -> NamedList:
+        if not self.patterns:
+            return EMPTY
         paths = [p.format(b) for p in self.patterns]
         for i, f in self.flagged:
             flags[paths[i]] = flags[paths[i]] | f
@@ -197,6 +204,10 @@ class RuleBody:
         self._log_layout = _Layout(self._log)
         self._in_layout = (_Layout(self._input)
                            if all(e.func is None for e in self._input) else None)
+        # Input functions may return flagged paths; otherwise only declared flags exist.
+        self._may_flag = self._in_layout is None or any(
+            lay.flagged for lay in (self._in_layout, self._out_layout, self._log_layout))
+        self._threads_value = None if callable(self._threads) else _as_int(self, "threads", self._threads)
         self._param_strs = {i: Pattern(v, None, wf.wildcard_types)
                             for i, (_, v) in enumerate(self._params)
                             if isinstance(v, str) and wildcard_names(v)}
@@ -316,6 +327,8 @@ class RuleBody:
         return isinstance(result, (str, os.PathLike))
 
     def _eval_threads(self, wc: Wildcards, input: NamedList, attempt: int) -> int:
+        if self._threads_value is not None:
+            return self._threads_value
         threads = self._threads
         if callable(threads):
             threads = self._call("threads", threads,
@@ -325,7 +338,7 @@ class RuleBody:
     def _eval_resources(self, wc: Wildcards, input: NamedList, threads: int,
                         attempt: int) -> NamedList:
         if not self._resources:
-            return NamedList._make([], {}, frozenset())
+            return EMPTY
         values: list[tuple[str | None, Any]] = []
         available = None
         for name, v in self._resources:
@@ -338,7 +351,7 @@ class RuleBody:
 
     def _eval_params(self, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:
         if not self._params:
-            return NamedList._make([], {}, frozenset())
+            return EMPTY
         values: list[tuple[str | None, Any]] = []
         available = None
         for i, (name, v) in enumerate(self._params):

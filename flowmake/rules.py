@@ -17,7 +17,7 @@ from flowmake import shellfmt
 from flowmake.errors import FlowfileError, Location, UsageError, WildcardError, did_you_mean
 from flowmake.namedlist import NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, WildcardType
-from flowmake.rulebody import Flags, IncompleteCheckpointBase, RuleBody
+from flowmake.rulebody import NO_FLAGS, Flags, IncompleteCheckpointBase, RuleBody
 
 ACTIONS = ("shell", "run", "script")
 
@@ -197,11 +197,11 @@ class Rule(RuleBody):
         inst.attempt = attempt
         inst.consulted = consulted if isinstance(consulted, frozenset) else frozenset()
         wc = inst.wildcards = Wildcards.from_mapping(
-            b, self._wc_names if len(b) == len(self._wc_names) else None)
-        flags = inst.flags = Flags()
-        inst.output = self._format_static(self._output, b, flags)
+            b._values, self._wc_names if len(b._values) == len(self._wc_names) else None)
+        flags = inst.flags = Flags() if self._may_flag else NO_FLAGS
+        inst.output = self._out_layout.format(b, flags)
         inst.input = self._eval_io(self._input, b, wc, flags, "input")
-        inst.log = self._format_static(self._log, b, flags)
+        inst.log = self._log_layout.format(b, flags)
         inst.benchmark = self._benchmark.format(b) if self._benchmark is not None else None
         inst.threads = self._eval_threads(wc, inst.input, attempt)
         inst.resources = self._eval_resources(wc, inst.input, inst.threads, attempt)
@@ -235,7 +235,8 @@ class Instance:
     def _render(self, template: str, what: str, quote: bool) -> str:
         try:
             if quote:
-                tainted = tuple(v for v in self.bindings.raw_dict().values() if not shellfmt.is_safe(v))
+                tainted = tuple(v for v in self.bindings._raw.values() if not shellfmt.is_safe(v)) if (
+                    shellfmt.uses_verbatim(template)) else ()
                 return shellfmt.render(template, self._namespace(), tainted=tainted)
             return template.format_map(self._namespace())
         except (KeyError, AttributeError, IndexError, ValueError) as e:
@@ -283,34 +284,27 @@ class Instance:
         return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
 
 
-class _JobNamespace(Mapping[str, Any]):
+class _JobNamespace(dict):  # type: ignore[type-arg]
     """What a command template may name: the step's fields, then the rule file's globals.
 
-    Looked up on demand: a command names two or three of these, and it is rendered for every step.
+    A dict of the fields every step has, so the names a command uses most are found at C speed;
+    the rest is looked up on demand (a command is rendered for every step of a plan).
     """
 
     __slots__ = ("_inst",)
-    _FIELDS = frozenset({"input", "output", "params", "wildcards", "threads", "resources", "log", "rule"})
 
     def __init__(self, inst: Instance) -> None:
+        super().__init__(input=inst.input, output=inst.output, params=inst.params, log=inst.log,
+                         threads=inst.threads, resources=inst.resources)
         self._inst = inst
 
-    def __getitem__(self, key: str) -> Any:
+    def __missing__(self, key: str) -> Any:
         inst = self._inst
-        if key in self._FIELDS:
-            if key == "wildcards":  # paths keep their spelling: the raw values, not the typed ones
-                return Wildcards.from_mapping(inst.bindings._raw)
-            if key == "rule":
-                return inst.rule.name
-            return getattr(inst, key)
+        if key == "wildcards":  # paths keep their spelling: the raw values, not the typed ones
+            return Wildcards.from_mapping(inst.bindings._raw)
+        if key == "rule":
+            return inst.rule.name
         return inst.rule.workflow.globals[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._FIELDS
-        yield from self._inst.rule.workflow.globals
-
-    def __len__(self) -> int:
-        return len(self._FIELDS) + len(self._inst.rule.workflow.globals)
 
 
 class CheckpointJob:

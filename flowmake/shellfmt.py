@@ -95,8 +95,19 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
     """
     out: list[str] = []
     auto = 0
-    for literal, field, path, spec, conversion, quote in _compile(template):
+    for literal, field, path, spec, conversion, quote, plain in _compile(template):
         out.append(literal)
+        if plain:  # "{input}": the common case, without the general path's calls
+            value = namespace[field]  # type: ignore[index]
+            if tainted is None or field not in VERBATIM:
+                if type(value) is str:
+                    out.append(value if value == "" or _SAFE.fullmatch(value) else shlex.quote(value))
+                else:
+                    out.append(_FORMATTER.format_field(value, ""))
+                continue
+            verbatim = _verbatim(value, tainted)
+            out.append(verbatim if verbatim is not None else _FORMATTER.format_field(value, ""))
+            continue
         if field is None:
             continue
         if field == "":  # "{}" takes the next positional argument, like str.format
@@ -116,7 +127,9 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
     return "".join(out)
 
 
-_Part = tuple[str, "str | None", tuple[tuple[bool, Any], ...], str, "str | None", str]
+# (literal, field root, attribute/index path, spec, conversion, enclosing quote, plain); plain: a
+# bare name ("{input}"), by far the most common field.
+_Part = tuple[str, "str | None", tuple[tuple[bool, Any], ...], str, "str | None", str, bool]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -126,7 +139,7 @@ def _compile(template: str) -> tuple[_Part, ...]:
     parts: list[_Part] = []
     for i, (literal, field, spec, conversion) in enumerate(parsed):
         if field is None:
-            parts.append((literal, None, (), "", None, ""))
+            parts.append((literal, None, (), "", None, "", False))
             continue
         after = parsed[i + 1][0] if i + 1 < len(parsed) else ""
         quote = literal[-1:] if literal[-1:] in ("'", '"') and after[:1] == literal[-1:] else ""
@@ -135,8 +148,17 @@ def _compile(template: str) -> tuple[_Part, ...]:
         if field:
             root, rest = _string.formatter_field_name_split(field)
             path = tuple(rest)
-        parts.append((literal, field if field == "" else str(root), path, spec or "", conversion, quote))
+        name = field if field == "" else str(root)
+        plain = bool(name) and not name.isdigit() and not path and not spec and not conversion and not quote
+        parts.append((literal, name, path, spec or "", conversion, quote, plain))
     return tuple(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def uses_verbatim(template: str) -> bool:
+    """Whether the template inserts a field verbatim (params, threads, ...): only then must a
+    step's unsafe wildcard values be known before rendering."""
+    return any(part[1] in VERBATIM for part in _compile(template))
 
 
 def _lookup(root: str, path: tuple[tuple[bool, Any], ...], args: tuple[Any, ...],

@@ -463,3 +463,46 @@ def test_instantiate_with_bad_raw_values(tmp_path: Path) -> None:
     with pytest.raises(WildcardError) as e:
         wf.rule("a").instantiate({}, AllDone())
     assert e.value.message == "wildcard 'n' of pattern '{n:int}.out' has no value"
+
+
+def test_directives_a_rule_does_not_use_are_shared_and_read_only(tmp_path: Path) -> None:
+    import pickle
+    wf = load(tmp_path, """
+        rule a:
+            input: "{s}.in"
+            output: "{s}.out"
+            shell: "x"
+    """)
+    one, two = inst(wf, "a", "p.out"), inst(wf, "a", "q.out")
+    assert one.params is two.params and list(one.params) == [] and str(one.log) == ""
+    with pytest.raises(TypeError, match="shared"):
+        one.params.append("x")
+    assert list(two.resources) == [] and list(two.params) == []
+    copy = pickle.loads(pickle.dumps(one.params))  # a copy is an ordinary, writable list
+    copy.append("x")
+    assert copy == ["x"]
+
+
+def test_candidate_rules_are_picked_by_top_folder_and_extension(tmp_path: Path) -> None:
+    from flowmake.graph import Graph
+
+    wf = load(tmp_path, """
+        rule gz:
+            input: "{name}.tsv"
+            output: "out/{name}.tsv.gz"
+            shell: "gzip -c {input} > {output}"
+        rule tsv:
+            output: "{name}.tsv"
+            shell: "echo > {output}"
+        rule done:
+            output: "out/{d}/done"
+            shell: "touch {output}"
+        rule anything:
+            output: "any/{x}"
+            shell: "touch {output}"
+    """)
+    g = Graph(wf, lambda p: False)
+    found = g.add_targets(["out/a.b.tsv.gz", "out/x.y/done", "any/q.gz", "any/noext"])
+    assert [s.rule.name for s in found] == ["gz", "done", "anything", "anything"]  # type: ignore[union-attr]
+    assert [d.rule.name for d in found[0].deps] == ["tsv"]  # type: ignore[union-attr]
+    assert found[0].deps[0].outputs == ("a.b.tsv",)  # type: ignore[union-attr]
