@@ -173,7 +173,7 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
 
     return Facts(
         digest=dig.digest,
-        trace=store.trace,
+        trace=store.traces.get,
         incomplete=incomplete.__contains__,
         forced=forced,
         newer_than=newer_than,

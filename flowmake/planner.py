@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from flowmake.graph import Step
-from flowmake.keys import canonical, diff_fields, digests_of, key_of_texts, key_texts
+from flowmake.keys import FIELDS, canonical, diff_fields, digests_of, key_of_values, key_values
 
 
 class Decision(enum.Enum):
@@ -128,6 +128,12 @@ class Facts:
 
 def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[str, str], ...]] | None:
     """The step key's fields as text, from current input digests; None if an input is missing."""
+    parts = _key_parts(step, facts)
+    return None if parts is None else (dict(zip(FIELDS, parts[0])), parts[1])
+
+
+def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]] | None:
+    """``key_values`` of the step and its (path, digest) inputs; None if an input is missing."""
     inst = step.instance
     if inst is None:
         return None
@@ -142,25 +148,29 @@ def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[st
         if d is None:
             return None
         inputs.append((path, d))
-    image = facts.image_digest(step.rule.container) if step.rule.container else None
-    texts = key_texts(
-        rule=step.rule.name,
+    rule = step.rule
+    values = key_values(
+        rule=rule.name,
         action=inst.action_source(),
         params=_params_text(inst),
-        env={},
-        image=image,
+        env=_NO_ENV,
+        image=facts.image_digest(rule.container) if rule.container else None,
         inputs=inputs,
     )
-    return texts, tuple(inputs)
+    return values, tuple(inputs)
+
+
+_NO_ENV: Mapping[str, str] = {}
 
 
 def refresh_key(sp: StepPlan, facts: Facts) -> bool:
     """Recompute a step's key from the digests its inputs have now (upstream may have just run)."""
-    computed = key_fields(sp.step, facts)
-    if computed is None:
+    parts = _key_parts(sp.step, facts)
+    if parts is None:
         return False
-    sp.texts, sp.inputs = computed
-    sp.key = key_of_texts(sp.texts)
+    values, sp.inputs = parts
+    sp.texts = dict(zip(FIELDS, values))
+    sp.key = key_of_values(values)
     return True
 
 
@@ -179,49 +189,56 @@ def _params_value(inst: Any) -> Any:
 
 def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> StepPlan:
     """Decide one step, given the decisions already made for its dependencies."""
-    if step.instance is None:
+    inst = step.instance
+    if inst is None:
         return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.CHECKPOINT, path=p) for p in step.waits_on])
     reasons: list[Reason] = []
     if facts.forced(step):
         reasons.append(Reason(ReasonKind.FORCED))
-    touched_only = all("touch" in step.instance.flags.get(o, ()) for o in step.outputs)
-    out_digests = [facts.digest(o) for o in step.outputs]
-    for out, d in zip(step.outputs, out_digests):
-        if facts.incomplete(out):
+    outputs = step.outputs
+    digest, incomplete = facts.digest, facts.incomplete
+    out_digests = [digest(o) for o in outputs]
+    for out, d in zip(outputs, out_digests):
+        if incomplete(out):
             reasons.append(Reason(ReasonKind.INCOMPLETE, path=out))
         elif d is None:
             reasons.append(Reason(ReasonKind.MISSING, path=out))
-    waiting = [
-        up.step.id for up in (upstream.get(id(d)) for d in step.deps) if up and up.decision in (Decision.RUN, Decision.PENDING)
-    ]
     if reasons:  # the key is computed when the step starts, from the digests it then sees
         return StepPlan(step, Decision.RUN, reasons)
-    if waiting:
-        return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=s) for s in waiting])
-    computed = key_fields(step, facts)
-    if computed is None:  # an input vanished between graph and plan: run and let the job say so
+    for dep in step.deps:
+        up = upstream.get(id(dep))
+        if up is not None and (up.decision is Decision.RUN or up.decision is Decision.PENDING):
+            waiting = [u.step.id for u in (upstream.get(id(d)) for d in step.deps)
+                       if u is not None and u.decision in (Decision.RUN, Decision.PENDING)]
+            return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=s) for s in waiting])
+    parts = _key_parts(step, facts)
+    if parts is None:  # an input vanished between graph and plan: run and let the job say so
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING, path=_first_missing(step, facts))])
-    texts, inputs = computed
-    key = key_of_texts(texts)
-    if not step.outputs:
+    values, inputs = parts
+    key = key_of_values(values)
+    if not outputs:
         if step.rule.kind != "none":  # Snakemake: an action without outputs always runs
-            return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, texts)
+            return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.SKIP, [], key, inputs)
-    traces = [facts.trace(o) for o in step.outputs]
-    if any(t is None for t in traces):
-        if all(t is None for t in traces) and facts.newer_than(step.outputs, [p for p, _ in inputs]):
-            return StepPlan(step, Decision.ADOPT, [], key, inputs, texts)
-        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, texts)
+    trace_of = facts.trace
+    traces = [trace_of(o) for o in outputs]
+    untraced = sum(1 for t in traces if t is None)  # not "None in traces": that calls __eq__
+    if untraced:
+        if untraced == len(traces) and facts.newer_than(outputs, [p for p, _ in inputs]):
+            return StepPlan(step, Decision.ADOPT, [], key, inputs, dict(zip(FIELDS, values)))
+        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, dict(zip(FIELDS, values)))
     for trace in traces:
         if trace.key != key:  # type: ignore[union-attr]
-            reasons.extend(_changes(step, trace, digests_of(texts), inputs))  # type: ignore[arg-type]
-            break
-    if not reasons and not touched_only:
-        for out, d, trace in zip(step.outputs, out_digests, traces):
+            texts = dict(zip(FIELDS, values))
+            return StepPlan(step, Decision.RUN, _changes(step, trace, digests_of(texts), inputs),  # type: ignore[arg-type]
+                            key, inputs, texts)
+    flags = inst.flags
+    if not (flags and all("touch" in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
+        for out, d, trace in zip(outputs, out_digests, traces):
             if d != trace.output_digest:  # type: ignore[union-attr]
                 reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
     if reasons:
-        return StepPlan(step, Decision.RUN, reasons, key, inputs, texts)
+        return StepPlan(step, Decision.RUN, reasons, key, inputs, dict(zip(FIELDS, values)))
     return StepPlan(step, Decision.SKIP, [], key, inputs)
 
 
@@ -285,7 +302,7 @@ def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
     virtual: dict[str, str] = {}
     for step in steps:
         inst = step.instance
-        if inst is None:
+        if inst is None or not inst.flags:  # most steps flag nothing
             continue
         for out in step.outputs:
             if "temp" in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:

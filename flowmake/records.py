@@ -177,6 +177,10 @@ class _Traces(Mapping[str, Trace]):
     def __getitem__(self, output: str) -> Trace:
         return TraceView(self._rows[output], self._shared)  # type: ignore[return-value]
 
+    def get(self, output: str, default: Any = None) -> Trace | None:  # type: ignore[override]
+        row = self._rows.get(output)  # Mapping.get would raise and catch KeyError per miss
+        return default if row is None else TraceView(row, self._shared)  # type: ignore[return-value]
+
     def __contains__(self, output: object) -> bool:
         return output in self._rows
 

@@ -102,23 +102,32 @@ class Scheduler:
     # ---- set-up ------------------------------------------------------------------------------
 
     def _admit(self, steps: list[Step]) -> None:
-        """Take steps (dependencies first) into the run; decide those whose upstream is settled."""
+        """Take steps (dependencies first) into the run; decide those whose upstream is settled.
+
+        Steps already up to date are only marked done: a no-op over 100,000 steps builds nothing
+        else. (A step with a dependency still to run is never up to date, so done steps are
+        nobody's dependants.)
+        """
+        by_id = self.plan.by_id
+        live: list[Step] = []
         for step in steps:
+            sp = by_id.get(id(step))
+            if sp is None:
+                sp = by_id[id(step)] = plan_step(step, by_id, self.plan.facts)
+            if sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT:
+                if sp.decision is Decision.ADOPT:
+                    self._record_traces(step, sp)
+                self._done.add(id(step))
+            else:
+                live.append(step)
+        for step in live:
             self._by_id[id(step)] = step
             self._dependants.setdefault(id(step), {})
             for dep in self.graph._edges(step):
                 self._dependants.setdefault(id(dep), {})[id(step)] = step
-        self._compute_depths(steps)
-        for step in steps:
-            sp = self.plan.by_id.get(id(step))
-            if sp is None:
-                sp = plan_step(step, self.plan.by_id, self.plan.facts)
-                self.plan.by_id[id(step)] = sp
-            if sp.decision in (Decision.SKIP, Decision.ADOPT):
-                if sp.decision is Decision.ADOPT:
-                    self._record_traces(step, sp)
-                self._done.add(id(step))
-                continue
+        self._compute_depths(live)
+        for step in live:
+            sp = by_id[id(step)]
             if step.outputs or sp.decision is Decision.RUN:  # a pure target rule is no work to count
                 self._count(step)
             inst = step.instance
