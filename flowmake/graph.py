@@ -82,6 +82,7 @@ class _Failure:
 
 
 SOURCE = None  # a path that exists and no rule needs to make
+_UNRESOLVED = object()
 
 
 class _CheckpointView:
@@ -176,6 +177,7 @@ class Graph:
         paths: list[str | None] = [first]
         on_stack = {first} if first is not None else set()
         send: object = None
+        producer = self.producer
         while stack:
             try:
                 req = stack[-1].send(send)
@@ -187,11 +189,12 @@ class Graph:
                     on_stack.discard(done)
                     # A cycle depends on the path we came from: never remember it.
                     if not (isinstance(send, _Failure) and send.kind == "cycle"):
-                        self.producer[done] = send  # type: ignore[assignment]
+                        producer[done] = send  # type: ignore[assignment]
                 continue
-            if req in self.producer:
-                send = self.producer[req]
-            elif req in on_stack:
+            send = producer.get(req, _UNRESOLVED)
+            if send is not _UNRESOLVED:
+                continue
+            if req in on_stack:
                 loop = [p for p in paths if p is not None]
                 loop = loop[loop.index(req):] + [req]
                 send = _Failure("cycle", req, chain=loop)
@@ -253,6 +256,14 @@ class Graph:
             if self.exists(path):
                 return SOURCE
             return _Failure("norule", path)
+        if len(candidates) == 1:  # the common case, without the bookkeeping of several
+            step = self._step_for(*candidates[0], path)
+            result = yield from self._resolve_step(step, path)
+            if isinstance(result, _Failure):
+                return SOURCE if result.kind != "cycle" and self.exists(path) else result
+            for out in step.outputs:
+                self.producer.setdefault(out, step)
+            return step
         groups = self._preference_groups(candidates)
         failures: list[_Failure] = []
         for group in groups:
@@ -321,20 +332,21 @@ class Graph:
         if step.index == -2:  # already resolved successfully
             return step
         self._instantiate(step)
-        if step.instance is not None:
+        inst = step.instance
+        if inst is not None:
             # A checkpoint's outputs that the input function read are dependencies too: the step
             # must come after the checkpoint, and be asked again if the checkpoint reruns.
-            consulted = step.instance.consulted
-            needed = step.inputs + sorted(consulted) if consulted else step.inputs
+            consulted = inst.consulted
+            needed: Sequence[str] = [*inst.input, *sorted(consulted)] if consulted else inst.input
         else:
-            needed = list(step.waits_on)
-        unsafe = [o for o in step.outputs if o.startswith("/") or o == ".." or o.startswith("../") or "/../" in o]
-        if unsafe:
-            raise UnsafePathError(
-                f"output {unsafe[0]!r} would leave the working directory",
-                location=step.rule.location,
-                rule=step.rule.name,
-            )
+            needed = step.waits_on
+        for o in step.outputs:
+            if o[:1] == "/" or o[:2] == ".." and (o == ".." or o[2] == "/") or "/../" in o:
+                raise UnsafePathError(
+                    f"output {o!r} would leave the working directory",
+                    location=step.rule.location,
+                    rule=step.rule.name,
+                )
         deps: list[Step] = []
         seen: set[int] = set()
         for inp in needed:

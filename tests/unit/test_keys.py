@@ -123,3 +123,13 @@ def test_env_encoding_is_unambiguous() -> None:
     a = step_key_fields(**{**BASE, "env": {"A": "1\nB", "C": "2"}})
     b = step_key_fields(**{**BASE, "env": {"A": "1", "B\nC": "2"}})
     assert a["env"] != b["env"]
+
+
+@pytest.mark.parametrize("action", ["cp {input} {output}", "a}\n{0}\1b", "", "é \udcff"])
+def test_key_of_values_is_key_of_texts_of_the_same_fields(action: str) -> None:
+    # The planner hashes the tuple form; explain and traces keep the named form: one key either way.
+    from flowmake.keys import key_of_texts, key_of_values, key_texts, key_values
+
+    kw = {**BASE, "action": action, "image": "sha256:" + "c" * 64}
+    assert key_of_values(key_values(**kw)) == key_of_texts(key_texts(**kw)) == step_key(**kw)
+    assert tuple(key_texts(**kw)) == FIELDS
