@@ -290,6 +290,11 @@ class Pattern:
         values.update(b._values)
         return Bindings._fast(values, {**raw, **b._raw})
 
+    def format_template(self) -> str | None:
+        """A ``str.format_map`` template that formats raw values as ``format`` does; None when a
+        wildcard's name cannot be a format field."""
+        return self._template
+
     def format(self, bindings: Mapping[str, Any]) -> str:
         if self.is_static:
             return self.text

@@ -78,7 +78,7 @@ def _flatten(value: Any, directive: str) -> list[Any]:
 class _Layout:
     """Precomputed shape of a function-free entry list: patterns, named ranges, flagged positions."""
 
-    __slots__ = ("patterns", "names", "single", "flagged")
+    __slots__ = ("patterns", "names", "single", "flagged", "_templates")
 
     def __init__(self, entries: list[_Entry]) -> None:
         self.patterns: list[Pattern] = []
@@ -96,11 +96,23 @@ class _Layout:
                 if e.single:
                     single.add(e.name)
         self.single = frozenset(single)
+        # Each pattern as str.format_map over the raw values (None if one cannot be): formatting
+        # every input and output of every step is most of what instantiating a step costs.
+        templates = [p.format_template() for p in self.patterns]
+        self._templates = None if None in templates else [t.format_map for t in templates]  # type: ignore[union-attr]
 
     def format(self, b: Bindings, flags: Flags) -> NamedList:
         if not self.patterns:
             return EMPTY
-        paths = [p.format(b) for p in self.patterns]
+        paths = None
+        if self._templates is not None:
+            raw = b._raw
+            try:
+                paths = [f(raw) for f in self._templates]
+            except KeyError:  # a wildcard without a value: Pattern.format says which
+                pass
+        if paths is None:
+            paths = [p.format(b) for p in self.patterns]
         for i, f in self.flagged:
             flags[paths[i]] = flags[paths[i]] | f
         return NamedList._make(paths, self.names, self.single)

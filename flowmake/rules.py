@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 from flowmake import shellfmt
 from flowmake.errors import FlowfileError, Location, UsageError, WildcardError, did_you_mean
-from flowmake.namedlist import NamedList, Wildcards
+from flowmake.namedlist import EMPTY, NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, WildcardType
 from flowmake.rulebody import NO_FLAGS, Flags, IncompleteCheckpointBase, RuleBody
 
@@ -200,12 +200,14 @@ class Rule(RuleBody):
             b._values, self._wc_names if len(b._values) == len(self._wc_names) else None)
         flags = inst.flags = Flags() if self._may_flag else NO_FLAGS
         inst.output = self._out_layout.format(b, flags)
-        inst.input = self._eval_io(self._input, b, wc, flags, "input")
+        layout = self._in_layout
+        inst.input = layout.format(b, flags) if layout is not None else self._eval_io(self._input, b, wc, flags, "input")
         inst.log = self._log_layout.format(b, flags)
         inst.benchmark = self._benchmark.format(b) if self._benchmark is not None else None
-        inst.threads = self._eval_threads(wc, inst.input, attempt)
-        inst.resources = self._eval_resources(wc, inst.input, inst.threads, attempt)
-        inst.params = self._eval_params(b, wc, inst)
+        threads = self._threads_value
+        inst.threads = threads if threads is not None else self._eval_threads(wc, inst.input, attempt)
+        inst.resources = self._eval_resources(wc, inst.input, inst.threads, attempt) if self._resources else EMPTY
+        inst.params = self._eval_params(b, wc, inst) if self._params else EMPTY
         return inst
 
 
