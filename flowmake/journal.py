@@ -31,6 +31,7 @@ import re
 import socket
 import struct
 import zlib
+from operator import itemgetter
 from typing import Any, Iterator
 
 try:
@@ -306,7 +307,21 @@ def unlink_quiet(path: str) -> None:
 #     command, params]']
 # F: ["F", t, output] (forgotten)    E: ["E", t, step_id] (step ended)
 # B: ["B", t, step_id, [outputs], job_pid, pgid, host, pid] (step began)
-# S: ["S", t, path, dev, ino, size, mtime_ns, ctime_ns, digest]   or ["S", t, path]: removed
+# S: ["S", t, path, (dev, ino, size, mtime_ns, ctime_ns, digest)]   or ["S", t, path]: removed
+#    (format 1 wrote the six fields flat: ["S", t, path, dev, ino, size, mtime_ns, ctime_ns, digest])
+
+
+_KIND, _TIME, _KEY = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def _merge_newest(into: dict[str, Record], latest: dict[str, Record]) -> None:
+    if not into:
+        into.update(latest)
+        return
+    for key, r in latest.items():
+        cur = into.get(key)
+        if cur is None or cur[1] <= r[1]:
+            into[key] = r
 
 
 class State:
@@ -321,31 +336,50 @@ class State:
         self.max_t = 0
 
     def apply(self, frames: list[list[Record]], live: bool) -> None:
-        traces, markers, stats = self.traces, self.markers, self.stats
-        max_t = self.max_t
+        """Merge one segment's frames.
+
+        Within a segment records are in time order (one writer, a Lamport clock), so a later
+        record for a key supersedes an earlier one: the segment's latest per key are gathered with
+        plain dict updates (a frame of one kind at C speed, which is nearly every frame of a
+        snapshot), and only keys another segment also has are compared by time.
+        """
+        traces: dict[str, Record] = {}
+        stats: dict[str, Record] = {}
+        markers, history, keep_history = self.markers, self.history, self.keep_history
         for frame in frames:
-            for r in frame:
-                kind, t = r[0], r[1]
-                if t > max_t:
-                    max_t = t
+            if not frame:
+                continue
+            newest = max(map(_TIME, frame))
+            if newest > self.max_t:
+                self.max_t = newest
+            kinds = set(map(_KIND, frame))
+            if len(kinds) == 1:
+                kind = kinds.pop()
                 if kind == "T" or kind == "F":
-                    cur = traces.get(r[2])
-                    if cur is None or cur[1] <= t:
-                        traces[r[2]] = r
+                    traces.update(zip(map(_KEY, frame), frame))
+                    continue
+                if kind == "S":
+                    stats.update(zip(map(_KEY, frame), frame))
+                    continue
+                if kind == "H" and not keep_history:
+                    continue
+            for r in frame:
+                kind = r[0]
+                if kind == "T" or kind == "F":
+                    traces[r[2]] = r
                 elif kind == "S":
-                    cur = stats.get(r[2])
-                    if cur is None or cur[1] <= t:
-                        stats[r[2]] = r
+                    stats[r[2]] = r
                 elif kind == "B" or kind == "E":
                     m = markers.get(r[2])
-                    if m is None or m[0][1] <= t:
+                    if m is None or m[0][1] <= r[1]:
                         markers[r[2]] = (r, live)
                 elif kind == "H":
-                    if self.keep_history:
-                        self.history[(t, r[2])] = r
+                    if keep_history:
+                        history[(r[1], r[2])] = r
                 # Unknown kinds are ignored (and dropped by compaction): adding a kind needs a
                 # FORMAT_VERSION bump so that older flowmakes skip the whole segment instead.
-        self.max_t = max_t
+        _merge_newest(self.traces, traces)
+        _merge_newest(self.stats, stats)
 
     def open_markers(self) -> Iterator[tuple[Record, bool]]:
         """Begun, never ended, and not superseded by a newer trace for every output."""

@@ -134,7 +134,7 @@ class Store:
         self._clock = max(state.max_t, time.time_ns())
         self._live_rows.update((k, r) for k, r in state.traces.items() if r[0] == "T")
         self.stat_cache = StatCache(
-            {p: (r[3], r[4], r[5], r[6], r[7], r[8]) for p, r in state.stats.items() if len(r) > 3}
+            {p: r[3] if len(r) == 4 else tuple(r[3:9]) for p, r in state.stats.items() if len(r) > 3}
         )
         for r, live in state.open_markers():
             target = self._elsewhere if live else self._incomplete
@@ -253,7 +253,7 @@ class Store:
             for path, e in self.stat_cache.take_changes():
                 r: Record = ["S", self._tick(), path]
                 if e is not None:
-                    r.extend(e)
+                    r.append(tuple(e))
                 self._pending.append(r)
             if self._pending:
                 try:
