@@ -153,10 +153,12 @@ class Rule(RuleBody):
 
     @property
     def kind(self) -> str:
-        for action in ACTIONS:
-            if getattr(self, action) is not None:
-                return action
-        return "none"
+        """One of ``ACTIONS``, or "none"."""
+        if self.shell is not None:
+            return "shell"
+        if self.run is not None:
+            return "run"
+        return "script" if self.script is not None else "none"
 
     def match_output(self, path: str) -> Bindings | None:
         for pattern in self.output_patterns:
@@ -259,9 +261,9 @@ class Instance:
         return self._render(self.rule.message, "message", False)
 
     def action_source(self) -> str:
-        kind = self.rule.kind
-        if kind == "shell":
+        if self.rule.shell is not None:
             return self.command()
+        kind = self.rule.kind
         if kind == "run":
             return self.rule.run_source or ""
         if kind == "script":

@@ -103,8 +103,11 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
                 if type(value) is str:
                     out.append(value if value == "" or _SAFE.fullmatch(value) else shlex.quote(value))
                 elif isinstance(value, list):  # input, output, log: space-separated words
-                    out.append(" ".join([v if type(v) is str and _SAFE.fullmatch(v) else safe_word(str(v))
-                                         for v in value]))
+                    if len(value) == 1:  # most often one path: no list to build and join
+                        (v,) = value
+                        out.append(v if type(v) is str and _SAFE.fullmatch(v) else safe_word(str(v)))
+                    else:
+                        out.append(" ".join([safe_word(str(v)) for v in value]))
                 else:
                     out.append(_FORMATTER.format_field(value, ""))
                 continue
