@@ -206,11 +206,9 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     if reasons:  # the key is computed when the step starts, from the digests it then sees
         return StepPlan(step, Decision.RUN, reasons)
     for dep in step.deps:
-        up = upstream.get(id(dep))
-        if up is not None and (up.decision is Decision.RUN or up.decision is Decision.PENDING):
-            waiting = [u.step.id for u in (upstream.get(id(d)) for d in step.deps)
-                       if u is not None and u.decision in (Decision.RUN, Decision.PENDING)]
-            return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=s) for s in waiting])
+        if _unsettled(upstream.get(id(dep))):
+            return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=d.id)
+                                                     for d in step.deps if _unsettled(upstream.get(id(d)))])
     parts = _key_parts(step, facts)
     if parts is None:  # an input vanished between graph and plan: run and let the job say so
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING, path=_first_missing(step, facts))])
@@ -240,6 +238,11 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     if reasons:
         return StepPlan(step, Decision.RUN, reasons, key, inputs, dict(zip(FIELDS, values)))
     return StepPlan(step, Decision.SKIP, [], key, inputs)
+
+
+def _unsettled(up: StepPlan | None) -> bool:
+    """An upstream step that will run, or may: its dependants wait for it."""
+    return up is not None and (up.decision is Decision.RUN or up.decision is Decision.PENDING)
 
 
 def _first_missing(step: Step, facts: Facts) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
 from flowmake.errors import FlowfileError, Location, UsageError, WildcardError, did_you_mean
