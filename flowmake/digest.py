@@ -185,10 +185,16 @@ class Digester:
         st = self._stats.get(path, _UNKNOWN)
         if st is not _UNKNOWN:
             return st  # type: ignore[return-value]
-        try:
-            st = _stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            st = None
+        parent = _parent(path)
+        if parent and parent != "/" and self._stats.get(parent, _UNKNOWN) is None:
+            st = None  # in a folder that does not exist (a dry-run of a clean tree: most outputs)
+        else:
+            try:
+                st = _stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+                if parent and parent not in self._stats:
+                    self._stat_normalised(parent)  # so its other missing files cost no system call
         self._stats[path] = st  # type: ignore[assignment]
         self._note_child(path)
         return st  # type: ignore[return-value]

@@ -205,3 +205,20 @@ def test_deleted_file_leaves_the_stat_cache(tmp_path: Path, no_racy: None) -> No
     os.unlink(p)
     assert Digester(cache).digest(p) is None
     assert p not in cache and cache.take_changes() == [(p, None)]
+
+
+def test_files_of_a_missing_folder_cost_one_stat_and_appear_once_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_racy: None) -> None:
+    # A dry-run of a clean tree asks for every output of a folder that does not exist yet.
+    monkeypatch.chdir(tmp_path)
+    stats: list[str] = []
+    real = digest_mod._stat
+    monkeypatch.setattr(digest_mod, "_stat", lambda p: stats.append(p) or real(p))
+    d = Digester(StatCache())
+    assert all(d.digest(f"out/c/{i}.txt") is None for i in range(100))
+    assert stats == ["out/c/0.txt", "out/c", "out"]
+    os.makedirs("out/c")
+    Path("out/c/7.txt").write_text("x")
+    d.invalidate("out/c/7.txt")  # what the scheduler does once a job wrote it
+    assert d.digest("out/c/7.txt") is not None and d.stat("out/c") is not None
+    assert d.digest("out/c/8.txt") is None
