@@ -27,7 +27,7 @@ from flowmake.errors import (
     WildcardError,
     did_you_mean,
 )
-from flowmake.patterns import Pattern
+from flowmake.candidates import RuleIndex
 from flowmake.rules import IncompleteCheckpoint, Instance, Rule, Workflow
 
 
@@ -118,8 +118,7 @@ class Graph:
         # Outputs of checkpoint steps that will (re)run in this invocation: not done yet.
         self.unfinished_checkpoint_outputs: set[str] = set()
         self._view = _CheckpointView(self)
-        self._rule_shapes = {id(r): (self._heads(r), self._extensions(r)) for r in workflow.rules}
-        self._rules_by_shape: dict[tuple[str, str], list[Rule]] = {}
+        self._index = RuleIndex(workflow)
 
     # ---- building ----------------------------------------------------------------------------
 
@@ -205,53 +204,10 @@ class Graph:
                 send = None
         return send
 
-    def _candidates(self, path: str) -> list[tuple[Rule, object]]:
-        shape = _shape(path)
-        rules = self._rules_by_shape.get(shape)
-        if rules is None:
-            head, ext = shape
-            rules = self._rules_by_shape[shape] = [
-                r for r in self.workflow.rules
-                if (self._rule_shapes[id(r)][0] is None or head in self._rule_shapes[id(r)][0])
-                and (self._rule_shapes[id(r)][1] is None or ext in self._rule_shapes[id(r)][1])]
-        found = []
-        for rule in rules:
-            b = rule.match_output(path)
-            if b is not None:
-                found.append((rule, b))
-        return found
-
-    @staticmethod
-    def _heads(rule: Rule) -> frozenset[str] | None:
-        """First path segments every output of the rule starts with; None when one can be anything.
-
-        Lets a path be tried only against rules that can produce something in its top directory,
-        which matters when a rule file has many rules and a plan has 100,000 paths.
-        """
-        heads = set()
-        for p in rule.output_patterns:
-            prefix = p.literal_prefix
-            slash = prefix.find("/")
-            if slash <= 0:
-                return None
-            heads.add(prefix[:slash])
-        return frozenset(heads)
-
-    @staticmethod
-    def _extensions(rule: Rule) -> frozenset[str] | None:
-        """File extensions (see ``_shape``) every output of the rule has; None when one can be any."""
-        exts = set()
-        for p in rule.output_patterns:
-            ext = _pattern_extension(p)
-            if ext is None:
-                return None
-            exts.add(ext)
-        return frozenset(exts)
-
     def _resolve(self, path: str) -> Generator[str, object, Step | None | _Failure]:
         if path in self.producer:  # resolved meanwhile (a sibling output of a multi-output step)
             return self.producer[path]  # type: ignore[return-value]
-        candidates = self._candidates(path)
+        candidates = self._index.candidates(path)
         if not candidates:
             if self.exists(path):
                 return SOURCE
@@ -482,28 +438,6 @@ class Graph:
         except OSError:
             pass
         return names
-
-
-def _shape(path: str) -> tuple[str, str]:
-    """(first path segment, extension of the last): which rules can make a path is decided per
-    shape once, so a path is matched only against the rules that can produce something like it."""
-    slash = path.find("/")
-    last = path.rfind("/") + 1
-    dot = path.rfind(".")
-    return (path[:slash] if slash > 0 else "", path[dot + 1:] if dot >= last else "")
-
-
-def _pattern_extension(p: Pattern) -> str | None:
-    """The extension every path the pattern matches has, in ``_shape``'s sense; None if it varies."""
-    if p.is_static:
-        return _shape(p.text)[1]
-    suffix = p.literal_suffix
-    if "/" in suffix:  # the last segment is all literal
-        last = suffix[suffix.rfind("/") + 1:]
-        return last[last.rfind(".") + 1:] if "." in last else ""
-    if "." in suffix:  # a wildcard before it may hold dots, but the last one is in the suffix
-        return suffix[suffix.rfind(".") + 1:]
-    return None
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:

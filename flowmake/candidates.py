@@ -1,0 +1,82 @@
+"""Which rules can make a path: the rules whose output patterns match it, tried cheaply.
+
+A plan of 100,000 paths in a rule file of many rules would otherwise match every path against every
+rule. Each path has a *shape*: its first path segment and the extension of its last one. Which
+rules can produce something of a shape is decided once per shape, from the literal text of their
+output patterns, and a path is matched only against those.
+"""
+
+from __future__ import annotations
+
+from flowmake.patterns import Bindings, Pattern
+from flowmake.rules import Rule, Workflow
+
+
+class RuleIndex:
+    """``candidates(path)``: (rule, bindings) for each rule of the workflow that matches the path,
+    in rule-file order."""
+
+    def __init__(self, workflow: Workflow) -> None:
+        self._rules = list(workflow.rules)
+        self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
+        self._by_shape: dict[tuple[str, str], list[Rule]] = {}
+
+    def candidates(self, path: str) -> list[tuple[Rule, Bindings]]:
+        shape = _shape(path)
+        rules = self._by_shape.get(shape)
+        if rules is None:
+            rules = self._by_shape[shape] = [r for r in self._rules if self._may_make(r, shape)]
+        found = []
+        for rule in rules:
+            b = rule.match_output(path)
+            if b is not None:
+                found.append((rule, b))
+        return found
+
+    def _may_make(self, rule: Rule, shape: tuple[str, str]) -> bool:
+        heads, exts = self._shapes[id(rule)]
+        return (heads is None or shape[0] in heads) and (exts is None or shape[1] in exts)
+
+
+def _shape(path: str) -> tuple[str, str]:
+    """(first path segment, extension of the last; "" for none)."""
+    slash = path.find("/")
+    last = path.rfind("/") + 1
+    dot = path.rfind(".")
+    return (path[:slash] if slash > 0 else "", path[dot + 1:] if dot >= last else "")
+
+
+def _heads(rule: Rule) -> frozenset[str] | None:
+    """First path segments every output of the rule starts with; None when one can be anything."""
+    heads = set()
+    for p in rule.output_patterns:
+        prefix = p.literal_prefix
+        slash = prefix.find("/")
+        if slash <= 0:
+            return None
+        heads.add(prefix[:slash])
+    return frozenset(heads)
+
+
+def _extensions(rule: Rule) -> frozenset[str] | None:
+    """Extensions (in ``_shape``'s sense) every output of the rule has; None when one can be any."""
+    exts = set()
+    for p in rule.output_patterns:
+        ext = _pattern_extension(p)
+        if ext is None:
+            return None
+        exts.add(ext)
+    return frozenset(exts)
+
+
+def _pattern_extension(p: Pattern) -> str | None:
+    """The extension every path the pattern matches has; None if it varies."""
+    if p.is_static:
+        return _shape(p.text)[1]
+    suffix = p.literal_suffix
+    if "/" in suffix:  # the last segment is all literal
+        last = suffix[suffix.rfind("/") + 1:]
+        return last[last.rfind(".") + 1:] if "." in last else ""
+    if "." in suffix:  # a wildcard before it may hold dots, but the last one is in the suffix
+        return suffix[suffix.rfind(".") + 1:]
+    return None
