@@ -338,9 +338,10 @@ class RuleBody:
             items.append(self._add(os.fspath(v), flags_of(v) | extra, flags))
         return isinstance(result, (str, os.PathLike))
 
+    # The three below are called by Rule._build only when the rule needs them evaluated (threads
+    # a function, some resources, some params); _build handles the constant and empty cases inline.
+
     def _eval_threads(self, wc: Wildcards, input: NamedList, attempt: int) -> int:
-        if self._threads_value is not None:
-            return self._threads_value
         threads = self._threads
         if callable(threads):
             threads = self._call("threads", threads,
@@ -349,8 +350,6 @@ class RuleBody:
 
     def _eval_resources(self, wc: Wildcards, input: NamedList, threads: int,
                         attempt: int) -> NamedList:
-        if not self._resources:
-            return EMPTY
         values: list[tuple[str | None, Any]] = []
         available = None
         for name, v in self._resources:
@@ -362,8 +361,6 @@ class RuleBody:
         return NamedList.from_pairs(values)
 
     def _eval_params(self, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:
-        if not self._params:
-            return EMPTY
         values: list[tuple[str | None, Any]] = []
         available = None
         for i, (name, v) in enumerate(self._params):

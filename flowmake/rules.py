@@ -19,8 +19,6 @@ from flowmake.namedlist import EMPTY, NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, WildcardType
 from flowmake.rulebody import NO_FLAGS, Flags, IncompleteCheckpointBase, RuleBody
 
-ACTIONS = ("shell", "run", "script")
-
 
 class IncompleteCheckpoint(IncompleteCheckpointBase):
     """An input function asked for the outputs of a checkpoint that has not finished.
@@ -153,7 +151,7 @@ class Rule(RuleBody):
 
     @property
     def kind(self) -> str:
-        """One of ``ACTIONS``, or "none"."""
+        """"shell", "run", "script", or "none"."""
         if self.shell is not None:
             return "shell"
         if self.run is not None:
