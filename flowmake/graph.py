@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
 
 from flowmake.errors import (
     AmbiguousRuleError,
@@ -28,32 +28,79 @@ from flowmake.errors import (
     did_you_mean,
 )
 from flowmake.candidates import RuleIndex
-from flowmake.rules import IncompleteCheckpoint, Instance, Rule, Workflow
+from flowmake.rules import AllDone, IncompleteCheckpoint, Instance, Rule, Workflow
 
 
 class Step:
-    """A rule with bound wildcards. ``instance`` is None while the step waits on a checkpoint."""
+    """A rule with bound wildcards. It is *pending* while it waits on a checkpoint (no instance yet).
 
-    __slots__ = ("id", "rule", "bindings", "instance", "outputs", "deps", "waits_on", "index")
+    A step restored from the graph memo is instantiated only when something reads its instance
+    (or bindings): a no-op plan of 100,000 steps needs neither.
+    """
+
+    __slots__ = ("id", "rule", "_bindings", "_raw", "_instance", "_lazy", "outputs", "deps", "waits_on",
+                 "index", "memo")
 
     def __init__(self, rule: Rule, bindings: object, outputs: tuple[str, ...]) -> None:
         self.rule = rule
-        self.bindings = bindings
+        self._bindings = bindings
+        self._raw: tuple[str, ...] = ()  # wildcard values as spelled, in rule.wildcard_names order
         self.outputs = outputs
-        self.instance: Instance | None = None
+        self._instance: Instance | None = None
+        self._lazy = False
         self.deps: list[Step] = []
         # Checkpoint outputs this step's input function needs before it can be instantiated.
         self.waits_on: tuple[str, ...] = ()
         self.id = _step_id(rule.name, bindings, outputs)
         self.index = -1
+        # (key, inputs) from the graph memo: what the step was keyed from when the memo was saved.
+        self.memo: tuple[str, tuple[tuple[str, str], ...]] | None = None
+
+    @classmethod
+    def restored(cls, rule: Rule, raw: tuple[str, ...], outputs: tuple[str, ...], step_id: str) -> Step:
+        """A step from the graph memo: bindings and instance are made when first asked for."""
+        step = cls.__new__(cls)
+        step.rule, step._bindings, step._raw, step.outputs = rule, None, raw, outputs
+        step._instance, step._lazy, step.deps, step.waits_on = None, True, [], ()
+        step.id, step.index, step.memo = step_id, -2, None
+        return step
+
+    @property
+    def bindings(self) -> Any:
+        b = self._bindings
+        if b is None:
+            b = self._bindings = self.rule.bindings_from_raw(dict(zip(self.rule.wildcard_names, self._raw)))
+        return b
+
+    def raw_values(self) -> tuple[str, ...]:
+        """The wildcard values as spelled in paths, in ``rule.wildcard_names`` order."""
+        b = self._bindings
+        if b is None:
+            return self._raw
+        return tuple(b.raw(n) for n in self.rule.wildcard_names)  # type: ignore[attr-defined]
+
+    @property
+    def instance(self) -> Instance | None:
+        inst = self._instance
+        if inst is None and self._lazy:
+            # Memo steps come only from workflows without checkpoints: nothing can be unfinished.
+            inst = self._instance = self.rule.instantiate(self.bindings, AllDone())
+            self._lazy = False
+        return inst
+
+    @instance.setter
+    def instance(self, inst: Instance | None) -> None:
+        self._instance = inst
+        self._lazy = False
 
     @property
     def inputs(self) -> list[str]:
-        return list(self.instance.input) if self.instance is not None else []
+        inst = self.instance
+        return list(inst.input) if inst is not None else []
 
     @property
     def pending(self) -> bool:
-        return self.instance is None
+        return self._instance is None and not self._lazy
 
     def __repr__(self) -> str:
         return f"<Step {self.id}>"
@@ -68,6 +115,10 @@ def _step_id(rule: str, bindings: object, outputs: tuple[str, ...]) -> str:
     if names and raw is not None:
         return rule + "[" + ",".join(f"{n}={raw(n)}" for n in names) + "]"
     return rule
+
+
+def _graph_key(rule: Rule, outputs: tuple[str, ...], bindings: object) -> str:
+    return rule.name + "\0" + "\0".join(outputs) if outputs else rule.name + "\0" + repr(bindings)
 
 
 @dataclass
@@ -153,12 +204,20 @@ class Graph:
         pats = rule.output_patterns
         # One output pattern: the path it matched is the output (and keeps its spelling).
         outputs = (path,) if path is not None and len(pats) == 1 else tuple(p.format(bindings) for p in pats)
-        key = rule.name + "\0" + "\0".join(outputs) if outputs else rule.name + "\0" + repr(bindings)
+        key = _graph_key(rule, outputs, bindings)
         step = self.steps.get(key)
         if step is None:
             step = Step(rule, bindings, outputs)
             self.steps[key] = step
         return step
+
+    def restore(self, steps: Iterable[Step], targets: Iterable[Step | str]) -> None:
+        """Take steps resolved by an earlier run (see ``memo``), their ``deps`` already set."""
+        for step in steps:
+            self.steps[_graph_key(step.rule, step.outputs, step.bindings if not step.outputs else None)] = step
+            for out in step.outputs:
+                self.producer.setdefault(out, step)
+        self.targets.extend(targets)
 
     def _drive(self, path: str) -> Step | None | _Failure:
         return self._run(self._resolve(path), path)
@@ -393,7 +452,7 @@ class Graph:
         return order
 
     def _edges(self, step: Step) -> list[Step]:
-        if step.instance is None:
+        if step.pending:
             return [p for p in (self.producer.get(o) for o in step.waits_on) if isinstance(p, Step)]
         return step.deps
 

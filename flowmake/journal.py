@@ -76,7 +76,13 @@ class _DataOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"a record names {module}.{name}")
 
 
-def _unpickle(payload: bytes | memoryview) -> Any:
+def dump_data(data: Any, f: Any) -> None:
+    """Write plain data as ``load_data`` reads it back."""
+    pickle.dump(data, f, protocol=PICKLE_PROTOCOL)
+
+
+def load_data(payload: bytes | memoryview) -> Any:
+    """A pickle of plain data (lists, tuples, strings, numbers); ValueError for anything else."""
     try:
         return _DataOnly(io.BytesIO(payload)).load()
     except Exception as e:  # any malformed pickle: the caller skips the frame with a warning
@@ -121,7 +127,7 @@ def read_segment(path: str) -> tuple[list[list[Record]], list[str]]:
     frames: list[list[Record]] = []
     for pos, payload in payloads:
         try:
-            frames.append(_unpickle(payload))
+            frames.append(load_data(payload))
         except ValueError as e:
             warnings.append(f"{name}: undecodable record at byte {pos} skipped ({e})")
     return frames, warnings

@@ -189,8 +189,7 @@ def _params_value(inst: Any) -> Any:
 
 def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> StepPlan:
     """Decide one step, given the decisions already made for its dependencies."""
-    inst = step.instance
-    if inst is None:
+    if step.pending:
         return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.CHECKPOINT, path=p) for p in step.waits_on])
     reasons: list[Reason] = []
     if facts.forced(step):
@@ -209,6 +208,9 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
         if _unsettled(upstream.get(id(dep))):
             return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=d.id)
                                                      for d in step.deps if _unsettled(upstream.get(id(d)))])
+    memo = step.memo
+    if memo is not None and _memo_holds(memo, outputs, out_digests, facts):
+        return StepPlan(step, Decision.SKIP, [], memo[0], memo[1])
     parts = _key_parts(step, facts)
     if parts is None:  # an input vanished between graph and plan: run and let the job say so
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING, path=_first_missing(step, facts))])
@@ -230,7 +232,7 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
             texts = dict(zip(FIELDS, values))
             return StepPlan(step, Decision.RUN, _changes(step, trace, digests_of(texts), inputs),  # type: ignore[arg-type]
                             key, inputs, texts)
-    flags = inst.flags
+    flags = step.instance.flags  # type: ignore[union-attr]
     if not (flags and all("touch" in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
         for out, d, trace in zip(outputs, out_digests, traces):
             if d != trace.output_digest:  # type: ignore[union-attr]
@@ -238,6 +240,25 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     if reasons:
         return StepPlan(step, Decision.RUN, reasons, key, inputs, dict(zip(FIELDS, values)))
     return StepPlan(step, Decision.SKIP, [], key, inputs)
+
+
+def _memo_holds(memo: tuple[str, tuple[tuple[str, str], ...]], outputs: Sequence[str],
+                out_digests: Sequence[str | None], facts: Facts) -> bool:
+    """Whether the key the graph memo kept for a step is still its key, and what it made is still
+    there: the memo's fingerprint covers every key field but the inputs, so equal input digests
+    mean an equal key without instantiating the step or rendering its command (see ``memo``).
+    Anything else is decided the ordinary way, which can name the reason."""
+    key, inputs = memo
+    digest = facts.digest
+    for path, d in inputs:
+        if d != "ancient" and digest(path) != d:
+            return False
+    trace_of = facts.trace
+    for out, d in zip(outputs, out_digests):
+        t = trace_of(out)
+        if t is None or t.key != key or t.output_digest != d:
+            return False
+    return True
 
 
 def _unsettled(up: StepPlan | None) -> bool:
@@ -304,8 +325,10 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
 def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
     virtual: dict[str, str] = {}
     for step in steps:
+        if not step.rule.may_flag or step.pending:  # most steps flag nothing
+            continue
         inst = step.instance
-        if inst is None or not inst.flags:  # most steps flag nothing
+        if not inst.flags:  # type: ignore[union-attr]
             continue
         for out in step.outputs:
             if "temp" in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:

@@ -158,6 +158,30 @@ class Rule(RuleBody):
             return "run"
         return "script" if self.script is not None else "none"
 
+    @property
+    def may_flag(self) -> bool:
+        """Whether a step of this rule can have flagged paths (temp, protected, touch, ancient...)."""
+        return self._may_flag
+
+    def as_data(self) -> list[Any] | None:
+        """Everything the rule was declared with, as plain data, plus the values of the rule-file
+        names its command uses: what the graph memo fingerprints (see ``memo``). None when a
+        directive is a function, whose results no fingerprint can foresee, or for a checkpoint."""
+        if self.has_functions or self.is_checkpoint:
+            return None
+        data: list[Any] = []
+        for name, value in sorted(vars(self).items()):
+            if name in _DERIVED:
+                continue
+            if name in ("_input", "_output", "_log"):
+                value = [[e.name, [str(t) for t in e.texts], [sorted(f) for f in e.flags], e.single, e.unpack]
+                         for e in value]
+            data.append([name, value])
+        if self.shell is not None:
+            names = sorted(shellfmt.field_names(self.shell) - _JobNamespace.FIELDS)
+            data.append(["globals", [[n, self.workflow.globals.get(n)] for n in names]])
+        return data
+
     def match_output(self, path: str) -> Bindings | None:
         for pattern in self.output_patterns:
             b = pattern.match(path)
@@ -286,6 +310,16 @@ class Instance:
         return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
 
 
+# Rule attributes computed from the others when the rule is compiled, or saying where it is written
+# rather than what it does: not part of ``Rule.as_data``. Any other attribute is (a test checks
+# that every attribute is one or the other, so a new directive cannot be forgotten).
+_DERIVED = frozenset({
+    "workflow", "location", "output_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
+    "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions",
+    "run",  # the compiled run block; run_source is what it is
+})
+
+
 class _JobNamespace(dict):  # type: ignore[type-arg]
     """What a command template may name: the step's fields, then the rule file's globals.
 
@@ -294,6 +328,7 @@ class _JobNamespace(dict):  # type: ignore[type-arg]
     """
 
     __slots__ = ("_inst",)
+    FIELDS = frozenset({"input", "output", "params", "log", "threads", "resources", "wildcards", "rule"})
 
     def __init__(self, inst: Instance) -> None:
         super().__init__(input=inst.input, output=inst.output, params=inst.params, log=inst.log,

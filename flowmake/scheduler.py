@@ -154,7 +154,8 @@ class Scheduler:
     def _is_temp(self, path: str) -> bool:
         """A ``temp()`` output to delete once its consumers are done; never one the user asked for."""
         prod = self.graph.producer.get(path)
-        if not isinstance(prod, Step) or prod.instance is None or "temp" not in prod.instance.flags.get(path, ()):
+        if (not isinstance(prod, Step) or not prod.rule.may_flag or prod.pending
+                or "temp" not in prod.instance.flags.get(path, ())):  # type: ignore[union-attr]
             return False
         return id(prod) not in self._target_ids
 
@@ -162,7 +163,7 @@ class Scheduler:
 
     def _settle(self, step: Step) -> None:
         """All of a step's upstream is done: decide it now with real digests."""
-        if step.instance is None:
+        if step.pending:
             self._expand(step)
             return
         sp = self.plan.by_id[id(step)]

@@ -160,6 +160,11 @@ def _compile(template: str) -> tuple[_Part, ...]:
     return tuple(parts)
 
 
+def field_names(template: str) -> frozenset[str]:
+    """The names a template looks up (``{input[0]}`` and ``{input.x}`` both name ``input``)."""
+    return frozenset(part[1] for part in _compile(template) if part[1])
+
+
 @functools.lru_cache(maxsize=4096)
 def uses_verbatim(template: str) -> bool:
     """Whether the template inserts a field verbatim (params, threads, ...): only then must a

@@ -16,6 +16,7 @@ class FakeRule:
     kind: str = "shell"
     container: str | None = None
     is_checkpoint: bool = False
+    may_flag: bool = True
 
 
 @dataclass
@@ -38,6 +39,8 @@ class FakeStep:
         self.deps = list(deps)
         self.id = f"{name}:{outputs[0]}"
         self.waits_on = ()
+        self.pending = False
+        self.memo = None  # no graph memo: these tests decide steps the ordinary way
 
     @property
     def inputs(self) -> list[str]:

@@ -506,3 +506,67 @@ def test_candidate_rules_are_picked_by_top_folder_and_extension(tmp_path: Path) 
     assert [s.rule.name for s in found] == ["gz", "done", "anything", "anything"]  # type: ignore[union-attr]
     assert [d.rule.name for d in found[0].deps] == ["tsv"]  # type: ignore[union-attr]
     assert found[0].deps[0].outputs == ("a.b.tsv",)  # type: ignore[union-attr]
+
+
+RULE_FOR_MEMO = """
+    X = "1"
+    rule a:
+        input: "in/{s}.txt", ref="ref.fa"
+        output: temp("out/{s}.txt"), log="{s}.log2"
+        log: "logs/{s}.log"
+        benchmark: "bench/{s}.tsv"
+        params: p="x", q=[1, 2.5, None]
+        threads: 2
+        resources: mem_mb=100
+        message: "making {output}"
+        priority: 5
+        retries: 1
+        container: "docker://debian:12"
+        wildcard_constraints: s="[a-z]+"
+        shell: "tool {input} {params.p} {X} > {output}"
+"""
+
+
+def _plain(value: object) -> bool:
+    if value is None or type(value) in (str, int, float, bool):
+        return True
+    if type(value) in (list, tuple):
+        return all(_plain(v) for v in value)  # type: ignore[union-attr]
+    if type(value) is dict:
+        return all(_plain(k) and _plain(v) for k, v in value.items())  # type: ignore[union-attr]
+    return False
+
+
+def test_as_data_is_what_the_rule_was_declared_with(tmp_path: Path) -> None:
+    """The graph memo's fingerprint of a rule: plain data, the same for the same text, different
+    for any directive's edit (a new attribute that is neither declared nor derived fails here)."""
+    from flowmake.keys import canonical
+
+    first = wf_data = load(tmp_path, RULE_FOR_MEMO).rule("a").as_data()
+    assert wf_data is not None and _plain(wf_data), wf_data
+    assert canonical(load(tmp_path, RULE_FOR_MEMO).rule("a").as_data()) == canonical(first)
+    edits = [('"tool ', '"other '), ('p="x"', 'p="y"'), ("threads: 2", "threads: 3"), ("mem_mb=100", "mem_mb=200"),
+             ('ref="ref.fa"', 'ref="ref2.fa"'), ('log="{s}.log2"', 'log="{s}.log3"'), ("logs/{s}", "logs2/{s}"),
+             ("bench/", "bench2/"), ("making", "doing"), ("debian:12", "debian:13"), ("[a-z]+", "[a-c]+"),
+             ('temp("out/{s}.txt")', '"out/{s}.txt"'), ('X = "1"', 'X = "2"'), ("retries: 1", "retries: 2")]
+    for old, new in edits:
+        assert old in RULE_FOR_MEMO, old
+        edited = load(tmp_path, RULE_FOR_MEMO.replace(old, new)).rule("a").as_data()
+        assert canonical(edited) != canonical(first), f"editing {old!r} must change the rule's data"
+
+
+def test_as_data_refuses_functions_and_checkpoints(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule f:
+            input: lambda wc: "x"
+            output: "f"
+            shell: "true"
+        rule p:
+            output: "p"
+            params: v=lambda wc: 1
+            shell: "true"
+        checkpoint c:
+            output: directory("d")
+            shell: "mkdir {output}"
+    """)
+    assert [wf.rule(n).as_data() for n in ("f", "p", "c")] == [None, None, None]

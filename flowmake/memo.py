@@ -1,0 +1,202 @@
+"""The graph memo: the last run's resolved graph, reused while nothing it was resolved from changed.
+
+Resolving a plan backwards from its targets (matching every path against the rules, instantiating
+every step, rendering every command to key it) is most of what a no-op of 100,000 steps costs.
+When every rule is plain data (no input, params, threads or resources functions; no checkpoints),
+the graph is a pure function of a few things, and the memo's *fingerprint* covers all of them:
+flowmake's own code, the rule and config files' bytes, every rule as evaluated (``Rule.as_data``,
+with the rule-file values its command names), the workflow settings, the config and the targets.
+The one input it cannot cover is the file system: resolution asks "does this path exist?" (is it a
+source file, can this candidate rule's inputs be found). The memo keeps every question with its
+answer, and is used only when each is asked again (one ``stat`` each, which planning needs anyway)
+and answered the same. This is ninja's manifest, regenerated automatically whenever it could differ.
+
+Each step also keeps the key it was verified or run with when the memo was saved, and the input
+digests that key was computed from (only for rules whose key needs nothing outside the
+fingerprint: no ``script:`` file, no container image). Same fingerprint, so every key field but
+the inputs is what it was; same input digests, so the same key: the planner can decide such a
+step without instantiating it or rendering its command (``planner.plan_step``). A step whose
+inputs, trace or outputs differ takes the ordinary path, so ``-n`` still names the reason.
+
+The memo is one file, written whole to a temporary name and renamed; an unreadable or foreign
+one is ignored (it is a cache: the graph is then resolved as if it did not exist).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import flowmake
+from flowmake import journal
+from flowmake.digest import hash_bytes
+from flowmake.graph import Graph, Step
+from flowmake.keys import canonical
+from flowmake.patterns import BUILTIN_TYPES
+from flowmake.planner import Decision, StepPlan
+from flowmake.rules import Workflow
+
+MEMO_FILE = "graph.memo"
+_MAGIC = b"FMKMEMO1\n"  # then the fingerprint (32 hex characters) and a newline, then the pickle
+
+Entry = tuple[str, tuple[tuple[str, str], ...]]  # (key, inputs) as Step.memo holds it
+_KEPT = (Decision.SKIP, Decision.DONE, Decision.ADOPT)
+
+
+def fingerprint(workflow: Workflow, targets: Sequence[tuple[str, str]]) -> str | None:
+    """Digest of everything the graph for ``targets`` is resolved from, but the file system; None
+    when the workflow has functions whose results cannot be foreseen."""
+    rules = []
+    for rule in workflow.rules:
+        data = rule.as_data()
+        if data is None:
+            return None
+        rules.append(data)
+    custom = [t for name, t in sorted(workflow.wildcard_types.items()) if BUILTIN_TYPES.get(name) is not t]
+    for t in custom:  # a converter decides what matches; its code must be in a file we digest
+        code = getattr(t.convert, "__code__", None)
+        if t.convert is not None and (code is None or code.co_filename not in workflow.files):
+            return None
+    try:
+        files = [[path, _file_digest(path)] for path in [*workflow.files, *workflow.configfiles]]
+    except OSError:
+        return None
+    shell = workflow.shell_settings
+    data = [_code_digest(), flowmake.__version__, files, rules, workflow.ruleorder,
+            workflow.wildcard_constraints, [[t.name, t.regex] for t in custom],
+            [shell.executable, shell.prefix, shell.suffix], workflow.config, workflow.container, list(targets)]
+    return hash_bytes(canonical(data).encode("utf-8", "surrogateescape"))
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hash_bytes(f.read())
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """flowmake's own source: a changed resolver or key must not reuse graphs it did not make."""
+    root = os.path.dirname(flowmake.__file__)
+    parts = []
+    for folder, dirs, names in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(names):
+            if name.endswith(".py"):
+                parts.append(name + _file_digest(os.path.join(folder, name)))
+    return hash_bytes("".join(parts).encode())
+
+
+class ExistsLog:
+    """The graph's ``exists``, remembering every question and answer for the memo."""
+
+    def __init__(self, exists: Callable[[str], bool]) -> None:
+        self._exists = exists
+        self.asked: dict[str, bool] = {}
+
+    def __call__(self, path: str) -> bool:
+        answer = self.asked.get(path)
+        if answer is None:
+            answer = self.asked[path] = self._exists(path)
+        return answer
+
+
+class GraphMemo:
+    """A loaded memo: the questions resolution asked, and the steps it resolved."""
+
+    def __init__(self, fp: str, data: list[Any]) -> None:
+        self.fingerprint = fp
+        self._rules, self._paths, self._answers, self._records, self._targets = data
+
+    @classmethod
+    def load(cls, store_dir: str, fp: str) -> GraphMemo | None:
+        """The memo saved with this fingerprint, or None (absent, another fingerprint, unreadable)."""
+        try:
+            with open(os.path.join(store_dir, MEMO_FILE), "rb") as f:
+                head = f.read(len(_MAGIC) + 33)
+                if head != _MAGIC + fp.encode() + b"\n":
+                    return None
+                data = journal.load_data(f.read())
+            if not isinstance(data, list) or len(data) != 5:
+                return None
+            return cls(fp, data)
+        except (OSError, ValueError):
+            return None
+
+    def asked(self) -> dict[str, bool]:
+        """The questions and answers the memo was made with (still the same: see ``holds``)."""
+        return dict(zip(self._paths, self._answers))
+
+    def holds(self, exists: Callable[[str], bool]) -> bool:
+        """Whether every question resolution asked has the same answer now."""
+        return all(exists(p) is a for p, a in zip(self._paths, self._answers))
+
+    def restore(self, workflow: Workflow, graph: Graph) -> None:
+        """Put the memo's steps into an empty graph, as resolving the targets would have."""
+        rules = [workflow.rule(name) for name in self._rules]
+        steps: list[Step] = []
+        restored = Step.restored
+        for rule_index, raw, outputs, step_id, deps, entry in self._records:
+            step = restored(rules[rule_index], raw, outputs, step_id)
+            step.deps = [steps[i] for i in deps]
+            step.memo = entry
+            steps.append(step)
+        graph.restore(steps, [steps[t] if isinstance(t, int) else t for t in self._targets])
+
+    def unchanged(self, steps: Iterable[Step], by_id: Mapping[int, StepPlan],
+                  trace: Callable[[str], Any]) -> bool:
+        """Whether saving again would write what was loaded (a no-op run writes nothing)."""
+        return all(entry_of(s, by_id.get(id(s)), trace) == s.memo for s in steps)
+
+
+def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any]) -> Entry | None:
+    """(key, inputs) to keep for a step: only a key its traces hold, that nothing outside the
+    fingerprint went into."""
+    if sp is None or sp.key is None or sp.decision not in _KEPT or not step.outputs:
+        return None
+    memo = step.memo
+    if memo is not None and sp.key is memo[0] and sp.inputs is memo[1]:  # decided from the memo
+        return memo
+    rule = step.rule
+    if rule.kind == "script" or rule.container:
+        return None
+    for out in step.outputs:
+        t = trace(out)
+        if t is None or t.key != sp.key:
+            return None
+    return (sp.key, sp.inputs)
+
+
+def save(store_dir: str, fp: str, workflow: Workflow, graph: Graph, steps: Sequence[Step],
+         by_id: Mapping[int, StepPlan], trace: Callable[[str], Any], asked: Mapping[str, bool]) -> None:
+    """Write the memo for this graph (``steps``: all of it, dependencies first)."""
+    index = {id(s): i for i, s in enumerate(steps)}
+    rule_index = {r.name: i for i, r in enumerate(workflow.rules)}
+    records = [(rule_index[s.rule.name], s.raw_values(), s.outputs, s.id, tuple(index[id(d)] for d in s.deps),
+                entry_of(s, by_id.get(id(s)), trace)) for s in steps]
+    targets = [index[id(t)] if isinstance(t, Step) else t for t in graph.targets]
+    data = [[r.name for r in workflow.rules], list(asked), list(asked.values()), records, targets]
+    path = os.path.join(store_dir, MEMO_FILE)
+    _clean_tmps(store_dir)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_MAGIC + fp.encode() + b"\n")
+            journal.dump_data(data, f)
+        os.replace(tmp, path)  # whole or not at all; the last of two concurrent writers wins
+    except OSError:  # a cache: failing to write it costs the next run time, nothing else
+        journal.unlink_quiet(tmp)
+
+
+def _clean_tmps(store_dir: str) -> None:
+    """Temporary memos of writers killed mid-write (over an hour old: none is still writing)."""
+    now = time.time()
+    try:
+        for name in os.listdir(store_dir):
+            if name.startswith(MEMO_FILE + ".") and name.endswith(".tmp"):
+                p = os.path.join(store_dir, name)
+                if now - os.stat(p).st_mtime > 3600:
+                    journal.unlink_quiet(p)
+    except OSError:
+        pass
