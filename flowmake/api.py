@@ -148,13 +148,13 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     fp = memo.fingerprint(workflow, spec)
     used: GraphMemo | ExistsLog | None = GraphMemo.load(store.path, fp) if fp is not None else None
     if used is not None and used.holds(exists):
-        used.restore(workflow, graph)
+        steps = used.restore(workflow, graph)
     else:
         used = None
         if fp is not None:  # record what resolution asks, to save with the graph
             used = graph.exists = ExistsLog(exists)
         _resolve_targets(graph, workflow, spec)
-    steps = graph.walk()
+        steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
                       Plan([], {}, None), overrides, image_digest, used, fp)  # type: ignore[arg-type]
     session.plan = _plan_converged(session)

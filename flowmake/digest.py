@@ -128,9 +128,7 @@ class Stat(NamedTuple):
 _new_stat = functools.partial(tuple.__new__, Stat)  # Stat(...) runs Python code; this does not
 
 
-def _stat(path: str) -> Stat:
-    st = os.stat(path)
-    return _new_stat((st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+_sys_stat = os.stat  # the one system call per file planning makes (tests count calls here)
 
 
 def _normal(path: str) -> str:
@@ -182,21 +180,29 @@ class Digester:
         return self._stat_normalised(_normal(path))
 
     def _stat_normalised(self, path: str) -> Stat | None:
-        st = self._stats.get(path, _UNKNOWN)
+        # Written out rather than split into helpers: planning calls this once per file it sees.
+        stats = self._stats
+        st = stats.get(path, _UNKNOWN)
         if st is not _UNKNOWN:
             return st  # type: ignore[return-value]
-        parent = _parent(path)
-        if parent and parent != "/" and self._stats.get(parent, _UNKNOWN) is None:
+        i = path.rfind("/")
+        parent = path[:i] if i > 0 else ("/" if i == 0 else "")
+        if i > 0 and stats.get(parent, _UNKNOWN) is None:
             st = None  # in a folder that does not exist (a dry-run of a clean tree: most outputs)
         else:
             try:
-                st = _stat(path)
+                s = _sys_stat(path)
+                st = _new_stat((s.st_mode, s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns))
             except (FileNotFoundError, NotADirectoryError):
                 st = None
-                if parent and parent not in self._stats:
+                if parent and parent not in stats:
                     self._stat_normalised(parent)  # so its other missing files cost no system call
-        self._stats[path] = st  # type: ignore[assignment]
-        self._note_child(path)
+        stats[path] = st  # type: ignore[assignment]
+        kids = self._children.get(parent)  # see _note_child
+        if kids is None:
+            self._children[parent] = {path}
+        else:
+            kids.add(path)
         return st  # type: ignore[return-value]
 
     def _note_child(self, path: str) -> None:

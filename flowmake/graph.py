@@ -77,7 +77,7 @@ class Step:
         b = self._bindings
         if b is None:
             return self._raw
-        return tuple(b.raw(n) for n in self.rule.wildcard_names)  # type: ignore[attr-defined]
+        return tuple(map(b._raw.__getitem__, self.rule.wildcard_names))  # type: ignore[attr-defined]
 
     @property
     def instance(self) -> Instance | None:

@@ -132,8 +132,9 @@ class GraphMemo:
         """Whether every question resolution asked has the same answer now."""
         return all(exists(p) is a for p, a in zip(self._paths, self._answers))
 
-    def restore(self, workflow: Workflow, graph: Graph) -> None:
-        """Put the memo's steps into an empty graph, as resolving the targets would have."""
+    def restore(self, workflow: Workflow, graph: Graph) -> list[Step]:
+        """Put the memo's steps into an empty graph, as resolving the targets would have; returns
+        them as ``graph.walk()`` would (they were saved in that order)."""
         rules = [workflow.rule(name) for name in self._rules]
         steps: list[Step] = []
         restored = Step.restored
@@ -143,6 +144,7 @@ class GraphMemo:
             step.memo = entry
             steps.append(step)
         graph.restore(steps, [steps[t] if isinstance(t, int) else t for t in self._targets])
+        return steps
 
     def unchanged(self, steps: Iterable[Step], by_id: Mapping[int, StepPlan],
                   trace: Callable[[str], Any]) -> bool:

@@ -212,8 +212,8 @@ def test_files_of_a_missing_folder_cost_one_stat_and_appear_once_made(
     # A dry-run of a clean tree asks for every output of a folder that does not exist yet.
     monkeypatch.chdir(tmp_path)
     stats: list[str] = []
-    real = digest_mod._stat
-    monkeypatch.setattr(digest_mod, "_stat", lambda p: stats.append(p) or real(p))
+    real = digest_mod._sys_stat
+    monkeypatch.setattr(digest_mod, "_sys_stat", lambda p: stats.append(p) or real(p))
     d = Digester(StatCache())
     assert all(d.digest(f"out/c/{i}.txt") is None for i in range(100))
     assert stats == ["out/c/0.txt", "out/c", "out"]
