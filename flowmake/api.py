@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 from flowmake.backend import load_backend
 from flowmake.digest import Digester
 from flowmake.errors import FlowmakeError, JobFailedError, UsageError, did_you_mean
-from flowmake.graph import Graph, Step, normalize_target
+from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
 from flowmake import memo
 from flowmake.memo import ExistsLog, GraphMemo
@@ -24,6 +24,7 @@ from flowmake.planner import Decision, Facts, Plan, plan as make_plan
 from flowmake.report import Progress
 from flowmake.settings import load_settings
 from flowmake.store import Store
+from flowmake.targets import normalize_target, resolve_targets, target_spec
 
 DEFAULT_FILES = ("Flowfile", "Snakefile", "workflow/Snakefile", "workflow/Flowfile")
 
@@ -70,7 +71,7 @@ class Session:
     plan: Plan
     config_overrides: dict[str, Any]
     image_digest: Callable[[str], str] | None = None  # the backend's, when it runs containers
-    memo: GraphMemo | ExistsLog | None = None  # the graph memo used, or what resolution asked
+    graph_memo: GraphMemo | ExistsLog | None = None  # the graph memo used, or what resolution asked
     fingerprint: str | None = None  # the graph memo's, when the workflow can have one
 
     def close(self) -> None:
@@ -144,7 +145,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     digester = Digester(store.stat_cache)
     exists = lambda p: digester.stat(p) is not None  # noqa: E731
     graph = Graph(workflow, exists)
-    spec = _target_spec(workflow, opts.targets, workdir)
+    spec = target_spec(workflow, opts.targets, workdir)
     fp = memo.fingerprint(workflow, spec)
     used: GraphMemo | ExistsLog | None = GraphMemo.load(store.path, fp) if fp is not None else None
     if used is not None and used.holds(exists):
@@ -153,47 +154,12 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         used = None
         if fp is not None:  # record what resolution asks, to save with the graph
             used = graph.exists = ExistsLog(exists)
-        _resolve_targets(graph, workflow, spec)
+        resolve_targets(graph, workflow, spec)
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
                       Plan([], {}, None), overrides, image_digest, used, fp)  # type: ignore[arg-type]
     session.plan = _plan_converged(session)
     return session
-
-
-def _target_spec(workflow: Any, targets: list[str], workdir: str) -> list[tuple[str, str]]:
-    """("rule", name) or ("path", workdir-relative path) for each target; the default rule if none."""
-    if not targets:
-        rule = workflow.default_rule
-        if rule is None:
-            raise UsageError("the rule file has no rules", hint="add a rule or name a target")
-        return [("rule", rule.name)]
-    rule_names = {r.name for r in workflow.rules}
-    return [("rule", t) if t in rule_names and not os.path.exists(t) else ("path", normalize_target(t, workdir))
-            for t in targets]
-
-
-def _resolve_targets(graph: Graph, workflow: Any, spec: list[tuple[str, str]]) -> None:
-    for kind, target in spec:
-        if kind == "rule":
-            graph.add_rule_target(workflow.rule(target))
-        else:
-            graph.add_targets([target])
-
-
-def _save_memo(session: Session) -> None:
-    """Keep the graph for the next invocation, unless it would write what it read."""
-    fp, used, plan = session.fingerprint, session.memo, session.plan
-    if fp is None or used is None:
-        return
-    trace = session.store.traces.get
-    if isinstance(used, GraphMemo):
-        if used.unchanged(session.steps, plan.by_id, trace):
-            return
-        asked = used.asked()
-    else:
-        asked = used.asked
-    memo.save(session.store.path, fp, session.workflow, session.graph, session.steps, plan.by_id, trace, asked)
 
 
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
@@ -378,8 +344,9 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
         result = sched.run(steps)
     finally:
         _save_stat_cache(session)
-    if not result.interrupted:
-        _save_memo(session)
+    if not result.interrupted:  # keep the graph for the next invocation
+        memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
+                  session.steps, session.plan.by_id)
     progress.summary(len(result.ran), len(result.failed), result.interrupted, session.digester.files_hashed)
     if result.interrupted:
         _hook(getattr(hooks, "onerror", None))

@@ -145,18 +145,6 @@ class _CheckpointView:
         return all(p not in g.unfinished_checkpoint_outputs and g.exists(p) for p in paths)
 
 
-def normalize_target(path: str, workdir: str) -> str:
-    """A workdir-relative path, refusing anything that would leave the workdir."""
-    if os.path.isabs(path):
-        rel = os.path.relpath(path, workdir)
-    else:
-        rel = path
-    norm = posixpath.normpath(rel.replace(os.sep, "/"))
-    if norm == ".." or norm.startswith("../") or os.path.isabs(norm):
-        raise UnsafePathError(f"{path!r} is outside the working directory", target=path)
-    return norm
-
-
 class Graph:
     """Steps needed for some targets, and who produces which path."""
 

@@ -170,6 +170,22 @@ def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any]) -> En
     return (sp.key, sp.inputs)
 
 
+def keep(used: GraphMemo | ExistsLog | None, fp: str | None, store: Any, workflow: Workflow, graph: Graph,
+         steps: Sequence[Step], by_id: Mapping[int, StepPlan]) -> None:
+    """Save the memo after a run (``used``: the memo restored, or what resolution asked), unless
+    it would write what it read."""
+    if fp is None or used is None:
+        return
+    trace = store.traces.get
+    if isinstance(used, GraphMemo):
+        if used.unchanged(steps, by_id, trace):
+            return
+        asked = used.asked()
+    else:
+        asked = used.asked
+    save(store.path, fp, workflow, graph, steps, by_id, trace, asked)
+
+
 def save(store_dir: str, fp: str, workflow: Workflow, graph: Graph, steps: Sequence[Step],
          by_id: Mapping[int, StepPlan], trace: Callable[[str], Any], asked: Mapping[str, bool]) -> None:
     """Write the memo for this graph (``steps``: all of it, dependencies first)."""
