@@ -80,12 +80,12 @@ def _code_digest() -> str:
     """flowmake's own source: a changed resolver or key must not reuse graphs it did not make."""
     root = os.path.dirname(flowmake.__file__)
     parts = []
-    for folder, dirs, names in sorted(os.walk(root)):
-        dirs.sort()
+    for folder, _, names in sorted(os.walk(root)):
         for name in sorted(names):
             if name.endswith(".py"):
-                parts.append(name + _file_digest(os.path.join(folder, name)))
-    return hash_bytes("".join(parts).encode())
+                path = os.path.join(folder, name)
+                parts.append(f"{os.path.relpath(path, root)}\0{_file_digest(path)}\n")
+    return hash_bytes("".join(parts).encode("utf-8", "surrogateescape"))
 
 
 class ExistsLog:
