@@ -346,8 +346,9 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
         _save_stat_cache(session)
     if not result.interrupted:  # keep the graph for the next invocation
         memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
-                  session.steps, session.plan.by_id)
-    progress.summary(len(result.ran), len(result.failed), result.interrupted, session.digester.files_hashed)
+                  session.steps, sched.current)
+    progress.summary(len(result.ran), len(result.skipped_by_cutoff), len(result.failed), result.interrupted,
+                     session.digester.files_hashed)
     if result.interrupted:
         _hook(getattr(hooks, "onerror", None))
         raise _interrupted()
@@ -467,24 +468,27 @@ def list_changes(opts: Options, kind: str) -> int:
 
 def touch(opts: Options) -> int:
     """Record the outputs that exist as up to date, without running anything."""
-    from flowmake.planner import plan_step, refresh_key
+    from dataclasses import replace
+
     from flowmake.jobs import record_traces
+    from flowmake.planner import plan_step, unsettled_in, with_current_key
 
     session = open_session(opts, readonly=False)
     try:
-        by_id = session.plan.by_id
+        decided = dict(session.plan.by_id)  # a touched step is up to date for its dependants
+        unsettled = unsettled_in(decided)
         facts = session.plan.facts
         for step in _selected_steps(session):
-            sp = plan_step(step, by_id, facts)
-            by_id[id(step)] = sp
+            sp = decided[id(step)] = plan_step(step, unsettled, facts)
             if sp.decision is Decision.SKIP:
                 continue
             if any(session.digester.digest(o) is None for o in step.outputs) or step.instance is None:
                 continue
-            if not refresh_key(sp, facts):
+            keyed = with_current_key(sp, facts)
+            if keyed is None:
                 continue
-            record_traces(session.store, step, sp, session.digester.digest)
-            sp.decision = Decision.SKIP
+            record_traces(session.store, step, keyed, session.digester.digest)
+            decided[id(step)] = replace(keyed, decision=Decision.SKIP)
             if not opts.quiet:
                 print(f"touched {', '.join(step.outputs)}", file=sys.stderr)
         session.store.flush()

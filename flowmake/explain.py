@@ -10,7 +10,7 @@ import sys
 from typing import Any, TextIO
 
 from flowmake.graph import Step
-from flowmake.planner import Decision, ReasonKind, plan_step
+from flowmake.planner import Decision, ReasonKind, plan_step, unsettled_in
 
 
 def _wildcards(step: Step) -> dict[str, str]:
@@ -99,7 +99,7 @@ def print_why(session: Any, path: str, out: TextIO = sys.stdout) -> None:
             out.write("\n")
     if producer is None:
         return
-    sp = session.plan.by_id.get(id(producer)) or plan_step(producer, session.plan.by_id, session.plan.facts)
+    sp = session.plan.by_id.get(id(producer)) or plan_step(producer, unsettled_in(session.plan.by_id), session.plan.facts)
     if sp.decision in (Decision.SKIP, Decision.ADOPT):
         out.write("  state: up to date\n")
     else:

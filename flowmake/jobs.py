@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
-from flowmake.planner import refresh_key
+from flowmake.planner import with_current_key
 from flowmake.records import Trace
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str]
                   facts: Any = None) -> None:
     """One trace per output: the step key's fields, its input digests and the output's digest."""
     if sp.texts is None and facts is not None:
-        refresh_key(sp, facts)
+        sp = with_current_key(sp, facts) or sp
     if sp.texts is None:
         return
     key = sp.key or ""

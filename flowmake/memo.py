@@ -35,14 +35,14 @@ from flowmake.digest import hash_bytes
 from flowmake.graph import Graph, Step
 from flowmake.keys import canonical
 from flowmake.patterns import BUILTIN_TYPES
-from flowmake.planner import Decision, StepPlan
+from flowmake.planner import StepPlan
 from flowmake.rules import Workflow
 
 MEMO_FILE = "graph.memo"
 _MAGIC = b"FMKMEMO1\n"  # then the fingerprint (32 hex characters) and a newline, then the pickle
 
 Entry = tuple[str, tuple[tuple[str, str], ...]]  # (key, inputs) as Step.memo holds it
-_KEPT = (Decision.SKIP, Decision.DONE, Decision.ADOPT)
+Current = Callable[[Step], "StepPlan | None"]  # the plan that keyed a step's current outputs, if they are
 
 
 def fingerprint(workflow: Workflow, targets: Sequence[tuple[str, str]]) -> str | None:
@@ -146,16 +146,15 @@ class GraphMemo:
         graph.restore(steps, [steps[t] if isinstance(t, int) else t for t in self._targets])
         return steps
 
-    def unchanged(self, steps: Iterable[Step], by_id: Mapping[int, StepPlan],
-                  trace: Callable[[str], Any]) -> bool:
+    def unchanged(self, steps: Iterable[Step], current: Current, trace: Callable[[str], Any]) -> bool:
         """Whether saving again would write what was loaded (a no-op run writes nothing)."""
-        return all(entry_of(s, by_id.get(id(s)), trace) == s.memo for s in steps)
+        return all(entry_of(s, current(s), trace) == s.memo for s in steps)
 
 
 def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any]) -> Entry | None:
-    """(key, inputs) to keep for a step: only a key its traces hold, that nothing outside the
-    fingerprint went into."""
-    if sp is None or sp.key is None or sp.decision not in _KEPT or not step.outputs:
+    """(key, inputs) to keep for a step whose outputs are current (``sp``: the plan that keyed
+    them): only a key its traces hold, that nothing outside the fingerprint went into."""
+    if sp is None or sp.key is None or not step.outputs:
         return None
     memo = step.memo
     if memo is not None and sp.key is memo[0] and sp.inputs is memo[1]:  # decided from the memo
@@ -171,28 +170,28 @@ def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any]) -> En
 
 
 def keep(used: GraphMemo | ExistsLog | None, fp: str | None, store: Any, workflow: Workflow, graph: Graph,
-         steps: Sequence[Step], by_id: Mapping[int, StepPlan]) -> None:
+         steps: Sequence[Step], current: Current) -> None:
     """Save the memo after a run (``used``: the memo restored, or what resolution asked), unless
-    it would write what it read."""
+    it would write what it read. ``current(step)``: the plan that keyed a step's current outputs."""
     if fp is None or used is None:
         return
     trace = store.traces.get
     if isinstance(used, GraphMemo):
-        if used.unchanged(steps, by_id, trace):
+        if used.unchanged(steps, current, trace):
             return
         asked = used.asked()
     else:
         asked = used.asked
-    save(store.path, fp, workflow, graph, steps, by_id, trace, asked)
+    save(store.path, fp, workflow, graph, steps, current, trace, asked)
 
 
 def save(store_dir: str, fp: str, workflow: Workflow, graph: Graph, steps: Sequence[Step],
-         by_id: Mapping[int, StepPlan], trace: Callable[[str], Any], asked: Mapping[str, bool]) -> None:
+         current: Current, trace: Callable[[str], Any], asked: Mapping[str, bool]) -> None:
     """Write the memo for this graph (``steps``: all of it, dependencies first)."""
     index = {id(s): i for i, s in enumerate(steps)}
     rule_index = {r.name: i for i, r in enumerate(workflow.rules)}
     records = [(rule_index[s.rule.name], s.raw_values(), s.outputs, s.id, tuple(index[id(d)] for d in s.deps),
-                entry_of(s, by_id.get(id(s)), trace)) for s in steps]
+                entry_of(s, current(s), trace)) for s in steps]
     targets = [index[id(t)] if isinstance(t, Step) else t for t in graph.targets]
     data = [[r.name for r in workflow.rules], list(asked), list(asked.values()), records, targets]
     path = os.path.join(store_dir, MEMO_FILE)

@@ -25,7 +25,13 @@ class Decision(enum.Enum):
     SKIP = "skip"
     PENDING = "pending"  # runs only if an upstream step's outputs change
     ADOPT = "adopt"  # outputs exist untraced and are newer than their inputs: record, do not run
-    DONE = "done"  # ran in this invocation (set by the scheduler): its outputs are current
+
+
+class Cutoff(enum.Enum):
+    """What re-planning a pending step gives once its upstream finished (Shake's ``RunChanged``)."""
+
+    SAME = "same"  # upstream reran and this step's key is what its traces hold: it skips (early cutoff)
+    CHANGED = "changed"  # its key moved (or its outputs are not as traced): it runs
 
 
 class ReasonKind(enum.Enum):
@@ -163,15 +169,14 @@ def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[s
 _NO_ENV: Mapping[str, str] = {}
 
 
-def refresh_key(sp: StepPlan, facts: Facts) -> bool:
-    """Recompute a step's key from the digests its inputs have now (upstream may have just run)."""
+def with_current_key(sp: StepPlan, facts: Facts) -> StepPlan | None:
+    """The plan keyed from the digests its inputs have now (upstream may have just run); None when
+    an input is missing."""
     parts = _key_parts(sp.step, facts)
     if parts is None:
-        return False
-    values, sp.inputs = parts
-    sp.texts = dict(zip(FIELDS, values))
-    sp.key = key_of_values(values)
-    return True
+        return None
+    values, inputs = parts
+    return replace(sp, key=key_of_values(values), inputs=inputs, texts=dict(zip(FIELDS, values)))
 
 
 def _params_text(inst: Any) -> str:
@@ -187,8 +192,24 @@ def _params_value(inst: Any) -> Any:
     return [list(params), named]
 
 
-def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> StepPlan:
-    """Decide one step, given the decisions already made for its dependencies."""
+def _all_settled(dep: Step) -> bool:
+    return False
+
+
+def unsettled_in(decided: Mapping[int, StepPlan]) -> Callable[[Step], bool]:
+    """``plan_step``'s view of decisions already made: a dependency that will run, or may, is
+    unsettled and its dependants wait for it."""
+    get = decided.get
+
+    def unsettled(dep: Step) -> bool:
+        up = get(id(dep))
+        return up is not None and (up.decision is Decision.RUN or up.decision is Decision.PENDING)
+
+    return unsettled
+
+
+def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> StepPlan:
+    """Decide one step; ``unsettled(dep)`` says whether a dependency will (or may) still run."""
     if step.pending:
         return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.CHECKPOINT, path=p) for p in step.waits_on])
     reasons: list[Reason] = []
@@ -205,9 +226,9 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     if reasons:  # the key is computed when the step starts, from the digests it then sees
         return StepPlan(step, Decision.RUN, reasons)
     for dep in step.deps:
-        if _unsettled(upstream.get(id(dep))):
+        if unsettled(dep):
             return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=d.id)
-                                                     for d in step.deps if _unsettled(upstream.get(id(d)))])
+                                                     for d in step.deps if unsettled(d)])
     memo = step.memo
     if memo is not None and _memo_holds(memo, outputs, out_digests, facts):
         return StepPlan(step, Decision.SKIP, [], memo[0], memo[1])
@@ -261,9 +282,18 @@ def _memo_holds(memo: tuple[str, tuple[tuple[str, str], ...]], outputs: Sequence
     return True
 
 
-def _unsettled(up: StepPlan | None) -> bool:
-    """An upstream step that will run, or may: its dependants wait for it."""
-    return up is not None and (up.decision is Decision.RUN or up.decision is Decision.PENDING)
+def replan(step: Step, facts: Facts) -> tuple[Cutoff, StepPlan]:
+    """Decide a pending step again once all its upstream is done, with the digests it made.
+
+    ``Cutoff.SAME`` is early cutoff: the upstream that reran produced what this step was built
+    from, so it skips. A step that cannot be pending any more never comes back pending.
+    """
+    sp = plan_step(step, _all_settled, facts)
+    if sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT:
+        return Cutoff.SAME, sp
+    if sp.decision is Decision.PENDING:
+        sp = replace(sp, decision=Decision.RUN)
+    return Cutoff.CHANGED, sp
 
 
 def _first_missing(step: Step, facts: Facts) -> str:
@@ -313,8 +343,9 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
         facts = replace(facts, digest=lambda p: virtual.get(p) or real(p))
     out: list[StepPlan] = []
     by_id: dict[int, StepPlan] = {}
+    unsettled = unsettled_in(by_id)
     for step in steps:
-        sp = plan_step(step, by_id, facts)
+        sp = plan_step(step, unsettled, facts)
         out.append(sp)
         by_id[id(step)] = sp
     if virtual:

@@ -20,7 +20,6 @@ class Progress:
         self.done = 0
         self.running = 0
         self.failed = 0
-        self.cutoffs = 0
         self.t0 = time.monotonic() if started is None else started  # the summary counts planning too
         self._status_shown = False
         self._last_draw = 0.0
@@ -56,7 +55,6 @@ class Progress:
         self._status()
 
     def cutoff(self, step: Any) -> None:
-        self.cutoffs += 1
         self.done += 1
         self._line(f"[{self._counter()}] {step.id}: skipped, early cutoff: its inputs are unchanged after upstream reran")
         self._status()
@@ -70,14 +68,14 @@ class Progress:
     def note(self, text: str) -> None:
         self._line(text, force=True)
 
-    def summary(self, ran: int, failed: int, interrupted: bool, hashed: int = 0) -> None:
+    def summary(self, ran: int, cut_off: int, failed: int, interrupted: bool, hashed: int = 0) -> None:
         self._clear_status()
         if self.quiet and not failed and not interrupted:
             return
         secs = time.monotonic() - self.t0
         parts = [f"{ran} step{'s' if ran != 1 else ''} ran"]
-        if self.cutoffs:
-            parts.append(f"{self.cutoffs} skipped by early cutoff")
+        if cut_off:
+            parts.append(f"{cut_off} step{'s' if cut_off != 1 else ''} skipped by early cutoff")
         if failed:
             parts.append(f"{failed} failed")
         if interrupted:

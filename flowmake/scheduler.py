@@ -1,14 +1,17 @@
 """Plan → jobs on a backend, in dependency order, within the resources, until the plan converges.
 
-The scheduler owns order, concurrency and resources; the planner decides; backends execute. When a
-step finishes the scheduler records its traces, then asks the planner again about each dependant
-whose inputs are now all known: a dependant that was pending on this step skips if the new digests
-give the same step key (early cutoff, Shake's ``ChangedRecomputeSame``). When a checkpoint finishes,
-steps that waited for it are instantiated again and their new upstream joins the running plan.
+The scheduler owns order, concurrency and resources; the planner decides; backends execute. Every
+step taken into a run has one record (``StepRecord``) with an explicit state (ninja's
+``Plan::want_``). When a step finishes the scheduler records its traces, then asks the planner again
+about each dependant whose upstream is now all done: ``planner.replan`` answers ``Cutoff.SAME`` when
+the new digests give the key the dependant's traces hold (early cutoff, Shake's
+``ChangedRecomputeSame``), and the dependant is skipped. When a checkpoint finishes, steps that
+waited for it are instantiated again and their new upstream joins the running plan.
 """
 
 from __future__ import annotations
 
+import enum
 import heapq
 import os
 import signal
@@ -21,7 +24,7 @@ from flowmake.graph import Graph, Step
 from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces, remove_outputs,
                            remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
-from flowmake.planner import Decision, Plan, StepPlan, plan_step, refresh_key
+from flowmake.planner import Cutoff, Decision, Plan, StepPlan, plan_step, replan, with_current_key
 from flowmake.report import Progress
 from flowmake.records import Trace
 from flowmake.store import HistoryRecord, Store
@@ -48,16 +51,48 @@ class RunResult:
     interrupted: bool = False
 
 
-@dataclass
-class _Running:
+class StepState(enum.Enum):
+    WAITING = "waiting"  # some upstream step is not done yet
+    READY = "ready"  # queued for a slot (or for a lock another invocation holds)
+    RUNNING = "running"
+    DONE = "done"  # its job ran and succeeded in this invocation
+    FAILED = "failed"  # its job failed with no retry left
+    SKIPPED = "skipped"  # no job needed: up to date, cut off, or built meanwhile by another run
+
+
+_SETTLED = (StepState.DONE, StepState.SKIPPED)
+
+
+@dataclass(slots=True, eq=False)
+class StepRecord:
+    """One step in a run: its state, its current plan, and what the scheduler counts for it."""
+
     step: Step
     plan: StepPlan
-    handle: JobHandle
-    backend: Backend
-    start: float
-    threads: int
-    mem: int
-    extra: dict[str, int]
+    state: StepState = StepState.WAITING
+    waiting_on: int = 0  # upstream steps not yet done
+    dependants: list[StepRecord] = field(default_factory=list)
+    depth: int = 1  # the longest chain of dependants below, itself included: runs first on ties
+    attempts: int = 0  # failed attempts so far
+    mem_scale: float = 1.0  # grows after an out-of-memory kill
+    counted: bool = False  # in the progress total
+    lock_waited: bool = False  # waited for another invocation's lock at least once
+    # While running:
+    handle: JobHandle | None = None
+    backend: Backend | None = None
+    start: float = 0.0
+    held: tuple[int, int, dict[str, int]] = (0, 0, {})  # cores, mem_mb, other --resources
+
+
+class _UpToDate:
+    """The record every step up to date at admission shares: a no-op over 100,000 steps makes none
+    of its own. Nothing changes it (such a step is nobody's waiting dependency)."""
+
+    __slots__ = ()
+    state = StepState.SKIPPED
+
+
+_UP_TO_DATE = _UpToDate()
 
 
 class Scheduler:
@@ -65,7 +100,7 @@ class Scheduler:
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
                  progress: Progress) -> None:
         self.graph = graph
-        self.plan = plan
+        self.plan = plan  # as planned; never changed here: each record holds its step's current plan
         self.store = store
         self.digest = digest
         self.backend = backend
@@ -75,20 +110,11 @@ class Scheduler:
         self.progress = progress
         self.locks = OutputLocks(os.path.join(ctx.workdir, ".flowmake"))
         self.result = RunResult()
-        self._ready: list[tuple[int, int, int, int]] = []  # (-priority, -depth, seq, id)
+        self._records: dict[int, StepRecord | _UpToDate] = {}  # id(step) -> its record
+        self._ready: list[tuple[int, int, int, StepRecord]] = []  # (-priority, -depth, seq, record)
         self._seq = 0
-        self._by_id: dict[int, Step] = {}
-        self._waiting_deps: dict[int, int] = {}
-        self._dependants: dict[int, dict[int, Step]] = {}  # a dict: insertion-ordered and no repeats
-        self._counted: set[int] = set()
-        self._lock_waited: set[str] = set()
-        self._depth: dict[int, int] = {}
-        self._running: dict[int, _Running] = {}
-        self._locked: list[Step] = []
-        self._attempts: dict[int, int] = {}
-        self._mem_scale: dict[int, float] = {}
-        self._done: set[int] = set()
-        self._failed: set[int] = set()
+        self._running: dict[int, StepRecord] = {}  # id(handle) -> record
+        self._locked: list[StepRecord] = []  # ready, but another invocation holds an output's lock
         self._temp_consumers: dict[str, int] = {}
         self._used = {"cores": 0, "mem_mb": 0}
         self._used_extra: dict[str, int] = {}
@@ -99,57 +125,76 @@ class Scheduler:
         self._other: Store | None = None  # a read-only snapshot of what concurrent runs recorded
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
+    # ---- what the run leaves -----------------------------------------------------------------
+
+    def current(self, step: Step) -> StepPlan | None:
+        """The plan that keyed a step's outputs if they are current after this run, else None."""
+        rec = self._records.get(id(step))
+        if isinstance(rec, StepRecord):
+            return rec.plan if rec.state in _SETTLED else None
+        sp = self.plan.by_id.get(id(step))
+        if sp is not None and (sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT):
+            return sp
+        return None
+
     # ---- set-up ------------------------------------------------------------------------------
 
     def _admit(self, steps: list[Step]) -> None:
-        """Take steps (dependencies first) into the run; decide those whose upstream is settled.
-
-        Steps already up to date are only marked done: a no-op over 100,000 steps builds nothing
-        else. (A step with a dependency still to run is never up to date, so done steps are
-        nobody's dependants.)
-        """
+        """Take steps (dependencies first) into the run; decide those whose upstream is settled."""
         by_id = self.plan.by_id
-        live: list[Step] = []
+        records = self._records
+        live: list[StepRecord] = []
         for step in steps:
             sp = by_id.get(id(step))
-            if sp is None:
-                sp = by_id[id(step)] = plan_step(step, by_id, self.plan.facts)
+            if sp is None:  # new with a checkpoint's outputs: decide it against this run's state
+                sp = plan_step(step, self._unsettled, self.plan.facts)
             if sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT:
                 if sp.decision is Decision.ADOPT:
                     self._record_traces(step, sp)
-                self._done.add(id(step))
-            else:
-                live.append(step)
-        for step in live:
-            self._by_id[id(step)] = step
-            self._dependants.setdefault(id(step), {})
-            for dep in self.graph._edges(step):
-                self._dependants.setdefault(id(dep), {})[id(step)] = step
-        self._compute_depths(live)
-        for step in live:
-            sp = by_id[id(step)]
-            if step.outputs or sp.decision is Decision.RUN:  # a pure target rule is no work to count
-                self._count(step)
+                if not isinstance(records.get(id(step)), StepRecord):
+                    records[id(step)] = _UP_TO_DATE
+                continue
+            rec = StepRecord(step, sp)
+            before = records.get(id(step))
+            if isinstance(before, StepRecord):  # expanded after its checkpoint: who waits for it still does
+                rec.dependants, rec.counted = before.dependants, before.counted
+            records[id(step)] = rec
+            live.append(rec)
+        for rec in live:
+            for dep in self._upstream(rec.step):
+                up = records.get(id(dep))
+                if isinstance(up, StepRecord):
+                    up.dependants.append(rec)
+        for rec in reversed(live):  # critical path: dependants were admitted after their upstream
+            rec.depth = 1 + max((d.depth for d in rec.dependants), default=0)
+        for rec in live:
+            step = rec.step
+            if step.outputs or rec.plan.decision is Decision.RUN:  # a pure target rule is no work to count
+                self._count(rec)
             inst = step.instance
             if inst is not None:
                 for path in inst.input:
                     if self._is_temp(path):
                         self._temp_consumers[path] = self._temp_consumers.get(path, 0) + 1
-            pending = sum(1 for d in self.graph._edges(step) if id(d) not in self._done)
-            self._waiting_deps[id(step)] = pending
-            if pending == 0:
-                self._settle(step)
+            rec.waiting_on = sum(1 for d in self._upstream(step) if self._unsettled(d))
+            if rec.waiting_on == 0:
+                self._settle(rec)
 
-    def _count(self, step: Step) -> None:
-        if id(step) not in self._counted:
-            self._counted.add(id(step))
+    def _upstream(self, step: Step) -> list[Step]:
+        """The steps this one waits for, each once (two outputs of one checkpoint are one wait)."""
+        edges = self.graph._edges(step)
+        return list({id(d): d for d in edges}.values()) if step.pending else edges
+
+    def _unsettled(self, dep: Step) -> bool:
+        """A dependency this run has not finished (``plan_step``'s view of this run). One it has not
+        taken in yet is unfinished too: admission is dependencies first, so it is still to come."""
+        rec = self._records.get(id(dep))
+        return rec is None or rec.state not in _SETTLED
+
+    def _count(self, rec: StepRecord) -> None:
+        if not rec.counted:
+            rec.counted = True
             self.progress.total += 1
-
-    def _compute_depths(self, steps: list[Step]) -> None:
-        # Critical path: the longest chain of dependants below a step runs first when priorities tie.
-        for step in reversed(steps):
-            below = self._dependants.get(id(step), {}).values()
-            self._depth[id(step)] = 1 + max((self._depth.get(id(d), 0) for d in below), default=0)
 
     def _is_temp(self, path: str) -> bool:
         """A ``temp()`` output to delete once its consumers are done; never one the user asked for."""
@@ -161,36 +206,31 @@ class Scheduler:
 
     # ---- deciding ----------------------------------------------------------------------------
 
-    def _settle(self, step: Step) -> None:
+    def _settle(self, rec: StepRecord) -> None:
         """All of a step's upstream is done: decide it now with real digests."""
+        step = rec.step
         if step.pending:
-            self._expand(step)
+            self._expand(rec)
             return
-        sp = self.plan.by_id[id(step)]
-        if sp.decision is Decision.PENDING:
-            new = plan_step(step, self.plan.by_id, self.plan.facts)
-            if new.decision is Decision.PENDING:  # cannot happen once upstream is done; be safe
-                new.decision = Decision.RUN
-            self.plan.by_id[id(step)] = new
-            sp = new
-            if sp.decision in (Decision.SKIP, Decision.ADOPT):
+        if rec.plan.decision is Decision.PENDING:
+            cutoff, rec.plan = replan(step, self.plan.facts)
+            if cutoff is Cutoff.SAME:
                 if step.outputs:  # a target rule without outputs has nothing to cut off
                     self.result.skipped_by_cutoff.append(step.id)
                     self.progress.cutoff(step)
-                self._complete(step)
+                self._complete(rec, StepState.SKIPPED)
                 return
-        self._push(step)
+        self._push(rec)
 
-    def _push(self, step: Step) -> None:
-        self._count(step)
+    def _push(self, rec: StepRecord) -> None:
+        self._count(rec)
+        rec.state = StepState.READY
         self._seq += 1
-        heapq.heappush(self._ready, (-step.rule.priority, -self._depth.get(id(step), 0), self._seq, id(step)))
+        heapq.heappush(self._ready, (-rec.step.rule.priority, -rec.depth, self._seq, rec))
 
-    def _expand(self, step: Step) -> None:
+    def _expand(self, rec: StepRecord) -> None:
         """A checkpoint this step waited on is done: instantiate it and admit its new upstream."""
-        new_steps = self.graph.expand_pending(step)  # dependencies first, the step itself last
-        self.plan.by_id.pop(id(step), None)
-        self._admit(new_steps)
+        self._admit(self.graph.expand_pending(rec.step))  # dependencies first, the step itself last
 
     # ---- running ------------------------------------------------------------------------------
 
@@ -215,21 +255,22 @@ class Scheduler:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._interrupt = True
 
-    def _fits(self, step: Step, backend: Backend) -> bool:
-        res = job_res = self._res(step)
+    def _fits(self, rec: StepRecord, backend: Backend) -> bool:
+        cores, mem, extra = self._res(rec.step)
         if backend is self.local or getattr(backend, "name", "") == "local":
-            if self._used["cores"] and self._used["cores"] + res[0] > self.opt.cores:
+            if self._used["cores"] and self._used["cores"] + cores > self.opt.cores:
                 return False
         running_here = sum(1 for r in self._running.values() if r.backend is backend)
         cap = self.opt.jobs if (self.opt.jobs and backend is not self.local) else backend.capacity()
         if running_here >= cap:
             return False
         limit = self.opt.limits.get("mem_mb")
-        if limit and self._used["mem_mb"] and self._used["mem_mb"] + job_res[1] > limit:
+        if limit and self._used["mem_mb"] and self._used["mem_mb"] + mem > limit:
             return False
-        for name, need in res[2].items():
+        for name, need in extra.items():
             lim = self.opt.limits.get(name)
-            if lim is not None and self._used_extra.get(name, 0) and self._used_extra.get(name, 0) + need > lim:
+            used = self._used_extra.get(name, 0)
+            if lim is not None and used and used + need > lim:
                 return False
         return True
 
@@ -250,36 +291,37 @@ class Scheduler:
         if self._locked:
             # Back into the queue: a step that waited for a lock must still fit the free cores.
             retry, self._locked = self._locked, []
-            for step in retry if not self._stop else ():
-                self._push(step)
+            for rec in retry if not self._stop else ():
+                self._push(rec)
         deferred = []
         while self._ready and not self._stop and not self._interrupt:  # Ctrl-C: submit nothing more
             entry = heapq.heappop(self._ready)
-            step = self._by_id[entry[3]]
-            if not self._fits(step, self._backend_for(step)):
+            rec = entry[3]
+            if not self._fits(rec, self._backend_for(rec.step)):
                 deferred.append(entry)
                 if not self._running:  # nothing will free resources: run it alone, capped
                     deferred.pop()
-                    self._try_lock_and_start(step)
+                    self._try_lock_and_start(rec)
                 break
-            self._try_lock_and_start(step)
+            self._try_lock_and_start(rec)
         for entry in deferred:
             heapq.heappush(self._ready, entry)
 
-    def _try_lock_and_start(self, step: Step) -> None:
+    def _try_lock_and_start(self, rec: StepRecord) -> None:
+        step = rec.step
         if not self.locks.try_acquire(step.id, step.outputs):
-            if step.id not in self._lock_waited:
-                self._lock_waited.add(step.id)
+            if not rec.lock_waited:
+                rec.lock_waited = True
                 self.progress.note(f"{step.id}: waiting for {self.locks.holder(step.outputs[0])}, which is building it")
-            self._locked.append(step)
+            self._locked.append(rec)
             return
-        if self._was_built_meanwhile(step):
+        if self._was_built_meanwhile(rec):
             self.locks.release(step.id)
             self.result.built_elsewhere.append(step.id)
             self.progress.skipped(step, "built meanwhile by another flowmake, skipped")
-            self._complete(step)
+            self._complete(rec, StepState.SKIPPED)
             return
-        self._start(step)
+        self._start(rec)
 
     def _touched_by_another_run(self, step: Step) -> bool:
         # Nothing of ours writes a step's outputs before we start it, so an output changed since this
@@ -304,9 +346,10 @@ class Scheduler:
                 return traces  # type: ignore[return-value]
         return None
 
-    def _was_built_meanwhile(self, step: Step) -> bool:
+    def _was_built_meanwhile(self, rec: StepRecord) -> bool:
         """Another invocation may have built this step while we waited for, or before we took, its lock."""
-        if step.id not in self._lock_waited and not self._touched_by_another_run(step):
+        step = rec.step
+        if not rec.lock_waited and not self._touched_by_another_run(step):
             return False
         traces = self._foreign_traces(step)
         if traces is None:
@@ -314,36 +357,36 @@ class Scheduler:
         for out in step.outputs:
             self.digest(out)  # refresh the memoised stat: the file was rewritten by the other run
         self.store.put_traces([t for t in traces if t is not None])
-        sp = plan_step(step, self.plan.by_id, self.plan.facts)
-        if sp.decision is Decision.SKIP:
-            self.plan.by_id[id(step)] = sp
+        cutoff, sp = replan(step, self.plan.facts)
+        if cutoff is Cutoff.SAME:
+            rec.plan = sp
             return True
         return False
 
-    def _start(self, step: Step) -> None:
-        sp = self.plan.by_id[id(step)]
-        refresh_key(sp, self.plan.facts)
+    def _start(self, rec: StepRecord) -> None:
+        step = rec.step
+        rec.plan = with_current_key(rec.plan, self.plan.facts) or rec.plan
         backend = self._backend_for(step)
-        attempt = self._attempts.get(id(step), 0) + 1
-        spec = job_spec(step, self.ctx, attempt=attempt, inputs=sp.inputs, image=step.rule.container,
-                        local=backend is self.local, mem_scale=self._mem_scale.get(id(step), 1.0))
+        spec = job_spec(step, self.ctx, attempt=rec.attempts + 1, inputs=rec.plan.inputs, image=step.rule.container,
+                        local=backend is self.local, mem_scale=rec.mem_scale)
         prepare_outputs(step, self.ctx.workdir)
         self.store.begin(step.id, list(step.outputs), None)
-        threads, mem, extra = self._res(step)
-        self.progress.started(step, sp, spec.command if self.opt.printshellcmds else None)
+        self.progress.started(step, rec.plan, spec.command if self.opt.printshellcmds else None)
         handle = backend.submit(spec)
         pgid = getattr(backend, "pgid", None)
         if pgid is not None:
             self.store.begin(step.id, list(step.outputs), pgid(handle))
-        self._used["cores"] += threads
+        cores, mem, extra = rec.held = self._res(step)
+        self._used["cores"] += cores
         self._used["mem_mb"] += mem
         for k, v in extra.items():
             self._used_extra[k] = self._used_extra.get(k, 0) + v
-        self._running[id(handle)] = _Running(step, sp, handle, backend, time.time(), threads, mem, extra)
+        rec.state, rec.handle, rec.backend, rec.start = StepState.RUNNING, handle, backend, time.time()
+        self._running[id(handle)] = rec
 
     def _poll(self) -> None:
         timeout = self.opt.lock_wait_s if self._locked else 0.5
-        backends = {id(r.backend): r.backend for r in self._running.values()}
+        backends = {id(r.backend): r.backend for r in self._running.values() if r.backend is not None}
         if not backends:
             if self._locked:
                 time.sleep(timeout)
@@ -362,36 +405,39 @@ class Scheduler:
                 self.locks.release(step_id)
             self._unlock.clear()
 
-    def _release(self, run: _Running) -> None:
-        self._used["cores"] -= run.threads
-        self._used["mem_mb"] -= run.mem
-        for k, v in run.extra.items():
+    def _release(self, rec: StepRecord) -> None:
+        cores, mem, extra = rec.held
+        self._used["cores"] -= cores
+        self._used["mem_mb"] -= mem
+        for k, v in extra.items():
             self._used_extra[k] -= v
+        rec.held = (0, 0, {})
 
     def _finished(self, ev: JobEvent) -> None:
-        run = self._running.pop(id(ev.handle), None)
-        if run is None:
+        rec = self._running.pop(id(ev.handle), None)
+        if rec is None:
             return
-        self._release(run)
-        step = run.step
+        self._release(rec)
+        step = rec.step
         if ev.state is JobState.SUCCEEDED:
             missing = finish_outputs(step, self.ctx.workdir)
             if missing:
-                self._failure(run, ev, "declared outputs missing after the job: " + ", ".join(missing))
+                self._failure(rec, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
             write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
-            self._record_traces(step, run.plan)
-            self._history(run, ev)
+            self._record_traces(step, rec.plan)
+            self._history(rec, ev)
             self.store.end(step.id)
             self._unlock.append(step.id)
             self.result.ran.append(step.id)
             self.progress.finished(step, ok=True)
-            self._complete(step)
+            self._complete(rec, StepState.DONE)
             return
         if ev.state is JobState.CANCELLED:
             remove_outputs(step, self.ctx.workdir)
             self.store.end(step.id)
             self._unlock.append(step.id)
+            rec.state = StepState.FAILED
             return
         why = {
             JobState.FAILED: f"exit code {ev.exit_code}",
@@ -399,34 +445,33 @@ class Scheduler:
             JobState.TIMEOUT: "exceeded its time limit",
             JobState.LOST: "lost with its host",
         }.get(ev.state, ev.state.value)
-        self._failure(run, ev, why + (f" ({ev.message})" if ev.message else ""))
+        self._failure(rec, ev, why + (f" ({ev.message})" if ev.message else ""))
 
-    def _failure(self, run: _Running, ev: JobEvent, why: str) -> None:
-        step = run.step
+    def _failure(self, rec: StepRecord, ev: JobEvent, why: str) -> None:
+        step = rec.step
         remove_outputs(step, self.ctx.workdir)
-        self._history(run, ev)
+        self._history(rec, ev)
         self.store.end(step.id)
         self._unlock.append(step.id)
-        key = id(step)
         if ev.state is JobState.LOST:  # not the job's fault: rerun without spending a retry
             self.progress.note(f"{step.id}: {why}; resubmitting")
             self.progress.requeued()
-            self._push(step)
+            self._push(rec)
             return
-        attempts = self._attempts.get(key, 0) + 1
-        self._attempts[key] = attempts
+        rec.attempts += 1
         allowed = max(step.rule.retries or 0, self.opt.retries)
-        if attempts <= allowed and not self._interrupt:
+        if rec.attempts <= allowed and not self._interrupt:
             if ev.state is JobState.OOM:
-                self._mem_scale[key] = self._mem_scale.get(key, 1.0) * 1.5
-            self.progress.note(f"{step.id}: {why}; retry {attempts} of {allowed}")
+                rec.mem_scale *= 1.5
+            self.progress.note(f"{step.id}: {why}; retry {rec.attempts} of {allowed}")
             self.progress.requeued()
-            self._reinstantiate(step, attempts + 1)
-            self._push(step)
+            self._reinstantiate(step, rec.attempts + 1)
+            self._push(rec)
             return
-        self._failed.add(key)
+        rec.state = StepState.FAILED
         self.result.failed.append((step.id, why))
-        self.progress.finished(step, ok=False, why=why, log=os.path.join(self.ctx.workdir, run.handle.spec.log or ""))
+        log = rec.handle.spec.log if rec.handle is not None else None
+        self.progress.finished(step, ok=False, why=why, log=os.path.join(self.ctx.workdir, log or ""))
         if not self.opt.keep_going:
             self._stop = True
             self._ready.clear()
@@ -438,11 +483,9 @@ class Scheduler:
         except Exception:  # the first attempt's instance stays valid; its resources are a fine retry
             pass
 
-    def _complete(self, step: Step) -> None:
-        self._done.add(id(step))
-        sp = self.plan.by_id.get(id(step))
-        if sp is not None and sp.decision in (Decision.RUN, Decision.PENDING):
-            sp.decision = Decision.DONE
+    def _complete(self, rec: StepRecord, state: StepState) -> None:
+        rec.state = state
+        step = rec.step
         if step.rule.is_checkpoint:
             self.graph.unfinished_checkpoint_outputs.difference_update(step.outputs)
         inst = step.instance
@@ -454,13 +497,11 @@ class Scheduler:
                         remove_path(os.path.join(self.ctx.workdir, path))
         if self._stop:
             return
-        for dep in self._dependants.get(id(step), {}).values():
-            left = self._waiting_deps.get(id(dep))
-            if left is None:
-                continue
-            left -= 1
-            self._waiting_deps[id(dep)] = left
-            if left == 0:
+        for dep in rec.dependants:
+            if dep.state is not StepState.WAITING or self._records.get(id(dep.step)) is not dep:
+                continue  # already decided, or replaced when its checkpoint expanded it
+            dep.waiting_on -= 1
+            if dep.waiting_on == 0:
                 self._settle(dep)
 
     # ---- records ------------------------------------------------------------------------------
@@ -468,27 +509,30 @@ class Scheduler:
     def _record_traces(self, step: Step, sp: StepPlan) -> None:
         record_traces(self.store, step, sp, self.digest, self.plan.facts)
 
-    def _history(self, run: _Running, ev: JobEvent) -> None:
-        inst = run.step.instance
+    def _history(self, rec: StepRecord, ev: JobEvent) -> None:
+        step, inst, handle = rec.step, rec.step.instance, rec.handle
         self.store.add_history(HistoryRecord(
-            step_id=run.step.id, rule=run.step.rule.name, outputs=list(run.step.outputs), start=run.start,
+            step_id=step.id, rule=step.rule.name, outputs=list(step.outputs), start=rec.start,
             end=time.time(), runtime_s=ev.runtime_s or 0.0, exit_code=ev.exit_code, peak_rss_kb=ev.peak_rss_kb,
-            backend=getattr(run.backend, "name", "?"), host=ev.host,
-            command=run.handle.spec.command, params=repr(list(inst.params)) if inst is not None else "",
+            backend=getattr(rec.backend, "name", "?"), host=ev.host,
+            command=handle.spec.command if handle is not None else "",
+            params=repr(list(inst.params)) if inst is not None else "",
         ))
 
     def _cancel_all(self) -> None:
-        for run in list(self._running.values()):
-            run.backend.cancel(run.handle)
+        for rec in list(self._running.values()):
+            if rec.backend is not None and rec.handle is not None:
+                rec.backend.cancel(rec.handle)
         deadline = time.monotonic() + 5
         while self._running and time.monotonic() < deadline:
-            for backend in {id(r.backend): r.backend for r in self._running.values()}.values():
+            for backend in {id(r.backend): r.backend for r in self._running.values() if r.backend}.values():
                 for ev in backend.poll(0.1):
-                    run = self._running.pop(id(ev.handle), None)
-                    if run is not None:
-                        remove_outputs(run.step, self.ctx.workdir)
-                        self.store.end(run.step.id)
-        for run in self._running.values():
+                    rec = self._running.pop(id(ev.handle), None)
+                    if rec is not None:
+                        remove_outputs(rec.step, self.ctx.workdir)
+                        self.store.end(rec.step.id)
+                        rec.state = StepState.FAILED
+        for rec in self._running.values():
             # Not reaped: its marker stays, so the next run stops its process group and reruns it.
-            remove_outputs(run.step, self.ctx.workdir)
+            remove_outputs(rec.step, self.ctx.workdir)
         self._running.clear()

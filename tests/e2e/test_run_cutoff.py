@@ -27,7 +27,7 @@ def test_rerun_with_identical_output_stops_the_chain(flow: Flow) -> None:
     err = flow.ok("-c", "1")
     assert flow.read("runs.log").split() == ["count", "report", "count"]
     assert "report:report: skipped, early cutoff" in err
-    assert "1 step ran, 1 skipped by early cutoff" in err
+    assert "1 step ran, 1 step skipped by early cutoff" in err
     assert flow.planned() == []
 
 
