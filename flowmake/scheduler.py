@@ -182,7 +182,7 @@ class Scheduler:
 
     def _upstream(self, step: Step) -> list[Step]:
         """The steps this one waits for, each once (two outputs of one checkpoint are one wait)."""
-        edges = self.graph._edges(step)
+        edges = self.graph.deps(step)
         return list({id(d): d for d in edges}.values()) if step.pending else edges
 
     def _unsettled(self, dep: Step) -> bool:
@@ -479,7 +479,7 @@ class Scheduler:
     def _reinstantiate(self, step: Step, attempt: int) -> None:
         """Resources and threads may depend on the attempt (``lambda wildcards, attempt: ...``)."""
         try:
-            step.instance = step.rule.instantiate(step.bindings, self.graph._view, attempt=attempt)
+            step.instance = step.rule.instantiate(step.bindings, self.graph.checkpoint_view, attempt=attempt)
         except Exception:  # the first attempt's instance stays valid; its resources are a fine retry
             pass
 
@@ -487,7 +487,7 @@ class Scheduler:
         rec.state = state
         step = rec.step
         if step.rule.is_checkpoint:
-            self.graph.unfinished_checkpoint_outputs.difference_update(step.outputs)
+            self.graph.checkpoint_finished(step)
         inst = step.instance
         if inst is not None and not self.opt.notemp:
             for path in inst.input:

@@ -183,7 +183,7 @@ def run_in_process(workdir: Path, *targets: str, backend: FakeBackend | None = N
             result = sched.run(api._selected_steps(session))
             if not result.interrupted:
                 memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
-                          session.steps, sched.current)
+                          session.steps, sched.current, session.known_keys)
         finally:
             session.close()
     return Run(result, backend, out.getvalue(), sched)
