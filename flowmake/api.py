@@ -174,7 +174,8 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
 
     return Facts(
         digest=dig.digest,
-        trace=store.traces.get,
+        trace=store.trace,
+        trace_head=store.trace_head,
         incomplete=incomplete.__contains__,
         forced=forced,
         newer_than=newer_than,

@@ -1,4 +1,5 @@
-"""The record-log format under ``.flowmake/log/``: segments, frames, owner liveness.
+"""The record-log format under ``.flowmake/log/``: segments, frames, owner liveness, and the
+merge of segments into one state (for each key the newest record).
 
 One segment file per invocation, named ``<host>-<pid>-<start_ns>.seg``, only ever appended to by its
 owner; compaction writes ``snap-<ns>-<host>-<pid>.seg`` files. A segment is::
@@ -6,7 +7,7 @@ owner; compaction writes ``snap-<ns>-<host>-<pid>.seg`` files. A segment is::
     magic b"FMKLOG" + u16 format version (little endian)
     frame*   where frame = u32 payload length, u32 zlib.crc32(payload), payload
 
-A payload is a list of records (each record a list, kind first), pickled (format 2) or JSON (format
+A payload is a list of records (their layouts are in ``records``), pickled (format 2) or JSON (format
 1, still read). The pickle holds only lists, strings, numbers and None, and is read by an unpickler
 that refuses every global, so a payload can build no object of any other type and run no code;
 pickle rather than JSON because a 100,000-step store then loads in a quarter of the time. One flush
@@ -31,13 +32,15 @@ import re
 import socket
 import struct
 import zlib
-from operator import itemgetter
 from typing import Any, Iterator
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not Unix: fall back to pid checks only
     fcntl = None  # type: ignore[assignment]
+
+from flowmake.records import (BEGIN, END, FORGET, HISTORY, STAT, TRACE, Record, history_key, is_begin,
+                              is_stat_removal, is_trace, key_of, kind_of, outputs_of, time_of)
 
 MAGIC = b"FMKLOG"
 FORMAT_VERSION = 2
@@ -51,7 +54,6 @@ FRAME_RECORDS = 4096  # records per frame: bounds what one corrupted frame can l
 SUFFIX = ".seg"
 LOCK_SUFFIX = ".lock"
 
-Record = list[Any]
 
 
 def hostname() -> str:
@@ -305,28 +307,13 @@ def unlink_quiet(path: str) -> None:
         pass
 
 
-# Record kinds. t is the writer's Lamport time in ns: for each key the highest t wins.
-# Trace and history records keep their body as one JSON string, decoded on first access: loading
-# creates four objects per trace instead of ~25 (100k traces load in a fraction of the time).
-# T: ["T", t, output, '[rule, key, fields, [[path, digest], ...], output_digest, step_id, time]']
-# H: ["H", t, step_id, [outputs], '[rule, start, end, runtime_s, exit_code, rss, backend, host,
-#     command, params]']
-# F: ["F", t, output] (forgotten)    E: ["E", t, step_id] (step ended)
-# B: ["B", t, step_id, [outputs], job_pid, pgid, host, pid] (step began)
-# S: ["S", t, path, (dev, ino, size, mtime_ns, ctime_ns, digest)]   or ["S", t, path]: removed
-#    (format 1 wrote the six fields flat: ["S", t, path, dev, ino, size, mtime_ns, ctime_ns, digest])
-
-
-_KIND, _TIME, _KEY = itemgetter(0), itemgetter(1), itemgetter(2)
-
-
 def _merge_newest(into: dict[str, Record], latest: dict[str, Record]) -> None:
     if not into:
         into.update(latest)
         return
     for key, r in latest.items():
         cur = into.get(key)
-        if cur is None or cur[1] <= r[1]:
+        if cur is None or time_of(cur) <= time_of(r):
             into[key] = r
 
 
@@ -335,7 +322,7 @@ class State:
 
     def __init__(self, history: bool = True) -> None:
         self.keep_history = history  # history is large and only --why/--summary read it
-        self.traces: dict[str, Record] = {}  # output -> latest "T" or "F" (forgotten) record
+        self.traces: dict[str, Record] = {}  # output -> latest T or F (forgotten) record
         self.markers: dict[str, tuple[Record, bool]] = {}  # step -> (latest B/E, owner live)
         self.history: dict[tuple[int, str], Record] = {}
         self.stats: dict[str, Record] = {}
@@ -355,33 +342,33 @@ class State:
         for frame in frames:
             if not frame:
                 continue
-            newest = max(map(_TIME, frame))
+            newest = max(map(time_of, frame))
             if newest > self.max_t:
                 self.max_t = newest
-            kinds = set(map(_KIND, frame))
+            kinds = set(map(kind_of, frame))
             if len(kinds) == 1:
                 kind = kinds.pop()
-                if kind == "T" or kind == "F":
-                    traces.update(zip(map(_KEY, frame), frame))
+                if kind == TRACE or kind == FORGET:
+                    traces.update(zip(map(key_of, frame), frame))
                     continue
-                if kind == "S":
-                    stats.update(zip(map(_KEY, frame), frame))
+                if kind == STAT:
+                    stats.update(zip(map(key_of, frame), frame))
                     continue
-                if kind == "H" and not keep_history:
+                if kind == HISTORY and not keep_history:
                     continue
             for r in frame:
-                kind = r[0]
-                if kind == "T" or kind == "F":
-                    traces[r[2]] = r
-                elif kind == "S":
-                    stats[r[2]] = r
-                elif kind == "B" or kind == "E":
-                    m = markers.get(r[2])
-                    if m is None or m[0][1] <= r[1]:
-                        markers[r[2]] = (r, live)
-                elif kind == "H":
+                kind = kind_of(r)
+                if kind == TRACE or kind == FORGET:
+                    traces[key_of(r)] = r
+                elif kind == STAT:
+                    stats[key_of(r)] = r
+                elif kind == BEGIN or kind == END:
+                    m = markers.get(key_of(r))
+                    if m is None or time_of(m[0]) <= time_of(r):
+                        markers[key_of(r)] = (r, live)
+                elif kind == HISTORY:
                     if keep_history:
-                        history[(r[1], r[2])] = r
+                        history[history_key(r)] = r
                 # Unknown kinds are ignored (and dropped by compaction): adding a kind needs a
                 # FORMAT_VERSION bump so that older flowmakes skip the whole segment instead.
         _merge_newest(self.traces, traces)
@@ -390,31 +377,32 @@ class State:
     def open_markers(self) -> Iterator[tuple[Record, bool]]:
         """Begun, never ended, and not superseded by a newer trace for every output."""
         for r, live in self.markers.values():
-            if r[0] != "B":
+            if not is_begin(r):
                 continue
-            if all(self.newer_trace(o, r[1]) for o in r[3]):
+            t = time_of(r)
+            if all(self.newer_trace(o, t) for o in outputs_of(r)):
                 continue
             yield r, live
 
     def newer_trace(self, output: str, t: int) -> bool:
         cur = self.traces.get(output)
-        return cur is not None and cur[1] > t
+        return cur is not None and time_of(cur) > t
 
 
 def snapshot_records(state: State, keep_tombstones: bool, history_keep: int) -> list[Record]:
     """What a compacted snapshot keeps: the winners, open markers, recent history."""
     records: list[Record] = [
-        r for r in state.traces.values() if r[0] == "T" or keep_tombstones
+        r for r in state.traces.values() if keep_tombstones or is_trace(r)
     ]
-    records += [r for r in state.stats.values() if len(r) > 3 or keep_tombstones]
+    records += [r for r in state.stats.values() if keep_tombstones or not is_stat_removal(r)]
     records += [r for r, _ in state.open_markers()]
     per_output: dict[str, list[Record]] = {}
     for r in state.history.values():
-        for o in r[3]:
+        for o in outputs_of(r):
             per_output.setdefault(o, []).append(r)
     kept: dict[int, Record] = {}
     for rows in per_output.values():
-        rows.sort(key=lambda r: r[1])
+        rows.sort(key=time_of)
         for r in rows[-history_keep:]:
             kept[id(r)] = r
     records += kept.values()

@@ -129,7 +129,7 @@ class Facts:
     """The planner's whole view of the world."""
 
     digest: Callable[[str], str | None]  # content digest; None when missing
-    trace: Callable[[str], TraceLike | None]
+    trace: Callable[[str], TraceLike | None]  # the whole trace: read only to name what changed
     incomplete: Callable[[str], bool]
     forced: Callable[[Step], bool]
     newer_than: Callable[[Sequence[str], Sequence[str]], bool]  # outputs newer than inputs (adoption)
@@ -137,6 +137,19 @@ class Facts:
     # The key the graph memo kept for a step, with the input digests it was computed from: the
     # key it still has while those digests hold (see ``memo``). None: no such key.
     known_key: Callable[[Step], KnownKey | None] = _NO_KNOWN_KEYS.get
+    # (key, output digest) of an output's trace: all a step that is up to date needs. Derived
+    # from ``trace`` when not given; a store answers it without decoding the trace.
+    trace_head: Callable[[str], tuple[str, str] | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.trace_head is None:
+            trace = self.trace
+
+            def head(output: str) -> tuple[str, str] | None:
+                t = trace(output)
+                return None if t is None else (t.key, t.output_digest)
+
+            object.__setattr__(self, "trace_head", head)
 
 
 def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[str, str], ...]] | None:
@@ -248,22 +261,21 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
         if step.rule.kind != "none":  # Snakemake: an action without outputs always runs
             return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.SKIP, [], key, inputs)
-    trace_of = facts.trace
-    traces = [trace_of(o) for o in outputs]
-    untraced = sum(1 for t in traces if t is None)  # not "None in traces": that calls __eq__
-    if untraced:
-        if untraced == len(traces) and facts.newer_than(outputs, [p for p, _ in inputs]):
+    head_of = facts.trace_head
+    heads = [head_of(o) for o in outputs]  # type: ignore[misc]
+    if None in heads:
+        if heads.count(None) == len(heads) and facts.newer_than(outputs, [p for p, _ in inputs]):
             return StepPlan(step, Decision.ADOPT, [], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, dict(zip(FIELDS, values)))
-    for trace in traces:
-        if trace.key != key:  # type: ignore[union-attr]
+    for out, head in zip(outputs, heads):
+        if head[0] != key:  # type: ignore[index]
             texts = dict(zip(FIELDS, values))
-            return StepPlan(step, Decision.RUN, _changes(step, trace, digests_of(texts), inputs),  # type: ignore[arg-type]
+            return StepPlan(step, Decision.RUN, _changes(step, facts.trace(out), digests_of(texts), inputs),  # type: ignore[arg-type]
                             key, inputs, texts)
     flags = step.instance.flags  # type: ignore[union-attr]
     if not (flags and all("touch" in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
-        for out, d, trace in zip(outputs, out_digests, traces):
-            if d != trace.output_digest:  # type: ignore[union-attr]
+        for out, d, head in zip(outputs, out_digests, heads):
+            if d != head[1]:  # type: ignore[index]
                 reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
     if reasons:
         return StepPlan(step, Decision.RUN, reasons, key, inputs, dict(zip(FIELDS, values)))
@@ -281,10 +293,9 @@ def _known_key_holds(known: KnownKey, outputs: Sequence[str], out_digests: Seque
     for path, d in inputs:
         if d != "ancient" and digest(path) != d:
             return False
-    trace_of = facts.trace
+    head_of = facts.trace_head
     for out, d in zip(outputs, out_digests):
-        t = trace_of(out)
-        if t is None or t.key != key or t.output_digest != d:
+        if head_of(out) != (key, d):  # type: ignore[misc]
             return False
     return True
 
@@ -370,9 +381,9 @@ def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
             continue
         for out in step.outputs:
             if "temp" in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
-                trace = facts.trace(out)
-                if trace is not None:
-                    virtual[out] = trace.output_digest
+                head = facts.trace_head(out)  # type: ignore[misc]
+                if head is not None:
+                    virtual[out] = head[1]
     return virtual
 
 

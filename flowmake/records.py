@@ -1,7 +1,27 @@
-"""The records of ``.flowmake/``: traces, in-flight markers and run history, and how a loaded
-trace is decoded lazily (a no-op plan over 100k traces reads only keys and output digests).
+"""The records of ``.flowmake/``: what each one holds, and the only code that knows their layout.
 
-``store`` reads and writes them; ``journal`` frames them on disk.
+A record is a list: its kind, the writer's Lamport time ``t`` in ns, the key the merge groups it
+by, then what its kind holds. For each key the record with the highest ``t`` wins::
+
+    T  ["T", t, output, body, key, output_digest]       a trace; body is JSON text:
+           [rule, key, fields, [[path, digest], ...], output_digest, step_id, time]
+       ["T", t, output, body]                           the same, as written before key and output
+                                                        digest were copied out of the body
+    F  ["F", t, output]                                 the output's trace is forgotten
+    B  ["B", t, step_id, [outputs], job_pid, pgid, host, pid]   a step began
+    E  ["E", t, step_id]                                the step ended
+    H  ["H", t, step_id, [outputs], body]               run history; body is JSON text:
+           [rule, start, end, runtime_s, exit_code, peak_rss_kb, backend, host, command, params]
+    S  ["S", t, path, (dev, ino, size, mtime_ns, ctime_ns, digest)]   a stat-cache entry
+       ["S", t, path]                                   ... removed
+       ["S", t, path, dev, ino, size, mtime_ns, ctime_ns, digest]    ... as format 1 wrote it
+
+Bodies stay text until first use: loading creates four objects per trace instead of ~25, and a
+no-op plan over 100k traces reads only keys and output digests (``head``).
+
+``journal`` frames and merges records through ``kind_of``, ``time_of``, ``key_of`` and the
+predicates here; ``store`` builds them with the ``*_row`` functions and reads them back with the
+decoders. Adding a kind or changing a layout needs a ``journal.FORMAT_VERSION`` bump.
 """
 
 from __future__ import annotations
@@ -11,11 +31,18 @@ import gc
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from operator import itemgetter
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from flowmake import journal
+Record = list[Any]
+Head = tuple[str, str]  # (step key, output digest): all a no-op plan reads of a trace
 
-Record = journal.Record
+TRACE, FORGET, BEGIN, END, HISTORY, STAT = "T", "F", "B", "E", "H", "S"
+
+# The header every record shares: all the merge reads of most of them.
+kind_of, time_of, key_of = itemgetter(0), itemgetter(1), itemgetter(2)
+outputs_of = itemgetter(3)  # of a B or H record
+_entry_of = itemgetter(3)  # of an S record in the current layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +71,9 @@ class Marker:
 
     def orphan_alive(self) -> bool:
         """Whether the job's process group still exists on this host (only checkable here)."""
-        if self.pgid is None or self.host != journal.hostname():
+        from flowmake.journal import hostname  # journal imports this module
+
+        if self.pgid is None or self.host != hostname():
             return False
         try:
             os.killpg(self.pgid, 0)
@@ -71,8 +100,66 @@ class HistoryRecord:
     params: str
 
 
-# Record layouts are listed in journal.py.
+# ---- writing --------------------------------------------------------------------------------------
+
 _dumps = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps builds one per call
+
+
+def trace_row(t: int, tr: Trace) -> Record:
+    body = [tr.rule, tr.key, tr.fields, tr.inputs, tr.output_digest, tr.step_id, tr.time]
+    # key and output digest also outside the body: a no-op plan reads only those.
+    return [TRACE, t, tr.output, _dumps(body), tr.key, tr.output_digest]
+
+
+def forget_row(t: int, output: str) -> Record:
+    return [FORGET, t, output]
+
+
+def begin_row(t: int, step_id: str, outputs: Iterable[str], job_pid: int | None, pgid: int | None,
+              host: str, pid: int) -> Record:
+    return [BEGIN, t, step_id, list(outputs), job_pid, pgid, host, pid]
+
+
+def end_row(t: int, step_id: str) -> Record:
+    return [END, t, step_id]
+
+
+def history_row(t: int, rec: HistoryRecord) -> Record:
+    body = [
+        rec.rule, rec.start, rec.end, rec.runtime_s, rec.exit_code, rec.peak_rss_kb,
+        rec.backend, rec.host, rec.command, rec.params,
+    ]  # fmt: skip
+    return [HISTORY, t, rec.step_id, list(rec.outputs), _dumps(body)]
+
+
+def stat_row(t: int, path: str, entry: tuple[Any, ...] | None) -> Record:
+    return [STAT, t, path] if entry is None else [STAT, t, path, tuple(entry)]
+
+
+# ---- what the merge asks --------------------------------------------------------------------------
+
+
+def is_trace(r: Record) -> bool:
+    """A T record (the other kind keyed by output is F, a tombstone)."""
+    return r[0] == TRACE  # type: ignore[no-any-return]
+
+
+def is_begin(r: Record) -> bool:
+    """A B record (the other marker kind is E)."""
+    return r[0] == BEGIN  # type: ignore[no-any-return]
+
+
+def is_stat_removal(r: Record) -> bool:
+    return len(r) == 3
+
+
+def history_key(r: Record) -> tuple[int, str]:
+    """History records are never superseded: each (time, step) is one run."""
+    return r[1], r[2]
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
 # The C scanner directly: bodies are our own compact JSON, so json.loads' checks are pure overhead.
 _scan = json.JSONDecoder().scan_once
 
@@ -99,13 +186,44 @@ def _trace_of(r: Record, shared: dict[str, str] | None = None) -> Trace:
     return Trace(r[2], rule, key, fields, tuple(map(tuple, inputs)), output_digest, step_id, t)
 
 
-def _history_of(r: Record) -> HistoryRecord:
+def head(r: Record) -> Head:
+    """(key, output digest) of a T record, decoding the body only for the older layout."""
+    if len(r) > 5:
+        return r[4], r[5]
+    tr = _trace_of(r)
+    return tr.key, tr.output_digest
+
+
+def head_lookup(rows: Mapping[str, Record]) -> Callable[[str], Head | None]:
+    """``output -> head`` over ``rows``: one call per lookup, for the planner's hot path."""
+    get = rows.get
+
+    def trace_head(output: str) -> Head | None:
+        r = get(output)
+        if r is None:
+            return None
+        return (r[4], r[5]) if len(r) > 5 else head(r)
+
+    return trace_head
+
+
+def history_of(r: Record) -> HistoryRecord:
     rule, *rest = _loads(r[4])
     return HistoryRecord(r[2], rule, tuple(r[3]), *rest)
 
 
-def _marker_of(r: Record) -> Marker:
+def marker_of(r: Record) -> Marker:
     return Marker(r[2], tuple(r[3]), r[4], r[5], r[6], r[7], r[1] / 1e9)
+
+
+def stat_entries(rows: Mapping[str, Record]) -> dict[str, tuple[Any, ...]]:
+    """path -> stat-cache entry of the latest S record per path (removals left out)."""
+    return {p: r[3] if len(r) == 4 else tuple(r[3:9]) for p, r in rows.items() if len(r) > 3}
+
+
+def live_traces(rows: Mapping[str, Record]) -> Iterator[tuple[str, Record]]:
+    """The (output, T record) pairs of the latest T or F record per output."""
+    return ((k, r) for k, r in rows.items() if r[0] == TRACE)
 
 
 @contextlib.contextmanager
@@ -167,7 +285,7 @@ class TraceView:
         return repr(self._decoded())
 
 
-class _Traces(Mapping[str, Trace]):
+class Traces(Mapping[str, Trace]):
     """Read-only view: traces are decoded on first use of a field beyond key and output digest."""
 
     def __init__(self, rows: dict[str, Record]) -> None:
@@ -189,8 +307,3 @@ class _Traces(Mapping[str, Trace]):
 
     def __len__(self) -> int:
         return len(self._rows)
-
-    def _changed(self, output: str) -> None:
-        pass  # views read the row they were made from; a new row means a new view
-
-

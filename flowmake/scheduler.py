@@ -122,7 +122,6 @@ class Scheduler:
         self._interrupt = False
         self._t0_ns = time.time_ns()
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
-        self._other: Store | None = None  # a read-only snapshot of what concurrent runs recorded
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
     # ---- what the run leaves -----------------------------------------------------------------
@@ -336,15 +335,9 @@ class Scheduler:
         return False
 
     def _foreign_traces(self, step: Step) -> list[Trace] | None:
-        # Loading the store reads every segment: reuse the snapshot until it lacks what we ask for.
-        for fresh in (False, True):
-            if self._other is None or fresh:
-                self._other = Store.open(self.ctx.workdir, readonly=True)
-            traces = [self._other.trace(o) for o in step.outputs]
-            if all(t is not None and t.time * 1e9 >= ctime_ns(self.ctx.workdir, o) - 1e6
-                   for t, o in zip(traces, step.outputs)):  # not a trace older than the file
-                return traces  # type: ignore[return-value]
-        return None
+        cutoff = [ctime_ns(self.ctx.workdir, o) - 1e6 for o in step.outputs]  # not a trace older than the file
+        traces = self.store.peer_traces(step.outputs, cutoff)
+        return traces if all(t is not None for t in traces) else None  # type: ignore[return-value]
 
     def _was_built_meanwhile(self, rec: StepRecord) -> bool:
         """Another invocation may have built this step while we waited for, or before we took, its lock."""

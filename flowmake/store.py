@@ -23,23 +23,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import filelock
 
 from flowmake import journal
 from flowmake.digest import StatCache
 from flowmake.errors import StoreError
-from flowmake.records import (  # Trace and HistoryRecord are imported from here by callers
-    HistoryRecord,
-    Marker,
-    Trace,
-    _dumps,
-    _history_of,
-    _marker_of,
-    _no_gc,
-    _Traces,
-)
+from flowmake import records
+from flowmake.records import HistoryRecord, Marker, Trace, _no_gc  # callers import these from here
 
 STORE_DIR = ".flowmake"
 COMPACT_AFTER = 16  # close() compacts when more finished run segments than this exist
@@ -50,7 +42,7 @@ HISTORY_KEEP = 20  # history records kept per output by compaction
 # Compaction deletes what it merges, so it wants more than a free lock before it merges a segment
 # of another host: on NFS mounted with "nolock", locks are local and every remote run looks dead.
 FOREIGN_GRACE_S = 24 * 3600
-Record = journal.Record
+Record = records.Record
 
 
 class Store:
@@ -67,7 +59,11 @@ class Store:
         self._unsynced = False
         self._clock = 0
         self._live_rows: dict[str, Record] = {}
-        self.traces: _Traces = _Traces(self._live_rows)
+        self.traces = records.Traces(self._live_rows)
+        # (key, output digest) of an output's trace, or None: what the planner asks of 100k
+        # traces in a no-op, so a closure over the rows rather than a method (one call, not two).
+        self.trace_head: Callable[[str], records.Head | None] = records.head_lookup(self._live_rows)
+        self._peers: Store | None = None  # a read-only load for peer_traces
         self.stat_cache = StatCache()
         self._incomplete: dict[str, Marker] = {}
         self._elsewhere: dict[str, Marker] = {}
@@ -132,21 +128,40 @@ class Store:
     def _load_all(self) -> None:
         state, self.warnings = self._read_all(history=False)
         self._clock = max(state.max_t, time.time_ns())
-        self._live_rows.update((k, r) for k, r in state.traces.items() if r[0] == "T")
-        self.stat_cache = StatCache(
-            {p: r[3] if len(r) == 4 else tuple(r[3:9]) for p, r in state.stats.items() if len(r) > 3}
-        )
+        self._live_rows.update(records.live_traces(state.traces))
+        self.stat_cache = StatCache(records.stat_entries(state.stats))  # type: ignore[arg-type]
         for r, live in state.open_markers():
             target = self._elsewhere if live else self._incomplete
-            m = _marker_of(r)
+            m = records.marker_of(r)
+            t = records.time_of(r)
             for o in m.outputs:
-                if not state.newer_trace(o, r[1]):
+                if not state.newer_trace(o, t):
                     target[o] = m
 
     # ---- queries --------------------------------------------------------------------------------
 
     def trace(self, output: str) -> Trace | None:
+        """The whole trace (``--why``); the planner reads ``trace_head`` instead."""
         return self.traces.get(output)
+
+    def peer_traces(self, outputs: Sequence[str],
+                    not_before_ns: Sequence[float] | None = None) -> list[Trace | None]:
+        """The traces other runs on this store recorded for ``outputs`` (and what this run has
+        flushed), None for an output without one, or whose trace was made before its entry of
+        ``not_before_ns``. Read from a read-only load of the store that is kept between calls
+        (loading reads every segment) and redone once when it lacks an answer.
+        """
+        got: list[Trace | None] = []
+        for fresh in (False, True):
+            if self._peers is None or fresh:
+                self._peers = Store.open(os.path.dirname(self.path), readonly=True)
+            got = [self._peers.trace(o) for o in outputs]
+            if not_before_ns is not None:
+                got = [t if t is not None and t.time * 1e9 >= nb else None
+                       for t, nb in zip(got, not_before_ns)]
+            if all(t is not None for t in got):  # not "None in got": that decodes each trace
+                break
+        return got
 
     def incomplete_outputs(self) -> dict[str, Marker]:
         """Outputs of steps that began in a run that is gone and never ended: treat as incomplete.
@@ -165,12 +180,12 @@ class Store:
             with _no_gc():
                 state, _ = self._read_all(history=True)
             rows = state.history  # keyed by (time, step): this run's own records may be in it
-            rows.update(((r[1], r[2]), r) for r in self._own_history)
+            rows.update((records.history_key(r), r) for r in self._own_history)
             self._history = {}
             for r in rows.values():
-                for o in r[3]:
+                for o in records.outputs_of(r):
                     self._history.setdefault(o, []).append(r)
-        recs = [_history_of(r) for r in self._history.get(output, ())]
+        recs = [records.history_of(r) for r in self._history.get(output, ())]
         return sorted(recs, key=lambda h: h.start)
 
     # ---- writes ---------------------------------------------------------------------------------
@@ -188,12 +203,9 @@ class Store:
         with self._lock:
             self._check_writable()
             for tr in traces:
-                body = [tr.rule, tr.key, tr.fields, tr.inputs, tr.output_digest, tr.step_id, tr.time]
-                # key and output digest also outside the body: a no-op plan reads only those.
-                r = ["T", self._tick(), tr.output, _dumps(body), tr.key, tr.output_digest]
+                r = records.trace_row(self._tick(), tr)
                 self._pending.append(r)
                 self._live_rows[tr.output] = r
-                self.traces._changed(tr.output)
                 self._incomplete.pop(tr.output, None)
 
     def forget(self, outputs: Iterable[str]) -> None:
@@ -201,10 +213,8 @@ class Store:
         with self._lock:
             self._check_writable()
             for o in outputs:
-                r = ["F", self._tick(), o]
-                self._pending.append(r)
+                self._pending.append(records.forget_row(self._tick(), o))
                 self._live_rows.pop(o, None)
-                self.traces._changed(o)
                 self._incomplete.pop(o, None)
 
     def begin(self, step_id: str, outputs: list[str], job_pid: int | None = None) -> None:
@@ -217,16 +227,15 @@ class Store:
                     pgid = os.getpgid(job_pid)
                 except OSError:
                     pgid = None
-            r = ["B", self._tick(), step_id, list(outputs), job_pid, pgid, self.host, os.getpid()]
-            self._pending.append(r)
+            self._pending.append(records.begin_row(self._tick(), step_id, outputs, job_pid, pgid,
+                                                   self.host, os.getpid()))
             self.flush(sync=False)  # must reach the kernel before the job starts: survives SIGKILL
 
     def end(self, step_id: str) -> None:
         """Clear the marker. Put the step's traces first; flush() makes both durable."""
         with self._lock:
             self._check_writable()
-            r = ["E", self._tick(), step_id]
-            self._pending.append(r)
+            self._pending.append(records.end_row(self._tick(), step_id))
             # As a reload would see it: an ended step id no longer marks anything incomplete.
             for o in [o for o, m in self._incomplete.items() if m.step_id == step_id]:
                 del self._incomplete[o]
@@ -234,11 +243,7 @@ class Store:
     def add_history(self, rec: HistoryRecord) -> None:
         with self._lock:
             self._check_writable()
-            body = [
-                rec.rule, rec.start, rec.end, rec.runtime_s, rec.exit_code, rec.peak_rss_kb,
-                rec.backend, rec.host, rec.command, rec.params,
-            ]  # fmt: skip
-            r = ["H", self._tick(), rec.step_id, list(rec.outputs), _dumps(body)]
+            r = records.history_row(self._tick(), rec)
             self._pending.append(r)
             self._own_history.append(r)
             if self._history is not None:
@@ -251,10 +256,7 @@ class Store:
             if self._writer is None:
                 return
             for path, e in self.stat_cache.take_changes():
-                r: Record = ["S", self._tick(), path]
-                if e is not None:
-                    r.append(tuple(e))
-                self._pending.append(r)
+                self._pending.append(records.stat_row(self._tick(), path, e))
             if self._pending:
                 try:
                     self._writer.append(self._pending)
