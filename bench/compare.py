@@ -1,13 +1,14 @@
-"""Benchmark flowmake against Snakemake on the same generated Snakefiles.
+"""Benchmark flowmake against Snakemake, and against an earlier flowmake, on the same Snakefiles.
 
-Both tools read the same Snakefile in sibling temp directories. Measurements alternate the two
-tools rep by rep (so drift on a shared machine hits both), each in a fresh child process whose
-`getrusage(RUSAGE_CHILDREN)` gives that one command's peak RSS. Writes bench/RESULTS.md.
+Every tool reads the same Snakefile in sibling temp directories. Measurements alternate the
+tools rep by rep (so drift on a shared machine hits all of them), each in a fresh child process
+whose `getrusage(RUSAGE_CHILDREN)` gives that one command's peak RSS. Writes bench/RESULTS.md.
 
     python bench/compare.py --setup            # Snakemake into bench/.venv-snakemake
     python bench/compare.py --quick            # minutes
     python bench/compare.py --sizes 1k,10k     # the default
     python bench/compare.py --full             # adds 100k, for Snakemake too (slow)
+    python bench/compare.py --tools flowmake --baseline main   # this code vs main, side by side
 """
 from __future__ import annotations
 
@@ -20,13 +21,17 @@ import re
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# bench/*.py: this script's directory is on sys.path
+import baseline as baseline_tree
+import micro
+from tables import Cell, Workload, merge_rows, render
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -43,26 +48,10 @@ class Tool:
     # ~0.1 s per job at 10k jobs; greedy gets to the same built state sooner.
     build_args: tuple[str, ...] = ()
 
-
-@dataclass(frozen=True)
-class Workload:
-    """A generated workflow: every input lives under in/, every output under out/."""
-    name: str
-    jobs: int  # jobs a full build runs, excluding the `all` target rule
-    snakefile: str
-    inputs: dict[str, str]
-
-
-@dataclass
-class Cell:
-    """One (workload, measurement, tool): wall times of each rep, peak RSS, notes."""
-    walls: list[float] = field(default_factory=list)
-    rss_kb: list[int] = field(default_factory=list)
-    failed: str = ""
-    note: str = ""
-
-    def median(self) -> float | None:
-        return statistics.median(self.walls) if self.walls and not self.failed else None
+    @property
+    def slug(self) -> str:
+        """The name as one path component (a baseline ref may contain slashes)."""
+        return re.sub(r"[^\w.@-]", "_", self.name)
 
 
 # ---- workloads ----------------------------------------------------------------------------------
@@ -192,7 +181,7 @@ def child_measure(cwd: str, log: str, cmd: list[str]) -> None:
 
 
 def measure(tool: Tool, root: Path, args: list[str], cell: Cell, timeout: float) -> bool:
-    log = root / f"last-{tool.name}.log"
+    log = root / f"last-{tool.slug}.log"
     helper = [sys.executable, str(Path(__file__).resolve()), "--_measure", str(root), str(log),
               "--", *tool.argv, *args]
     env = {**os.environ, **tool.env}
@@ -237,7 +226,7 @@ def run_args(dry: bool = False) -> list[str]:
 def bench_workload(w: Workload, tools: list[Tool], base: Path, reps: int, full_run: bool,
                    timeout: float) -> dict[str, dict[str, Cell]]:
     """Returns measurement -> tool name -> Cell."""
-    roots = {t.name: base / w.name / t.name for t in tools}
+    roots = {t.name: base / w.name / t.slug for t in tools}
     for r in roots.values():
         materialise(w, r)
     kinds = ["full run -c 2"] if full_run else ["dry-run -n", "no-op", "no-op after touch"]
@@ -258,7 +247,7 @@ def bench_workload(w: Workload, tools: list[Tool], base: Path, reps: int, full_r
                     after = output_mtimes(roots[t.name])
                     n = sum(1 for p, m in after.items() if snap.get(p) != m)
                     cell.note = f"{n} outputs written"
-                log_msg(f"  {kind:18} {t.name:9} rep {rep + 1}: "
+                log_msg(f"  {kind:18} {t.name:14} rep {rep + 1}: "
                     f"{cell.walls[-1]:.2f}s" if ok else f"  {kind} {t.name}: FAILED {cell.failed}")
 
     if full_run:
@@ -290,7 +279,7 @@ def setup_venv(version: str | None) -> None:
     log_msg(f"installed {spec} into {VENV.relative_to(REPO)}")
 
 
-def make_tools(args: argparse.Namespace) -> list[Tool]:
+def make_tools(args: argparse.Namespace, base: Path) -> list[Tool]:
     tools = []
     smk = args.snakemake or str(VENV / "bin" / "snakemake")
     if "snakemake" in args.tools:
@@ -302,7 +291,27 @@ def make_tools(args: argparse.Namespace) -> list[Tool]:
         if importlib.util.find_spec("flowmake") is None:  # not installed: use this checkout
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         tools.append(Tool("flowmake", (sys.executable, "-m", "flowmake"), env))
+    if args.baseline:
+        if "flowmake" not in args.tools:
+            sys.exit("--baseline is compared with the current flowmake: keep flowmake in --tools")
+        bl = baseline_tree.prepare(REPO, args.baseline, base / "baseline")
+        log_msg(f"baseline {bl.ref} = {bl.commit[:12]}, laid out in {bl.site}")
+        # The same interpreter and installed dependencies; only the flowmake code differs.
+        tools.append(Tool(f"flowmake@{bl.ref}", (sys.executable, "-m", "flowmake"), bl.env))
+        args.baseline_commit = bl.commit
     return tools
+
+
+def current_code() -> str:
+    """Which code "flowmake" is: this checkout's commit, and whether it has uncommitted edits."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "flowmake",
+                                "backends", "rules"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes' if dirty else ''}"
 
 
 def version_of(tool: Tool) -> str:
@@ -334,61 +343,12 @@ def machine() -> dict[str, str]:
     }
 
 
-# ---- report -------------------------------------------------------------------------------------
-
-def render(results: list[tuple[Workload, dict[str, dict[str, Cell]]]], info: dict[str, str],
-           reps: int) -> str:
-    out = ["# flowmake vs Snakemake", "",
-           f"Generated by `bench/compare.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-           f"Median wall time of {reps} rep(s), alternating the tools; peak RSS is the max over reps. "
-           "Ratio = Snakemake / flowmake (above 1: flowmake is faster).", ""]
-    out += [f"- **{k}**: {v}" for k, v in info.items()] + [""]
-    out += ["| workload | jobs | measurement | Snakemake s | Snakemake RSS MiB | flowmake s | "
-            "flowmake RSS MiB | ratio | notes |", "|---|---:|---|---:|---:|---:|---:|---:|---|"]
-    for w, cells in results:
-        for kind, by_tool in cells.items():
-            s, f = by_tool.get("snakemake"), by_tool.get("flowmake")
-            notes = []
-            for name, c in (("Snakemake", s), ("flowmake", f)):
-                if c and c.note:
-                    notes.append(f"{name}: {c.note}")
-                if c and c.median() and kind.startswith("full run"):
-                    notes.append(f"{name} {1000 * c.median() / w.jobs:.1f} ms/job")
-            ratio = (f"{s.median() / f.median():.2f}" if s and f and s.median() and f.median()
-                     else "–")
-            out.append(f"| {w.name} | {w.jobs} | {kind} | {fmt_cell(s, 'wall')} | "
-                       f"{fmt_cell(s, 'rss')} | {fmt_cell(f, 'wall')} | {fmt_cell(f, 'rss')} | "
-                       f"{ratio} | {'; '.join(notes)} |")
-    return "\n".join(out) + "\n"
-
-
-def merge_rows(old: str, new: str) -> str:
-    """`new` with the table rows of `old` whose workload `new` did not measure kept in front."""
-    def rows(text: str) -> list[str]:
-        return [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| workload")]
-    measured = {ln.split("|")[1].strip() for ln in rows(new)}
-    kept = [ln for ln in rows(old) if ln.split("|")[1].strip() not in measured]
-    lines = new.splitlines()
-    first = next(i for i, ln in enumerate(lines) if ln.startswith("|---"))
-    return "\n".join(lines[:first + 1] + kept + lines[first + 1:]) + "\n"
-
-
-def fmt_cell(c: Cell | None, what: str) -> str:
-    if c is None:
-        return "skipped"
-    if c.failed:
-        return f"failed ({c.failed})" if what == "wall" else "–"
-    if not c.walls:
-        return "–"
-    return f"{c.median():.2f}" if what == "wall" else f"{max(c.rss_kb) / 1024:.0f}"
-
-
 # ---- main ---------------------------------------------------------------------------------------
 
 def make_plan(args: argparse.Namespace) -> list[tuple[Workload, bool]]:
     """(workload, is the timed full run), cheap ones first: RESULTS.md is rewritten after each,
     so an interrupted run still reports everything measured so far."""
-    only = set(filter(None, args.only.split(","))) or {"chains", "fanin", "deep", "run"}
+    only = kinds(args)
     sizes = sorted(parse_size(s) for s in args.sizes.split(","))
     plan: list[tuple[Workload, bool]] = []
     plan += [(chains(sizes[0]), False)] if "chains" in only else []
@@ -397,6 +357,10 @@ def make_plan(args: argparse.Namespace) -> list[tuple[Workload, bool]]:
     plan += [(chains(s), False) for s in sizes[1:]] if "chains" in only else []
     plan += [(fanin(parse_size(args.fanin)), False)] if "fanin" in only else []
     return plan
+
+
+def kinds(args: argparse.Namespace) -> set[str]:
+    return set(filter(None, args.only.split(","))) or {"chains", "fanin", "deep", "run", "micro"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snakemake-max", default=None,
                    help="skip Snakemake above this many jobs (default 10k, 100k with --full)")
     p.add_argument("--tools", default="snakemake,flowmake")
-    p.add_argument("--only", default="", help="comma list of workload kinds: chains,fanin,deep,run")
+    p.add_argument("--baseline", metavar="REF",
+                   help="also run this git revision of flowmake (e.g. main, HEAD~3) as a third "
+                        "tool flowmake@REF, alternating with the current code")
+    p.add_argument("--only", default="",
+                   help="comma list of workload kinds: chains,fanin,deep,run,micro")
     p.add_argument("--timeout", type=float, default=3600, help="per command, seconds")
     p.add_argument("--workdir", help="where to generate workflows (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the generated workflows")
@@ -434,23 +402,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.full:
         args.sizes = ",".join(dict.fromkeys([*args.sizes.split(","), "100k"]))
     smk_max = parse_size(args.snakemake_max or ("100k" if args.full else "10k"))
-    tools = make_tools(args)
-    plan = make_plan(args)
+    started = time.monotonic()
     base = Path(args.workdir or tempfile.mkdtemp(prefix="flowmake-bench-"))
-    results = []
-    info = {**machine(), **{f"{t.name} version": version_of(t) for t in tools}}
+    results: list[tuple[Workload, dict[str, dict[str, Cell]]]] = []
     try:
+        tools = make_tools(args, base)
+        base_name = tools[-1].name if args.baseline else None
+        plan = make_plan(args)
+        info = {**machine(), **{f"{t.name} version": version_of(t) for t in tools}}
+        if "flowmake" in args.tools:
+            info["flowmake code"] = f"this checkout, {current_code()}"
+        if base_name:
+            info[f"{base_name} code"] = f"commit {args.baseline_commit[:12]}, from `git archive`"
+        micro_text = ""
+
+        def write() -> None:  # after each workload, in case of ^C
+            info["bench run time"] = f"{(time.monotonic() - started) / 60:.1f} min"
+            text = render(results, info, args.reps, base_name) + micro_text
+            if args.append and Path(args.out).exists():
+                text = merge_rows(Path(args.out).read_text(), text)
+            Path(args.out).write_text(text)
+
+        flowmakes = [t for t in tools if t.name.startswith("flowmake")]
+        if flowmakes and "micro" in kinds(args):  # seconds: first
+            log_msg("micro: pattern matching and rule evaluation, per call")
+            measured = micro.run(flowmakes, args.reps, args.timeout, log_msg)
+            micro_text = "\n" + micro.render(measured, base_name)
+            write()
         for w, full_run in plan:
             active = [t for t in tools if t.name != "snakemake" or w.jobs <= smk_max + 1]
             results.append((w, bench_workload(w, active, base, args.reps, full_run, args.timeout)))
-            text = render(results, info, args.reps)
-            if args.append and Path(args.out).exists():
-                text = merge_rows(Path(args.out).read_text(), text)
-            Path(args.out).write_text(text)  # after each workload, in case of ^C
+            write()
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
-    log_msg(f"wrote {args.out}")
+    log_msg(f"wrote {args.out} after {(time.monotonic() - started) / 60:.1f} min")
     return 0
 
 
