@@ -8,6 +8,7 @@ output patterns, and a path is matched only against those.
 
 from __future__ import annotations
 
+from flowmake.errors import UnsafeWildcardError
 from flowmake.patterns import Bindings, Pattern
 from flowmake.rules import Rule, Workflow
 
@@ -21,14 +22,24 @@ class RuleIndex:
         self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
         self._by_shape: dict[tuple[str, str], list[Rule]] = {}
 
-    def candidates(self, path: str) -> list[tuple[Rule, Bindings]]:
+    def candidates(self, path: str,
+                   refused: list[UnsafeWildcardError] | None = None) -> list[tuple[Rule, Bindings]]:
+        """``refused``, when given, collects the rules that match only with an unsafe wildcard
+        value (see ``patterns``); otherwise the first such refusal is raised."""
         shape = _shape(path)
         rules = self._by_shape.get(shape)
         if rules is None:
             rules = self._by_shape[shape] = [r for r in self._rules if self._may_make(r, shape)]
         found = []
         for rule in rules:
-            b = rule.match_output(path)
+            try:
+                b = rule.match_output(path)
+            except UnsafeWildcardError as e:
+                e.location, e.rule = rule.location, rule.name
+                if refused is None:
+                    raise
+                refused.append(e)
+                continue
             if b is not None:
                 found.append((rule, b))
         return found

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,32 @@ class WildcardError(FlowmakeError):
     """A wildcard value is malformed, of the wrong type, or unsafe (leaves the workdir, injects)."""
 
     title = "wildcard error"
+
+
+class UnsafeWildcardError(WildcardError):
+    """A wildcard value taken from a path (a target, a file name) holds shell syntax, a control
+    character or a path escape, and its wildcard does not allow it: refused where it is bound, so
+    nothing formats it. ``path`` is the path it was taken from; ``pattern`` the pattern it matched."""
+
+    title = "unsafe wildcard value"
+
+    def __init__(self, message: str, *, wildcard: str, value: str, path: str, pattern: str,
+                 **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.wildcard, self.value, self.path, self.pattern = wildcard, value, path, pattern
+
+    def for_target(self, target: str, chain: Sequence[str] = ()) -> UnsafeWildcardError:
+        """This refusal as the error of ``target``, which needed ``self.path`` through ``chain``."""
+        details = [] if self.path == target else [f"path: {printable(self.path)}", *chain]
+        return UnsafeWildcardError(self.message, wildcard=self.wildcard, value=self.value,
+                                   path=self.path, pattern=self.pattern, location=self.location,
+                                   rule=self.rule, target=printable(target), hint=self.hint,
+                                   details=details)
+
+
+def printable(text: str) -> str:
+    """``text`` for an error line: as is, or as a Python literal when it holds control characters."""
+    return text if text.isprintable() else repr(text)
 
 
 class UnsafePathError(FlowmakeError):

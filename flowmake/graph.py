@@ -3,7 +3,8 @@
 For each needed path the rules whose outputs match it are candidates. Candidates are ordered by
 ``ruleorder`` and then "a rule without wildcards beats one with wildcards"; a candidate whose inputs
 can be neither found nor produced is dropped; two equally preferred candidates that both work are an
-ambiguity error. A path no rule produces is a source file: it must exist.
+ambiguity error. A path no rule produces is a source file: it must exist. A rule that matches a
+path only with an unsafe wildcard value (``patterns``) cannot make it.
 
 Resolution is written as generators driven by an explicit stack, so a 2,000-deep chain needs no deep
 Python recursion. The graph grows while a run goes on: a step whose input function asked an
@@ -17,16 +18,9 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
 
-from flowmake.errors import (
-    AmbiguousRuleError,
-    CycleError,
-    FlowmakeError,
-    MissingInputError,
-    NoRuleError,
-    UnsafePathError,
-    WildcardError,
-    did_you_mean,
-)
+from flowmake.errors import (AmbiguousRuleError, CycleError, FlowmakeError, MissingInputError,
+                             NoRuleError, UnsafePathError, UnsafeWildcardError, WildcardError,
+                             did_you_mean)
 from flowmake.candidates import RuleIndex
 from flowmake.rules import CheckpointView, IncompleteCheckpoint, Instance, Rule, Workflow
 
@@ -99,7 +93,7 @@ def _graph_key(rule: Rule, outputs: tuple[str, ...], bindings: object) -> str:
 class _Failure:
     """Why a path cannot be made; grows a consumer chain as it travels up."""
 
-    kind: str  # "missing" | "cycle" | "norule"
+    kind: str  # "missing" | "cycle" | "norule" | "ambiguous" | "unsafe" (a refused wildcard value)
     path: str
     chain: list[str] = field(default_factory=list)
     rule: Rule | None = None
@@ -186,7 +180,7 @@ class Graph:
         self.targets.extend(targets)
 
     def _drive(self, path: str) -> Step | None | _Failure:
-        return self._run(self._resolve(path), path)
+        return self._run(self._resolve(path, requested=True), path)
 
     def _drive_step(self, step: Step) -> Step | _Failure:
         return self._run(self._resolve_step(step, step.outputs[0] if step.outputs else step.rule.name), None)
@@ -229,15 +223,20 @@ class Graph:
                 send = None
         return send
 
-    def _resolve(self, path: str) -> Generator[str, object, Step | None | _Failure]:
-        if path in self.producer:  # resolved meanwhile (a sibling output of a multi-output step)
-            return self.producer[path]  # type: ignore[return-value]
-        candidates = self._index.candidates(path)
+    def _resolve(self, path: str, requested: bool = False) -> Generator[str, object, Step | None | _Failure]:
+        # requested: the user asked for the path, so a rule refusing its wildcard value (patterns:
+        # "Safety") is an error even if the file exists; elsewhere such a file is a source.
+        known = self.producer.get(path, _UNRESOLVED)
+        if known is not _UNRESOLVED and not (requested and known is SOURCE):
+            return known  # type: ignore[return-value]  # resolved meanwhile (a sibling output)
+        refused: list[UnsafeWildcardError] = []
+        candidates = self._index.candidates(path, refused)
+        unsafe = [_Failure("unsafe", path, error=e) for e in refused[:1]]
         if not candidates:
-            if self.exists(path):
+            if self.exists(path) and not (requested and unsafe):
                 return SOURCE
-            return _Failure("norule", path)
-        if len(candidates) == 1:  # the common case, without the bookkeeping of several
+            return unsafe[0] if unsafe else _Failure("norule", path)
+        if len(candidates) == 1 and not unsafe:  # the common case, without the bookkeeping of several
             step = self._step_for(*candidates[0], path)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
@@ -274,9 +273,9 @@ class Graph:
                     self.producer.setdefault(out, winners[0])
                 return winners[0]
         # Every candidate failed: a file that exists is a source after all (Snakemake does this).
-        if self.exists(path) and all(f.kind != "cycle" for f in failures):
+        if self.exists(path) and all(f.kind != "cycle" for f in failures) and not (requested and unsafe):
             return SOURCE
-        return _pick_failure(failures)
+        return _pick_failure(failures + unsafe)
 
     def _preference_groups(self, candidates: list[tuple[Rule, object]]) -> list[list[tuple[Rule, object]]]:
         """Candidates in preference order, equally preferred ones grouped together."""
@@ -447,6 +446,8 @@ class Graph:
     # ---- errors -----------------------------------------------------------------------------
 
     def _error_for(self, failure: _Failure, target: str) -> FlowmakeError:
+        if isinstance(failure.error, UnsafeWildcardError):
+            return failure.error.for_target(target, failure.chain)
         if failure.error is not None:
             return failure.error
         if failure.kind == "cycle":
@@ -481,7 +482,7 @@ class Graph:
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:
-    for kind in ("ambiguous", "missing", "cycle", "norule"):
+    for kind in ("ambiguous", "unsafe", "missing", "cycle", "norule"):
         for f in failures:
             if f.kind == kind:
                 return f

@@ -8,23 +8,38 @@ Three spellings of a wildcard:
   ``float``, ``date`` (ISO ``YYYY-MM-DD``, a real calendar date) and ``path`` (one or more segments,
   relative, no ``..``). A rule file declares more with ``wildcard_type(name, regex, convert)``.
 
-``Pattern.match`` returns ``Bindings`` (typed values) or ``None``; ``Pattern.format`` writes back the
-*raw* spelling, so ``lanes/007.txt`` round-trips although ``wildcards.lane == 7``. Values of the
-built-in numeric/date types are subclasses whose ``str()`` is the raw spelling, so
-``f"lanes/{wildcards.lane}.txt"`` in an input function gives the same path.
+``Pattern.match`` returns ``Bindings`` (typed values) or ``None`` (or refuses a value, see Safety);
+``Pattern.format`` writes back the *raw* spelling, so ``lanes/007.txt`` round-trips although
+``wildcards.lane == 7``. Values of the built-in numeric/date types are subclasses whose ``str()`` is
+the raw spelling, so ``f"lanes/{wildcards.lane}.txt"`` in an input function gives the same path.
 
-Safety: a value with a ``..`` segment or a leading ``/`` never matches.
+Safety: values come from target names and file names, which anyone may choose, so a value is checked
+where it is bound, before any rule function, command, message or script sees it. A value with shell
+syntax (``; | & $ ` < > ( ) ' "``) or a control character is refused (``UnsafeWildcardError``)
+unless the wildcard's own regex names that character literally (``{name,[\\w.;]+}``, a
+``wildcard_constraints`` entry, a ``wildcard_type``); ``.``, classes such as ``\\w``/``\\s``, ranges
+and negated sets name nothing, so ``{name}``, ``{name,[^/]+}``, ``str`` and ``path`` refuse them all.
+A value that is absolute or has a ``..`` segment is always refused — or, when the whole path lies
+outside the working directory (no rule can make it), simply does not match.
+
 Speed: regexes are compiled once; a literal prefix/suffix check rejects most paths before the regex.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Callable, Iterator, Mapping
 
-from flowmake.errors import WildcardError
+from flowmake.errors import UnsafeWildcardError, WildcardError
+
+if sys.version_info >= (3, 11):
+    import re._parser as _sre  # type: ignore[import-not-found, unused-ignore]  # what a regex names
+else:  # pragma: no cover - Python 3.10
+    import sre_parse as _sre
 
 # {name}, {name,constraint} (constraint may nest one level of braces: {n,\d{3}}), {name:type}.
 WILDCARD_RE = re.compile(
@@ -111,6 +126,68 @@ BUILTIN_TYPES: Mapping[str, WildcardType] = {
 }
 
 
+SHELL_SYNTAX = frozenset(";|&$`<>()'\"")
+CONTROL = frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
+REFUSED = SHELL_SYNTAX | CONTROL
+
+
+def named_chars(regex: str) -> frozenset[str]:
+    """The characters a regex names one by one (``;`` in ``[\\w;]`` or ``a\\;b``), not those it
+    merely admits through ``.``, a class escape, a range or a negated set."""
+    try:
+        tree = _sre.parse(regex)
+    except re.error:
+        return frozenset()
+    found: set[str] = set()
+    todo: list[Any] = [tree]
+    while todo:
+        for op, av in todo.pop():
+            if op is _sre.LITERAL:
+                found.add(chr(av))
+            elif op is _sre.IN and not (av and av[0][0] is _sre.NEGATE):
+                found.update(chr(v) for o, v in av if o is _sre.LITERAL)
+            elif op is _sre.BRANCH:
+                todo.extend(av[1])
+            elif op is _sre.SUBPATTERN or op in _REPEATS:
+                todo.append(av[-1])
+            elif op is _sre.ASSERT:  # a lookahead that must hold; ASSERT_NOT names what is excluded
+                todo.append(av[1])
+    return frozenset(found)
+
+
+_REPEATS = tuple(getattr(_sre, n) for n in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+                 if hasattr(_sre, n))
+
+
+@functools.lru_cache(maxsize=256)
+def _refusal_search(allowed: frozenset[str]) -> Callable[[str], "re.Match[str] | None"]:
+    """``search`` of a regex that finds what makes a value unsafe: a leading ``/``, a ``..``
+    segment, or a refused character that ``allowed`` does not take back."""
+    chars = "".join(f"\\x{ord(c):02x}" for c in sorted(REFUSED - allowed))
+    return re.compile(r"^/|(?:^|/)\.\.(?:/|$)" + (f"|[{chars}]" if chars else "")).search
+
+
+def _refusal(pattern: str, path: str, name: str, value: str, found: re.Match[str]) -> UnsafeWildcardError:
+    bad = found.group()
+    if bad == "/":
+        why, hint = "which is an absolute path", "a wildcard value never starts with '/'"
+    elif bad not in REFUSED:
+        why, hint = "which has a '..' segment", "a wildcard value never has a '..' segment"
+    else:
+        kind = "shell syntax" if bad in SHELL_SYNTAX else "a control character"
+        example = re.escape(bad) if bad in SHELL_SYNTAX else f"\\x{ord(bad):02x}"
+        why = f"which contains {bad!r} ({kind})"
+        hint = (f"choose another name, or let the wildcard take {bad!r} by naming it in its regex, "
+                f"e.g. {{{name},[\\w.{example}]+}}")
+    return UnsafeWildcardError(f"wildcard '{name}' would be {value!r}, {why}", wildcard=name,
+                               value=value, path=path, pattern=pattern, hint=hint)
+
+
+def _outside(path: str) -> bool:
+    """Whether a path lies outside the working directory on its face (absolute, or starts with ..)."""
+    return path[:1] == "/" or path == ".." or path[:3] == "../"
+
+
 class Bindings(Mapping[str, Any]):
     """Wildcard name → typed value; ``raw(name)`` is the spelling from the path."""
 
@@ -165,7 +242,7 @@ class Pattern:
     """
 
     __slots__ = ("text", "wildcards", "is_static", "_parts", "_regex", "_prefix", "_suffix",
-                 "_converters", "_types_of", "_template")
+                 "_converters", "_types_of", "_template", "_checks")
 
     def __init__(
         self,
@@ -181,6 +258,7 @@ class Pattern:
         regex: list[str] = []
         names: list[str] = []
         converters: dict[str, Callable[[str], Any]] = {}
+        checks: list[tuple[str, Callable[[str], re.Match[str] | None]]] = []
         self._types_of: dict[str, str] = {}
         pos = 0
         for m in WILDCARD_RE.finditer(self.text):
@@ -194,7 +272,9 @@ class Pattern:
                 regex.append(f"(?P={name})")  # a repeated wildcard must match the same value
             else:
                 names.append(name)
-                regex.append(f"(?P<{name}>{self._wildcard_regex(m, constraints, types, converters)})")
+                wregex = self._wildcard_regex(m, constraints, types, converters)
+                regex.append(f"(?P<{name}>{wregex})")
+                checks.append((name, _refusal_search(named_chars(wregex) & REFUSED)))
             pos = m.end()
         if pos < len(self.text):
             parts.append(self.text[pos:])
@@ -203,6 +283,7 @@ class Pattern:
         self.wildcards: tuple[str, ...] = tuple(names)
         self.is_static = not names
         self._converters = converters
+        self._checks = tuple(checks)
         # A static pattern matches by string equality: compiling a regex for each of the thousands
         # of plain paths an expand() makes would dominate loading.
         self._regex = re.compile("".join(regex), re.DOTALL) if names else None
@@ -257,10 +338,12 @@ class Pattern:
         if m is None:
             return None
         raw = m.groupdict()
-        for v in raw.values():
-            # Safety: never bind a value that climbs out of the workdir or is absolute.
-            if v.startswith("/") or (".." in v and ".." in v.split("/")):
-                return None
+        for name, search in self._checks:  # see "Safety" above
+            found = search(raw[name])
+            if found is not None:
+                if _outside(path) and found.group() not in REFUSED:
+                    return None  # no rule makes a path outside the working directory
+                raise _refusal(self.text, path, name, raw[name], found)
         if not self._converters:
             return Bindings._fast(raw, raw)
         return self._convert(raw)

@@ -14,7 +14,8 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
-from flowmake.errors import FlowfileError, Location, UsageError, WildcardError, did_you_mean
+from flowmake.errors import (FlowfileError, Location, UnsafeWildcardError, UsageError, WildcardError,
+                             did_you_mean, printable)
 from flowmake.namedlist import EMPTY, NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, WildcardType
 from flowmake.rulebody import NO_FLAGS, Flags, IncompleteCheckpointBase, RuleBody
@@ -210,6 +211,8 @@ class Rule(RuleBody):
         except WildcardError as e:
             if e.location is None:  # say which rule, like every other rule error
                 e.location, e.rule = self.location, self.name
+            if isinstance(e, UnsafeWildcardError) and e.target is None and self.output_patterns:
+                e.target = printable(self.output_patterns[0].format(bindings))  # e.g. glob_wildcards
             raise
         inst.consulted = frozenset(consulted)
         return inst

@@ -4,8 +4,10 @@ Formatting follows Snakemake (``{input}``, ``{input.reads}``, ``{input[0]}``, ``
 ``{x:q}``, ``{{``/``}}``), with one difference made for safety: wildcard values come from target
 names, which anyone may choose, so every value that carries them (input, output, log, wildcards)
 is quoted with ``shlex.quote`` when it is not plainly safe (``^[\\w@%+=:,./-]+$``), element-wise for
-lists. Plain paths stay unquoted, so printed commands look like Snakemake's. params, threads and
-resources are the rule author's own and are inserted verbatim as in Snakemake (``extra="-m 4G"``
+lists. (A wildcard value with shell syntax or a control character never gets here: ``patterns``
+refuses it when it is bound. Quoting covers the rest: spaces, ``#``, ``*``, and paths an input
+function returned.) Plain paths stay unquoted, so printed commands look like Snakemake's. params,
+threads and resources are the rule author's own and are inserted verbatim as in Snakemake (``extra="-m 4G"``
 stays two words) — unless a value contains an unsafe wildcard value, which is then quoted. An empty value renders as nothing
 (``params: extra=""`` is common and must not become an empty argument); ``{x:q}`` always quotes;
 ``{x:raw}`` (ours) inserts a value verbatim, for params that are deliberately shell fragments.

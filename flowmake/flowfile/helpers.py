@@ -14,7 +14,7 @@ import string
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from flowmake.errors import WildcardError
+from flowmake.errors import UnsafeWildcardError, WildcardError
 from flowmake.namedlist import FlaggedFunction, add_flag
 from flowmake.patterns import WILDCARD_RE, Pattern
 
@@ -136,7 +136,12 @@ def glob_wildcards_in(workdir: str, pattern: str, files: Iterable[str] | None = 
     Result = collections.namedtuple("Wildcards", names)  # type: ignore[misc]
     found: dict[str, list[str]] = {n: [] for n in names}
     for path in _candidates(workdir, pat) if files is None else files:
-        b = pat.match(os.fspath(path))
+        try:
+            b = pat.match(os.fspath(path))
+        except UnsafeWildcardError as e:  # a file name is anyone's choice, like a target
+            raise UnsafeWildcardError(f"file {e.path!r} found by glob_wildcards({pat.text!r}): {e.message}",
+                                      wildcard=e.wildcard, value=e.value, path=e.path,
+                                      pattern=e.pattern, hint=e.hint) from None
         if b is not None:
             for n in names:
                 found[n].append(b.raw(n))

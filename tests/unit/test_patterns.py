@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from flowmake.errors import WildcardError
+from flowmake.errors import UnsafeWildcardError, WildcardError
 from flowmake.patterns import Bindings, Pattern, make_type
 
 
@@ -74,12 +74,72 @@ def test_path_type_several_segments_relative() -> None:
     assert p.match("in//a.gz") is None
 
 
-def test_unsafe_values_never_match() -> None:
+def test_paths_outside_the_workdir_never_match() -> None:
     p = Pattern("{x}.txt")
     assert p.match("../etc/passwd.txt") is None
-    assert p.match("a/../../b.txt") is None
     assert p.match("/abs/file.txt") is None
     assert p.match("a..b.txt") == {"x": "a..b"}  # '..' inside a name is fine
+
+
+def refusal(p: Pattern, path: str) -> str:
+    with pytest.raises(UnsafeWildcardError) as e:
+        p.match(path)
+    return e.value.message
+
+
+def test_path_escapes_inside_a_path_are_refused() -> None:
+    p = Pattern("out/{x}.txt")
+    assert refusal(p, "out/a/../../b.txt") == "wildcard 'x' would be 'a/../../b', which has a '..' segment"
+    assert refusal(p, "out//etc/x.txt") == "wildcard 'x' would be '/etc/x', which is an absolute path"
+    # No regex takes a path escape back.
+    assert refusal(Pattern("out/{x,.*[./].*}.txt"), "out/../b.txt").endswith("a '..' segment")
+
+
+HOSTILE = [";", "|", "&", "$", "`", "<", ">", "(", ")", "'", '"', "\n", "\t", "\r", "\x1b", "\x7f",
+           "\x85"]
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+@pytest.mark.parametrize("spelling", ["out/{x}.txt", "out/{x:str}.txt", "out/{x:path}.txt",
+                                      "out/{x,[^/]+}.txt", "out/{x,.+}.txt", "out/{x,[\\w\\W]+}.txt",
+                                      "out/{x,[ -~\\x00-\\x1f\\x7f-\\x9f]+}.txt"])
+def test_shell_syntax_and_control_characters_are_refused(bad: str, spelling: str) -> None:
+    p = Pattern(spelling)
+    kind = "shell syntax" if bad.isprintable() else "a control character"
+    assert refusal(p, f"out/a{bad}b.txt") == (
+        f"wildcard 'x' would be {'a' + bad + 'b'!r}, which contains {bad!r} ({kind})")
+
+
+def test_a_regex_that_names_a_character_allows_it() -> None:
+    assert Pattern(r"out/{x,[\w;|]+}.txt").match("out/a;b|c.txt") == {"x": "a;b|c"}
+    assert Pattern(r"out/{x,[\w;]+|a&b}.txt").match("out/a&b.txt") == {"x": "a&b"}  # in any branch
+    assert Pattern(r"out/{x,a\;b}.txt").match("out/a;b.txt") == {"x": "a;b"}  # however escaped
+    assert Pattern(r"out/{x,a\x3bb}.txt").match("out/a;b.txt") == {"x": "a;b"}
+    assert Pattern(r"out/{x,[\w\t]+}.txt").match("out/a\tb.txt") == {"x": "a\tb"}
+    assert Pattern("out/{x}.txt", {"x": r"[\w$]+"}).match("out/a$b.txt") == {"x": "a$b"}
+    types = {"cmd": make_type("cmd", r"[\w()]+"), "any": make_type("any", r".+")}
+    assert Pattern("out/{x:cmd}.txt", types=types).match("out/f(1).txt") == {"x": "f(1)"}
+    # Only what is named: '.', classes, ranges and negated sets name nothing.
+    assert refusal(Pattern(r"out/{x,[\w;].*}.txt"), "out/a;b|c.txt").endswith("contains '|' (shell syntax)")
+    assert refusal(Pattern("out/{x:any}.txt", types=types), "out/f(1).txt").endswith("'(' (shell syntax)")
+    assert refusal(Pattern(r"out/{x,[\w\s]+}.txt"), "out/a\nb.txt").endswith("a control character)")
+    assert Pattern(r"out/{x,[\w\s]+}.txt").match("out/a b.txt") == {"x": "a b"}
+    assert Pattern(r"out/{x,[^;]+}.txt").match("out/a;b.txt") is None
+
+
+def test_benign_odd_values_still_match() -> None:
+    p = Pattern("out/{x}.txt")
+    for value in ["a b", "a#b", "a=b", "a+b", "a,b", "a@b", "a%b", "a:b", "é", "ß", "日本", "a*b", "~a",
+                  "a{b}", "a\\b", "a!b"]:
+        assert p.match(f"out/{value}.txt") == {"x": value}
+
+
+def test_refusal_names_the_wildcard_and_says_how_to_allow() -> None:
+    with pytest.raises(UnsafeWildcardError) as e:
+        Pattern("out/{name}.txt").match("out/a$(b).txt")
+    assert (e.value.wildcard, e.value.value, e.value.path) == ("name", "a$(b)", "out/a$(b).txt")
+    assert e.value.hint == ("choose another name, or let the wildcard take '$' by naming it in its "
+                            r"regex, e.g. {name,[\w.\$]+}")
 
 
 def test_repeated_wildcard_must_match_same_value() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flowmake.errors import FlowfileError
+from flowmake.errors import FlowfileError, UnsafeWildcardError
 from flowmake.flowfile import load_workflow
 from flowmake.flowfile.runtime import rebuild_instance, run_from_dict, run_instance
 from flowmake.namedlist import NamedList
@@ -217,9 +217,14 @@ def test_command_quoting(tmp_path: Path) -> None:
     i = inst(wf, "a", "out/a b.txt")
     assert i.command() == ("set -x; cmd 'in/a b.txt' v w  | sort -a b c {lit} 'id-a b' "
                            "'out/a b.txt' # end")
-    evil = inst(wf, "a", "out/x;touch pwned.txt")
-    assert evil.command() == ("set -x; cmd 'in/x;touch pwned.txt' v w  | sort -a b c {lit} "
-                              "'id-x;touch pwned' 'out/x;touch pwned.txt' # end")
+    odd = inst(wf, "a", "out/x *#~y.txt")
+    assert odd.command() == ("set -x; cmd 'in/x *#~y.txt' v w  | sort -a b c {lit} "
+                             "'id-x *#~y' 'out/x *#~y.txt' # end")
+    # Shell syntax never gets this far: the value is refused when it is bound (see patterns).
+    with pytest.raises(UnsafeWildcardError):
+        wf.rule("a").match_output("out/x;touch pwned.txt")
+    with pytest.raises(UnsafeWildcardError):
+        wf.rule("a").instantiate({"s": "x;touch pwned"}, AllDone())
 
 
 def test_command_unknown_name(tmp_path: Path) -> None:
