@@ -19,7 +19,7 @@ from flowmake.errors import FlowmakeError, JobFailedError, UsageError, did_you_m
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
 from flowmake import memo
-from flowmake.memo import ExistsLog, GraphMemo
+from flowmake.memo import ExistsLog, GraphMemo, KnownKeys
 from flowmake.planner import Decision, Facts, Plan, plan as make_plan
 from flowmake.report import Progress
 from flowmake.settings import load_settings
@@ -73,6 +73,7 @@ class Session:
     image_digest: Callable[[str], str] | None = None  # the backend's, when it runs containers
     graph_memo: GraphMemo | ExistsLog | None = None  # the graph memo used, or what resolution asked
     fingerprint: str | None = None  # the graph memo's, when the workflow can have one
+    known_keys: KnownKeys = field(default_factory=dict)  # the keys the graph memo kept, by step
 
     def close(self) -> None:
         self.store.close()
@@ -144,20 +145,20 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     store = Store.open(workdir, readonly=readonly)
     digester = Digester(store.stat_cache)
     exists = lambda p: digester.stat(p) is not None  # noqa: E731
-    graph = Graph(workflow, exists)
     spec = target_spec(workflow, opts.targets, workdir)
     fp = memo.fingerprint(workflow, spec)
     used: GraphMemo | ExistsLog | None = GraphMemo.load(store.path, fp) if fp is not None else None
-    if used is not None and used.holds(exists):
-        steps = used.restore(workflow, graph)
-    else:
-        used = None
-        if fp is not None:  # record what resolution asks, to save with the graph
-            used = graph.exists = ExistsLog(exists)
+    known: KnownKeys = {}
+    if isinstance(used, GraphMemo) and used.holds(exists):
+        graph = Graph(workflow, exists)
+        steps, known = used.restore(workflow, graph)
+    else:  # resolve; record what resolution asks, to save with the graph
+        used = ExistsLog(exists) if fp is not None else None
+        graph = Graph(workflow, used or exists)
         resolve_targets(graph, workflow, spec)
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
-                      Plan([], {}, None), overrides, image_digest, used, fp)  # type: ignore[arg-type]
+                      Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]
     session.plan = _plan_converged(session)
     return session
 
@@ -178,6 +179,7 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         forced=forced,
         newer_than=newer_than,
         image_digest=_memoised(session.image_digest) if session.image_digest else (lambda ref: ref),
+        known_key=session.known_keys.get,
     )
 
 
@@ -242,7 +244,7 @@ def _plan_converged(session: Session) -> Plan:
         if not rerun:
             return plan
         stale = [s for s in session.steps if s.instance is not None and rerun & s.instance.consulted]
-        session.graph.unfinished_checkpoint_outputs |= rerun
+        session.graph.checkpoints_to_run(rerun)
         if not stale:
             return plan
         session.graph.invalidate(stale, rerun)
@@ -346,7 +348,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
         _save_stat_cache(session)
     if not result.interrupted:  # keep the graph for the next invocation
         memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
-                  session.steps, session.plan.by_id)
+                  session.steps, session.plan.by_id, session.known_keys)
     progress.summary(len(result.ran), len(result.failed), result.interrupted, session.digester.files_hashed)
     if result.interrupted:
         _hook(getattr(hooks, "onerror", None))

@@ -28,70 +28,44 @@ from flowmake.errors import (
     did_you_mean,
 )
 from flowmake.candidates import RuleIndex
-from flowmake.rules import AllDone, IncompleteCheckpoint, Instance, Rule, Workflow
+from flowmake.rules import CheckpointView, IncompleteCheckpoint, Instance, Rule, Workflow
 
 
 class Step:
     """A rule with bound wildcards. It is *pending* while it waits on a checkpoint (no instance yet).
 
-    A step restored from the graph memo is instantiated only when something reads its instance
-    (or bindings): a no-op plan of 100,000 steps needs neither.
+    ``resolved``: its inputs have been found or planned to be made, and ``deps`` lists their
+    producers; false until then, and again when a checkpoint it consulted is to run first.
     """
 
-    __slots__ = ("id", "rule", "_bindings", "_raw", "_instance", "_lazy", "outputs", "deps", "waits_on",
-                 "index", "memo")
+    __slots__ = ("id", "rule", "_bindings", "_instance", "outputs", "deps", "waits_on", "resolved")
 
     def __init__(self, rule: Rule, bindings: object, outputs: tuple[str, ...]) -> None:
         self.rule = rule
         self._bindings = bindings
-        self._raw: tuple[str, ...] = ()  # wildcard values as spelled, in rule.wildcard_names order
         self.outputs = outputs
         self._instance: Instance | None = None
-        self._lazy = False
         self.deps: list[Step] = []
         # Checkpoint outputs this step's input function needs before it can be instantiated.
         self.waits_on: tuple[str, ...] = ()
         self.id = _step_id(rule.name, bindings, outputs)
-        self.index = -1
-        # (key, inputs) from the graph memo: what the step was keyed from when the memo was saved.
-        self.memo: tuple[str, tuple[tuple[str, str], ...]] | None = None
-
-    @classmethod
-    def restored(cls, rule: Rule, raw: tuple[str, ...], outputs: tuple[str, ...], step_id: str) -> Step:
-        """A step from the graph memo: bindings and instance are made when first asked for."""
-        step = cls.__new__(cls)
-        step.rule, step._bindings, step._raw, step.outputs = rule, None, raw, outputs
-        step._instance, step._lazy, step.deps, step.waits_on = None, True, [], ()
-        step.id, step.index, step.memo = step_id, -2, None
-        return step
+        self.resolved = False
 
     @property
     def bindings(self) -> Any:
-        b = self._bindings
-        if b is None:
-            b = self._bindings = self.rule.bindings_from_raw(dict(zip(self.rule.wildcard_names, self._raw)))
-        return b
+        return self._bindings
 
     def raw_values(self) -> tuple[str, ...]:
         """The wildcard values as spelled in paths, in ``rule.wildcard_names`` order."""
-        b = self._bindings
-        if b is None:
-            return self._raw
-        return tuple(map(b._raw.__getitem__, self.rule.wildcard_names))  # type: ignore[attr-defined]
+        return tuple(map(self.bindings._raw.__getitem__, self.rule.wildcard_names))
 
     @property
     def instance(self) -> Instance | None:
-        inst = self._instance
-        if inst is None and self._lazy:
-            # Memo steps come only from workflows without checkpoints: nothing can be unfinished.
-            inst = self._instance = self.rule.instantiate(self.bindings, AllDone())
-            self._lazy = False
-        return inst
+        return self._instance
 
     @instance.setter
     def instance(self, inst: Instance | None) -> None:
         self._instance = inst
-        self._lazy = False
 
     @property
     def inputs(self) -> list[str]:
@@ -100,7 +74,7 @@ class Step:
 
     @property
     def pending(self) -> bool:
-        return self._instance is None and not self._lazy
+        return self._instance is None
 
     def __repr__(self) -> str:
         return f"<Step {self.id}>"
@@ -137,26 +111,30 @@ _UNRESOLVED = object()
 
 
 class _CheckpointView:
-    def __init__(self, graph: "Graph") -> None:
-        self._graph = graph
+    """What input functions see of checkpoints: done if present and not to run again first."""
+
+    def __init__(self, unfinished: set[str], exists: Callable[[str], bool]) -> None:
+        self._unfinished = unfinished
+        self._exists = exists
 
     def is_done(self, paths: tuple[str, ...]) -> bool:
-        g = self._graph
-        return all(p not in g.unfinished_checkpoint_outputs and g.exists(p) for p in paths)
+        return all(p not in self._unfinished and self._exists(p) for p in paths)
 
 
 class Graph:
     """Steps needed for some targets, and who produces which path."""
 
     def __init__(self, workflow: Workflow, exists: Callable[[str], bool]) -> None:
+        """``exists`` answers every existence question resolution asks (``memo.ExistsLog``
+        records them)."""
         self.workflow = workflow
         self.exists = exists
         self.producer: dict[str, Step | None | _Failure] = {}
         self.steps: dict[str, Step] = {}  # by (rule, outputs) identity
         self.targets: list[Step | str] = []
         # Outputs of checkpoint steps that will (re)run in this invocation: not done yet.
-        self.unfinished_checkpoint_outputs: set[str] = set()
-        self._view = _CheckpointView(self)
+        self._unfinished_checkpoints: set[str] = set()
+        self._view = _CheckpointView(self._unfinished_checkpoints, exists)
         self._index = RuleIndex(workflow)
 
     # ---- building ----------------------------------------------------------------------------
@@ -332,7 +310,7 @@ class Graph:
             step.waits_on = tuple(inc.outputs)
 
     def _resolve_step(self, step: Step, path: str) -> Generator[str, object, Step | _Failure]:
-        if step.index == -2:  # already resolved successfully
+        if step.resolved:
             return step
         self._instantiate(step)
         inst = step.instance
@@ -375,10 +353,23 @@ class Graph:
                 seen.add(id(result))
                 deps.append(result)  # type: ignore[arg-type]
         step.deps = deps
-        step.index = -2
+        step.resolved = True
         return step
 
     # ---- dynamic growth --------------------------------------------------------------------
+
+    @property
+    def checkpoint_view(self) -> CheckpointView:
+        """What a rule's input functions are given to ask whether checkpoints are done."""
+        return self._view
+
+    def checkpoints_to_run(self, outputs: Iterable[str]) -> None:
+        """Checkpoint outputs that will be (re)made in this invocation: not done until they are."""
+        self._unfinished_checkpoints.update(outputs)
+
+    def checkpoint_finished(self, step: Step) -> None:
+        """A checkpoint step has finished: input functions may read its outputs now."""
+        self._unfinished_checkpoints.difference_update(step.outputs)
 
     def expand_pending(self, step: Step) -> list[Step]:
         """Instantiate a step again now that the checkpoints it waited on are done.
@@ -387,7 +378,7 @@ class Graph:
         Raises a typed error when the new inputs cannot be made.
         """
         before = set(map(id, self.steps.values()))
-        step.index = -1
+        step.resolved = False
         result = self._run(self._resolve_step(step, step.outputs[0] if step.outputs else step.rule.name), None)
         if isinstance(result, _Failure):
             raise self._error_for(result, step.outputs[0] if step.outputs else step.rule.name)
@@ -404,7 +395,7 @@ class Graph:
             step.instance = None
             step.waits_on = tuple(sorted(set(consulted) & checkpoint_outputs))
             step.deps = [d for d in step.deps if set(d.outputs) & set(step.waits_on)]
-            step.index = -1
+            step.resolved = False
         live = {id(s) for s in self.walk()}
         for key, s in list(self.steps.items()):
             if id(s) not in live:
@@ -423,7 +414,7 @@ class Graph:
         for root in roots:
             if not isinstance(root, Step):
                 continue
-            stack: list[tuple[Step, Iterator[Step]]] = [(root, iter(self._edges(root)))]
+            stack: list[tuple[Step, Iterator[Step]]] = [(root, iter(self.deps(root)))]
             if state.get(id(root)) == 2:
                 continue
             state[id(root)] = 1
@@ -436,10 +427,12 @@ class Graph:
                     order.append(node)
                 elif id(nxt) not in state:
                     state[id(nxt)] = 1
-                    stack.append((nxt, iter(self._edges(nxt))))
+                    stack.append((nxt, iter(self.deps(nxt))))
         return order
 
-    def _edges(self, step: Step) -> list[Step]:
+    def deps(self, step: Step) -> list[Step]:
+        """The steps that must finish before ``step``: its dependencies, or while it is pending
+        the producers of the checkpoint outputs it waits on."""
         if step.pending:
             return [p for p in (self.producer.get(o) for o in step.waits_on) if isinstance(p, Step)]
         return step.deps
@@ -447,7 +440,7 @@ class Graph:
     def dependants(self, steps: Sequence[Step]) -> dict[int, list[Step]]:
         out: dict[int, list[Step]] = {id(s): [] for s in steps}
         for s in steps:
-            for d in self._edges(s):
+            for d in self.deps(s):
                 out.setdefault(id(d), []).append(s)
         return out
 

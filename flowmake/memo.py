@@ -11,12 +11,14 @@ source file, can this candidate rule's inputs be found). The memo keeps every qu
 answer, and is used only when each is asked again (one ``stat`` each, which planning needs anyway)
 and answered the same. This is ninja's manifest, regenerated automatically whenever it could differ.
 
-Each step also keeps the key it was verified or run with when the memo was saved, and the input
-digests that key was computed from (only for rules whose key needs nothing outside the
+For each step the memo also keeps the key it was verified or run with when it was saved, and the
+input digests that key was computed from (only for rules whose key needs nothing outside the
 fingerprint: no ``script:`` file, no container image). Same fingerprint, so every key field but
-the inputs is what it was; same input digests, so the same key: the planner can decide such a
-step without instantiating it or rendering its command (``planner.plan_step``). A step whose
-inputs, trace or outputs differ takes the ordinary path, so ``-n`` still names the reason.
+the inputs is what it was; same input digests, so the same key: the planner, given these keys as
+``Facts.known_key``, can decide such a step without instantiating it or rendering its command
+(``planner.plan_step``). A step whose inputs, trace or outputs differ takes the ordinary path, so
+``-n`` still names the reason. Steps themselves carry nothing of the memo but their laziness
+(``RestoredStep``).
 
 The memo is one file, written whole to a temporary name and renamed; an unreadable or foreign
 one is ignored (it is a cache: the graph is then resolved as if it did not exist).
@@ -35,13 +37,13 @@ from flowmake.digest import hash_bytes
 from flowmake.graph import Graph, Step
 from flowmake.keys import canonical
 from flowmake.patterns import BUILTIN_TYPES
-from flowmake.planner import Decision, StepPlan
-from flowmake.rules import Workflow
+from flowmake.planner import Decision, KnownKey, StepPlan
+from flowmake.rules import AllDone, Instance, Rule, Workflow
 
 MEMO_FILE = "graph.memo"
 _MAGIC = b"FMKMEMO1\n"  # then the fingerprint (32 hex characters) and a newline, then the pickle
 
-Entry = tuple[str, tuple[tuple[str, str], ...]]  # (key, inputs) as Step.memo holds it
+KnownKeys = Mapping[Step, KnownKey]  # what ``restore`` returns and ``Facts.known_key`` reads
 _KEPT = (Decision.SKIP, Decision.DONE, Decision.ADOPT)
 
 
@@ -102,6 +104,46 @@ class ExistsLog:
         return answer
 
 
+class RestoredStep(Step):
+    """A step from the graph memo. It keeps the wildcard values as spelled in its paths, and makes
+    its bindings and instance when something first reads them: a no-op plan of 100,000 steps
+    needs neither. Memo steps come only from workflows without checkpoints, so nothing it is
+    instantiated against can be unfinished."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, rule: Rule, raw: tuple[str, ...], outputs: tuple[str, ...], step_id: str,
+                 deps: list[Step]) -> None:
+        # Not Step.__init__: the id was computed when the step was first resolved.
+        self.rule, self._bindings, self._raw, self.outputs, self.id = rule, None, raw, outputs, step_id
+        self._instance, self.deps, self.waits_on, self.resolved = None, deps, (), True
+
+    @property
+    def bindings(self) -> Any:
+        b = self._bindings
+        if b is None:
+            b = self._bindings = self.rule.bindings_from_raw(dict(zip(self.rule.wildcard_names, self._raw)))
+        return b
+
+    def raw_values(self) -> tuple[str, ...]:
+        return self._raw
+
+    @property
+    def instance(self) -> Instance | None:
+        inst = self._instance
+        if inst is None and not self.waits_on:
+            inst = self._instance = self.rule.instantiate(self.bindings, AllDone())
+        return inst
+
+    @instance.setter
+    def instance(self, inst: Instance | None) -> None:
+        self._instance = inst
+
+    @property
+    def pending(self) -> bool:
+        return self._instance is None and bool(self.waits_on)
+
+
 class GraphMemo:
     """A loaded memo: the questions resolution asked, and the steps it resolved."""
 
@@ -132,34 +174,36 @@ class GraphMemo:
         """Whether every question resolution asked has the same answer now."""
         return all(exists(p) is a for p, a in zip(self._paths, self._answers))
 
-    def restore(self, workflow: Workflow, graph: Graph) -> list[Step]:
-        """Put the memo's steps into an empty graph, as resolving the targets would have; returns
-        them as ``graph.walk()`` would (they were saved in that order)."""
+    def restore(self, workflow: Workflow, graph: Graph) -> tuple[list[Step], dict[Step, KnownKey]]:
+        """Put the memo's steps into an empty graph, as resolving the targets would have. Returns
+        them as ``graph.walk()`` would (they were saved in that order), and the key kept for each
+        step that has one (for ``Facts.known_key``)."""
         rules = [workflow.rule(name) for name in self._rules]
         steps: list[Step] = []
-        restored = Step.restored
+        known: dict[Step, KnownKey] = {}
         for rule_index, raw, outputs, step_id, deps, entry in self._records:
-            step = restored(rules[rule_index], raw, outputs, step_id)
-            step.deps = [steps[i] for i in deps]
-            step.memo = entry
+            step = RestoredStep(rules[rule_index], raw, outputs, step_id, [steps[i] for i in deps])
+            if entry is not None:
+                known[step] = entry
             steps.append(step)
         graph.restore(steps, [steps[t] if isinstance(t, int) else t for t in self._targets])
-        return steps
+        return steps, known
 
-    def unchanged(self, steps: Iterable[Step], by_id: Mapping[int, StepPlan],
-                  trace: Callable[[str], Any]) -> bool:
+    def unchanged(self, steps: Iterable[Step], by_id: Mapping[int, StepPlan], trace: Callable[[str], Any],
+                  known: KnownKeys) -> bool:
         """Whether saving again would write what was loaded (a no-op run writes nothing)."""
-        return all(entry_of(s, by_id.get(id(s)), trace) == s.memo for s in steps)
+        get = known.get
+        return all(entry_of(s, by_id.get(id(s)), trace, get(s)) == get(s) for s in steps)
 
 
-def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any]) -> Entry | None:
-    """(key, inputs) to keep for a step: only a key its traces hold, that nothing outside the
-    fingerprint went into."""
+def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any],
+             known: KnownKey | None) -> KnownKey | None:
+    """(key, inputs) to keep for a step (``known``: the one it had in the memo, if any): only a key
+    its traces hold, that nothing outside the fingerprint went into."""
     if sp is None or sp.key is None or sp.decision not in _KEPT or not step.outputs:
         return None
-    memo = step.memo
-    if memo is not None and sp.key is memo[0] and sp.inputs is memo[1]:  # decided from the memo
-        return memo
+    if known is not None and sp.key is known[0] and sp.inputs is known[1]:  # decided from the memo
+        return known
     rule = step.rule
     if rule.kind == "script" or rule.container:
         return None
@@ -171,28 +215,30 @@ def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any]) -> En
 
 
 def keep(used: GraphMemo | ExistsLog | None, fp: str | None, store: Any, workflow: Workflow, graph: Graph,
-         steps: Sequence[Step], by_id: Mapping[int, StepPlan]) -> None:
-    """Save the memo after a run (``used``: the memo restored, or what resolution asked), unless
-    it would write what it read."""
+         steps: Sequence[Step], by_id: Mapping[int, StepPlan], known: KnownKeys) -> None:
+    """Save the memo after a run (``used``: the memo restored, or what resolution asked; ``known``:
+    the keys the restored memo kept), unless it would write what it read."""
     if fp is None or used is None:
         return
     trace = store.traces.get
     if isinstance(used, GraphMemo):
-        if used.unchanged(steps, by_id, trace):
+        if used.unchanged(steps, by_id, trace, known):
             return
         asked = used.asked()
     else:
         asked = used.asked
-    save(store.path, fp, workflow, graph, steps, by_id, trace, asked)
+    save(store.path, fp, workflow, graph, steps, by_id, trace, asked, known)
 
 
 def save(store_dir: str, fp: str, workflow: Workflow, graph: Graph, steps: Sequence[Step],
-         by_id: Mapping[int, StepPlan], trace: Callable[[str], Any], asked: Mapping[str, bool]) -> None:
+         by_id: Mapping[int, StepPlan], trace: Callable[[str], Any], asked: Mapping[str, bool],
+         known: KnownKeys) -> None:
     """Write the memo for this graph (``steps``: all of it, dependencies first)."""
     index = {id(s): i for i, s in enumerate(steps)}
     rule_index = {r.name: i for i, r in enumerate(workflow.rules)}
+    get = known.get
     records = [(rule_index[s.rule.name], s.raw_values(), s.outputs, s.id, tuple(index[id(d)] for d in s.deps),
-                entry_of(s, by_id.get(id(s)), trace)) for s in steps]
+                entry_of(s, by_id.get(id(s)), trace, get(s))) for s in steps]
     targets = [index[id(t)] if isinstance(t, Step) else t for t in graph.targets]
     data = [[r.name for r in workflow.rules], list(asked), list(asked.values()), records, targets]
     path = os.path.join(store_dir, MEMO_FILE)

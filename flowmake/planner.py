@@ -114,6 +114,10 @@ class StepPlan:
         return digests_of(self.texts) if self.texts is not None else None
 
 
+KnownKey = tuple[str, tuple[tuple[str, str], ...]]  # a step key and the (path, digest) inputs it is of
+_NO_KNOWN_KEYS: Mapping[Step, KnownKey] = {}
+
+
 @dataclass(frozen=True)
 class Facts:
     """The planner's whole view of the world."""
@@ -124,6 +128,9 @@ class Facts:
     forced: Callable[[Step], bool]
     newer_than: Callable[[Sequence[str], Sequence[str]], bool]  # outputs newer than inputs (adoption)
     image_digest: Callable[[str], str] = lambda ref: ref
+    # The key the graph memo kept for a step, with the input digests it was computed from: the
+    # key it still has while those digests hold (see ``memo``). None: no such key.
+    known_key: Callable[[Step], KnownKey | None] = _NO_KNOWN_KEYS.get
 
 
 def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[str, str], ...]] | None:
@@ -208,9 +215,9 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
         if _unsettled(upstream.get(id(dep))):
             return StepPlan(step, Decision.PENDING, [Reason(ReasonKind.UPSTREAM_CHANGED, step=d.id)
                                                      for d in step.deps if _unsettled(upstream.get(id(d)))])
-    memo = step.memo
-    if memo is not None and _memo_holds(memo, outputs, out_digests, facts):
-        return StepPlan(step, Decision.SKIP, [], memo[0], memo[1])
+    known = facts.known_key(step)
+    if known is not None and _known_key_holds(known, outputs, out_digests, facts):
+        return StepPlan(step, Decision.SKIP, [], known[0], known[1])
     parts = _key_parts(step, facts)
     if parts is None:  # an input vanished between graph and plan: run and let the job say so
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING, path=_first_missing(step, facts))])
@@ -242,13 +249,13 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     return StepPlan(step, Decision.SKIP, [], key, inputs)
 
 
-def _memo_holds(memo: tuple[str, tuple[tuple[str, str], ...]], outputs: Sequence[str],
-                out_digests: Sequence[str | None], facts: Facts) -> bool:
+def _known_key_holds(known: KnownKey, outputs: Sequence[str], out_digests: Sequence[str | None],
+                     facts: Facts) -> bool:
     """Whether the key the graph memo kept for a step is still its key, and what it made is still
     there: the memo's fingerprint covers every key field but the inputs, so equal input digests
     mean an equal key without instantiating the step or rendering its command (see ``memo``).
     Anything else is decided the ordinary way, which can name the reason."""
-    key, inputs = memo
+    key, inputs = known
     digest = facts.digest
     for path, d in inputs:
         if d != "ancient" and digest(path) != d:

@@ -123,7 +123,7 @@ class Scheduler:
         for step in live:
             self._by_id[id(step)] = step
             self._dependants.setdefault(id(step), {})
-            for dep in self.graph._edges(step):
+            for dep in self.graph.deps(step):
                 self._dependants.setdefault(id(dep), {})[id(step)] = step
         self._compute_depths(live)
         for step in live:
@@ -135,7 +135,7 @@ class Scheduler:
                 for path in inst.input:
                     if self._is_temp(path):
                         self._temp_consumers[path] = self._temp_consumers.get(path, 0) + 1
-            pending = sum(1 for d in self.graph._edges(step) if id(d) not in self._done)
+            pending = sum(1 for d in self.graph.deps(step) if id(d) not in self._done)
             self._waiting_deps[id(step)] = pending
             if pending == 0:
                 self._settle(step)
@@ -434,7 +434,7 @@ class Scheduler:
     def _reinstantiate(self, step: Step, attempt: int) -> None:
         """Resources and threads may depend on the attempt (``lambda wildcards, attempt: ...``)."""
         try:
-            step.instance = step.rule.instantiate(step.bindings, self.graph._view, attempt=attempt)
+            step.instance = step.rule.instantiate(step.bindings, self.graph.checkpoint_view, attempt=attempt)
         except Exception:  # the first attempt's instance stays valid; its resources are a fine retry
             pass
 
@@ -444,7 +444,7 @@ class Scheduler:
         if sp is not None and sp.decision in (Decision.RUN, Decision.PENDING):
             sp.decision = Decision.DONE
         if step.rule.is_checkpoint:
-            self.graph.unfinished_checkpoint_outputs.difference_update(step.outputs)
+            self.graph.checkpoint_finished(step)
         inst = step.instance
         if inst is not None and not self.opt.notemp:
             for path in inst.input:

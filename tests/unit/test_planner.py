@@ -40,7 +40,6 @@ class FakeStep:
         self.id = f"{name}:{outputs[0]}"
         self.waits_on = ()
         self.pending = False
-        self.memo = None  # no graph memo: these tests decide steps the ordinary way
 
     @property
     def inputs(self) -> list[str]:
