@@ -20,20 +20,23 @@ the inputs is what it was; same input digests, so the same key: the planner, giv
 ``-n`` still names the reason. Steps themselves carry nothing of the memo but their laziness
 (``RestoredStep``).
 
-The memo is one file, written whole to a temporary name and renamed; an unreadable or foreign
-one is ignored (it is a cache: the graph is then resolved as if it did not exist).
+The memo is one file, written whole to a temporary name and renamed, and checksummed (blake3 over
+the payload, like the journal's frames): one flipped bit in a path would otherwise plan a path no
+rule makes, on every run. An unreadable, foreign or damaged memo is ignored (it is a cache: the
+graph is then resolved as if it did not exist, and the next run writes a good one).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flowmake
 from flowmake import journal
-from flowmake.digest import hash_bytes
+from flowmake.digest import DIGEST_BYTES, hash_bytes
 from flowmake.graph import Graph, Step
 from flowmake.keys import canonical
 from flowmake.patterns import BUILTIN_TYPES
@@ -41,7 +44,10 @@ from flowmake.planner import KnownKey, StepPlan
 from flowmake.rules import AllDone, Instance, Rule, Workflow
 
 MEMO_FILE = "graph.memo"
-_MAGIC = b"FMKMEMO1\n"  # then the fingerprint (32 hex characters) and a newline, then the pickle
+# Then the fingerprint, a newline, the payload's checksum, a newline, and the payload: the data
+# pickled, read back by journal's unpickler of plain data (lists, strings, numbers) only.
+_MAGIC = b"FMKMEMO2\n"
+_CHECK_LEN = 2 * DIGEST_BYTES + 1  # hash_bytes' hex digits and the newline
 
 KnownKeys = Mapping[Step, KnownKey]  # what ``restore`` returns and ``Facts.known_key`` reads
 Current = Callable[[Step], "StepPlan | None"]  # the plan that keyed a step's current outputs, if they are
@@ -153,18 +159,25 @@ class GraphMemo:
 
     @classmethod
     def load(cls, store_dir: str, fp: str) -> GraphMemo | None:
-        """The memo saved with this fingerprint, or None (absent, another fingerprint, unreadable)."""
+        """The memo saved with this fingerprint, or None (absent, another fingerprint, damaged)."""
+        head = _MAGIC + fp.encode() + b"\n"
         try:
             with open(os.path.join(store_dir, MEMO_FILE), "rb") as f:
-                head = f.read(len(_MAGIC) + 33)
-                if head != _MAGIC + fp.encode() + b"\n":
+                if f.read(len(head)) != head:
                     return None
-                data = journal.load_data(f.read())
-            if not isinstance(data, list) or len(data) != 5:
-                return None
-            return cls(fp, data)
-        except (OSError, ValueError):
+                check = f.read(_CHECK_LEN)
+                payload = f.read()
+        except OSError:
             return None
+        if check != hash_bytes(payload).encode() + b"\n":
+            return None  # torn or flipped: the pickle may still load, with other paths in it
+        try:
+            data = journal.load_data(payload)
+        except ValueError:
+            return None
+        if not isinstance(data, list) or len(data) != 5:
+            return None
+        return cls(fp, data)
 
     def asked(self) -> dict[str, bool]:
         """The questions and answers the memo was made with (still the same: see ``holds``)."""
@@ -247,9 +260,12 @@ def save(store_dir: str, fp: str, workflow: Workflow, graph: Graph, steps: Seque
     _clean_tmps(store_dir)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
+        buf = io.BytesIO()
+        journal.dump_data(data, buf)
+        payload = buf.getvalue()
         with open(tmp, "wb") as f:
-            f.write(_MAGIC + fp.encode() + b"\n")
-            journal.dump_data(data, f)
+            f.write(b"%s%s\n%s\n" % (_MAGIC, fp.encode(), hash_bytes(payload).encode()))
+            f.write(payload)
         os.replace(tmp, path)  # whole or not at all; the last of two concurrent writers wins
     except OSError:  # a cache: failing to write it costs the next run time, nothing else
         journal.unlink_quiet(tmp)
