@@ -143,6 +143,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
     store = Store.open(workdir, readonly=readonly)
+    for w in store.warnings:  # damaged records were skipped; everything else is used
+        print(f"flowmake: warning: {w}", file=sys.stderr)
     digester = Digester(store.stat_cache)
     exists = lambda p: digester.stat(p) is not None  # noqa: E731
     spec = target_spec(workflow, opts.targets, workdir)

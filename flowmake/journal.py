@@ -39,8 +39,9 @@ try:
 except ImportError:  # pragma: no cover - not Unix: fall back to pid checks only
     fcntl = None  # type: ignore[assignment]
 
-from flowmake.records import (BEGIN, END, FORGET, HISTORY, STAT, TRACE, Record, history_key, is_begin,
-                              is_stat_removal, is_trace, key_of, kind_of, outputs_of, time_of)
+from flowmake.records import (BEGIN, END, FORGET, HISTORY, STAT, TRACE, Record, checked, history_key,
+                              is_begin, is_stat_removal, is_trace, key_of, kind_of, outputs_of,
+                              sole_kind, time_of)
 
 MAGIC = b"FMKLOG"
 FORMAT_VERSION = 2
@@ -328,8 +329,8 @@ class State:
         self.stats: dict[str, Record] = {}
         self.max_t = 0
 
-    def apply(self, frames: list[list[Record]], live: bool) -> None:
-        """Merge one segment's frames.
+    def apply(self, frames: list[list[Record]], live: bool) -> int:
+        """Merge one segment's frames; returns how many malformed records were skipped.
 
         Within a segment records are in time order (one writer, a Lamport clock), so a later
         record for a key supersedes an earlier one: the segment's latest per key are gathered with
@@ -339,22 +340,24 @@ class State:
         traces: dict[str, Record] = {}
         stats: dict[str, Record] = {}
         markers, history, keep_history = self.markers, self.history, self.keep_history
+        skipped = 0
         for frame in frames:
+            kind = sole_kind(frame)
+            if kind == HISTORY and not keep_history:
+                continue
+            frame, bad = checked(frame, kind)
+            skipped += bad
             if not frame:
                 continue
             newest = max(map(time_of, frame))
             if newest > self.max_t:
                 self.max_t = newest
-            kinds = set(map(kind_of, frame))
-            if len(kinds) == 1:
-                kind = kinds.pop()
+            if kind is not None:
                 if kind == TRACE or kind == FORGET:
                     traces.update(zip(map(key_of, frame), frame))
                     continue
                 if kind == STAT:
                     stats.update(zip(map(key_of, frame), frame))
-                    continue
-                if kind == HISTORY and not keep_history:
                     continue
             for r in frame:
                 kind = kind_of(r)
@@ -369,10 +372,9 @@ class State:
                 elif kind == HISTORY:
                     if keep_history:
                         history[history_key(r)] = r
-                # Unknown kinds are ignored (and dropped by compaction): adding a kind needs a
-                # FORMAT_VERSION bump so that older flowmakes skip the whole segment instead.
         _merge_newest(self.traces, traces)
         _merge_newest(self.stats, stats)
+        return skipped
 
     def open_markers(self) -> Iterator[tuple[Record, bool]]:
         """Begun, never ended, and not superseded by a newer trace for every output."""

@@ -22,6 +22,11 @@ no-op plan over 100k traces reads only keys and output digests (``head``).
 ``journal`` frames and merges records through ``kind_of``, ``time_of``, ``key_of`` and the
 predicates here; ``store`` builds them with the ``*_row`` functions and reads them back with the
 decoders. Adding a kind or changing a layout needs a ``journal.FORMAT_VERSION`` bump.
+
+A frame's checksum can be right over records that a buggy or foreign writer got wrong. Such a
+record is malformed: ``checked`` drops it when its segment is merged (the store warns once per
+segment) and everything else still loads. Bodies are checked when decoded (``_trace_of``,
+``history_of``), so that loading stays lazy.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import gc
 import json
 import os
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -175,8 +181,39 @@ def _loads(body: str) -> Any:
 _SHARED_FIELDS = frozenset({"version", "rule", "env", "image"})
 
 
+def _trace_body(body: Any) -> list[Any] | None:
+    """A T record's body decoded, None unless it has the body's layout."""
+    try:
+        b = _loads(body)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if type(b) is not list or len(b) != 7:
+        return None
+    rule, key, fields, inputs, output_digest, step_id, t = b
+    if not (type(rule) is str and type(key) is str and type(output_digest) is str
+            and type(step_id) is str and type(fields) is dict and type(inputs) is list
+            and _is_time(t)):
+        return None
+    if not all(type(k) is str and type(v) is str for k, v in fields.items()):
+        return None
+    if not all(type(i) is list and len(i) == 2 and type(i[0]) is str and type(i[1]) is str
+               for i in inputs):
+        return None
+    return b
+
+
+def _is_time(t: Any) -> bool:
+    """Seconds since the epoch that a date can be made of."""
+    return type(t) in (int, float) and 0 <= t < 1e11
+
+
 def _trace_of(r: Record, shared: dict[str, str] | None = None) -> Trace:
-    rule, key, fields, inputs, output_digest, step_id, t = _loads(r[3])
+    b = _trace_body(r[3])
+    if b is None:  # only a current-layout record gets here (the older one is checked on load):
+        # its key and output digest still decide whether the output is up to date.
+        key, digest = (r[4], r[5]) if len(r) > 5 else ("", "")
+        return Trace(r[2], "?", key, {}, (), digest, "?", 0.0)
+    rule, key, fields, inputs, output_digest, step_id, t = b
     if shared is not None:
         share = shared.setdefault
         rule = share(rule, rule)
@@ -207,9 +244,21 @@ def head_lookup(rows: Mapping[str, Record]) -> Callable[[str], Head | None]:
     return trace_head
 
 
-def history_of(r: Record) -> HistoryRecord:
-    rule, *rest = _loads(r[4])
-    return HistoryRecord(r[2], rule, tuple(r[3]), *rest)
+def history_of(r: Record) -> HistoryRecord | None:
+    """None when the body does not have its layout."""
+    try:
+        b = _loads(r[4])
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if type(b) is not list or len(b) != 10:
+        return None
+    rule, start, end, runtime_s, exit_code, rss, backend, host, command, params = b
+    if not (all(type(x) is str for x in (rule, backend, host, command, params))
+            and all(type(x) in (int, float) for x in (start, end, runtime_s))
+            and all(x is None or type(x) is int for x in (exit_code, rss))):
+        return None
+    return HistoryRecord(r[2], rule, tuple(r[3]), start, end, runtime_s, exit_code, rss, backend,
+                         host, command, params)
 
 
 def marker_of(r: Record) -> Marker:
@@ -224,6 +273,102 @@ def stat_entries(rows: Mapping[str, Record]) -> dict[str, tuple[Any, ...]]:
 def live_traces(rows: Mapping[str, Record]) -> Iterator[tuple[str, Record]]:
     """The (output, T record) pairs of the latest T or F record per output."""
     return ((k, r) for k, r in rows.items() if r[0] == TRACE)
+
+
+# ---- checking what was read ----------------------------------------------------------------------
+
+
+def sole_kind(frame: Any) -> Any:
+    """The kind every record of a frame has; None if they differ or are not records."""
+    try:
+        kinds = set(map(kind_of, frame))
+    except (TypeError, KeyError, IndexError):
+        return None
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def checked(frame: Any, kind: Any) -> tuple[list[Record], int]:
+    """The well-formed records of a frame, and how many were not (``kind``: its sole kind)."""
+    if type(frame) is not list:
+        return [], 1
+    if kind is not None and _uniform(kind, frame):
+        return frame, 0
+    rows = [r for r in frame if well_formed(r)]
+    return rows, len(frame) - len(rows)
+
+
+_LIST, _INT, _TUPLE, _SIX = {list}, {int}, {tuple}, {6}
+_ENTRY_TYPES = [int, int, int, int, int, str]
+_TRACE_STRS = itemgetter(2, 3, 4, 5)
+_HISTORY_STRS = itemgetter(2, 4)
+
+
+def _uniform(kind: Any, rows: list[Any]) -> bool:
+    """Whether all rows of a frame of one kind are well formed, by loops that run in C: a
+    snapshot is frames of 4096 traces or stat entries, and a Python call per record would cost
+    a tenth of a no-op plan. False also means "not shown": the caller checks row by row."""
+    try:
+        if set(map(type, rows)) != _LIST:
+            return False
+        lengths = set(map(len, rows))
+        if len(lengths) != 1 or min(lengths) < 3 or set(map(type, map(time_of, rows))) != _INT:
+            return False
+        (n,) = lengths
+        if kind == TRACE and n == 6:
+            "".join(chain.from_iterable(map(_TRACE_STRS, rows)))  # TypeError unless all are str
+            return True
+        if kind == STAT and n == 4:
+            "".join(map(key_of, rows))
+            entries = list(map(_entry_of, rows))
+            return (set(map(type, entries)) == _TUPLE and set(map(len, entries)) == _SIX
+                    and list(map(type, chain.from_iterable(entries))) == _ENTRY_TYPES * len(entries))
+        if n == 3 and (kind == FORGET or kind == END or kind == STAT):
+            "".join(map(key_of, rows))
+            return True
+        if kind == HISTORY and n == 5:
+            outputs = list(map(outputs_of, rows))
+            if set(map(type, outputs)) != _LIST:
+                return False
+            "".join(chain.from_iterable(outputs))
+            "".join(chain.from_iterable(map(_HISTORY_STRS, rows)))
+            return True
+    except (TypeError, IndexError):
+        return False
+    return False
+
+
+def well_formed(r: Any) -> bool:
+    """Whether ``r`` has the layout of its kind (one record at a time)."""
+    if type(r) is not list or len(r) < 3 or type(r[1]) is not int or type(r[2]) is not str:
+        return False
+    kind, n = r[0], len(r)
+    if kind == TRACE:
+        if n == 6:
+            return type(r[3]) is str and type(r[4]) is str and type(r[5]) is str
+        # Key and output digest are only in the body: check it now, not when the plan asks.
+        return n == 4 and _trace_body(r[3]) is not None
+    if kind == FORGET or kind == END:
+        return n == 3
+    if kind == STAT:
+        if n == 4:
+            e = r[3]
+            return type(e) is tuple and list(map(type, e)) == _ENTRY_TYPES
+        return n == 3 or (n == 9 and list(map(type, r[3:])) == _ENTRY_TYPES)
+    if kind == BEGIN:
+        return (n == 8 and _all_str(r[3]) and _pid(r[4]) and _pid(r[5]) and type(r[6]) is str
+                and type(r[7]) is int and abs(r[1]) < 1 << 80)  # r[1] / 1e9 is the marker's time
+    if kind == HISTORY:
+        return n == 5 and _all_str(r[3]) and type(r[4]) is str
+    return False  # an unknown kind: a newer kind comes with a new FORMAT_VERSION
+
+
+def _all_str(xs: Any) -> bool:
+    return type(xs) is list and all(type(x) is str for x in xs)
+
+
+def _pid(x: Any) -> bool:
+    """A process (group) id or None: a marker's are signalled (``Marker.orphan_alive``)."""
+    return x is None or (type(x) is int and 0 < x < 1 << 31)
 
 
 @contextlib.contextmanager

@@ -110,7 +110,9 @@ class Store:
             except FileNotFoundError:
                 return None
             warnings.extend(w)
-            state.apply(frames, journal.is_live(p, self.host))
+            bad = state.apply(frames, journal.is_live(p, self.host))
+            if bad:
+                warnings.append(f"{name}: {bad} malformed record{'s' if bad > 1 else ''} skipped")
         return state, warnings
 
     def _load(self) -> None:
@@ -185,7 +187,7 @@ class Store:
             for r in rows.values():
                 for o in records.outputs_of(r):
                     self._history.setdefault(o, []).append(r)
-        recs = [records.history_of(r) for r in self._history.get(output, ())]
+        recs = [h for h in map(records.history_of, self._history.get(output, ())) if h is not None]
         return sorted(recs, key=lambda h: h.start)
 
     # ---- writes ---------------------------------------------------------------------------------
