@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from flowmake.backend import load_backend
 from flowmake.digest import Digester
 from flowmake.errors import FlowmakeError, JobFailedError, UsageError, did_you_mean
+from flowmake.flowfile.runtime import run_hook
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
 from flowmake import memo
@@ -338,8 +339,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
     )
-    hooks = session.workflow
-    _hook(getattr(hooks, "onstart", None))
+    run_hook(session.workflow, "onstart")
     try:
         result = sched.run(steps)
     finally:
@@ -349,15 +349,15 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
                   session.steps, session.plan.by_id)
     progress.summary(len(result.ran), len(result.failed), result.interrupted, session.digester.files_hashed)
     if result.interrupted:
-        _hook(getattr(hooks, "onerror", None))
+        run_hook(session.workflow, "onerror")
         raise _interrupted()
     if result.failed:
-        _hook(getattr(hooks, "onerror", None))
+        run_hook(session.workflow, "onerror")
         raise JobFailedError(
             f"{len(result.failed)} step{'s' if len(result.failed) > 1 else ''} failed",
             details=[f"{sid}: {why}" for sid, why in result.failed],
         )
-    _hook(getattr(hooks, "onsuccess", None))
+    run_hook(session.workflow, "onsuccess")
     return 0
 
 
@@ -365,15 +365,6 @@ def _interrupted() -> FlowmakeError:
     from flowmake.errors import Interrupted
 
     return Interrupted("stopped by a signal; running jobs were cancelled and their partial outputs removed")
-
-
-def _hook(fn: Callable[..., Any] | None) -> None:
-    if fn is None:
-        return
-    try:
-        fn()
-    except TypeError:
-        fn(None)
 
 
 def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:

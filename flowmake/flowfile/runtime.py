@@ -1,4 +1,5 @@
-"""Executing a ``run:`` block or a ``script:`` for one step, in the current process.
+"""Executing a ``run:`` block or a ``script:`` for one step, in the current process, and the rule
+file's ``onstart:``/``onsuccess:``/``onerror:`` handlers (``run_hook``).
 
 The engine runs ``python -m flowmake.jobrun <json>``; that loads the workflow again from
 ``Instance.to_dict()`` (flowfile, config, rule, raw wildcard strings) and calls ``run_instance``.
@@ -12,7 +13,7 @@ import runpy
 import sys
 from typing import Any, Mapping
 
-from flowmake.errors import FlowfileError
+from flowmake.errors import FlowfileError, FlowmakeError, Location
 from flowmake.rules import AllDone, Instance, Workflow
 
 
@@ -71,6 +72,30 @@ def run_instance(workflow: Workflow, rule_name: str, raw_wildcards: Mapping[str,
     else:
         raise FlowfileError(f"rule '{rule.name}' has no run: block or script: to execute",
                             location=rule.location, rule=rule.name)
+
+
+def run_hook(workflow: Workflow, name: str) -> None:
+    """Call the rule file's ``onstart``/``onsuccess``/``onerror`` block, once.
+
+    What the block raises is the user's mistake: reported at the line in the rule file that
+    raised it (the block's first line if none did), without a traceback.
+    """
+    fn = workflow.hooks.get(name)
+    if fn is None:
+        return
+    try:
+        fn()  # translated as ``def __flow_NAME__(log=None)``: no argument needed
+    except FlowmakeError:
+        raise
+    except Exception as e:
+        code = fn.__code__
+        line, tb = code.co_firstlineno, e.__traceback__
+        while tb is not None:  # the deepest frame in that rule file
+            if tb.tb_frame.f_code.co_filename == code.co_filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        raise FlowfileError(f"{name} handler raised {type(e).__name__}: {e}",
+                            location=Location(code.co_filename, line)) from None
 
 
 def _shell_of(workflow: Workflow) -> Any:
