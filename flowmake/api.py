@@ -284,7 +284,7 @@ def build(opts: Options) -> int:
     try:
         session = open_session(opts, readonly=False, image_digest=getattr(backend, "image_digest", None))
         try:
-            return _run(session, _selected_steps(session), backend, local, settings.for_backend(backend_name), cores)
+            return _run(session, _selected_steps(session), backend, local, cores)
         finally:
             session.close()
     finally:
@@ -324,14 +324,14 @@ def _image_resolver(opts: Options) -> Callable[[str], str] | None:
     return backend.image_digest  # type: ignore[no-any-return]
 
 
-def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings: dict[str, Any], cores: int) -> int:
+def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int) -> int:
     from flowmake.scheduler import Scheduler, SchedulerOptions
 
     opts = session.opts
     _refuse_protected(session, steps)
     _stop_orphans(session)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores, settings=settings)
+                     configfiles=list(opts.configfiles), cores=cores)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,

@@ -37,7 +37,6 @@ class JobContext:
     configfiles: Sequence[str] = ()
     python: str = sys.executable
     cores: int = 1
-    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -121,7 +120,6 @@ def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[s
         image=image,
         attempt=attempt,
         local=local,
-        settings=ctx.settings,
     )
 
 
