@@ -206,8 +206,11 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     row = [f"{secs:.4f}", f"{h}:{m:02d}:{s:02d}", rss] + ["NA"] * 7
     path = os.path.join(workdir, inst.benchmark)
     os.makedirs(os.path.dirname(path) or workdir, exist_ok=True)
-    with open(path, "w") as fh:
+    # Written whole or not at all: a reader (or a run stopped mid-write) never sees half a file.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
         fh.write(BENCHMARK_HEADER + "\n" + "\t".join(row) + "\n")
+    os.replace(tmp, path)
 
 
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
