@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from flowmake.backend import load_backend
 from flowmake.digest import Digester
 from flowmake.errors import FlowmakeError, JobFailedError, UsageError, did_you_mean
+from flowmake.flowfile.runtime import run_hook
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
 from flowmake import memo
@@ -288,7 +289,7 @@ def build(opts: Options) -> int:
     try:
         session = open_session(opts, readonly=False, image_digest=getattr(backend, "image_digest", None))
         try:
-            return _run(session, _selected_steps(session), backend, local, settings.for_backend(backend_name), cores)
+            return _run(session, _selected_steps(session), backend, local, cores)
         finally:
             session.close()
     finally:
@@ -328,14 +329,14 @@ def _image_resolver(opts: Options) -> Callable[[str], str] | None:
     return backend.image_digest  # type: ignore[no-any-return]
 
 
-def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings: dict[str, Any], cores: int) -> int:
+def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int) -> int:
     from flowmake.scheduler import Scheduler, SchedulerOptions
 
     opts = session.opts
     _refuse_protected(session, steps)
     _stop_orphans(session)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores, settings=settings)
+                     configfiles=list(opts.configfiles), cores=cores)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
@@ -343,8 +344,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
     )
-    hooks = session.workflow
-    _hook(getattr(hooks, "onstart", None))
+    run_hook(session.workflow, "onstart")
     try:
         result = sched.run(steps)
     finally:
@@ -355,15 +355,15 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
     progress.summary(len(result.ran), len(result.skipped_by_cutoff), len(result.failed), result.interrupted,
                      session.digester.files_hashed)
     if result.interrupted:
-        _hook(getattr(hooks, "onerror", None))
+        run_hook(session.workflow, "onerror")
         raise _interrupted()
     if result.failed:
-        _hook(getattr(hooks, "onerror", None))
+        run_hook(session.workflow, "onerror")
         raise JobFailedError(
             f"{len(result.failed)} step{'s' if len(result.failed) > 1 else ''} failed",
             details=[f"{sid}: {why}" for sid, why in result.failed],
         )
-    _hook(getattr(hooks, "onsuccess", None))
+    run_hook(session.workflow, "onsuccess")
     return 0
 
 
@@ -371,15 +371,6 @@ def _interrupted() -> FlowmakeError:
     from flowmake.errors import Interrupted
 
     return Interrupted("stopped by a signal; running jobs were cancelled and their partial outputs removed")
-
-
-def _hook(fn: Callable[..., Any] | None) -> None:
-    if fn is None:
-        return
-    try:
-        fn()
-    except TypeError:
-        fn(None)
 
 
 def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:

@@ -51,7 +51,6 @@ class JobSpec:
     env: tuple[tuple[str, str], ...] = ()
     attempt: int = 1
     local: bool = False  # localrule: must run on the submitting machine
-    settings: Mapping[str, Any] = field(default_factory=dict)  # [backends.NAME] from flowmake.toml
 
 
 class JobHandle:

@@ -85,13 +85,6 @@ class StatCache:
     def items(self) -> Iterator[tuple[str, Entry]]:
         return iter(self._data.items())
 
-    def load(self, path: str, entry: Entry | None) -> None:
-        """Set or drop an entry without marking it changed (used when reading the store)."""
-        if entry is None:
-            self._data.pop(path, None)
-        else:
-            self._data[path] = entry
-
     def take_changes(self) -> list[tuple[str, Entry | None]]:
         """Entries changed since the last call (None: removed), and forget that they changed."""
         changes = [(p, self._data.get(p)) for p in self._changed]

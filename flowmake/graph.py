@@ -436,13 +436,6 @@ class Graph:
             return [p for p in (self.producer.get(o) for o in step.waits_on) if isinstance(p, Step)]
         return step.deps
 
-    def dependants(self, steps: Sequence[Step]) -> dict[int, list[Step]]:
-        out: dict[int, list[Step]] = {id(s): [] for s in steps}
-        for s in steps:
-            for d in self.deps(s):
-                out.setdefault(id(d), []).append(s)
-        return out
-
     # ---- errors -----------------------------------------------------------------------------
 
     def _error_for(self, failure: _Failure, target: str) -> FlowmakeError:

@@ -37,7 +37,6 @@ class JobContext:
     configfiles: Sequence[str] = ()
     python: str = sys.executable
     cores: int = 1
-    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -121,7 +120,6 @@ def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[s
         image=image,
         attempt=attempt,
         local=local,
-        settings=ctx.settings,
     )
 
 
@@ -208,8 +206,11 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     row = [f"{secs:.4f}", f"{h}:{m:02d}:{s:02d}", rss] + ["NA"] * 7
     path = os.path.join(workdir, inst.benchmark)
     os.makedirs(os.path.dirname(path) or workdir, exist_ok=True)
-    with open(path, "w") as fh:
+    # Written whole or not at all: a reader (or a run stopped mid-write) never sees half a file.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
         fh.write(BENCHMARK_HEADER + "\n" + "\t".join(row) + "\n")
+    os.replace(tmp, path)
 
 
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],

@@ -1,7 +1,7 @@
 """The step key: the one place that lists everything a step's result depends on.
 
-``key_values`` lists every field; ``step_key``/``key_of_values`` hash them into the key the planner
-compares and the cache is addressed by; ``step_key_fields`` digests each field separately so
+``key_values`` lists every field; ``key_of_values`` hashes them into the key the planner
+compares and the cache is addressed by; ``digests_of`` digests each field separately so
 ``explain``/``--why`` can name what changed (``diff_fields``). Threads, memory and other resources are deliberately not fields: they change
 how a step runs, not what it produces. Paths must already be relative to the workdir (a moved
 checkout keeps its keys). Digests are 32 hex characters, like file digests (see ``digest``).
@@ -60,39 +60,21 @@ def key_values(
     return (str(version), rule, action, params, env_text, "-" if image is None else image, inputs_text)
 
 
-def key_texts(**kwargs: Any) -> dict[str, str]:
-    """``key_values`` by field name (see there for the fields)."""
-    return dict(zip(FIELDS, key_values(**kwargs)))
-
-
-def key_of_texts(texts: Mapping[str, str]) -> str:
-    """The step key: one digest over every field, each length-framed so no two keys collide by
-    shifting text between fields. One hash per step, not one per field: planning 100k steps."""
-    return _h("".join([f"{k}\1{len(v)}\1{v}" for k, v in texts.items()]))
-
-
-# key_of_texts' framing for the fields in FIELDS order, as one format call: planning computes a
-# key for every step, and building the dict and framing field by field is most of that cost.
+# Each field framed as name \1 length \1 text, in FIELDS order, as one format call: planning
+# computes a key for every step, and framing field by field is most of that cost.
 _FRAMING = "".join(f"{name}\1{{{i}}}\1{{{i + len(FIELDS)}}}" for i, name in enumerate(FIELDS))
 
 
 def key_of_values(values: tuple[str, ...]) -> str:
-    """``key_of_texts`` of the same fields given as ``key_values`` returns them."""
+    """The step key of the fields ``key_values`` returns: one digest over all of them, each
+    length-framed so no two keys collide by shifting text between fields. One hash per step,
+    not one per field: planning 100k steps."""
     return _h(_FRAMING.format(*map(len, values), *values))
 
 
 def digests_of(texts: Mapping[str, str]) -> dict[str, str]:
     """Per-field digests (kept in traces), so ``diff_fields`` can name what changed."""
     return {k: (v if k in ("version",) or v == "-" and k == "image" else _h(v)) for k, v in texts.items()}
-
-
-def step_key_fields(**kwargs: Any) -> dict[str, str]:
-    """Per-field digests of a step key, in ``FIELDS`` order (see ``key_texts`` for the fields)."""
-    return digests_of(key_texts(**kwargs))
-
-
-def step_key(**kwargs: Any) -> str:
-    return key_of_values(key_values(**kwargs))
 
 
 def diff_fields(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:

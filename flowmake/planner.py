@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from flowmake.graph import Step
-from flowmake.keys import FIELDS, canonical, diff_fields, digests_of, key_of_values, key_values
+from flowmake.keys import FIELDS, canonical, diff_fields, diff_inputs, digests_of, key_of_values, key_values
 
 
 class Decision(enum.Enum):
@@ -150,12 +150,6 @@ class Facts:
                 return None if t is None else (t.key, t.output_digest)
 
             object.__setattr__(self, "trace_head", head)
-
-
-def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[str, str], ...]] | None:
-    """The step key's fields as text, from current input digests; None if an input is missing."""
-    parts = _key_parts(step, facts)
-    return None if parts is None else (dict(zip(FIELDS, parts[0])), parts[1])
 
 
 def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]] | None:
@@ -325,9 +319,9 @@ def _changes(step: Step, trace: TraceLike, fields: Mapping[str, str], inputs: tu
     reasons: list[Reason] = []
     for name in diff_fields(trace.fields, fields):
         if name == "inputs":
-            old = dict(trace.inputs)
-            new = dict(inputs)
-            changed = [p for p in new if old.get(p) != new[p]] + [p for p in old if p not in new]
+            # When only the order moved, diff_inputs names every input; none changed on its own.
+            same = dict(trace.inputs) == dict(inputs)
+            changed = [] if same else diff_inputs(trace.inputs, inputs)
             reasons.extend(Reason(ReasonKind.INPUT_CHANGED, path=p) for p in changed)
             if not changed:  # same set, other order
                 reasons.append(Reason(ReasonKind.INPUT_CHANGED))

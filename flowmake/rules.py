@@ -302,13 +302,6 @@ class Instance:
             return f"script {self.rule.script}\n{content}"
         return ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """Everything another process needs to rebuild this Instance (see flowfile.runtime)."""
-        wf = self.rule.workflow
-        return {"flowfile": os.path.abspath(wf.flowfile), "configfiles": list(wf.configfiles),
-                "config_overrides": wf.config_overrides, "rule": self.rule.name, "workdir": wf.workdir,
-                "wildcards": self.bindings.raw_dict(), "attempt": self.attempt}
-
     def __repr__(self) -> str:
         return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
 

@@ -1,8 +1,9 @@
-"""Executing a ``run:`` block or a ``script:`` for one step, in the current process.
+"""Running the rule file's own code outside planning: a step's ``run:`` block or ``script:``, and
+the ``onstart:``/``onsuccess:``/``onerror:`` handlers.
 
-The engine runs ``python -m flowmake.jobrun <json>``; that loads the workflow again from
-``Instance.to_dict()`` (flowfile, config, rule, raw wildcard strings) and calls ``run_instance``.
-Every checkpoint counts as done here: the step only runs once its inputs exist.
+The engine runs a step's block as ``python -m flowmake.jobrun <json>`` (see ``jobs.job_command``);
+that loads the workflow again, instantiates the rule with ``instantiate`` and executes the block.
+Every checkpoint counts as done there: the step only runs once its inputs exist.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import runpy
 import sys
 from typing import Any, Mapping
 
-from flowmake.errors import FlowfileError
+from flowmake.errors import FlowfileError, FlowmakeError, Location
 from flowmake.rules import AllDone, Instance, Workflow
 
 
@@ -38,39 +39,28 @@ def instantiate(workflow: Workflow, rule_name: str, raw_wildcards: Mapping[str, 
     return rule.instantiate(rule.bindings_from_raw(raw_wildcards), AllDone(), attempt)
 
 
-def rebuild_instance(data: Mapping[str, Any]) -> Instance:
-    """The Instance described by ``Instance.to_dict()``, in this process."""
-    from flowmake.flowfile import load_workflow
+def run_hook(workflow: Workflow, name: str) -> None:
+    """Call the rule file's ``onstart``/``onsuccess``/``onerror`` block, once.
 
-    workflow = load_workflow(data["flowfile"], config_overrides=data.get("config_overrides"),
-                             configfiles=data.get("configfiles", ()), workdir=data.get("workdir"))
-    return instantiate(workflow, data["rule"], data["wildcards"], data.get("attempt", 1))
-
-
-def run_from_dict(data: Mapping[str, Any]) -> None:
-    """What ``python -m flowmake.jobrun <json>`` does with the decoded JSON."""
-    from flowmake.flowfile import load_workflow
-
-    workflow = load_workflow(data["flowfile"], config_overrides=data.get("config_overrides"),
-                             configfiles=data.get("configfiles", ()), workdir=data.get("workdir"))
-    run_instance(workflow, data["rule"], data["wildcards"], data.get("attempt", 1))
-
-
-def run_instance(workflow: Workflow, rule_name: str, raw_wildcards: Mapping[str, str],
-                 attempt: int = 1) -> None:
-    """Run the rule's run block or script for these wildcards, with cwd = the workdir."""
-    inst = instantiate(workflow, rule_name, raw_wildcards, attempt)
-    os.chdir(workflow.workdir)
-    rule = inst.rule
-    if rule.kind == "run":
-        shell = _shell_of(workflow)
-        rule.run(inst.input, inst.output, inst.params, inst.wildcards, inst.threads,
-                 inst.resources, inst.log, rule.name, workflow.config, shell)
-    elif rule.kind == "script":
-        run_script(inst)
-    else:
-        raise FlowfileError(f"rule '{rule.name}' has no run: block or script: to execute",
-                            location=rule.location, rule=rule.name)
+    What the block raises is the user's mistake: reported at the line in the rule file that
+    raised it (the block's first line if none did), without a traceback.
+    """
+    fn = workflow.hooks.get(name)
+    if fn is None:
+        return
+    try:
+        fn()  # translated as ``def __flow_NAME__(log=None)``: no argument needed
+    except FlowmakeError:
+        raise
+    except Exception as e:
+        code = fn.__code__
+        line, tb = code.co_firstlineno, e.__traceback__
+        while tb is not None:  # the deepest frame in that rule file
+            if tb.tb_frame.f_code.co_filename == code.co_filename:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        raise FlowfileError(f"{name} handler raised {type(e).__name__}: {e}",
+                            location=Location(code.co_filename, line)) from None
 
 
 def _shell_of(workflow: Workflow) -> Any:

@@ -147,3 +147,23 @@ def test_benchmark_file_has_snakemakes_columns_and_the_measured_runtime(flow: Fl
     header, row = flow.read("bench/a.tsv").splitlines()
     assert header.split("\t")[:3] == ["s", "h:m:s", "max_rss"]
     assert float(row.split("\t")[0]) >= 0.2
+
+
+def test_benchmark_file_is_replaced_whole_not_rewritten_in_place(flow: Flow) -> None:
+    # A new file renamed over the old one: a reader never sees it half written, and a hard link
+    # to the old one (a snapshot of earlier results) keeps what it had.
+    flow.write("""
+        rule a:
+            output: "a.txt"
+            benchmark: "bench/a.tsv"
+            shell: "touch {output}"
+    """)
+    flow.ok("-c", "1")
+    os.link(flow.root / "bench" / "a.tsv", flow.root / "snapshot.tsv")
+    before = flow.read("snapshot.tsv")
+    with open(flow.root / "snapshot.tsv", "a") as fh:
+        fh.write("kept\n")  # the link shares the file: bench/a.tsv has this line too, for now
+    flow.ok("-c", "1", "-F")
+    assert flow.read("snapshot.tsv") == before + "kept\n"
+    assert "kept" not in flow.read("bench/a.tsv")
+    assert sorted(os.listdir(flow.root / "bench")) == ["a.tsv"], "no temp file is left behind"

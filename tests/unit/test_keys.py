@@ -4,22 +4,43 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import blake3
 import pytest
 
+from flowmake.digest import DIGEST_BYTES
 from flowmake.keys import (
     FIELDS,
     KEY_VERSION,
     canonical,
     diff_fields,
     diff_inputs,
-    step_key,
-    step_key_fields,
+    digests_of,
+    key_of_values,
+    key_values,
 )
+
+
+def key_texts(**kwargs: Any) -> dict[str, str]:
+    return dict(zip(FIELDS, key_values(**kwargs)))
+
+
+def step_key_fields(**kwargs: Any) -> dict[str, str]:
+    """Per-field digests, as a trace keeps them."""
+    return digests_of(key_texts(**kwargs))
+
+
+def step_key(**kwargs: Any) -> str:
+    return key_of_values(key_values(**kwargs))
+
+
+def key_of_texts(texts: dict[str, str]) -> str:
+    """The key's framing written out field by field: what key_of_values' one format call must equal."""
+    framed = "".join(f"{k}\1{len(v)}\1{v}" for k, v in texts.items())
+    return blake3.blake3(framed.encode("utf-8", "surrogateescape")).hexdigest(DIGEST_BYTES)
 
 BASE: dict[str, Any] = dict(
     rule="align",
@@ -127,9 +148,7 @@ def test_env_encoding_is_unambiguous() -> None:
 
 @pytest.mark.parametrize("action", ["cp {input} {output}", "a}\n{0}\1b", "", "é \udcff"])
 def test_key_of_values_is_key_of_texts_of_the_same_fields(action: str) -> None:
-    # The planner hashes the tuple form; explain and traces keep the named form: one key either way.
-    from flowmake.keys import key_of_texts, key_of_values, key_texts, key_values
-
+    # The planner hashes the tuple form in one format call; the framing written out gives the same key.
     kw = {**BASE, "action": action, "image": "sha256:" + "c" * 64}
     assert key_of_values(key_values(**kw)) == key_of_texts(key_texts(**kw)) == step_key(**kw)
     assert tuple(key_texts(**kw)) == FIELDS

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowmake.keys import digests_of, key_of_texts
-from flowmake.planner import Decision, Facts, ReasonKind, key_fields, plan
+from flowmake.planner import Decision, Facts, ReasonKind, StepPlan, plan, with_current_key
 from flowmake.store import Trace
 
 
@@ -58,9 +57,10 @@ def facts(files: dict[str, str], traces: dict[str, Trace], *, incomplete=(), for
 
 def traced(step: FakeStep, files: dict[str, str]) -> dict[str, Trace]:
     """Traces as a successful run of ``step`` over ``files`` would have left them."""
-    f = facts(files, {})
-    texts, inputs = key_fields(step, f)  # type: ignore[arg-type, misc]
-    return {o: Trace(o, step.rule.name, key_of_texts(texts), digests_of(texts), inputs, files[o], step.id, 0.0)
+    # As jobs.record_traces does it: the key refreshed from the digests the inputs have.
+    sp = with_current_key(StepPlan(step, Decision.RUN), facts(files, {}))  # type: ignore[arg-type]
+    assert sp is not None
+    return {o: Trace(o, step.rule.name, sp.key, sp.fields, sp.inputs, files[o], step.id, 0.0)  # type: ignore[arg-type]
             for o in step.outputs}
 
 
@@ -80,6 +80,19 @@ def test_unchanged_step_skips_and_content_change_names_the_input():
     sp = plan([s], facts(files, traces)).steps[0]
     assert sp.decision is Decision.RUN
     assert [(r.kind, r.path) for r in sp.reasons] == [(ReasonKind.INPUT_CHANGED, "in.txt")]
+
+
+def test_input_reasons_name_added_changed_and_removed_paths_but_not_a_reordering():
+    files = {"x": "1", "y": "2", "z": "3", "w": "4", "out": "9"}
+    traces = traced(FakeStep("a", ["x", "y", "z"], ["out"]), files)
+    changed = FakeStep("a", ["w", "y", "x"], ["out"])
+    sp = plan([changed], facts({**files, "x": "new"}, traces)).steps[0]
+    assert [(r.kind, r.path) for r in sp.reasons] == [
+        (ReasonKind.INPUT_CHANGED, "w"), (ReasonKind.INPUT_CHANGED, "x"), (ReasonKind.INPUT_CHANGED, "z")]
+    reordered = FakeStep("a", ["z", "y", "x"], ["out"])
+    sp = plan([reordered], facts(files, traces)).steps[0]
+    assert sp.decision is Decision.RUN
+    assert [(r.kind, r.path) for r in sp.reasons] == [(ReasonKind.INPUT_CHANGED, None)]
 
 
 def test_command_edit_is_command_changed_and_downstream_pends():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,6 @@ import pytest
 
 from flowmake.errors import FlowfileError, UnsafeWildcardError
 from flowmake.flowfile import load_workflow
-from flowmake.flowfile.runtime import rebuild_instance, run_from_dict, run_instance
 from flowmake.namedlist import NamedList
 from flowmake.rules import AllDone, IncompleteCheckpoint, Instance, Workflow
 
@@ -27,6 +27,15 @@ def inst(wf: Workflow, rule: str, target: str, view: object = None) -> Instance:
     b = r.match_output(target)
     assert b is not None, f"{rule} does not match {target}"
     return r.instantiate(b, view or AllDone())
+
+
+def jobrun(wf: Workflow, rule: str, wildcards: dict[str, str],
+           config: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a run:/script: step as the engine does: ``python -m flowmake.jobrun JSON`` (jobs.py)."""
+    payload = {"flowfile": wf.flowfile, "workdir": wf.workdir, "config": config or {},
+               "rule": rule, "wildcards": wildcards, "attempt": 1}
+    return subprocess.run([sys.executable, "-m", "flowmake.jobrun", json.dumps(payload)],
+                          capture_output=True, text=True, timeout=60)
 
 
 class Done:
@@ -289,14 +298,10 @@ def test_run_block_executes_with_shell(tmp_path: Path) -> None:
                 shell("echo {local} {config[k]} >> {output}")
     """)
     (tmp_path / "q.in").write_text("hello\n")
-    wf.config["k"] = "cfg"
     i = inst(wf, "a", "q.out")
     assert i.action_source().startswith('text = shell("cat {input}", read=True)\n')
-    cwd = os.getcwd()
-    try:
-        run_instance(wf, "a", {"s": "q"})
-    finally:
-        os.chdir(cwd)
+    res = jobrun(wf, "a", {"s": "q"}, config={"k": "cfg"})
+    assert res.returncode == 0, res.stderr
     assert (tmp_path / "q.out").read_text() == "hello ['a', 'b'] q 2 1 glob aloc cfg\n"
 
 
@@ -307,13 +312,8 @@ def test_run_block_shell_failure_raises(tmp_path: Path) -> None:
             run:
                 shell("false")
     """)
-    cwd = os.getcwd()
-    try:
-        with pytest.raises(Exception) as e:
-            run_instance(wf, "a", {})
-    finally:
-        os.chdir(cwd)
-    assert "exit status 1" in str(e.value)
+    res = jobrun(wf, "a", {})
+    assert res.returncode != 0 and "exit status 1" in res.stderr
 
 
 def test_script_rule(tmp_path: Path) -> None:
@@ -330,15 +330,9 @@ def test_script_rule(tmp_path: Path) -> None:
     """)
     i = inst(wf, "a", "4.out")
     assert i.action_source().startswith("script scripts/w.py\nopen(snakemake.output[0]")
-    data = json.loads(json.dumps(i.to_dict()))
-    assert data["wildcards"] == {"n": "4"} and data["rule"] == "a"
-    again = rebuild_instance(data)
-    assert list(again.output) == ["4.out"] and again.wildcards.n == 4
-    cwd = os.getcwd()
-    try:
-        run_from_dict(data)
-    finally:
-        os.chdir(cwd)
+    # The raw wildcard "4" becomes the int 4 again in the job's process (n + 1 == 5 below).
+    res = jobrun(wf, "a", {"n": "4"})
+    assert res.returncode == 0, res.stderr
     assert (tmp_path / "4.out").read_text() == "4.in x 5 a"
 
 
