@@ -35,6 +35,7 @@ from typing import Any
 
 from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState, drain
 from flowmake.errors import BackendError
+from flowmake.settings import available_cores
 
 # docker run's own failures (bad flag, image missing, cannot start): not the job's exit code.
 DOCKER_RUN_FAILED = 125
@@ -156,7 +157,7 @@ class DockerBackend:
                "--user", self.user,
                "-v", f"{spec.workdir}:{spec.workdir}", "-w", spec.workdir,
                # docker refuses more CPUs than the machine has; the limit then is the machine.
-               "--cpus", str(max(1, min(int(res.threads), os.cpu_count() or 1)))]
+               "--cpus", str(max(1, min(int(res.threads), available_cores())))]
         if res.mem_mb:
             # memory-swap == memory: the limit is the limit, no spill into swap.
             cmd += ["--memory", f"{int(res.mem_mb)}m", "--memory-swap", f"{int(res.mem_mb)}m"]

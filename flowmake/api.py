@@ -15,17 +15,17 @@ from typing import Any, Callable, Iterable
 
 from flowmake.backend import load_backend
 from flowmake.digest import Digester
-from flowmake.errors import FlowmakeError, JobFailedError, UsageError, did_you_mean
+from flowmake.errors import FlowmakeError, JobFailedError, UsageError
 from flowmake.flowfile.runtime import run_hook
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
-from flowmake import memo
-from flowmake.memo import ExistsLog, GraphMemo, KnownKeys
-from flowmake.planner import Decision, Facts, Plan, plan as make_plan
-from flowmake.report import Progress
-from flowmake.settings import load_settings
+from flowmake import graph_memo
+from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
+from flowmake.planner import Decision, Facts, Plan, converge
+from flowmake.progress import Progress
+from flowmake.settings import available_cores, load_settings
 from flowmake.store import Store
-from flowmake.targets import normalize_target, resolve_targets, target_spec
+from flowmake.targets import forced_steps, normalize_target, resolve_targets, selected_steps, target_spec
 
 DEFAULT_FILES = ("Flowfile", "Snakefile", "workflow/Snakefile", "workflow/Flowfile")
 
@@ -149,7 +149,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     digester = Digester(store.stat_cache)
     exists = lambda p: digester.stat(p) is not None  # noqa: E731
     spec = target_spec(workflow, opts.targets, workdir)
-    fp = memo.fingerprint(workflow, spec)
+    fp = graph_memo.fingerprint(workflow, spec)
     used: GraphMemo | ExistsLog | None = GraphMemo.load(store.path, fp) if fp is not None else None
     known: KnownKeys = {}
     if isinstance(used, GraphMemo) and used.holds(exists):
@@ -162,7 +162,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
                       Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]
-    session.plan = _plan_converged(session)
+    session.plan = _plan_session(session)
     return session
 
 
@@ -198,73 +198,22 @@ def _memoised(fn: Callable[[str], str]) -> Callable[[str], str]:
     return get
 
 
-def _forced_set(session: Session) -> Callable[[Step], bool]:
-    opts, steps = session.opts, session.steps
-    if opts.forceall:
-        return lambda s: True
-    chosen: set[int] = set()
-    if opts.force:
-        chosen.update(id(t) for t in session.graph.targets if isinstance(t, Step))
-    if opts.forcerun:
-        roots = _select(session, opts.forcerun, "-R/--forcerun")
-        chosen.update(id(s) for s in _downstream(steps, roots))
-    return lambda s: id(s) in chosen
+def _forced(session: Session) -> Callable[[Step], bool]:
+    opts = session.opts
+    return forced_steps(session.graph, session.workflow, session.steps, session.workdir,
+                        forceall=opts.forceall, force=opts.force, forcerun=opts.forcerun)
 
 
-def _select(session: Session, names: list[str], flag: str) -> list[Step]:
-    """Steps named by rule names or output files."""
-    rules = {r.name for r in session.workflow.rules}
-    picked: list[Step] = []
-    for name in names:
-        if name in rules:
-            picked.extend(s for s in session.steps if s.rule.name == name)
-            continue
-        path = normalize_target(name, session.workdir)
-        prod = session.graph.producer.get(path)
-        if isinstance(prod, Step):
-            picked.append(prod)
-        else:
-            raise UsageError(f"{flag}: {name!r} is neither a rule nor an output of this plan",
-                             hint=did_you_mean(name, rules))
-    return picked
-
-
-def _downstream(steps: list[Step], roots: list[Step]) -> list[Step]:
-    marked = {id(r) for r in roots}
-    for s in steps:  # dependencies come first, so one pass suffices
-        if any(id(d) in marked for d in s.deps):
-            marked.add(id(s))
-    return [s for s in steps if id(s) in marked]
-
-
-def _plan_converged(session: Session) -> Plan:
-    """Plan; a checkpoint that will rerun makes its consumers wait for it; repeat until stable."""
-    forced = _forced_set(session)
-    while True:
-        facts = _facts(session, forced)
-        plan = make_plan(session.steps, facts)
-        rerun = {o for sp in plan.steps if sp.step.rule.is_checkpoint and sp.decision in (Decision.RUN, Decision.PENDING)
-                 for o in sp.step.outputs}
-        if not rerun:
-            return plan
-        stale = [s for s in session.steps if s.instance is not None and rerun & s.instance.consulted]
-        session.graph.checkpoints_to_run(rerun)
-        if not stale:
-            return plan
-        session.graph.invalidate(stale, rerun)
-        session.steps = session.graph.walk()
+def _plan_session(session: Session) -> Plan:
+    forced = _forced(session)
+    plan, session.steps = converge(session.graph, session.steps, lambda: _facts(session, forced))
+    return plan
 
 
 def _selected_steps(session: Session) -> list[Step]:
-    steps = session.steps
     opts = session.opts
-    if opts.until:
-        keep = {id(s) for s in session.graph.walk(_select(session, opts.until, "--until"))}
-        steps = [s for s in steps if id(s) in keep]
-    if opts.omit_from:
-        drop = {id(s) for s in _downstream(session.steps, _select(session, opts.omit_from, "--omit-from"))}
-        steps = [s for s in steps if id(s) not in drop]
-    return steps
+    return selected_steps(session.graph, session.workflow, session.steps, session.workdir,
+                          until=opts.until, omit_from=opts.omit_from)
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -281,7 +230,7 @@ def build(opts: Options) -> int:
         finally:
             session.close()
     enter_directory(opts)
-    cores = opts.cores or _all_cores()
+    cores = opts.cores or available_cores()
     settings = load_settings(os.getcwd(), opts.profile)
     backend_name = opts.backend or settings.backend
     local = load_backend("local", settings.for_backend("local"), cores)
@@ -350,7 +299,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     finally:
         _save_stat_cache(session)
     if not result.interrupted:  # keep the graph for the next invocation
-        memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
+        graph_memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
                   session.steps, sched.current, session.known_keys)
     progress.summary(len(result.ran), len(result.skipped_by_cutoff), len(result.failed), result.interrupted,
                      session.digester.files_hashed)
@@ -401,9 +350,6 @@ def _stop_orphans(session: Session) -> None:
             except (ProcessLookupError, PermissionError):
                 pass
 
-
-def _all_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def list_rules(opts: Options) -> int:

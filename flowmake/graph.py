@@ -21,7 +21,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
 from flowmake.errors import (AmbiguousRuleError, CycleError, FlowmakeError, MissingInputError,
                              NoRuleError, UnsafePathError, UnsafeWildcardError, WildcardError,
                              did_you_mean)
-from flowmake.candidates import RuleIndex
+from flowmake.rule_index import RuleIndex
 from flowmake.rules import CheckpointView, IncompleteCheckpoint, Instance, Rule, Workflow
 
 
@@ -119,7 +119,7 @@ class Graph:
     """Steps needed for some targets, and who produces which path."""
 
     def __init__(self, workflow: Workflow, exists: Callable[[str], bool]) -> None:
-        """``exists`` answers every existence question resolution asks (``memo.ExistsLog``
+        """``exists`` answers every existence question resolution asks (``graph_memo.ExistsLog``
         records them)."""
         self.workflow = workflow
         self.exists = exists

@@ -365,6 +365,23 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
     return Plan(out, by_id, facts)
 
 
+def converge(graph: Any, steps: list[Step], facts: Callable[[], Facts]) -> tuple[Plan, list[Step]]:
+    """Plan until stable: a checkpoint that will rerun makes the steps that consulted its old outputs
+    wait for it (they are resolved again once it is done). Returns the plan and the graph's steps."""
+    while True:
+        p = plan(steps, facts())
+        rerun = {o for sp in p.steps if sp.step.rule.is_checkpoint and sp.decision in (Decision.RUN, Decision.PENDING)
+                 for o in sp.step.outputs}
+        if not rerun:
+            return p, steps
+        stale = [s for s in steps if s.instance is not None and rerun & s.instance.consulted]
+        graph.checkpoints_to_run(rerun)
+        if not stale:
+            return p, steps
+        graph.invalidate(stale, rerun)
+        steps = graph.walk()
+
+
 def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
     virtual: dict[str, str] = {}
     for step in steps:

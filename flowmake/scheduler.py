@@ -25,7 +25,7 @@ from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepa
                            remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
 from flowmake.planner import Cutoff, Decision, Plan, StepPlan, plan_step, replan, with_current_key
-from flowmake.report import Progress
+from flowmake.progress import Progress
 from flowmake.records import Trace
 from flowmake.store import HistoryRecord, Store
 

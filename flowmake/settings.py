@@ -19,6 +19,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a cgroup or taskset limits it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Settings:
     backend: str = "local"

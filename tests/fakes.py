@@ -163,9 +163,9 @@ def run_in_process(workdir: Path, *targets: str, backend: FakeBackend | None = N
     ``options`` go to SchedulerOptions (keep_going, retries, limits, jobs, ...). The working directory
     is changed for the run and restored afterwards.
     """
-    from flowmake import api, memo
+    from flowmake import api, graph_memo
     from flowmake.jobs import JobContext
-    from flowmake.report import Progress
+    from flowmake.progress import Progress
     from flowmake.scheduler import Scheduler, SchedulerOptions
 
     backend = backend or FakeBackend()
@@ -182,7 +182,7 @@ def run_in_process(workdir: Path, *targets: str, backend: FakeBackend | None = N
             )
             result = sched.run(api._selected_steps(session))
             if not result.interrupted:
-                memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
+                graph_memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
                           session.steps, sched.current, session.known_keys)
         finally:
             session.close()

@@ -23,6 +23,7 @@ from flowmake.flowfile.helpers import namespace_helpers
 from flowmake.flowfile.translate import HOOKS, Translation, translate
 from flowmake.patterns import BUILTIN_TYPES, make_type
 from flowmake.rules import Checkpoints, Rule, Rules, Workflow
+from flowmake.settings import available_cores
 from flowmake.shellfmt import Shell
 
 _LIST_DIRECTIVES = ("input", "output", "log", "params", "resources")
@@ -244,7 +245,7 @@ class _WorkflowInfo:
     @property
     def cores(self) -> int:
         # --cores is not known while loading; the scheduler caps threads at the real value anyway.
-        return os.cpu_count() or 1
+        return available_cores()
 
 
 def _single(d: str, value: _Args, file: str) -> Any:

@@ -15,6 +15,7 @@ import types
 from typing import Any, Callable, Mapping
 
 from flowmake.errors import ConfigError
+from flowmake.settings import available_cores
 
 
 def _min_version(version: str) -> None:
@@ -35,15 +36,11 @@ def _validate(data: Any, schema: str, set_default: bool = True) -> None:
         raise ConfigError(f"config does not match {schema}: {e.message}") from None
 
 
-def _available_cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _modules(helpers: Mapping[str, Any]) -> dict[str, types.ModuleType]:
     root = types.ModuleType("snakemake")
     utils = types.ModuleType("snakemake.utils")
     utils.__dict__.update(min_version=_min_version, validate=_validate,
-                          available_cpu_count=_available_cpu_count, makedirs=lambda p: os.makedirs(p, exist_ok=True))
+                          available_cpu_count=available_cores, makedirs=lambda p: os.makedirs(p, exist_ok=True))
     io = types.ModuleType("snakemake.io")
     io.__dict__.update(helpers)
     root.utils = utils  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from flowmake import api
-from flowmake.memo import MEMO_FILE
+from flowmake.graph_memo import MEMO_FILE
 from flowmake.rules import Rule
 from tests.conftest import Flow
 

@@ -18,7 +18,7 @@ import pytest
 
 from flowmake import api
 from flowmake.explain import print_plan
-from flowmake.memo import MEMO_FILE
+from flowmake.graph_memo import MEMO_FILE
 from tests.conftest import Flow
 
 SAMPLES = ("a", "b", "c", "d", "e")
