@@ -98,11 +98,15 @@ _FIELD_REASON = {
 }
 
 
-class TraceLike(Protocol):
-    key: str
-    fields: Mapping[str, str]
-    inputs: tuple[tuple[str, str], ...]
-    output_digest: str
+class TraceLike(Protocol):  # read-only, as a frozen Trace is
+    @property
+    def key(self) -> str: ...
+    @property
+    def fields(self) -> Mapping[str, str]: ...
+    @property
+    def inputs(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def output_digest(self) -> str: ...
 
 
 @dataclass(slots=True)  # one per step: 100,000 of them in a big plan
@@ -139,7 +143,7 @@ class Facts:
     known_key: Callable[[Step], KnownKey | None] = _NO_KNOWN_KEYS.get
     # (key, output digest) of an output's trace: all a step that is up to date needs. Derived
     # from ``trace`` when not given; a store answers it without decoding the trace.
-    trace_head: Callable[[str], tuple[str, str] | None] | None = None
+    trace_head: Callable[[str], tuple[str, str] | None] = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.trace_head is None:
@@ -256,7 +260,7 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
             return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.SKIP, [], key, inputs)
     head_of = facts.trace_head
-    heads = [head_of(o) for o in outputs]  # type: ignore[misc]
+    heads = [head_of(o) for o in outputs]
     if None in heads:
         if heads.count(None) == len(heads) and facts.newer_than(outputs, [p for p, _ in inputs]):
             return StepPlan(step, Decision.ADOPT, [], key, inputs, dict(zip(FIELDS, values)))
@@ -289,7 +293,7 @@ def _known_key_holds(known: KnownKey, outputs: Sequence[str], out_digests: Seque
             return False
     head_of = facts.trace_head
     for out, d in zip(outputs, out_digests):
-        if head_of(out) != (key, d):  # type: ignore[misc]
+        if head_of(out) != (key, d):
             return False
     return True
 
@@ -392,7 +396,7 @@ def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
             continue
         for out in step.outputs:
             if "temp" in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
-                head = facts.trace_head(out)  # type: ignore[misc]
+                head = facts.trace_head(out)
                 if head is not None:
                     virtual[out] = head[1]
     return virtual

@@ -27,10 +27,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import filelock
 
-from flowmake import journal
+from flowmake import journal, records
 from flowmake.digest import StatCache
 from flowmake.errors import StoreError
-from flowmake import records
 from flowmake.records import HistoryRecord, Marker, Trace, _no_gc  # callers import these from here
 
 STORE_DIR = ".flowmake"
