@@ -20,7 +20,7 @@ LONG = 3_000_000  # one 3 MB word, past ARG_MAX: only a shell builtin can take i
 def test_a_command_past_the_argument_limits_runs_and_gives_the_right_output(flow: Flow) -> None:
     flow.write(f"""
         rule all:
-            input: "cat.txt", "count.txt"
+            input: "cat.txt", "count.txt", "count_run.txt"
         rule cat_all:
             input: expand("in/sample_{{i:05d}}.txt", i=range({N}))
             output: "cat.txt"
@@ -29,14 +29,20 @@ def test_a_command_past_the_argument_limits_runs_and_gives_the_right_output(flow
             output: "count.txt"
             params: word="y" * {LONG}
             shell: "printf %s {{params.word}} | wc -c > {{output}}"
+        rule count_run:
+            output: "count_run.txt"
+            params: word="y" * {LONG}
+            run:
+                shell("printf %s {{params.word}} | wc -c > {{output}}")
     """)
     (flow.root / "in").mkdir()
     for i in range(N):
         (flow.root / "in" / f"sample_{i:05d}.txt").write_text(f"{i}\n")
     err = flow.ok("-c", "2")
-    assert "2 steps ran" in err, err
+    assert "3 steps ran" in err, err
     assert flow.read("cat.txt") == "".join(f"{i}\n" for i in range(N))
     assert int(flow.read("count.txt")) == LONG
+    assert int(flow.read("count_run.txt")) == LONG, "shell() in a run: block too"
     logs = [n for _, _, names in os.walk(flow.root / ".flowmake") for n in names]
     assert not [n for n in logs if n.endswith(".sh")], "the script files are removed after the jobs"
     assert flow.planned() == [], "a second run has nothing to do"
