@@ -169,6 +169,7 @@ def entry() -> None:
     """
     try:
         trap_signals()
+        print_any_path()
         code = main()
     except KeyboardInterrupt:  # a signal before main's own handling, or Python's before ours
         code = _leave_interrupted()
@@ -227,6 +228,32 @@ def _interrupt_main_soon(signum: int) -> None:
 
     time.sleep(0.002)
     _thread.interrupt_main(signum)
+
+
+def print_any_path() -> None:
+    """stdout and stderr write a file name that is not UTF-8 with the bytes it has on disk.
+
+    Linux file names are bytes; Python hands undecodable ones over as surrogates (PEP 383), which
+    a UTF-8 stream refuses unless told otherwise (in a UTF-8 locale stdout is strict, stderr writes
+    ``\\udce9``). Written back as the original bytes, a name shows the way ``ls`` shows it and can
+    be piped to other tools; any other unencodable text is backslash-escaped, never an error.
+    """
+    import codecs
+
+    codecs.register_error("flowmake.path", _original_bytes)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="flowmake.path")
+
+
+def _original_bytes(err: UnicodeError) -> tuple[str | bytes, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    part = err.object[err.start:err.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in part):  # surrogateescape's range: bytes 0x80-0xff
+        return bytes(ord(c) - 0xDC00 for c in part), err.end
+    return part.encode("ascii", "backslashreplace").decode("ascii"), err.end
 
 
 def _ignore_signals() -> None:
