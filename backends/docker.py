@@ -41,7 +41,9 @@ from flowmake.errors import BackendError
 DOCKER_RUN_FAILED = 125
 # Longer scripts go into the container as a file (beside the job's log, in the bind-mounted
 # workdir), not as an argument: the kernel refuses one argument over 128 KiB (MAX_ARG_STRLEN),
-# both for the docker CLI here and for the shell in the container.
+# both for the docker CLI here and for the shell in the container. A script naming a file that is
+# not UTF-8 goes as a file too: the CLI sends its arguments to the engine as JSON strings, where
+# such bytes would become U+FFFD.
 INLINE_MAX = 64 * 1024
 
 
@@ -94,7 +96,7 @@ class DockerBackend:
         image = None if spec.local else (spec.image or self.default_image)
         handle = DockerHandle(spec, "")
         data = os.fsencode(job_script(spec))
-        if len(data) > INLINE_MAX:
+        if len(data) > INLINE_MAX or not _is_utf8(data):
             fd, handle.script = tempfile.mkstemp(dir=log.parent, prefix=".job-", suffix=".sh")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -256,6 +258,14 @@ class DockerBackend:
     def _docker(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([self.docker, *args], capture_output=True, text=True,
                               stdin=subprocess.DEVNULL)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _remove(path: str | None) -> None:
