@@ -54,6 +54,11 @@ def _die_with_parent() -> None:
 
 class LocalHandle(JobHandle):
     __slots__ = ("proc", "started", "pidfd", "cancelled", "script")
+    proc: subprocess.Popen[bytes]
+    started: float
+    pidfd: int | None
+    cancelled: bool
+    script: str | None  # the job's script file, when too long for an argument
 
 
 def script_argv(spec: JobSpec, script: str) -> tuple[list[str], str | None]:

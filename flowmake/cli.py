@@ -224,10 +224,11 @@ def _redeliver(info: sys.UnraisableHookArgs) -> None:
 
 def _interrupt_main_soon(signum: int) -> None:
     import _thread
+    import signal
     import time
 
     time.sleep(0.002)
-    _thread.interrupt_main(signum)
+    _thread.interrupt_main(signal.Signals(signum))
 
 
 def print_any_path() -> None:
