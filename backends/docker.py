@@ -27,6 +27,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -39,6 +40,12 @@ from flowmake.settings import available_cores
 
 # docker run's own failures (bad flag, image missing, cannot start): not the job's exit code.
 DOCKER_RUN_FAILED = 125
+# Longer scripts go into the container as a file (beside the job's log, in the bind-mounted
+# workdir), not as an argument: the kernel refuses one argument over 128 KiB (MAX_ARG_STRLEN),
+# both for the docker CLI here and for the shell in the container. A script naming a file that is
+# not UTF-8 goes as a file too: the CLI sends its arguments to the engine as JSON strings, where
+# such bytes would become U+FFFD.
+INLINE_MAX = 64 * 1024
 
 
 def job_script(spec: JobSpec) -> str:
@@ -55,6 +62,7 @@ class DockerHandle(JobHandle):
         self.cancelled = False
         self.timed_out = False
         self.waiter: threading.Thread | None = None
+        self.script: str | None = None  # the script's file, when it was too long for argv
 
 
 class DockerBackend:
@@ -88,20 +96,29 @@ class DockerBackend:
         log.parent.mkdir(parents=True, exist_ok=True)
         image = None if spec.local else (spec.image or self.default_image)
         handle = DockerHandle(spec, "")
+        data = os.fsencode(job_script(spec))
+        if len(data) > INLINE_MAX or not _is_utf8(data):
+            fd, handle.script = tempfile.mkstemp(dir=log.parent, prefix=".job-", suffix=".sh")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
         if image:
             handle.container = f"flowmake-{self._tag}-{next(self._seq)}-{_safe(spec.rule)}"[:120]
             handle.native_id = handle.container
-            cmd = self._run_command(spec, image, handle.container)
+            cmd = self._run_command(spec, image, handle.container, handle.script)
         else:
             handle.native_id = f"local-{next(self._seq)}"
-            cmd = ["bash", "-c", job_script(spec)]
+            cmd = ["bash", handle.script] if handle.script else ["bash", "-c", job_script(spec)]
         env = {**os.environ, **dict(spec.env)} if not image else None
-        with open(log, "ab") as out:  # appends across attempts, as the local backend does
-            # Own session: cancel can kill the whole process group of a local job.
-            handle.proc = subprocess.Popen(
-                cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
-            )
+        try:
+            with open(log, "ab") as out:  # appends across attempts, as the local backend does
+                # Own session: cancel can kill the whole process group of a local job.
+                handle.proc = subprocess.Popen(
+                    cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, start_new_session=True,
+                )
+        except BaseException:
+            _remove(handle.script)
+            raise
         with self._lock:
             self._running[handle.native_id] = handle
         handle.waiter = threading.Thread(target=self._wait, args=(handle,), daemon=True,
@@ -150,7 +167,8 @@ class DockerBackend:
             )
         return digest
 
-    def _run_command(self, spec: JobSpec, image: str, name: str) -> list[str]:
+    def _run_command(self, spec: JobSpec, image: str, name: str, script: str | None = None
+                     ) -> list[str]:
         res = spec.resources
         cmd = [self.docker, "run", "--name", name, "--label", f"flowmake.run={self._tag}",
                "--label", f"flowmake.step={spec.step_id}", f"--network={self.network}",
@@ -167,6 +185,9 @@ class DockerBackend:
             cmd.append(f"--pull={self.pull}")
         cmd += [*self.run_args, *map(str, spec.resources.get("docker_args", ()) or ()), image]
         # bash when the image has it (the command is a bash script), else the image's POSIX sh.
+        if script is not None:  # the same path inside: the workdir is mounted where it is here
+            launcher = 'if command -v bash >/dev/null 2>&1; then exec bash "$1"; fi; exec sh "$1"'
+            return cmd + ["sh", "-c", launcher, "flowmake-job", script]
         launcher = 'if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; fi; exec sh -c "$1"'
         return cmd + ["sh", "-c", launcher, "flowmake-job", job_script(spec)]
 
@@ -182,6 +203,7 @@ class DockerBackend:
             self._kill(handle)
             code = proc.wait()
         runtime = time.monotonic() - handle.started
+        _remove(handle.script)
         oom, message = False, ""
         if handle.container:
             state = self._docker("inspect", "--format",
@@ -237,6 +259,22 @@ class DockerBackend:
     def _docker(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([self.docker, *args], capture_output=True, text=True,
                               stdin=subprocess.DEVNULL)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _safe(text: str) -> str:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from typing import Any
 
@@ -23,6 +24,11 @@ from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState
 _PR_SET_PDEATHSIG = 1
 STRICT = "set -euo pipefail\n"
 KILL_AFTER_S = 2.0  # a cancelled job's grace between SIGTERM and SIGKILL
+# The kernel refuses one argument over 128 KiB (MAX_ARG_STRLEN) and all of them with the
+# environment over ARG_MAX (2 MiB here): a rule over thousands of inputs renders a longer command.
+# Such a script goes to bash as a file beside the job's log, removed when the job ends; shorter
+# ones stay an argument (no file to write, and bash names itself "bash" in its messages).
+INLINE_MAX = 64 * 1024
 
 
 def _libc() -> Any:
@@ -47,7 +53,28 @@ def _die_with_parent() -> None:
 
 
 class LocalHandle(JobHandle):
-    __slots__ = ("proc", "started", "pidfd", "cancelled")
+    __slots__ = ("proc", "started", "pidfd", "cancelled", "script")
+    proc: subprocess.Popen[bytes]
+    started: float
+    pidfd: int | None
+    cancelled: bool
+    script: str | None  # the job's script file, when too long for an argument
+
+
+def script_argv(spec: JobSpec, script: str) -> tuple[list[str], str | None]:
+    """bash's arguments for ``script``, and the file it was written to when too long for argv.
+
+    Encoded as the kernel will see it: a path that is not UTF-8 keeps its bytes (surrogateescape).
+    """
+    data = os.fsencode(script)
+    if len(data) <= INLINE_MAX:
+        return ["bash", "-c", script], None
+    where = os.path.dirname(os.path.join(spec.workdir, spec.log)) if spec.log else os.path.join(spec.workdir, ".flowmake")
+    os.makedirs(where, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=where, prefix=".job-", suffix=".sh")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return ["bash", path], path
 
 
 class LocalBackend:
@@ -72,23 +99,28 @@ class LocalBackend:
         if spec.env:
             env = dict(os.environ)
             env.update(spec.env)
-        argv = ["bash", "-c", STRICT + spec.command]
+        argv, script = script_argv(spec, STRICT + spec.command)
         if _SETPRIV:
             argv[:0] = [_SETPRIV, "--pdeathsig", "KILL"]
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                cwd=spec.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=None if _SETPRIV else _die_with_parent,
-                env=env,
-                close_fds=True,
-            )
+        try:
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=spec.workdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=None if _SETPRIV else _die_with_parent,
+                    env=env,
+                    close_fds=True,
+                )
+        except BaseException:
+            _remove(script)
+            raise
         handle = LocalHandle(spec, str(proc.pid))
         handle.proc = proc
+        handle.script = script
         handle.started = time.monotonic()
         handle.cancelled = False
         try:
@@ -127,6 +159,7 @@ class LocalBackend:
             if wpid == 0:
                 continue
             del self._running[pid]
+            _remove(handle.script)
             if handle.pidfd is not None:
                 os.close(handle.pidfd)
             handle.proc.returncode = os.waitstatus_to_exitcode(status)
@@ -180,6 +213,14 @@ class LocalBackend:
         for pid in list(self._running):
             _kill_group(pid, signal.SIGKILL)
         self._events.extend(self._reap())
+
+
+def _remove(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _kill_group(pgid: int, sig: int) -> None:

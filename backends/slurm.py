@@ -246,8 +246,10 @@ class SlurmBackend:
     def _cmd(self, args: list[str], input: str | None = None) -> subprocess.CompletedProcess:
         exe = os.path.join(self._bin, args[0]) if self._bin else args[0]
         try:
-            return subprocess.run([exe, *args[1:]], input=input, capture_output=True, text=True,
-                                  env=self._env, timeout=120)
+            # surrogateescape: a file name that is not UTF-8 reaches the job script as its bytes
+            return subprocess.run([exe, *args[1:]], input=input, capture_output=True,
+                                  encoding="utf-8", errors="surrogateescape", env=self._env,
+                                  timeout=120)
         except FileNotFoundError:
             raise BackendError(f"{args[0]} not found: is SLURM installed here?",
                                hint="set bin_dir in [backends.slurm]") from None

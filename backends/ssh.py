@@ -370,9 +370,15 @@ class SshBackend:
         script = "set -euo pipefail\n" + "".join(
             f"export {k}={shlex.quote(v)}\n" for k, v in spec.env) + spec.command + "\n"
         result = staging.Result()
+        command, stdin = staging.launch_command(launch, script), b""
+        if len(os.fsencode(command)) > staging.INLINE_MAX:
+            command, stdin = staging.launch_via_stdin(launch, script)
         try:
             chan = host.transport.open_session(timeout=self.timeout)
-            chan.exec_command(staging.launch_command(launch, script))
+            chan.exec_command(os.fsencode(command))  # bytes: a name that is not UTF-8 stays as it is
+            if stdin:  # the host's cat reads all of it before the job starts
+                chan.sendall(stdin)
+                chan.shutdown_write()
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise HostDown(f"{host.label}: {exc}") from exc
         limit = spec.resources.runtime_min

@@ -8,6 +8,7 @@ half-transferred or corrupted output never appears under its real name.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -175,6 +176,13 @@ MARK = b"@@flowmake-manifest@@"
 SETUP_FAILED = 254
 
 
+# sshd runs the command as one argument of the login shell, and the job script is one argument of
+# bash inside it: past 128 KiB (MAX_ARG_STRLEN) the host refuses them. A longer launch (a command
+# over thousands of inputs, or that many inputs to link) is sent on the channel's stdin instead.
+INLINE_MAX = 64 * 1024
+_SCRIPT_END = "FLOWMAKE_JOB_SCRIPT_END"  # "_" is not in base64's alphabet: no line of it matches
+
+
 def launch_command(launch: Launch, script: str) -> str:
     """One bash script for the whole job; the login shell only has to start bash.
 
@@ -183,6 +191,31 @@ def launch_command(launch: Launch, script: str) -> str:
     outside it), and still waited for, so the wrapper sees its exit status. Setup steps are
     chained with && because errexit does not apply inside an ``||`` list.
     """
+    inner = 'echo $$; exec bash -c "$1" flowmake-job >> "$2" 2>&1 < /dev/null'
+    return "bash -c " + shlex.quote("\n".join(_launch_lines(launch, inner, shlex.quote(script))))
+
+
+def launch_via_stdin(launch: Launch, script: str) -> tuple[str, bytes]:
+    """``launch_command`` for a launch too long to be an argument: a short command, and the bytes
+    to send on its stdin (the launch script, carrying the job script to write to a file).
+
+    The host saves stdin to a temporary file and runs it; the script removes that file first (bash
+    keeps reading what it opened) and the job's file when it exits.
+    """
+    encoded = base64.encodebytes(os.fsencode(script)).decode("ascii")
+    lines = ['rm -f -- "$0"',
+             f'job=$(mktemp "${{TMPDIR:-/tmp}}/flowmake-job.XXXXXX") || exit {SETUP_FAILED}',
+             "trap 'rm -f -- \"$job\"' EXIT",
+             f"base64 -d > \"$job\" <<'{_SCRIPT_END}' || exit {SETUP_FAILED}\n{encoded}{_SCRIPT_END}"]
+    inner = 'echo $$; exec bash "$1" >> "$2" 2>&1 < /dev/null'
+    lines += _launch_lines(launch, inner, '"$job"')
+    command = (f'f=$(mktemp "${{TMPDIR:-/tmp}}/flowmake-launch.XXXXXX") || exit {SETUP_FAILED}; '
+               f'cat > "$f" || {{ rm -f -- "$f"; exit {SETUP_FAILED}; }}; exec bash "$f"')
+    return command, os.fsencode("\n".join(lines) + "\n")
+
+
+def _launch_lines(launch: Launch, inner: str, job: str) -> list[str]:
+    """The launch script; ``inner`` runs the job in its session, ``job`` is the word it gets."""
     lines = []
     if launch.stale:
         # Earlier jobs' dirs, removed in the background so this job does not wait for it.
@@ -190,14 +223,12 @@ def launch_command(launch: Launch, script: str) -> str:
     setup = [*launch.links, f"cd {q(launch.rundir)}",
              f"mkdir -p {shlex.quote(os.path.dirname(launch.log) or '.')}"]
     lines.append(" &&\n".join(setup) + f" || exit {SETUP_FAILED}")
-    inner = 'echo $$; exec bash -c "$1" flowmake-job >> "$2" 2>&1 < /dev/null'
-    lines.append(f"setsid -w bash -c {shlex.quote(inner)} flowmake {shlex.quote(script)} "
-                 f"{shlex.quote(launch.log)}")
+    lines.append(f"setsid -w bash -c {shlex.quote(inner)} flowmake {job} {shlex.quote(launch.log)}")
     lines.append("code=$?")
     if launch.manifest:
         lines.append(f'if [ "$code" = 0 ]; then echo {MARK.decode()}; {launch.manifest}; fi')
     lines.append('exit "$code"')
-    return "bash -c " + shlex.quote("\n".join(lines))
+    return lines
 
 
 def parse_pid(out: bytes | bytearray) -> int | None:

@@ -2,21 +2,32 @@
 
 Thin on purpose: everything it does is in ``api``. User errors print one message and exit 2 (1 when
 a job failed, 130 when interrupted); anything else is a bug and says so.
+
+Ctrl-C (SIGINT) and SIGTERM mean the same at every moment: exit 130 with one line, no traceback.
+``entry`` takes both signals over before anything else happens, so the module imports only what
+the interpreter has already loaded: a signal during those imports is Python's KeyboardInterrupt,
+which only ``__main__`` can catch. While jobs run, the scheduler swaps in its own handler (cancel
+the jobs, remove partial outputs) and puts ours back afterwards.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import traceback
-from typing import Sequence
 
-from flowmake import __version__
-from flowmake.errors import FlowmakeError, UsageError
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    import argparse
+    from typing import Sequence
+
+INTERRUPTED = "flowmake: interrupted"
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from flowmake import __version__
+
     p = argparse.ArgumentParser(
         prog="flowmake",
         description="Build the requested targets from a Flowfile (or Snakefile), running exactly the "
@@ -63,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _count(text: str) -> int:
+    import argparse
+
     if text == "all":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
@@ -75,6 +88,8 @@ def _count(text: str) -> int:
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    from flowmake.errors import UsageError
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -85,7 +100,10 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import traceback
+
     from flowmake import api
+    from flowmake.errors import FlowmakeError
 
     args = _parser().parse_args(argv)
     if args.unlock:
@@ -115,19 +133,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.touch:
             return api.touch(opts)
         return api.build(opts)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except FlowmakeError as err:
+        if _by_signal(err):
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
         print(str(err), file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception:  # a bug, not the user's mistake: say so, with the traceback to report
+    except Exception as exc:  # a bug, not the user's mistake: say so, with the traceback to report
+        if _by_signal(exc):
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
         traceback.print_exc()
         print("flowmake: internal error (this is a bug; please report it with the traceback above)", file=sys.stderr)
         return 3
 
 
 def _int(value: str, what: str) -> int:
+    from flowmake.errors import UsageError
+
     try:
         return int(value)
     except ValueError:
@@ -138,9 +164,123 @@ def entry() -> None:
     """The console script: ``main``, then leave without tearing down the heap.
 
     A plan over 100,000 steps leaves millions of objects; freeing them one by one at exit takes
-    longer than some whole no-op runs. Everything that must reach disk is closed by then.
+    longer than some whole no-op runs. Everything that must reach disk is closed by then (an
+    interrupted run may leave a frame unwritten: the store survives that, as it survives SIGKILL).
     """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        trap_signals()
+        print_any_path()
+        code = main()
+    except KeyboardInterrupt:  # a signal before main's own handling, or Python's before ours
+        code = _leave_interrupted()
+    except SystemExit as exit:  # argparse's --help, --version and usage errors (always an int)
+        code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+    _ignore_signals()  # leaving: a late signal must not turn into a traceback
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (KeyboardInterrupt, OSError):  # a closed pipe, or a signal just before the line above
+        pass
     os._exit(code)
+
+
+# The signals trap_signals' handler has turned into KeyboardInterrupt in this process. Python wraps
+# an exception raised in some places (RuntimeError from ``__set_name__`` while a class is made,
+# user code in the rule file re-raising): once a signal came, whatever error follows is its doing.
+_SIGNALLED: list[int] = []
+
+
+def _stop(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
+
+
+def trap_signals() -> None:
+    """SIGINT and SIGTERM both become KeyboardInterrupt: exit 130 at any moment, like the scheduler.
+
+    The exception unwinds through the ``finally`` clauses that close the store and the backend. A
+    second signal meanwhile cuts that short, which leaves the store as safe as a SIGKILL would; the
+    jobs die with flowmake (the backends see to that).
+    """
+    import signal
+
+    sys.unraisablehook = _redeliver
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def _redeliver(info: sys.UnraisableHookArgs) -> None:
+    """A KeyboardInterrupt raised where Python can only print it (a weakref callback such as the
+    import system's module locks, a ``__del__``) is lost: deliver the signal again, soon."""
+    if _SIGNALLED and issubclass(info.exc_type, KeyboardInterrupt):
+        import _thread
+
+        # From another thread, a moment later: delivered now, it would be handled right here
+        # again. Should it land in such a place once more, this hook sends it once more.
+        _thread.start_new_thread(_interrupt_main_soon, (_SIGNALLED[-1],))
+        return
+    sys.__unraisablehook__(info)
+
+
+def _interrupt_main_soon(signum: int) -> None:
+    import _thread
+    import signal
+    import time
+
+    time.sleep(0.002)
+    _thread.interrupt_main(signal.Signals(signum))
+
+
+def print_any_path() -> None:
+    """stdout and stderr write a file name that is not UTF-8 with the bytes it has on disk.
+
+    Linux file names are bytes; Python hands undecodable ones over as surrogates (PEP 383), which
+    a UTF-8 stream refuses unless told otherwise (in a UTF-8 locale stdout is strict, stderr writes
+    ``\\udce9``). Written back as the original bytes, a name shows the way ``ls`` shows it and can
+    be piped to other tools; any other unencodable text is backslash-escaped, never an error.
+    """
+    import codecs
+
+    codecs.register_error("flowmake.path", _original_bytes)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="flowmake.path")
+
+
+def _original_bytes(err: UnicodeError) -> tuple[str | bytes, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    part = err.object[err.start:err.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in part):  # surrogateescape's range: bytes 0x80-0xff
+        return bytes(ord(c) - 0xDC00 for c in part), err.end
+    return part.encode("ascii", "backslashreplace").decode("ascii"), err.end
+
+
+def _ignore_signals() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _leave_interrupted() -> int:
+    """Say so in one line; 130 like a shell reports a command stopped by Ctrl-C."""
+    try:
+        _ignore_signals()
+        print(INTERRUPTED, file=sys.stderr)
+    except (KeyboardInterrupt, OSError):
+        pass
+    return 130
+
+
+def _by_signal(exc: BaseException) -> bool:
+    """Whether a signal caused this error (it came after one, or wraps a KeyboardInterrupt)."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            break
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return bool(_SIGNALLED)

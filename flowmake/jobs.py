@@ -83,7 +83,7 @@ def log_path(step: Step) -> str:
     if len(safe) > 150:
         import hashlib
 
-        safe = safe[:100] + "-" + hashlib.sha1(step.id.encode()).hexdigest()[:16]
+        safe = safe[:100] + "-" + hashlib.sha1(os.fsencode(step.id)).hexdigest()[:16]
     return f".flowmake/logs/{step.rule.name}/{safe}.log"
 
 

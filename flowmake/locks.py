@@ -40,10 +40,10 @@ class OutputLocks:
         self._soft = False  # set once record locks turned out not to work here
 
     def _offset(self, output: str) -> int:
-        return int.from_bytes(blake3(output.encode()).digest()[:8], "big") % _SPACE
+        return int.from_bytes(blake3(os.fsencode(output)).digest()[:8], "big") % _SPACE
 
     def _file(self, output: str) -> str:
-        return os.path.join(self.dir, blake3(output.encode()).hexdigest()[:24] + ".lock")
+        return os.path.join(self.dir, blake3(os.fsencode(output)).hexdigest()[:24] + ".lock")
 
     def _lock_fd(self) -> int:
         if self._fd is None:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import _string  # the parser str.format itself uses for "a.b[c]" field names
 import functools
+import os
 import re
 import shlex
 import string
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -226,16 +228,32 @@ def full_script(command: str, settings: ShellSettings) -> str:
     return STRICT_MODE + settings.prefix + command + settings.suffix
 
 
+# One argument over 128 KiB (MAX_ARG_STRLEN) is refused by the kernel: a longer script (a command
+# over thousands of inputs) goes to the shell as a temporary file instead.
+INLINE_MAX = 64 * 1024
+
+
 def run_command(command: str, settings: ShellSettings, *, read: bool = False,
                 iterable: bool = False) -> Any:
-    argv = [settings.executable, "-c", full_script(command, settings)]
+    script = full_script(command, settings)
+    data = os.fsencode(script)  # a file name that is not UTF-8 keeps its bytes
+    if len(data) <= INLINE_MAX:
+        return _run_argv([settings.executable, "-c", script], command, read, iterable)
+    with tempfile.NamedTemporaryFile("wb", prefix="flowmake-shell-", suffix=".sh") as f:
+        f.write(data)
+        f.flush()
+        result = _run_argv([settings.executable, f.name], command, read, iterable)
+        return list(result) if iterable else result
+
+
+def _run_argv(argv: list[str], command: str, read: bool, iterable: bool) -> Any:
     if iterable:
         return _iterate(argv, command)
     if read:
         done = subprocess.run(argv, stdout=subprocess.PIPE)
         if done.returncode:
             raise ShellError(done.returncode, command)
-        return done.stdout.decode()
+        return os.fsdecode(done.stdout)  # names printed by the command come back as they were
     sys.stdout.flush()
     sys.stderr.flush()
     done = subprocess.run(argv)
@@ -247,6 +265,6 @@ def run_command(command: str, settings: ShellSettings, *, read: bool = False,
 def _iterate(argv: list[str], command: str) -> Iterator[str]:
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
         for line in proc.stdout or ():
-            yield line.decode().rstrip("\n")
+            yield os.fsdecode(line).rstrip("\n")
     if proc.returncode:
         raise ShellError(proc.returncode, command)
