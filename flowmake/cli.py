@@ -77,7 +77,9 @@ def _count(text: str) -> int:
     import argparse
 
     if text == "all":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from flowmake.settings import available_cores
+
+        return available_cores()
     try:
         value = int(text)
     except ValueError:
