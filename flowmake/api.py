@@ -165,6 +165,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
     store, dig = session.store, session.digester
     incomplete = store.incomplete_outputs()
+    in_flight = store.in_flight_elsewhere()
 
     def newer_than(outputs: Iterable[str], inputs: Iterable[str]) -> bool:
         out_times = [st.st_mtime_ns for st in map(dig.stat, outputs) if st is not None]
@@ -178,6 +179,7 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         forced=forced,
         newer_than=newer_than,
         image_digest=_memoised(session.image_digest) if session.image_digest else (lambda ref: ref),
+        in_flight=in_flight.__contains__,
     )
 
 
@@ -328,10 +330,10 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
 
     opts = session.opts
     _refuse_protected(session, steps)
-    _stop_orphans(session)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
                      configfiles=list(opts.configfiles), cores=cores, settings=settings)
     progress = Progress(quiet=opts.quiet, started=opts.started)
+    _stop_orphans(session, progress.note)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
         local=local, ctx=ctx, progress=progress,
@@ -391,18 +393,13 @@ def _save_stat_cache(session: Session) -> None:
         saver()
 
 
-def _stop_orphans(session: Session) -> None:
+def _stop_orphans(session: Session, note: Callable[[str], None]) -> None:
     """Jobs of a run killed with SIGKILL must not write into this run's outputs: stop them first."""
-    import signal
+    from flowmake.peers import stop_job  # (runs that die while this one runs: peers.Peers)
 
     seen: set[int] = set()
     for marker in session.store.incomplete_outputs().values():
-        if marker.pgid and marker.pgid not in seen and marker.orphan_alive():
-            seen.add(marker.pgid)
-            try:
-                os.killpg(marker.pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        stop_job(marker, note, seen)
 
 
 def _all_cores() -> int:

@@ -4,7 +4,9 @@ The planner is a pure function. It reads the world only through the callables in
 traces, existence), so it is tested from data and the same code serves dry-runs, real runs and the
 re-planning of a pending step once its upstream finished (which is where early cutoff happens).
 
-The rules, in order (DESIGN.md, "Freshness"): missing or incomplete outputs run; no trace runs (or an
+The rules, in order (DESIGN.md, "Freshness"): missing or incomplete outputs run, and so do outputs
+another live run is writing (the scheduler then waits for that run's lock and uses what it recorded,
+or rebuilds: never half a file); no trace runs (or an
 existing untraced output newer than its inputs is adopted, Make's rule, used only this once); a key
 field that differs from the trace runs, naming the field; a step whose upstream will run is pending;
 an output whose own digest moved since it was recorded runs. mtimes never decide anything else.
@@ -31,6 +33,7 @@ class Decision(enum.Enum):
 class ReasonKind(enum.Enum):
     MISSING = "missing"
     INCOMPLETE = "incomplete"
+    IN_FLIGHT = "in-flight"  # another live flowmake on this workdir is writing it
     NO_TRACE = "no-trace"
     INPUT_CHANGED = "input-changed"
     COMMAND_CHANGED = "command-changed"
@@ -71,6 +74,7 @@ class Reason:
 _WORDS = {
     ReasonKind.MISSING: "output missing",
     ReasonKind.INCOMPLETE: "output left incomplete by an interrupted run",
+    ReasonKind.IN_FLIGHT: "output being written by another flowmake run",
     ReasonKind.NO_TRACE: "no record of how the output was made",
     ReasonKind.INPUT_CHANGED: "input changed",
     ReasonKind.COMMAND_CHANGED: "command changed",
@@ -124,6 +128,18 @@ class Facts:
     forced: Callable[[Step], bool]
     newer_than: Callable[[Sequence[str], Sequence[str]], bool]  # outputs newer than inputs (adoption)
     image_digest: Callable[[str], str] = lambda ref: ref
+    # Outputs another live run was writing when the store was loaded: never digested as done. The
+    # scheduler settles them once it holds their locks (``without_in_flight``).
+    in_flight: Callable[[str], bool] = lambda path: False
+
+
+def without_in_flight(facts: Facts) -> Facts:
+    """The facts for a step whose output locks this run holds: nobody else is writing them now."""
+    return replace(facts, in_flight=_never)
+
+
+def _never(path: str) -> bool:
+    return False
 
 
 def key_fields(step: Step, facts: Facts) -> tuple[dict[str, str], tuple[tuple[str, str], ...]] | None:
@@ -195,11 +211,13 @@ def plan_step(step: Step, upstream: Mapping[int, StepPlan], facts: Facts) -> Ste
     if facts.forced(step):
         reasons.append(Reason(ReasonKind.FORCED))
     outputs = step.outputs
-    digest, incomplete = facts.digest, facts.incomplete
+    digest, incomplete, in_flight = facts.digest, facts.incomplete, facts.in_flight
     out_digests = [digest(o) for o in outputs]
     for out, d in zip(outputs, out_digests):
         if incomplete(out):
             reasons.append(Reason(ReasonKind.INCOMPLETE, path=out))
+        elif in_flight(out):
+            reasons.append(Reason(ReasonKind.IN_FLIGHT, path=out))
         elif d is None:
             reasons.append(Reason(ReasonKind.MISSING, path=out))
     if reasons:  # the key is computed when the step starts, from the digests it then sees

@@ -18,10 +18,11 @@ from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
-from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces, remove_outputs,
-                           remove_path, write_benchmark)
+from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces,
+                           remove_outputs, remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
-from flowmake.planner import Decision, Plan, StepPlan, plan_step, refresh_key
+from flowmake.peers import Peers
+from flowmake.planner import Decision, Plan, StepPlan, plan_step, refresh_key, without_in_flight
 from flowmake.report import Progress
 from flowmake.records import Trace
 from flowmake.store import HistoryRecord, Store
@@ -96,7 +97,7 @@ class Scheduler:
         self._interrupt = False
         self._t0_ns = time.time_ns()
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
-        self._other: Store | None = None  # a read-only snapshot of what concurrent runs recorded
+        self.peers = Peers(store, ctx.workdir)  # what concurrent runs recorded, and dead runs' jobs
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -273,6 +274,9 @@ class Scheduler:
                 self.progress.note(f"{step.id}: waiting for {self.locks.holder(step.outputs[0])}, which is building it")
             self._locked.append(step)
             return
+        if self.peers.take_over(step.outputs, self._contended(step), self.progress.note):
+            self._start(step)  # a dead run left it half written: rebuilt from a clean output
+            return
         if self._was_built_meanwhile(step):
             self.locks.release(step.id)
             self.result.built_elsewhere.append(step.id)
@@ -293,20 +297,24 @@ class Scheduler:
                 return True
         return False
 
+    def _contended(self, step: Step) -> bool:
+        """Whether another run held this step's lock, or had its outputs in flight when we started."""
+        return step.id in self._lock_waited or any(map(self.plan.facts.in_flight, step.outputs))
+
     def _foreign_traces(self, step: Step) -> list[Trace] | None:
         # Loading the store reads every segment: reuse the snapshot until it lacks what we ask for.
         for fresh in (False, True):
-            if self._other is None or fresh:
-                self._other = Store.open(self.ctx.workdir, readonly=True)
-            traces = [self._other.trace(o) for o in step.outputs]
-            if all(t is not None and t.time * 1e9 >= ctime_ns(self.ctx.workdir, o) - 1e6
+            other = self.peers.snapshot(fresh)
+            traces = [other.trace(o) for o in step.outputs]
+            incomplete = other.incomplete_outputs()
+            if all(t is not None and t.time * 1e9 >= ctime_ns(self.ctx.workdir, o) - 1e6 and o not in incomplete
                    for t, o in zip(traces, step.outputs)):  # not a trace older than the file
                 return traces  # type: ignore[return-value]
         return None
 
     def _was_built_meanwhile(self, step: Step) -> bool:
         """Another invocation may have built this step while we waited for, or before we took, its lock."""
-        if step.id not in self._lock_waited and not self._touched_by_another_run(step):
+        if not self._contended(step) and not self._touched_by_another_run(step):
             return False
         traces = self._foreign_traces(step)
         if traces is None:
@@ -314,7 +322,7 @@ class Scheduler:
         for out in step.outputs:
             self.digest(out)  # refresh the memoised stat: the file was rewritten by the other run
         self.store.put_traces([t for t in traces if t is not None])
-        sp = plan_step(step, self.plan.by_id, self.plan.facts)
+        sp = plan_step(step, self.plan.by_id, without_in_flight(self.plan.facts))  # we hold its locks
         if sp.decision is Decision.SKIP:
             self.plan.by_id[id(step)] = sp
             return True
