@@ -359,6 +359,14 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, settings
             f"{len(result.failed)} step{'s' if len(result.failed) > 1 else ''} failed",
             details=[f"{sid}: {why}" for sid, why in result.failed],
         )
+    if result.inputs_changed:  # not a success: the outputs are not what the inputs now give
+        _hook(getattr(hooks, "onerror", None))
+        n = len(result.inputs_changed)
+        raise JobFailedError(
+            f"{n} step{'s' if n > 1 else ''} read inputs that changed while {'they' if n > 1 else 'it'} ran",
+            details=[f"{sid}: {', '.join(paths)}" for sid, paths in result.inputs_changed],
+            hint="their outputs are kept but not recorded as up to date: run flowmake again once the inputs are final",
+        )
     _hook(getattr(hooks, "onsuccess", None))
     return 0
 

@@ -212,20 +212,44 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
         fh.write(BENCHMARK_HEADER + "\n" + "\t".join(row) + "\n")
 
 
+# Stands in a trace for the digest of an input that changed while the job ran: it never equals a
+# digest, so the step's key never matches and the next run reruns it, naming the input.
+CHANGED_WHILE_RUNNING = "changed-while-running"
+
+
+def changed_inputs(inputs: Sequence[tuple[str, str]], digest: Callable[[str], str | None]) -> list[str]:
+    """Inputs whose digest now differs from the one the step's key was computed from.
+
+    Called when the job has ended: ``digest`` re-stats, and re-hashes only a file whose stat
+    identity moved, so an unchanged input costs one ``stat``.
+    """
+    return [p for p, d in inputs if d != "ancient" and digest(p) != d]
+
+
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
-                  facts: Any = None) -> None:
-    """One trace per output: the step key's fields, its input digests and the output's digest."""
+                  facts: Any = None, changed: Sequence[str] = ()) -> None:
+    """One trace per output: the step key's fields, its input digests and the output's digest.
+
+    ``changed`` names inputs that changed while the job ran: what it read may be neither version,
+    so the traces say so (a key and an input digest that match nothing) instead of vouching for
+    the outputs. The outputs stay; the next run reruns the step with "input changed".
+    """
     if sp.texts is None and facts is not None:
         refresh_key(sp, facts)
     if sp.texts is None:
         return
     key = sp.key or ""
     fields = sp.fields or {}
+    inputs = tuple(sp.inputs)
+    if changed:
+        key = f"{CHANGED_WHILE_RUNNING}:{key}"
+        fields = {**fields, "inputs": CHANGED_WHILE_RUNNING}
+        inputs = tuple((p, CHANGED_WHILE_RUNNING if p in changed else d) for p, d in inputs)
     now = time.time()
     traces = []
     for out in step.outputs:
         d = digest(out)
         if d is not None:
             traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
-                                inputs=tuple(sp.inputs), output_digest=d, step_id=step.id, time=now))
+                                inputs=inputs, output_digest=d, step_id=step.id, time=now))
     store.put_traces(traces)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
-from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces,
+from flowmake.jobs import (JobContext, changed_inputs, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces,
                            remove_outputs, remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
 from flowmake.peers import Peers
@@ -46,6 +46,7 @@ class RunResult:
     skipped_by_cutoff: list[str] = field(default_factory=list)
     built_elsewhere: list[str] = field(default_factory=list)  # by a concurrent flowmake on this workdir
     failed: list[tuple[str, str]] = field(default_factory=list)  # (step id, why)
+    inputs_changed: list[tuple[str, list[str]]] = field(default_factory=list)  # (step id, paths)
     interrupted: bool = False
 
 
@@ -388,7 +389,13 @@ class Scheduler:
                 self._failure(run, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
             write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
-            self._record_traces(step, run.plan)
+            # The inputs the job read must be the ones its trace names (Bazel's issue 3360).
+            changed = changed_inputs(run.plan.inputs, self.digest)
+            record_traces(self.store, step, run.plan, self.digest, self.plan.facts, changed=changed)
+            if changed:
+                self.result.inputs_changed.append((step.id, changed))
+                self.progress.note(f"warning: {step.id}: input {', '.join(changed)} changed while the job ran; "
+                                   f"its outputs are kept but not recorded as up to date (the next run reruns it)")
             self._history(run, ev)
             self.store.end(step.id)
             self._unlock.append(step.id)

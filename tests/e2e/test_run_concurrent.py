@@ -199,3 +199,34 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+# ---- an input edited while its consumer runs ------------------------------------------------------
+
+EDITED = """
+    rule mid:
+        output: "mid.txt"
+        shell: "echo orig > {output}"
+    rule use:
+        input: "mid.txt"
+        output: "out.txt"
+        shell: "touch reading; while [ ! -e edited ]; do sleep 0.05; done; cat {input} > {output}"
+"""
+
+
+def test_an_input_edited_while_its_consumer_runs_is_not_recorded_as_good(flow: Flow) -> None:
+    flow.write(EDITED)
+    run = flow.popen("-c", "1", "out.txt")
+    flow.wait_for("reading")
+    time.sleep(0.1)
+    flow.file("mid.txt", "hand\n")
+    flow.file("edited", "")
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 1, err
+    assert "warning: use:out.txt: input mid.txt changed while the job ran" in err
+    assert "Traceback" not in err
+    assert flow.planned("out.txt") == ["mid.txt", "out.txt"]
+    err = flow.ok("-c", "1", "out.txt")
+    assert "use: out.txt  (input changed: mid.txt)" in err
+    assert flow.read("mid.txt") == flow.read("out.txt") == "orig\n"
+    assert flow.planned("out.txt") == []
