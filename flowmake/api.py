@@ -387,10 +387,11 @@ def _hook(fn: Callable[..., Any] | None) -> None:
 
 
 def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:
-    def digest(path: str) -> str | None:
+    def digest(path: str, settled: bool = True) -> str | None:
         # Called for a finished job's outputs: the job has exited, so nothing still writes them.
+        # (Its inputs are asked for with settled=False: someone else may be writing those.)
         dig.invalidate(path)
-        return dig.digest(path, settled=True)
+        return dig.digest(path, settled=settled)
 
     return digest
 

@@ -217,13 +217,14 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
 CHANGED_WHILE_RUNNING = "changed-while-running"
 
 
-def changed_inputs(inputs: Sequence[tuple[str, str]], digest: Callable[[str], str | None]) -> list[str]:
+def changed_inputs(inputs: Sequence[tuple[str, str]], digest: Callable[..., str | None]) -> list[str]:
     """Inputs whose digest now differs from the one the step's key was computed from.
 
-    Called when the job has ended: ``digest`` re-stats, and re-hashes only a file whose stat
-    identity moved, so an unchanged input costs one ``stat``.
+    Called when the job has ended: ``digest(path, settled=False)`` re-stats, and re-hashes only a
+    file whose stat identity moved, so an unchanged input costs one ``stat``. Not settled: an input
+    is not the job's to finish, and one rewritten within a timestamp tick must be re-read next time.
     """
-    return [p for p, d in inputs if d != "ancient" and digest(p) != d]
+    return [p for p, d in inputs if d != "ancient" and digest(p, settled=False) != d]
 
 
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
