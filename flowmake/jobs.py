@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
+from flowmake.journal import hostname
 from flowmake.planner import refresh_key
 from flowmake.records import Trace
 
@@ -104,6 +105,15 @@ def job_resources(step: Step, cores: int, mem_scale: float = 1.0) -> Resources:
     )
 
 
+# Every local job carries its flowmake's id in its environment: if that flowmake dies before it has
+# recorded the job's process group, the run that takes the step over finds the job by it (peers.py).
+RUN_ENV = "FLOWMAKE_RUN"
+
+
+def run_id(pid: int | None = None, host: str | None = None) -> str:
+    return f"{host or hostname()} {os.getpid() if pid is None else pid}"
+
+
 def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[str, str], ...],
              image: str | None, local: bool, mem_scale: float = 1.0, command: str | None = None) -> JobSpec:
     inst = step.instance
@@ -122,6 +132,7 @@ def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[s
         attempt=attempt,
         local=local,
         settings=ctx.settings,
+        env=((RUN_ENV, run_id()),) if local else (),
     )
 
 

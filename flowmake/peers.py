@@ -21,6 +21,7 @@ import time
 from typing import Callable, Iterable
 
 from flowmake import journal
+from flowmake.jobs import RUN_ENV, run_id
 from flowmake.records import Marker
 from flowmake.store import Store
 
@@ -95,7 +96,12 @@ class Peers:
 def stop_job(marker: Marker, note: Callable[[str], None], stopped: set[int] | None = None) -> None:
     """SIGKILL the process group of a dead run's job and wait (briefly) until it is gone."""
     pgid = marker.pgid
-    if pgid is None or (stopped is not None and pgid in stopped):
+    if pgid is None:
+        # Killed between marking the step and recording its job: find what it started, if anything.
+        if marker.host == journal.hostname() and not journal.pid_alive(marker.pid):
+            _stop_jobs_of(run_id(marker.pid, marker.host))
+        return
+    if stopped is not None and pgid in stopped:
         return
     if marker.host != journal.hostname():
         note(f"{marker.step_id}: its job in process group {pgid} on {marker.host}, started by a flowmake "
@@ -113,6 +119,29 @@ def stop_job(marker: Marker, note: Callable[[str], None], stopped: set[int] | No
     while marker.orphan_alive() and time.monotonic() < deadline:
         # A SIGKILLed process writes nothing more; waiting is for its reaper, not for safety.
         time.sleep(0.01)
+
+
+def _stop_jobs_of(run: str) -> None:
+    """SIGKILL the process groups of every process whose environment names the (dead) run."""
+    needle = f"{RUN_ENV}={run}\0".encode()
+    mine = {os.getpid(), os.getpgrp()}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:  # no /proc: nothing to search
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if needle not in fh.read():
+                    continue
+            pgid = os.getpgid(pid)
+        except OSError:  # gone, or not ours to read
+            continue
+        if pgid not in mine and pid not in mine:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _own_start_ns(log_dir: str, host: str) -> int:
