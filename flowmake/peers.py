@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 from flowmake import journal
 from flowmake.jobs import RUN_ENV, run_id
+from flowmake.locks import OutputLocks
 from flowmake.records import Marker
 from flowmake.store import Store
 
@@ -63,6 +64,21 @@ class Peers:
         for m in markers.values():
             stop_job(m, note, self._stopped)
         return bool(markers)
+
+    def may_adopt(self, locks: OutputLocks, step_id: str, outputs: tuple[str, ...],
+                  note: Callable[[str], None]) -> bool:
+        """Whether existing untraced outputs may be recorded as made (Make's adoption) right now.
+
+        Only under their locks: a run that began writing them after this one loaded the store holds
+        them (the step then waits its turn like any other), and one that died meanwhile left them
+        partial. True leaves the locks held, for the caller to release once the traces are flushed.
+        """
+        if not locks.try_acquire(step_id, outputs):
+            return False
+        if self.take_over(outputs, False, note):
+            locks.release(step_id)
+            return False
+        return True
 
     def _someone_died(self) -> bool:
         for name in self._segments():

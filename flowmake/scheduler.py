@@ -22,7 +22,8 @@ from flowmake.jobs import (JobContext, changed_inputs, ctime_ns, finish_outputs,
                            remove_outputs, remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
 from flowmake.peers import Peers
-from flowmake.planner import Decision, Plan, StepPlan, plan_step, refresh_key, without_in_flight
+from flowmake.planner import (Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, refresh_key,
+                              without_in_flight)
 from flowmake.report import Progress
 from flowmake.records import Trace
 from flowmake.store import HistoryRecord, Store
@@ -116,9 +117,13 @@ class Scheduler:
             sp = by_id.get(id(step))
             if sp is None:
                 sp = by_id[id(step)] = plan_step(step, by_id, self.plan.facts)
+            if sp.decision is Decision.ADOPT and not self.peers.may_adopt(self.locks, step.id, step.outputs,
+                                                                           self.progress.note):
+                sp.decision, sp.reasons = Decision.RUN, [Reason(ReasonKind.NO_TRACE)]  # through the lock
             if sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT:
                 if sp.decision is Decision.ADOPT:
                     self._record_traces(step, sp)
+                    self._unlock.append(step.id)  # once the traces are flushed
                 self._done.add(id(step))
             else:
                 live.append(step)

@@ -152,6 +152,25 @@ def test_a_killed_runs_partial_output_stays_incomplete_for_every_run(flow: Flow)
     assert flow.planned("down.txt") == []
 
 
+def test_an_untraced_output_is_adopted_only_under_its_lock(flow: Flow) -> None:
+    # A run that began writing o.txt after this one loaded the store holds its lock: the file there
+    # may be half written, not made by hand.
+    flow.write("""
+        rule make:
+            output: "o.txt"
+            shell: "echo whole > {output}"
+    """)
+    flow.file("o.txt", "half")
+    writer = OutputLocks(str(flow.root / ".flowmake"))
+    assert writer.try_acquire("make:o.txt", ("o.txt",))
+    run = flow.popen("-c", "1")
+    err = _wait_for_line(run, "waiting for")
+    writer.release_all()  # as if it died: no record, no marker
+    _, more = run.communicate(timeout=30)
+    assert run.returncode == 0, err + more
+    assert flow.read("o.txt") == "whole\n"
+
+
 SLOW_APPEND = """
     rule slow:
         output: "o.txt"
