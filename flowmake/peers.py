@@ -7,10 +7,11 @@ run's job (``PR_SET_PDEATHSIG`` kills a job's shell with its flowmake, not what 
 before this run takes the step over it stops that job's process group (``take_over``), and the
 scheduler then starts from a clean output.
 
-Reloading the store costs as much as the start, so it is done only when a step needs it: this run
-waited for the step's lock or took an output another run had in flight at the start (``force``),
-or a run that wrote to the store after this one loaded it has died since (a listing and a stat per
-segment tell: segments of runs still alive are skipped, dead ones are read once).
+Reloading the store costs as much as the start, so ``take_over`` does it only when a run may have
+died with the step in flight: a run seen alive (by its segment's lock) is now dead, or a segment
+written since this run loaded the store belongs to a dead run (a listing, a lock test and a stat
+per segment tell), or the caller knows the output was in flight when the store was loaded
+(``force``: that run may have died before this scheduler first looked).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Peers:
         self.host = journal.hostname()
         self._since_ns = _own_start_ns(self.log_dir, self.host)
         self._read_dead: set[str] = set()  # segments of dead runs read since they died
+        self._seen_live = {n for n in self._segments() if journal.is_live(self._p(n), self.host)}
         self._stopped: set[int] = set()
         self._snapshot: Store | None = None
 
@@ -86,14 +88,17 @@ class Peers:
                 continue
             path = self._p(name)
             if journal.is_live(path, self.host):
+                self._seen_live.add(name)
                 continue
+            if name in self._seen_live:
+                return True
             try:
                 mtime = os.stat(path).st_mtime_ns
             except FileNotFoundError:
                 continue  # compacted away: the snapshot that replaced it is a new file
             if mtime < self._since_ns - MTIME_SLACK_NS:
-                # Untouched since before we loaded: the start read all of it (an in-flight marker
-                # it held then is one of the outputs the scheduler forces a look at).
+                # Untouched since before we loaded: the start read all of it (if it was alive
+                # then and died before we first looked, its in-flight outputs are ``force``d).
                 self._read_dead.add(name)
                 continue
             return True

@@ -280,7 +280,8 @@ class Scheduler:
                 self.progress.note(f"{step.id}: waiting for {self.locks.holder(step.outputs[0])}, which is building it")
             self._locked.append(step)
             return
-        if self.peers.take_over(step.outputs, self._contended(step), self.progress.note):
+        in_flight = any(map(self.plan.facts.in_flight, step.outputs))  # then its run may be gone unseen
+        if self.peers.take_over(step.outputs, in_flight, self.progress.note):
             self._start(step)  # a dead run left it half written: rebuilt from a clean output
             return
         if self._was_built_meanwhile(step):
