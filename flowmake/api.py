@@ -405,7 +405,6 @@ def _save_stat_cache(session: Session) -> None:
 def _stop_orphans(session: Session, note: Callable[[str], None]) -> None:
     """Jobs of a run killed with SIGKILL must not write into this run's outputs: stop them first."""
     from flowmake.peers import stop_job  # (runs that die while this one runs: peers.Peers)
-
     seen: set[int] = set()
     for marker in session.store.incomplete_outputs().values():
         stop_job(marker, note, seen)

@@ -265,3 +265,19 @@ def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str]
             traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
                                 inputs=inputs, output_digest=d, step_id=step.id, time=now))
     store.put_traces(traces)
+
+
+def record_job_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[..., str | None],
+                      facts: Any) -> list[str]:
+    """A finished job's traces; returns the inputs that changed while it ran (then not vouched for).
+
+    The inputs a job read must be the ones its trace names (Bazel's issue 3360 is the same hazard).
+    """
+    changed = changed_inputs(sp.inputs, digest)
+    record_traces(store, step, sp, digest, facts, changed=changed)
+    return changed
+
+
+def inputs_changed_warning(step_id: str, changed: Sequence[str]) -> str:
+    return (f"warning: {step_id}: input {', '.join(changed)} changed while the job ran; its outputs are kept"
+            " but not recorded as up to date (the next run reruns it)")

@@ -22,9 +22,9 @@ import time
 from typing import Callable, Iterable
 
 from flowmake import journal
-from flowmake.jobs import RUN_ENV, run_id
+from flowmake.jobs import RUN_ENV, ctime_ns, run_id
 from flowmake.locks import OutputLocks
-from flowmake.records import Marker
+from flowmake.records import Marker, Trace
 from flowmake.store import Store
 
 # Segment mtimes are compared with the time this run loaded the store. Coarse filesystem clocks
@@ -51,6 +51,21 @@ class Peers:
             self._read_dead.update(n for n in self._segments() if not journal.is_live(self._p(n), self.host))
             self._snapshot = Store.open(self.workdir, readonly=True)
         return self._snapshot
+
+    def finished_traces(self, outputs: tuple[str, ...]) -> list[Trace] | None:
+        """What another run recorded for ``outputs`` since it last wrote them; None if anything lacks.
+
+        Reuses the snapshot until it lacks what is asked for (loading reads every segment). A trace
+        older than its file, or an output a dead run left in flight, is no record of it.
+        """
+        for fresh in (False, True):
+            other = self.snapshot(fresh)
+            traces = [other.trace(o) for o in outputs]
+            incomplete = other.incomplete_outputs()
+            if all(t is not None and t.time * 1e9 >= ctime_ns(self.workdir, o) - 1e6 and o not in incomplete
+                   for t, o in zip(traces, outputs)):
+                return traces  # type: ignore[return-value]
+        return None
 
     def take_over(self, outputs: Iterable[str], force: bool, note: Callable[[str], None]) -> bool:
         """This run now holds the locks of ``outputs``: stop the jobs of dead runs still writing them.

@@ -18,14 +18,13 @@ from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
-from flowmake.jobs import (JobContext, changed_inputs, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces,
-                           remove_outputs, remove_path, write_benchmark)
+from flowmake.jobs import (JobContext, finish_outputs, inputs_changed_warning, job_spec, prepare_outputs, record_job_traces,
+                           record_traces, remove_outputs, remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
 from flowmake.peers import Peers
 from flowmake.planner import (Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, refresh_key,
                               without_in_flight)
 from flowmake.report import Progress
-from flowmake.records import Trace
 from flowmake.store import HistoryRecord, Store
 
 
@@ -304,31 +303,18 @@ class Scheduler:
                 return True
         return False
 
-    def _contended(self, step: Step) -> bool:
-        """Whether another run held this step's lock, or had its outputs in flight when we started."""
-        return step.id in self._lock_waited or any(map(self.plan.facts.in_flight, step.outputs))
-
-    def _foreign_traces(self, step: Step) -> list[Trace] | None:
-        # Loading the store reads every segment: reuse the snapshot until it lacks what we ask for.
-        for fresh in (False, True):
-            other = self.peers.snapshot(fresh)
-            traces = [other.trace(o) for o in step.outputs]
-            incomplete = other.incomplete_outputs()
-            if all(t is not None and t.time * 1e9 >= ctime_ns(self.ctx.workdir, o) - 1e6 and o not in incomplete
-                   for t, o in zip(traces, step.outputs)):  # not a trace older than the file
-                return traces  # type: ignore[return-value]
-        return None
-
     def _was_built_meanwhile(self, step: Step) -> bool:
         """Another invocation may have built this step while we waited for, or before we took, its lock."""
-        if not self._contended(step) and not self._touched_by_another_run(step):
+        # Another run held its lock, or had its outputs in flight when we loaded the store.
+        contended = step.id in self._lock_waited or any(map(self.plan.facts.in_flight, step.outputs))
+        if not contended and not self._touched_by_another_run(step):
             return False
-        traces = self._foreign_traces(step)
+        traces = self.peers.finished_traces(step.outputs)
         if traces is None:
             return False
         for out in step.outputs:
             self.digest(out)  # refresh the memoised stat: the file was rewritten by the other run
-        self.store.put_traces([t for t in traces if t is not None])
+        self.store.put_traces(traces)
         sp = plan_step(step, self.plan.by_id, without_in_flight(self.plan.facts))  # we hold its locks
         if sp.decision is Decision.SKIP:
             self.plan.by_id[id(step)] = sp
@@ -395,13 +381,10 @@ class Scheduler:
                 self._failure(run, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
             write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
-            # The inputs the job read must be the ones its trace names (Bazel's issue 3360).
-            changed = changed_inputs(run.plan.inputs, self.digest)
-            record_traces(self.store, step, run.plan, self.digest, self.plan.facts, changed=changed)
-            if changed:
+            changed = record_job_traces(self.store, step, run.plan, self.digest, self.plan.facts)
+            if changed:  # what the job read may be neither version: not recorded as good
                 self.result.inputs_changed.append((step.id, changed))
-                self.progress.note(f"warning: {step.id}: input {', '.join(changed)} changed while the job ran; "
-                                   f"its outputs are kept but not recorded as up to date (the next run reruns it)")
+                self.progress.note(inputs_changed_warning(step.id, changed))
             self._history(run, ev)
             self.store.end(step.id)
             self._unlock.append(step.id)
