@@ -56,9 +56,9 @@ def test_the_second_invocation_waits_for_the_first_and_names_it(flow: Flow) -> N
     assert locks.holder("shared") == f"{socket.gethostname()} {first.pid}", "the lock knows who holds it"
     assert not locks.try_acquire("slow", ("shared",))
     second = flow.popen("-c", "1")
-    time.sleep(1.5)
+    err = _wait_for_line(second, "waiting for")
     os.unlink(flow.root / "hold")
-    _, err = second.communicate(timeout=30)
+    err += second.communicate(timeout=30)[1]
     first.communicate(timeout=30)
     rc = second.returncode
     assert rc == 0, err
