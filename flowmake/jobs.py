@@ -234,8 +234,9 @@ def changed_inputs(inputs: Sequence[tuple[str, str]], digest: Callable[..., str 
     Called when the job has ended: ``digest(path, settled=False)`` re-stats, and re-hashes only a
     file whose stat identity moved, so an unchanged input costs one ``stat``. Not settled: an input
     is not the job's to finish, and one rewritten within a timestamp tick must be re-read next time.
+    An input gone by then (a job that moves its input away) is not one: the next run sees it missing.
     """
-    return [p for p, d in inputs if d != "ancient" and digest(p, settled=False) != d]
+    return [p for p, d in inputs if d != "ancient" and digest(p, settled=False) not in (d, None)]
 
 
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],

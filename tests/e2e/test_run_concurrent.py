@@ -249,3 +249,18 @@ def test_an_input_edited_while_its_consumer_runs_is_not_recorded_as_good(flow: F
     assert "use: out.txt  (input changed: mid.txt)" in err
     assert flow.read("mid.txt") == flow.read("out.txt") == "orig\n"
     assert flow.planned("out.txt") == []
+
+
+def test_a_job_that_moves_its_input_away_is_not_an_edit(flow: Flow) -> None:
+    flow.write("""
+        rule make:
+            output: "a.txt"
+            shell: "echo a > {output}"
+        rule move:
+            input: "a.txt"
+            output: "b.txt"
+            shell: "mv {input} {output}"
+    """)
+    err = flow.ok("-c", "1", "b.txt")
+    assert "changed while the job ran" not in err
+    assert flow.read("b.txt") == "a\n"
