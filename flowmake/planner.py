@@ -129,13 +129,15 @@ class Facts:
     newer_than: Callable[[Sequence[str], Sequence[str]], bool]  # outputs newer than inputs (adoption)
     image_digest: Callable[[str], str] = lambda ref: ref
     # Outputs another live run was writing when the store was loaded: never digested as done. The
-    # scheduler settles them once it holds their locks (``without_in_flight``).
+    # scheduler settles them once it holds their locks (``reread``).
     in_flight: Callable[[str], bool] = lambda path: False
 
 
-def without_in_flight(facts: Facts) -> Facts:
-    """The facts for a step whose output locks this run holds: nobody else is writing them now."""
-    return replace(facts, in_flight=_never)
+def reread(facts: Facts) -> Facts:
+    """The facts for a step whose output locks this run holds and whose records it has just read
+    again: what the store said at the start about its outputs being in flight or left incomplete
+    no longer holds (another run finished them since)."""
+    return replace(facts, in_flight=_never, incomplete=_never)
 
 
 def _never(path: str) -> bool:

@@ -23,7 +23,7 @@ from flowmake.jobs import (JobContext, finish_outputs, inputs_changed_warning, j
 from flowmake.locks import OutputLocks
 from flowmake.peers import Peers
 from flowmake.planner import (Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, refresh_key,
-                              without_in_flight)
+                              reread)
 from flowmake.report import Progress
 from flowmake.store import HistoryRecord, Store
 
@@ -315,7 +315,7 @@ class Scheduler:
         for out in step.outputs:
             self.digest(out)  # refresh the memoised stat: the file was rewritten by the other run
         self.store.put_traces(traces)
-        sp = plan_step(step, self.plan.by_id, without_in_flight(self.plan.facts))  # we hold its locks
+        sp = plan_step(step, self.plan.by_id, reread(self.plan.facts))  # we hold its locks
         if sp.decision is Decision.SKIP:
             self.plan.by_id[id(step)] = sp
             return True

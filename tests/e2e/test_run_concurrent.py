@@ -171,6 +171,24 @@ def test_an_untraced_output_is_adopted_only_under_its_lock(flow: Flow) -> None:
     assert flow.read("o.txt") == "whole\n"
 
 
+def test_a_step_a_dead_run_left_incomplete_is_rebuilt_once_by_two_later_runs(flow: Flow) -> None:
+    flow.write(HELD.replace('shell: "echo part1', 'shell: "echo run >> counts.log; echo part1'))
+    flow.file("hold", "")
+    dead = flow.popen("-c", "1", "o.txt")
+    flow.wait_for("started")
+    dead.kill()
+    dead.wait()
+    os.unlink(flow.root / "started")
+    b, c = flow.popen("-c", "1", "o.txt"), flow.popen("-c", "1", "o.txt")  # both load: o.txt incomplete
+    flow.wait_for("started")
+    time.sleep(1.0)  # the other one waits for the lock meanwhile
+    os.unlink(flow.root / "hold")
+    (_, err_b), (_, err_c) = b.communicate(timeout=30), c.communicate(timeout=30)
+    assert b.returncode == 0 and c.returncode == 0, err_b + err_c
+    assert flow.read("counts.log") == "run\nrun\n", "the second one used what the first rebuilt\n" + err_b + err_c
+    assert flow.read("o.txt") == "part1\npart2\n"
+
+
 SLOW_APPEND = """
     rule slow:
         output: "o.txt"

@@ -8,7 +8,7 @@ from typing import Any
 
 from flowmake.keys import digests_of, key_of_texts
 from flowmake.jobs import CHANGED_WHILE_RUNNING, record_traces
-from flowmake.planner import Decision, Facts, ReasonKind, key_fields, plan, without_in_flight
+from flowmake.planner import Decision, Facts, ReasonKind, key_fields, plan, reread
 from flowmake.store import Store, Trace
 
 
@@ -125,7 +125,7 @@ def test_an_output_another_run_is_writing_runs_until_this_run_holds_its_lock():
     assert [(r.kind, r.path) for r in sp.reasons] == [(ReasonKind.IN_FLIGHT, "out.txt")]
     files["out.txt"] = "whole"
     traces = traced(s, files)  # that run finished and recorded it; this one now holds the lock
-    assert plan([s], without_in_flight(replace(writing, trace=traces.get))).steps[0].decision is Decision.SKIP
+    assert plan([s], reread(replace(writing, trace=traces.get))).steps[0].decision is Decision.SKIP
 
 
 def test_a_trace_of_inputs_changed_while_running_matches_nothing(tmp_path: Path) -> None:
