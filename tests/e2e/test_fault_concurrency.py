@@ -1,9 +1,8 @@
 """Fault injection: SIGKILLs among concurrent runs, and files edited while jobs run.
 
 The property, after every trial: what a dry run calls up to date equals what a build from scratch
-gives, and after one more run everything does. Jobs append their lines slowly from a child shell
-that outlives the job's own (as a script's subprocess would), so a partial output, or two jobs
-writing one file, shows in its content.
+gives, and after one more run everything does. Jobs append their lines slowly, so a partial output,
+or two jobs writing one file, shows in its content. Trials are seeded; each is one test.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -19,24 +19,56 @@ from tests.conftest import Flow
 
 pytestmark = pytest.mark.slow
 
-CHAINS = 6
+CHAINS = 4
 KILL_TRIALS = 8
-EDIT_TRIALS = 5
+EDIT_TRIALS = 4
 
+# Odd trials: the job's loop runs in a child shell, which outlives a killed flowmake (as a script's
+# subprocess would) and goes on appending. Even trials: the loop is the job's shell, which dies with
+# its flowmake and leaves a partial file.
 CHAINED = """
     rule first:
         output: "c/{i}.1"
-        shell: "sh -c 'for k in 1 2 3; do echo {wildcards.i}.1.$k >> {output}; sleep 0.05; done'; true"
+        shell: "LOOP 'for k in 1 2 3 4 5; do echo {wildcards.i}.1.$k >> {output}; sleep 0.12; done'END"
     rule second:
         input: "c/{i}.1"
         output: "c/{i}.2"
-        shell: "sh -c 'while read l; do echo $l >> {output}; sleep 0.03; done < {input}; echo {wildcards.i}.2 >> {output}'; true"
+        shell: "LOOP 'while read l; do echo $l >> {output}; sleep 0.08; done < {input}; echo {wildcards.i}.2 >> {output}'END"
 """
+
+
+def chained(orphans: bool) -> str:
+    if orphans:
+        return CHAINED.replace("LOOP ", "sh -c ").replace("END", "; true")
+    return CHAINED.replace("LOOP '", "").replace("'END", "")
+
+
+class Run:
+    """A flowmake process whose stderr is read as it comes (to kill a peer while this one waits)."""
+
+    def __init__(self, flow: Flow, *args: str) -> None:
+        self.proc = flow.popen(*args)
+        self.err: list[str] = []
+        self.waiting = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err.append(line)
+            if "waiting for" in line:
+                self.waiting.set()
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)
+        return rc, "".join(self.err)
 
 
 def chain_expected(path: str) -> str:
     i, k = path[2:].split(".")
-    first = "".join(f"{i}.1.{n}\n" for n in (1, 2, 3))
+    first = "".join(f"{i}.1.{n}\n" for n in range(1, 6))
     return first if k == "1" else first + f"{i}.2\n"
 
 
@@ -53,6 +85,17 @@ def wait_for_any(flow: Flow, folder: str, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+def half_written(flow: Flow, expected: dict[str, str]) -> bool:
+    for path, whole in expected.items():
+        try:
+            text = (flow.root / path).read_text()
+        except OSError:
+            continue
+        if text and text != whole and whole.startswith(text):
+            return True
+    return False
+
+
 def wrong(flow: Flow, outputs: list[str], expected: dict[str, str]) -> list[str]:
     return [o for o in outputs if not flow.exists(o) or flow.read(o) != expected[o]]
 
@@ -60,19 +103,33 @@ def wrong(flow: Flow, outputs: list[str], expected: dict[str, str]) -> list[str]
 @pytest.mark.parametrize("seed", range(KILL_TRIALS))
 def test_sigkill_one_of_several_concurrent_runs(flow: Flow, seed: int) -> None:
     rng = random.Random(seed)
-    flow.write(CHAINED)
+    flow.write(chained(orphans=seed % 2 == 1))
     targets = [f"c/{i}.2" for i in range(CHAINS)]
     outputs = [f"c/{i}.{k}" for i in range(CHAINS) for k in (1, 2)]
     expected = {o: chain_expected(o) for o in outputs}
-    runs = [flow.popen("-c", "2", *sorted(rng.sample(targets, 4))) for _ in range(rng.choice((2, 3)))]
+    # The first run is writing when the others plan. Most trials kill it mid-job, once the others
+    # had time to plan, while a file is half written or another run waits for one of its locks; the
+    # rest kill a later run at a random moment.
+    runs = [Run(flow, "-c", "2", *sorted(rng.sample(targets, rng.choice((3, 4)))))]
     wait_for_any(flow, "c")
-    time.sleep(rng.uniform(0.0, 0.8))
-    victim = rng.randrange(len(runs))
-    runs[victim].send_signal(signal.SIGKILL)
+    for _ in range(rng.choice((1, 2))):
+        runs.append(Run(flow, "-c", "2", *sorted(rng.sample(targets, rng.choice((3, 4))))))
+    if seed % 4 != 3:
+        victim = 0
+        time.sleep(rng.uniform(0.3, 1.2))
+        deadline = time.monotonic() + 10
+        while not (any(r.waiting.is_set() for r in runs[1:]) or half_written(flow, expected)):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+    else:
+        victim = rng.randrange(1, len(runs))
+        time.sleep(rng.uniform(0.2, 1.5))
+    runs[victim].proc.send_signal(signal.SIGKILL)
     for n, run in enumerate(runs):
-        _, err = run.communicate(timeout=60)
+        rc, err = run.finish()
         if n != victim:
-            assert run.returncode == 0, err
+            assert rc == 0, err
             assert "Traceback" not in err, err
     bad = wrong(flow, trusted(flow, targets, outputs), expected)
     assert bad == [], f"trusted but not what a clean build gives: {bad}"
@@ -90,7 +147,7 @@ EDITED = """
     rule out:
         input: "mid/{i}"
         output: "out/{i}"
-        shell: "sh -c 'while read l; do echo o:$l >> {output}; sleep 0.03; done < {input}'"
+        shell: "sh -c 'while read l; do echo o:$l >> {output}; sleep 0.05; done < {input}'"
 """
 
 
@@ -116,18 +173,18 @@ def test_files_edited_while_jobs_run(flow: Flow, seed: int) -> None:
     targets = [f"out/{i}" for i in range(SOURCES)]
     outputs = [f"{d}/{i}" for i in range(SOURCES) for d in ("mid", "out")]
     run = flow.popen("-c", "2", *targets)
-    wait_for_any(flow, "mid")
-    for version in range(1, rng.randint(2, 4)):
-        time.sleep(rng.uniform(0.0, 0.3))
-        # An intermediate edited by hand once its consumer started (so flowmake recorded it: an
-        # output edited before its job's end is recorded as what the job made).
-        finished_mids = [f"mid/{i}" for i in range(SOURCES) if flow.exists(f"out/{i}")]
-        if finished_mids and rng.random() < 0.3:
-            path = rng.choice(finished_mids)
-            flow.file(path, f"by hand {version}\n")
-        else:
-            i = rng.randrange(SOURCES)
-            with open(flow.root / f"src/{i}.txt", "w") as fh:  # in place: a reader sees a mix
+    for version in range(1, rng.randint(2, 3) + 1):
+        i = rng.randrange(SOURCES)
+        if seed % 2 == 0:
+            # An intermediate edited by hand while its consumer reads it (once the consumer started,
+            # so flowmake recorded it: an output edited before its own job ends is what the job made).
+            flow.wait_for(f"out/{i}", timeout=30)
+            time.sleep(rng.uniform(0.0, 0.1))
+            flow.file(f"mid/{i}", f"by hand {version}\n")
+        else:  # a source rewritten in place while it is read: the reader sees a mix
+            wait_for_any(flow, "mid")
+            time.sleep(rng.uniform(0.0, 0.3))
+            with open(flow.root / f"src/{i}.txt", "w") as fh:
                 fh.write(source(i, version))
     _, err = run.communicate(timeout=60)
     assert run.returncode in (0, 1), err
