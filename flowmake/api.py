@@ -169,6 +169,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
     store, dig = session.store, session.digester
     incomplete = store.incomplete_outputs()
+    in_flight = store.in_flight_elsewhere()
 
     def newer_than(outputs: Iterable[str], inputs: Iterable[str]) -> bool:
         out_times = [st.st_mtime_ns for st in map(dig.stat, outputs) if st is not None]
@@ -184,6 +185,7 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         newer_than=newer_than,
         image_digest=_memoised(session.image_digest) if session.image_digest else (lambda ref: ref),
         known_key=session.known_keys.get,
+        in_flight=in_flight.__contains__,
     )
 
 
@@ -283,10 +285,10 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
 
     opts = session.opts
     _refuse_protected(session, steps)
-    _stop_orphans(session)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
                      configfiles=list(opts.configfiles), cores=cores)
     progress = Progress(quiet=opts.quiet, started=opts.started)
+    _stop_orphans(session, progress.note)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
         local=local, ctx=ctx, progress=progress,
@@ -312,6 +314,14 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
             f"{len(result.failed)} step{'s' if len(result.failed) > 1 else ''} failed",
             details=[f"{sid}: {why}" for sid, why in result.failed],
         )
+    if result.inputs_changed:  # not a success: the outputs are not what the inputs now give
+        run_hook(session.workflow, "onerror")
+        n = len(result.inputs_changed)
+        raise JobFailedError(
+            f"{n} step{'s' if n > 1 else ''} read inputs that changed while {'they' if n > 1 else 'it'} ran",
+            details=[f"{sid}: {', '.join(paths)}" for sid, paths in result.inputs_changed],
+            hint="their outputs are kept but not recorded as up to date: run flowmake again once the inputs are final",
+        )
     run_hook(session.workflow, "onsuccess")
     return 0
 
@@ -323,10 +333,11 @@ def _interrupted() -> FlowmakeError:
 
 
 def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:
-    def digest(path: str) -> str | None:
+    def digest(path: str, settled: bool = True) -> str | None:
         # Called for a finished job's outputs: the job has exited, so nothing still writes them.
+        # (Its inputs are asked for with settled=False: someone else may be writing those.)
         dig.invalidate(path)
-        return dig.digest(path, settled=True)
+        return dig.digest(path, settled=settled)
 
     return digest
 
@@ -337,18 +348,12 @@ def _save_stat_cache(session: Session) -> None:
         saver()
 
 
-def _stop_orphans(session: Session) -> None:
+def _stop_orphans(session: Session, note: Callable[[str], None]) -> None:
     """Jobs of a run killed with SIGKILL must not write into this run's outputs: stop them first."""
-    import signal
-
+    from flowmake.peers import stop_job  # (runs that die while this one runs: peers.Peers)
     seen: set[int] = set()
     for marker in session.store.incomplete_outputs().values():
-        if marker.pgid and marker.pgid not in seen and marker.orphan_alive():
-            seen.add(marker.pgid)
-            try:
-                os.killpg(marker.pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        stop_job(marker, note, seen)
 
 
 

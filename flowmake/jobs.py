@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
+from flowmake.journal import hostname
 from flowmake.planner import with_current_key
 from flowmake.records import Trace
 
@@ -103,6 +104,15 @@ def job_resources(step: Step, cores: int, mem_scale: float = 1.0) -> Resources:
     )
 
 
+# Every local job carries its flowmake's id in its environment: if that flowmake dies before it has
+# recorded the job's process group, the run that takes the step over finds the job by it (peers.py).
+RUN_ENV = "FLOWMAKE_RUN"
+
+
+def run_id(pid: int | None = None, host: str | None = None) -> str:
+    return f"{host or hostname()} {os.getpid() if pid is None else pid}"
+
+
 def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[str, str], ...],
              image: str | None, local: bool, mem_scale: float = 1.0, command: str | None = None) -> JobSpec:
     inst = step.instance
@@ -120,6 +130,7 @@ def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[s
         image=image,
         attempt=attempt,
         local=local,
+        env=((RUN_ENV, run_id()),) if local else (),
     )
 
 
@@ -213,20 +224,62 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     os.replace(tmp, path)
 
 
+# Stands in a trace for the digest of an input that changed while the job ran: it never equals a
+# digest, so the step's key never matches and the next run reruns it, naming the input.
+CHANGED_WHILE_RUNNING = "changed-while-running"
+
+
+def changed_inputs(inputs: Sequence[tuple[str, str]], digest: Callable[..., str | None]) -> list[str]:
+    """Inputs whose digest now differs from the one the step's key was computed from.
+
+    Called when the job has ended: ``digest(path, settled=False)`` re-stats, and re-hashes only a
+    file whose stat identity moved, so an unchanged input costs one ``stat``. Not settled: an input
+    is not the job's to finish, and one rewritten within a timestamp tick must be re-read next time.
+    An input gone by then (a job that moves its input away) is not one: the next run sees it missing.
+    """
+    return [p for p, d in inputs if d != "ancient" and digest(p, settled=False) not in (d, None)]
+
+
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
-                  facts: Any = None) -> None:
-    """One trace per output: the step key's fields, its input digests and the output's digest."""
+                  facts: Any = None, changed: Sequence[str] = ()) -> None:
+    """One trace per output: the step key's fields, its input digests and the output's digest.
+
+    ``changed`` names inputs that changed while the job ran: what it read may be neither version,
+    so the traces say so (a key and an input digest that match nothing) instead of vouching for
+    the outputs. The outputs stay; the next run reruns the step with "input changed".
+    """
     if sp.texts is None and facts is not None:
         sp = with_current_key(sp, facts) or sp
     if sp.texts is None:
         return
     key = sp.key or ""
     fields = sp.fields or {}
+    inputs = tuple(sp.inputs)
+    if changed:
+        key = f"{CHANGED_WHILE_RUNNING}:{key}"
+        fields = {**fields, "inputs": CHANGED_WHILE_RUNNING}
+        inputs = tuple((p, CHANGED_WHILE_RUNNING if p in changed else d) for p, d in inputs)
     now = time.time()
     traces = []
     for out in step.outputs:
         d = digest(out)
         if d is not None:
             traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,
-                                inputs=tuple(sp.inputs), output_digest=d, step_id=step.id, time=now))
+                                inputs=inputs, output_digest=d, step_id=step.id, time=now))
     store.put_traces(traces)
+
+
+def record_job_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[..., str | None],
+                      facts: Any) -> list[str]:
+    """A finished job's traces; returns the inputs that changed while it ran (then not vouched for).
+
+    The inputs a job read must be the ones its trace names (Bazel's issue 3360 is the same hazard).
+    """
+    changed = changed_inputs(sp.inputs, digest)
+    record_traces(store, step, sp, digest, facts, changed=changed)
+    return changed
+
+
+def inputs_changed_warning(step_id: str, changed: Sequence[str]) -> str:
+    return (f"warning: {step_id}: input {', '.join(changed)} changed while the job ran; its outputs are kept"
+            " but not recorded as up to date (the next run reruns it)")

@@ -4,7 +4,9 @@ The planner is a pure function. It reads the world only through the callables in
 traces, existence), so it is tested from data and the same code serves dry-runs, real runs and the
 re-planning of a pending step once its upstream finished (which is where early cutoff happens).
 
-The rules, in order (DESIGN.md, "Freshness"): missing or incomplete outputs run; no trace runs (or an
+The rules, in order (DESIGN.md, "Freshness"): missing or incomplete outputs run, and so do outputs
+another live run is writing (the scheduler then waits for that run's lock and uses what it recorded,
+or rebuilds: never half a file); no trace runs (or an
 existing untraced output newer than its inputs is adopted, Make's rule, used only this once); a key
 field that differs from the trace runs, naming the field; a step whose upstream will run is pending;
 an output whose own digest moved since it was recorded runs. mtimes never decide anything else.
@@ -37,6 +39,7 @@ class Cutoff(enum.Enum):
 class ReasonKind(enum.Enum):
     MISSING = "missing"
     INCOMPLETE = "incomplete"
+    IN_FLIGHT = "in-flight"  # another live flowmake on this workdir is writing it
     NO_TRACE = "no-trace"
     INPUT_CHANGED = "input-changed"
     COMMAND_CHANGED = "command-changed"
@@ -77,6 +80,7 @@ class Reason:
 _WORDS = {
     ReasonKind.MISSING: "output missing",
     ReasonKind.INCOMPLETE: "output left incomplete by an interrupted run",
+    ReasonKind.IN_FLIGHT: "output being written by another flowmake run",
     ReasonKind.NO_TRACE: "no record of how the output was made",
     ReasonKind.INPUT_CHANGED: "input changed",
     ReasonKind.COMMAND_CHANGED: "command changed",
@@ -144,6 +148,9 @@ class Facts:
     # (key, output digest) of an output's trace: all a step that is up to date needs. Derived
     # from ``trace`` when not given; a store answers it without decoding the trace.
     trace_head: Callable[[str], tuple[str, str] | None] = None  # type: ignore[assignment]
+    # Outputs another live run was writing when the store was loaded: never digested as done. The
+    # scheduler settles them once it holds their locks (``reread``).
+    in_flight: Callable[[str], bool] = lambda path: False
 
     def __post_init__(self) -> None:
         if self.trace_head is None:
@@ -154,6 +161,17 @@ class Facts:
                 return None if t is None else (t.key, t.output_digest)
 
             object.__setattr__(self, "trace_head", head)
+
+
+def reread(facts: Facts) -> Facts:
+    """The facts for a step whose output locks this run holds and whose records it has just read
+    again: what the store said at the start about its outputs being in flight or left incomplete
+    no longer holds (another run finished them since)."""
+    return replace(facts, in_flight=_never, incomplete=_never)
+
+
+def _never(path: str) -> bool:
+    return False
 
 
 def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]] | None:
@@ -234,11 +252,13 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     if facts.forced(step):
         reasons.append(Reason(ReasonKind.FORCED))
     outputs = step.outputs
-    digest, incomplete = facts.digest, facts.incomplete
+    digest, incomplete, in_flight = facts.digest, facts.incomplete, facts.in_flight
     out_digests = [digest(o) for o in outputs]
     for out, d in zip(outputs, out_digests):
         if incomplete(out):
             reasons.append(Reason(ReasonKind.INCOMPLETE, path=out))
+        elif in_flight(out):
+            reasons.append(Reason(ReasonKind.IN_FLIGHT, path=out))
         elif d is None:
             reasons.append(Reason(ReasonKind.MISSING, path=out))
     if reasons:  # the key is computed when the step starts, from the digests it then sees

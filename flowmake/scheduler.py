@@ -16,17 +16,18 @@ import heapq
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobHandle, JobState
 from flowmake.graph import Graph, Step
-from flowmake.jobs import (JobContext, ctime_ns, finish_outputs, job_spec, prepare_outputs, record_traces, remove_outputs,
-                           remove_path, write_benchmark)
+from flowmake.jobs import (JobContext, finish_outputs, inputs_changed_warning, job_spec, prepare_outputs, record_job_traces,
+                           record_traces, remove_outputs, remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
-from flowmake.planner import Cutoff, Decision, Plan, StepPlan, plan_step, replan, with_current_key
+from flowmake.peers import Peers
+from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
+                              with_current_key)
 from flowmake.progress import Progress
-from flowmake.records import Trace
 from flowmake.store import HistoryRecord, Store
 
 
@@ -48,6 +49,7 @@ class RunResult:
     skipped_by_cutoff: list[str] = field(default_factory=list)
     built_elsewhere: list[str] = field(default_factory=list)  # by a concurrent flowmake on this workdir
     failed: list[tuple[str, str]] = field(default_factory=list)  # (step id, why)
+    inputs_changed: list[tuple[str, list[str]]] = field(default_factory=list)  # (step id, paths)
     interrupted: bool = False
 
 
@@ -122,6 +124,7 @@ class Scheduler:
         self._interrupt = False
         self._t0_ns = time.time_ns()
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
+        self.peers = Peers(store, ctx.workdir)  # what concurrent runs recorded, and dead runs' jobs
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
     # ---- what the run leaves -----------------------------------------------------------------
@@ -147,9 +150,13 @@ class Scheduler:
             sp = by_id.get(id(step))
             if sp is None:  # new with a checkpoint's outputs: decide it against this run's state
                 sp = plan_step(step, self._unsettled, self.plan.facts)
+            if sp.decision is Decision.ADOPT and not self.peers.may_adopt(self.locks, step.id, step.outputs,
+                                                                           self.progress.note):
+                sp = replace(sp, decision=Decision.RUN, reasons=[Reason(ReasonKind.NO_TRACE)])  # through the lock
             if sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT:
                 if sp.decision is Decision.ADOPT:
                     self._record_traces(step, sp)
+                    self._unlock.append(step.id)  # once the traces are flushed
                 if not isinstance(records.get(id(step)), StepRecord):
                     records[id(step)] = _UP_TO_DATE
                 continue
@@ -314,6 +321,10 @@ class Scheduler:
                 self.progress.note(f"{step.id}: waiting for {self.locks.holder(step.outputs[0])}, which is building it")
             self._locked.append(rec)
             return
+        in_flight = any(map(self.plan.facts.in_flight, step.outputs))  # then its run may be gone unseen
+        if self.peers.take_over(step.outputs, in_flight, self.progress.note):
+            self._start(rec)  # a dead run left it half written: rebuilt from a clean output
+            return
         if self._was_built_meanwhile(rec):
             self.locks.release(step.id)
             self.result.built_elsewhere.append(step.id)
@@ -334,24 +345,21 @@ class Scheduler:
                 return True
         return False
 
-    def _foreign_traces(self, step: Step) -> list[Trace] | None:
-        cutoff = [ctime_ns(self.ctx.workdir, o) - 1e6 for o in step.outputs]  # not a trace older than the file
-        traces = self.store.peer_traces(step.outputs, cutoff)
-        return traces if all(t is not None for t in traces) else None  # type: ignore[return-value]
-
     def _was_built_meanwhile(self, rec: StepRecord) -> bool:
         """Another invocation may have built this step while we waited for, or before we took, its lock."""
         step = rec.step
-        if not rec.lock_waited and not self._touched_by_another_run(step):
+        # Another run held its lock, or had its outputs in flight when we loaded the store.
+        contended = rec.lock_waited or any(map(self.plan.facts.in_flight, step.outputs))
+        if not contended and not self._touched_by_another_run(step):
             return False
-        traces = self._foreign_traces(step)
+        traces = self.peers.finished_traces(step.outputs)
         if traces is None:
             return False
         for out in step.outputs:
             self.digest(out)  # refresh the memoised stat: the file was rewritten by the other run
-        self.store.put_traces([t for t in traces if t is not None])
-        cutoff, sp = replan(step, self.plan.facts)
-        if cutoff is Cutoff.SAME:
+        self.store.put_traces(traces)
+        _, sp = replan(step, reread(self.plan.facts))  # we hold its locks
+        if sp.decision is Decision.SKIP:
             rec.plan = sp
             return True
         return False
@@ -418,7 +426,10 @@ class Scheduler:
                 self._failure(rec, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
             write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
-            self._record_traces(step, rec.plan)
+            changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
+            if changed:  # what the job read may be neither version: not recorded as good
+                self.result.inputs_changed.append((step.id, changed))
+                self.progress.note(inputs_changed_warning(step.id, changed))
             self._history(rec, ev)
             self.store.end(step.id)
             self._unlock.append(step.id)

@@ -62,7 +62,6 @@ class Store:
         # (key, output digest) of an output's trace, or None: what the planner asks of 100k
         # traces in a no-op, so a closure over the rows rather than a method (one call, not two).
         self.trace_head: Callable[[str], records.Head | None] = records.head_lookup(self._live_rows)
-        self._peers: Store | None = None  # a read-only load for peer_traces
         self.stat_cache = StatCache()
         self._incomplete: dict[str, Marker] = {}
         self._elsewhere: dict[str, Marker] = {}
@@ -144,25 +143,6 @@ class Store:
     def trace(self, output: str) -> Trace | None:
         """The whole trace (``--why``); the planner reads ``trace_head`` instead."""
         return self.traces.get(output)
-
-    def peer_traces(self, outputs: Sequence[str],
-                    not_before_ns: Sequence[float] | None = None) -> list[Trace | None]:
-        """The traces other runs on this store recorded for ``outputs`` (and what this run has
-        flushed), None for an output without one, or whose trace was made before its entry of
-        ``not_before_ns``. Read from a read-only load of the store that is kept between calls
-        (loading reads every segment) and redone once when it lacks an answer.
-        """
-        got: list[Trace | None] = []
-        for fresh in (False, True):
-            if self._peers is None or fresh:
-                self._peers = Store.open(os.path.dirname(self.path), readonly=True)
-            got = [self._peers.trace(o) for o in outputs]
-            if not_before_ns is not None:
-                got = [t if t is not None and t.time * 1e9 >= nb else None
-                       for t, nb in zip(got, not_before_ns)]
-            if all(t is not None for t in got):  # not "None in got": that decodes each trace
-                break
-        return got
 
     def incomplete_outputs(self) -> dict[str, Marker]:
         """Outputs of steps that began in a run that is gone and never ended: treat as incomplete.

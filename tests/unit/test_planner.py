@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from flowmake.planner import Decision, Facts, ReasonKind, StepPlan, plan, with_current_key
-from flowmake.store import Trace
+from flowmake.jobs import CHANGED_WHILE_RUNNING, record_traces
+from flowmake.planner import Decision, Facts, ReasonKind, StepPlan, plan, reread, with_current_key
+from flowmake.store import Store, Trace
 
 
 @dataclass
@@ -124,6 +126,31 @@ def test_incomplete_beats_everything_and_output_edit_is_noticed():
     files["out.txt"] = "edited by hand"
     sp = plan([s], facts(files, traces)).steps[0]
     assert [r.kind for r in sp.reasons] == [ReasonKind.OUTPUT_MODIFIED]
+
+
+def test_an_output_another_run_is_writing_runs_until_this_run_holds_its_lock():
+    s = FakeStep("a", ["in.txt"], ["out.txt"])
+    files = {"in.txt": "1", "out.txt": "half"}
+    writing = replace(facts(files, {}, newer=True), in_flight={"out.txt"}.__contains__)
+    sp = plan([s], writing).steps[0]
+    assert sp.decision is Decision.RUN, "never adopted half written"
+    assert [(r.kind, r.path) for r in sp.reasons] == [(ReasonKind.IN_FLIGHT, "out.txt")]
+    files["out.txt"] = "whole"
+    traces = traced(s, files)  # that run finished and recorded it; this one now holds the lock
+    assert plan([s], reread(replace(writing, trace=traces.get, trace_head=None))).steps[0].decision is Decision.SKIP
+
+
+def test_a_trace_of_inputs_changed_while_running_matches_nothing(tmp_path: Path) -> None:
+    s = FakeStep("a", ["in.txt"], ["out.txt"])
+    files = {"in.txt": "1", "out.txt": "2"}
+    sp = plan([s], facts(files, {})).steps[0]  # no trace: runs, with its key computed
+    with Store.open(tmp_path) as store:
+        record_traces(store, s, sp, files.get, changed=["in.txt"])  # type: ignore[arg-type]
+        trace = store.trace("out.txt")
+    assert trace is not None and dict(trace.inputs) == {"in.txt": CHANGED_WHILE_RUNNING}
+    sp = plan([s], facts(files, {"out.txt": trace})).steps[0]
+    assert sp.decision is Decision.RUN, "the same inputs again do not make it up to date"
+    assert [(r.kind, r.path) for r in sp.reasons] == [(ReasonKind.INPUT_CHANGED, "in.txt")]
 
 
 def test_params_change_and_forced():

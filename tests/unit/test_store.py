@@ -543,20 +543,3 @@ def test_trace_head_is_key_and_output_digest_in_both_layouts(tmp_path: Path) -> 
         [["T", 5, "out/a", '["r","k",{},[["in","d"]],"o","r:out/a",1.0]']]))
     s = Store.open(tmp_path / "old", readonly=True)
     assert s.warnings == [] and s.trace_head("out/a") == ("k", "o") and s.trace("out/a").rule == "r"
-
-
-def test_peer_traces_reload_once_when_they_lack_an_answer(tmp_path: Path) -> None:
-    with Store.open(tmp_path) as first:
-        first.put_traces([trace("a", 1)])
-    mine = Store.open(tmp_path)
-    assert [t.key for t in mine.peer_traces(["a"])] == [f"{1:032x}"]  # type: ignore[union-attr]
-    with Store.open(tmp_path) as other:  # another run records "b" and a newer "a"
-        other.put_traces([trace("a", 2), trace("b", 2)])
-    # "a" is answered from the load kept since the first call: no reload, so the old trace.
-    assert [t.key for t in mine.peer_traces(["a"])] == [f"{1:032x}"]  # type: ignore[union-attr]
-    got = mine.peer_traces(["a", "b", "c"])  # "c" is nowhere: one reload, then None
-    assert [t and t.key for t in got] == [f"{2:032x}", f"{2:032x}", None]
-    # A trace made before the time asked for counts as none.
-    assert mine.peer_traces(["a"], [(1700000000.0 + 3) * 1e9]) == [None]
-    assert mine.trace("b") is None  # this run's own view is unchanged
-    mine.close()
