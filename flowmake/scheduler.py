@@ -11,7 +11,6 @@ waited for it are instantiated again and their new upstream joins the running pl
 
 from __future__ import annotations
 
-import enum
 import heapq
 import os
 import signal
@@ -19,7 +18,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
-from flowmake.backend import Backend, JobEvent, JobHandle, JobState
+from flowmake.backend import Backend, JobEvent, JobState
+from flowmake.capacity import NOTHING, Capacity
 from flowmake.graph import Graph, Step
 from flowmake.jobs import (JobContext, finish_outputs, inputs_changed_warning, job_spec, prepare_outputs, record_job_traces,
                            record_traces, remove_outputs, remove_path, write_benchmark)
@@ -28,6 +28,7 @@ from flowmake.peers import Peers
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
                               with_current_key)
 from flowmake.progress import Progress
+from flowmake.step_state import SETTLED, UP_TO_DATE, StepRecord, StepState, UpToDate
 from flowmake.store import HistoryRecord, Store
 
 
@@ -53,50 +54,6 @@ class RunResult:
     interrupted: bool = False
 
 
-class StepState(enum.Enum):
-    WAITING = "waiting"  # some upstream step is not done yet
-    READY = "ready"  # queued for a slot (or for a lock another invocation holds)
-    RUNNING = "running"
-    DONE = "done"  # its job ran and succeeded in this invocation
-    FAILED = "failed"  # its job failed with no retry left
-    SKIPPED = "skipped"  # no job needed: up to date, cut off, or built meanwhile by another run
-
-
-_SETTLED = (StepState.DONE, StepState.SKIPPED)
-
-
-@dataclass(slots=True, eq=False)
-class StepRecord:
-    """One step in a run: its state, its current plan, and what the scheduler counts for it."""
-
-    step: Step
-    plan: StepPlan
-    state: StepState = StepState.WAITING
-    waiting_on: int = 0  # upstream steps not yet done
-    dependants: list[StepRecord] = field(default_factory=list)
-    depth: int = 1  # the longest chain of dependants below, itself included: runs first on ties
-    attempts: int = 0  # failed attempts so far
-    mem_scale: float = 1.0  # grows after an out-of-memory kill
-    counted: bool = False  # in the progress total
-    lock_waited: bool = False  # waited for another invocation's lock at least once
-    # While running:
-    handle: JobHandle | None = None
-    backend: Backend | None = None
-    start: float = 0.0
-    held: tuple[int, int, dict[str, int]] = (0, 0, {})  # cores, mem_mb, other --resources
-
-
-class _UpToDate:
-    """The record every step up to date at admission shares: a no-op over 100,000 steps makes none
-    of its own. Nothing changes it (such a step is nobody's waiting dependency)."""
-
-    __slots__ = ()
-    state = StepState.SKIPPED
-
-
-_UP_TO_DATE = _UpToDate()
-
-
 class Scheduler:
     def __init__(self, graph: Graph, plan: Plan, *, store: Store, digest: Callable[[str], str | None],
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
@@ -112,14 +69,13 @@ class Scheduler:
         self.progress = progress
         self.locks = OutputLocks(os.path.join(ctx.workdir, ".flowmake"))
         self.result = RunResult()
-        self._records: dict[int, StepRecord | _UpToDate] = {}  # id(step) -> its record
+        self._records: dict[int, StepRecord | UpToDate] = {}  # id(step) -> its record
         self._ready: list[tuple[int, int, int, StepRecord]] = []  # (-priority, -depth, seq, record)
         self._seq = 0
         self._running: dict[int, StepRecord] = {}  # id(handle) -> record
         self._locked: list[StepRecord] = []  # ready, but another invocation holds an output's lock
         self._temp_consumers: dict[str, int] = {}
-        self._used = {"cores": 0, "mem_mb": 0}
-        self._used_extra: dict[str, int] = {}
+        self.capacity = Capacity(options.cores, options.limits)
         self._stop = False
         self._interrupt = False
         self._t0_ns = time.time_ns()
@@ -133,7 +89,7 @@ class Scheduler:
         """The plan that keyed a step's outputs if they are current after this run, else None."""
         rec = self._records.get(id(step))
         if isinstance(rec, StepRecord):
-            return rec.plan if rec.state in _SETTLED else None
+            return rec.plan if rec.state in SETTLED else None
         sp = self.plan.by_id.get(id(step))
         if sp is not None and (sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT):
             return sp
@@ -158,7 +114,7 @@ class Scheduler:
                     self._record_traces(step, sp)
                     self._unlock.append(step.id)  # once the traces are flushed
                 if not isinstance(records.get(id(step)), StepRecord):
-                    records[id(step)] = _UP_TO_DATE
+                    records[id(step)] = UP_TO_DATE
                 continue
             rec = StepRecord(step, sp)
             before = records.get(id(step))
@@ -195,7 +151,7 @@ class Scheduler:
         """A dependency this run has not finished (``plan_step``'s view of this run). One it has not
         taken in yet is unfinished too: admission is dependencies first, so it is still to come."""
         rec = self._records.get(id(dep))
-        return rec is None or rec.state not in _SETTLED
+        return rec is None or rec.state not in SETTLED
 
     def _count(self, rec: StepRecord) -> None:
         if not rec.counted:
@@ -262,33 +218,12 @@ class Scheduler:
         self._interrupt = True
 
     def _fits(self, rec: StepRecord, backend: Backend) -> bool:
-        cores, mem, extra = self._res(rec.step)
-        if backend is self.local or getattr(backend, "name", "") == "local":
-            if self._used["cores"] and self._used["cores"] + cores > self.opt.cores:
-                return False
+        local = backend is self.local or getattr(backend, "name", "") == "local"
+        if not self.capacity.fits(self.capacity.need_of(rec.step.instance), local=local):
+            return False
         running_here = sum(1 for r in self._running.values() if r.backend is backend)
         cap = self.opt.jobs if (self.opt.jobs and backend is not self.local) else backend.capacity()
-        if running_here >= cap:
-            return False
-        limit = self.opt.limits.get("mem_mb")
-        if limit and self._used["mem_mb"] and self._used["mem_mb"] + mem > limit:
-            return False
-        for name, need in extra.items():
-            lim = self.opt.limits.get(name)
-            used = self._used_extra.get(name, 0)
-            if lim is not None and used and used + need > lim:
-                return False
-        return True
-
-    def _res(self, step: Step) -> tuple[int, int, dict[str, int]]:
-        inst = step.instance
-        threads = min(max(1, int(inst.threads)), self.opt.cores) if inst is not None else 1
-        resources = dict(inst.resources.items()) if inst is not None else {}
-        mem = resources.get("mem_mb", 0)
-        mem = int(mem) if isinstance(mem, (int, float)) else 0
-        extra = {k: int(v) for k, v in resources.items()
-                 if k in self.opt.limits and k != "mem_mb" and isinstance(v, (int, float))}
-        return threads, mem, extra
+        return running_here < cap
 
     def _backend_for(self, step: Step) -> Backend:
         return self.local if step.rule.localrule else self.backend
@@ -377,11 +312,8 @@ class Scheduler:
         pgid = getattr(backend, "pgid", None)
         if pgid is not None:
             self.store.begin(step.id, list(step.outputs), pgid(handle))
-        cores, mem, extra = rec.held = self._res(step)
-        self._used["cores"] += cores
-        self._used["mem_mb"] += mem
-        for k, v in extra.items():
-            self._used_extra[k] = self._used_extra.get(k, 0) + v
+        rec.held = self.capacity.need_of(step.instance)
+        self.capacity.take(rec.held)
         rec.state, rec.handle, rec.backend, rec.start = StepState.RUNNING, handle, backend, time.time()
         self._running[id(handle)] = rec
 
@@ -407,12 +339,8 @@ class Scheduler:
             self._unlock.clear()
 
     def _release(self, rec: StepRecord) -> None:
-        cores, mem, extra = rec.held
-        self._used["cores"] -= cores
-        self._used["mem_mb"] -= mem
-        for k, v in extra.items():
-            self._used_extra[k] -= v
-        rec.held = (0, 0, {})
+        self.capacity.give(rec.held)
+        rec.held = NOTHING
 
     def _finished(self, ev: JobEvent) -> None:
         rec = self._running.pop(id(ev.handle), None)

@@ -151,7 +151,7 @@ class Run:
     @property
     def unsettled(self) -> list[str]:
         """Steps the run took in but neither finished nor skipped (after a clean run: none)."""
-        from flowmake.scheduler import StepRecord, StepState
+        from flowmake.step_state import StepRecord, StepState
         return sorted(r.step.id for r in self.scheduler._records.values()
                       if isinstance(r, StepRecord) and r.state not in (StepState.DONE, StepState.SKIPPED))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from flowmake.backend import JobSpec
-from flowmake.scheduler import StepState
+from flowmake.step_state import StepState
 from tests.fakes import FAIL, LOST, OK, OOM, FakeBackend, Outcome, by_attempt, run_in_process, slow, writes
 
 
