@@ -417,7 +417,7 @@ def touch(opts: Options) -> int:
     """Record the outputs that exist as up to date, without running anything."""
     from dataclasses import replace
 
-    from flowmake.jobs import record_traces
+    from flowmake.outputs import record_traces
     from flowmake.planner import plan_step, unsettled_in, with_current_key
 
     session = open_session(opts, readonly=False)

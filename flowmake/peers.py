@@ -22,7 +22,8 @@ import time
 from typing import Callable, Iterable
 
 from flowmake import journal
-from flowmake.jobs import RUN_ENV, ctime_ns, run_id
+from flowmake.jobs import RUN_ENV, run_id
+from flowmake.outputs import ctime_ns
 from flowmake.locks import OutputLocks
 from flowmake.records import Marker, Trace
 from flowmake.store import Store

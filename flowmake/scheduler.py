@@ -21,9 +21,10 @@ from typing import Any, Callable, Mapping
 from flowmake.backend import Backend, JobEvent, JobState
 from flowmake.capacity import NOTHING, Capacity
 from flowmake.graph import Graph, Step
-from flowmake.jobs import (JobContext, finish_outputs, inputs_changed_warning, job_spec, prepare_outputs, record_job_traces,
-                           record_traces, remove_outputs, remove_path, write_benchmark)
+from flowmake.jobs import JobContext, job_spec
 from flowmake.locks import OutputLocks
+from flowmake.outputs import (finish_outputs, inputs_changed_warning, prepare_outputs, record_job_traces, record_traces,
+                              remove_outputs, remove_path, write_benchmark)
 from flowmake.peers import Peers
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
                               with_current_key)

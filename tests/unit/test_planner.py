@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from flowmake.jobs import CHANGED_WHILE_RUNNING, record_traces
+from flowmake.outputs import CHANGED_WHILE_RUNNING, record_traces
 from flowmake.planner import Decision, Facts, ReasonKind, StepPlan, plan, reread, with_current_key
 from flowmake.store import Store, Trace
 
@@ -59,7 +59,7 @@ def facts(files: dict[str, str], traces: dict[str, Trace], *, incomplete=(), for
 
 def traced(step: FakeStep, files: dict[str, str]) -> dict[str, Trace]:
     """Traces as a successful run of ``step`` over ``files`` would have left them."""
-    # As jobs.record_traces does it: the key refreshed from the digests the inputs have.
+    # As outputs.record_traces does it: the key refreshed from the digests the inputs have.
     sp = with_current_key(StepPlan(step, Decision.RUN), facts(files, {}))  # type: ignore[arg-type]
     assert sp is not None
     return {o: Trace(o, step.rule.name, sp.key, sp.fields, sp.inputs, files[o], step.id, 0.0)  # type: ignore[arg-type]
