@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `flowmake -n | head`: the reader has all it wanted, as with any Unix tool
+        _quiet_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
     except FlowmakeError as err:
         if _by_signal(err):
             print(INTERRUPTED, file=sys.stderr)
@@ -151,6 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print("flowmake: internal error (this is a bug; please report it with the traceback above)", file=sys.stderr)
         return 3
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout again at exit, into the same closed pipe: point it at /dev/null first.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _int(value: str, what: str) -> int:

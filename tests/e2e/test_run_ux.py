@@ -80,3 +80,21 @@ def test_exit_codes(flow: Flow) -> None:
     flow.write("rule a:\n    output: 'a'\n    shell 'broken'\n")
     assert flow.run("-c", "1")[0] == 2
     assert flow.run("--cores", "0")[0] == 2
+
+
+def test_a_reader_that_stops_early_ends_the_listing_quietly(flow: Flow) -> None:
+    # `flowmake -n | head`: the closed pipe is the reader's choice, not a crash.
+    flow.write("""
+        rule all:
+            input: expand("o/{i}.txt", i=range(3000))
+        rule x:
+            output: "o/{i}.txt"
+            shell: "touch {output}"
+    """)
+    proc = flow.popen("-n")
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith("rule x:")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "internal error" not in err
