@@ -126,7 +126,9 @@ class Scheduler:
         for rec in live:
             for dep in self._upstream(rec.step):
                 up = records.get(id(dep))
-                if isinstance(up, StepRecord):
+                # Only an upstream still to finish will tell its dependants; a finished one may be
+                # telling them right now (a checkpoint whose completion admitted these steps).
+                if isinstance(up, StepRecord) and up.state not in SETTLED:
                     up.dependants.append(rec)
         for rec in reversed(live):  # critical path: dependants were admitted after their upstream
             rec.depth = 1 + max((d.depth for d in rec.dependants), default=0)

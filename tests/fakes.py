@@ -70,6 +70,7 @@ class FakeBackend:
         self.cancelled: list[str] = []
         self.max_running = 0
         self.max_threads = 0  # the most threads running at once, as the specs declared them
+        self.events: list[str] = []  # "start STEP" and "end STEP", in the order they happened
         self._jobs: list[_Job] = []
 
     @property
@@ -85,6 +86,7 @@ class FakeBackend:
 
     def submit(self, spec: JobSpec) -> JobHandle:
         self.submitted.append(spec)
+        self.events.append("start " + spec.step_id)
         handle = JobHandle(spec, native_id=str(len(self.submitted)))
         outcome = self.script(spec)
         self._jobs.append(_Job(handle, outcome, max(1, outcome.polls)))
@@ -107,6 +109,7 @@ class FakeBackend:
 
     def _finish(self, job: _Job) -> JobEvent:
         spec, outcome = job.handle.spec, job.outcome
+        self.events.append("end " + spec.step_id)
         if outcome.state is JobState.SUCCEEDED:
             workdir = Path(spec.workdir)
             if outcome.write is not None:

@@ -262,6 +262,49 @@ def test_a_checkpoint_grows_the_plan_while_it_runs(tmp_path: Path) -> None:
     assert run.unsettled == []  # `all`, which waited on the expanded step, was settled too
 
 
+LATE_UPSTREAM = """
+import os
+def needs(wildcards):
+    d = checkpoints.split.get().output[0]
+    return expand("parts/{p}.done", p=sorted(f[:-4] for f in os.listdir(d))) + ["side.txt", d]
+rule all:
+    input: "total.txt"
+checkpoint split:
+    output: directory("split")
+    shell: "split"
+rule part:
+    input: "split/{p}.txt"
+    output: "parts/{p}.done"
+    shell: "part {wildcards.p}"
+rule side:
+    output: "side.txt"
+    shell: "side"
+rule total:
+    input: needs
+    output: "total.txt"
+    shell: "total"
+"""
+
+
+def test_steps_a_checkpoint_brings_in_wait_for_all_their_upstream(tmp_path: Path) -> None:
+    # `total` is resolved only once `split` is done; it then needs `split` itself (done), the parts
+    # (new) and `side` (new, slow). It waits for all of them: the checkpoint whose completion
+    # admitted it must not count as one more upstream step finishing.
+    flowfile(tmp_path, LATE_UPSTREAM)
+
+    def make_split(workdir: Path, spec: JobSpec) -> None:
+        (workdir / "split").mkdir()
+        (workdir / "split" / "x.txt").write_text("x")
+
+    backend = FakeBackend(lambda spec: Outcome(write=make_split) if spec.rule == "split"
+                          else slow(6) if spec.rule == "side" else OK)
+    run = run_in_process(tmp_path, backend=backend)
+    assert run.result.failed == [] and run.unsettled == []
+    events = backend.events
+    assert events.index("end side:side.txt") < events.index("start total:total.txt")
+    assert events.index("end part:parts/x.done") < events.index("start total:total.txt")
+
+
 def test_declared_outputs_missing_after_success_is_a_failure(chain: Path) -> None:
     nothing = Outcome(write=lambda workdir, spec: None)
     run = run_in_process(chain, backend=FakeBackend(lambda spec: nothing))
