@@ -75,9 +75,14 @@ class Peers:
         else the store says, and the step must be rebuilt from a clean output.
         """
         outputs = list(outputs)
-        if not force and not self._someone_died():
+        if force or self._someone_died():
+            incomplete = self.snapshot(fresh=True).incomplete_outputs()
+        elif self._snapshot is not None:
+            # No death since the last read, but that read may itself have been the first to see a
+            # dead run (reading traces for another step): its markers are in the snapshot.
+            incomplete = self._snapshot.incomplete_outputs()
+        else:
             return False
-        incomplete = self.snapshot(fresh=True).incomplete_outputs()
         markers = {m.step_id: m for m in (incomplete.get(o) for o in outputs) if m is not None}
         for m in markers.values():
             stop_job(m, note, self._stopped)

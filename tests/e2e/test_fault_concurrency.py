@@ -126,13 +126,15 @@ def test_sigkill_one_of_several_concurrent_runs(flow: Flow, seed: int) -> None:
         victim = rng.randrange(1, len(runs))
         time.sleep(rng.uniform(0.2, 1.5))
     runs[victim].proc.send_signal(signal.SIGKILL)
+    errs = []
     for n, run in enumerate(runs):
         rc, err = run.finish()
+        errs.append(f"--- run {n} victim={n == victim} rc={rc}\n{err}")
         if n != victim:
             assert rc == 0, err
             assert "Traceback" not in err, err
     bad = wrong(flow, trusted(flow, targets, outputs), expected)
-    assert bad == [], f"trusted but not what a clean build gives: {bad}"
+    assert bad == [], f"trusted but not what a clean build gives: {bad}\n" + "\n".join(errs)
     flow.ok("-c", "2", *targets)
     assert wrong(flow, outputs, expected) == []
     assert flow.planned(*targets) == []
