@@ -206,7 +206,11 @@ class GraphMemo:
                   known: KnownKeys) -> bool:
         """Whether saving again would write what was loaded (a no-op run writes nothing)."""
         get = known.get
-        return all(entry_of(s, current(s), trace, get(s)) == get(s) for s in steps)
+        for s in steps:
+            kept = get(s)
+            if entry_of(s, current(s), trace, kept) != kept:
+                return False
+        return True
 
 
 def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any],
