@@ -19,6 +19,7 @@ from flowmake.errors import FlowmakeError, JobFailedError, UsageError
 from flowmake.flowfile.runtime import run_hook
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
+from flowmake.namedlist import Flag
 from flowmake import graph_memo
 from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
 from flowmake.planner import Decision, Facts, Plan, converge
@@ -255,7 +256,7 @@ def _refuse_protected(session: Session, steps: list[Step]) -> None:
     found = [(sp.step, o) for sp in session.plan.steps
              if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING) and sp.step.instance
              for o in sp.step.outputs
-             if "protected" in sp.step.instance.flags.get(o, ()) and os.path.lexists(o)]
+             if Flag.PROTECTED in sp.step.instance.flags.get(o, ()) and os.path.lexists(o)]
     if found:
         raise FlowmakeError(
             "write-protected outputs would be overwritten",

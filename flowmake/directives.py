@@ -5,27 +5,38 @@ Input/output/log entries are compiled to patterns once (``Entry``); plain (funct
 lists get a precomputed ``Layout`` of named ranges so that formatting them for a step is one list
 comprehension. Functions in input/params/threads/resources are called Snakemake's way: input
 functions get the wildcards; the others get parameters by name (wildcards, input, output, threads,
-resources, attempt). ``Flags`` is what a step's paths are flagged with (temp, protected...).
+resources, attempt). ``Flags`` is what a step's paths are flagged with (temp, protected...);
+``RuleKind`` says which action directive a rule has.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from flowmake.errors import FlowmakeError
-from flowmake.namedlist import EMPTY, FlaggedFunction, NamedList, Wildcards, flags_of
+from flowmake.namedlist import EMPTY, Flag, FlaggedFunction, NamedList, Wildcards, flags_of
 from flowmake.patterns import Bindings, Pattern
 
 if TYPE_CHECKING:
     from flowmake.rules import Rule
 
 
-class Flags(dict):
+class RuleKind(enum.Enum):
+    """Which action a rule declares (``Rule.kind``)."""
+
+    SHELL = "shell"
+    RUN = "run"
+    SCRIPT = "script"
+    NONE = "none"  # no action: a rule that only gathers inputs, or whose outputs are made elsewhere
+
+
+class Flags(dict[str, frozenset[Flag]]):
     """path → flags; paths without flags read as the empty set."""
 
-    def __missing__(self, key: str) -> frozenset[str]:
+    def __missing__(self, key: str) -> frozenset[Flag]:
         return frozenset()
 
 
@@ -57,7 +68,7 @@ class Entry:
         self.unpack = False
         self.patterns: list[Pattern] = []
         self.texts: list[str] = []
-        self.flags: list[frozenset[str]] = []
+        self.flags: list[frozenset[Flag]] = []
         self.single = False
         if callable(value) and not isinstance(value, (str, os.PathLike)):
             if not allow_functions:
@@ -97,7 +108,7 @@ class Layout:
         self.patterns: list[Pattern] = []
         self.names: dict[str, tuple[int, int]] = {}
         single: set[str] = set()
-        self.flagged: list[tuple[int, frozenset[str]]] = []
+        self.flagged: list[tuple[int, frozenset[Flag]]] = []
         for e in entries:
             start = len(self.patterns)
             for p, f in zip(e.patterns, e.flags):
@@ -221,13 +232,13 @@ def call_input(rule: Rule, e: Entry, wc: Wildcards) -> Any:
         raise rule.error(f"input function raised {type(exc).__name__}: {exc}") from None
 
 
-def add(path: str, f: frozenset[str], flags: Flags) -> str:
+def add(path: str, f: frozenset[Flag], flags: Flags) -> str:
     if f:
         flags[path] = flags[path] | f
     return path
 
 
-def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[str], flags: Flags) -> bool:
+def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags) -> bool:
     """Append an input function's result; True if it was a single path."""
     if isinstance(result, dict):
         raise rule.error("input function returned a dict; wrap the function with unpack()")

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from flowmake.graph import Step
 from flowmake.planner import Decision, ReasonKind, plan_step, unsettled_in
+from flowmake.rules import RuleKind
 
 
 def _wildcards(step: Step) -> dict[str, str]:
@@ -56,7 +57,7 @@ def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = 
             add(f"    why: {reason}")
         if len(sp.reasons) > 5:
             add(f"    why: ... and {len(sp.reasons) - 5} more")
-        if show_cmd and inst is not None and step.rule.kind == "shell":
+        if show_cmd and inst is not None and step.rule.kind is RuleKind.SHELL:
             add("    " + inst.command().strip().replace("\n", "\n    "))
     if lines:
         out.write("\n".join(lines) + "\n")

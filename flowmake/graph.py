@@ -13,6 +13,7 @@ unfinished checkpoint is *pending* and is instantiated again once the checkpoint
 
 from __future__ import annotations
 
+import enum
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -89,11 +90,22 @@ def _graph_key(rule: Rule, outputs: tuple[str, ...], bindings: object) -> str:
     return rule.name + "\0" + "\0".join(outputs) if outputs else rule.name + "\0" + repr(bindings)
 
 
+class _FailureKind(enum.Enum):
+    """Why a path cannot be made. ``_pick_failure`` reports the first kind, in this order, that
+    any candidate failed with."""
+
+    AMBIGUOUS = enum.auto()  # several rules can make it
+    UNSAFE = enum.auto()     # a rule matches only with a refused wildcard value
+    MISSING = enum.auto()    # an input of every candidate is missing
+    CYCLE = enum.auto()
+    NORULE = enum.auto()     # no rule produces it and it does not exist
+
+
 @dataclass
 class _Failure:
     """Why a path cannot be made; grows a consumer chain as it travels up."""
 
-    kind: str  # "missing" | "cycle" | "norule" | "ambiguous" | "unsafe" (a refused wildcard value)
+    kind: _FailureKind
     path: str
     chain: list[str] = field(default_factory=list)
     rule: Rule | None = None
@@ -206,7 +218,7 @@ class Graph:
                 if done is not None:
                     on_stack.discard(done)
                     # A cycle depends on the path we came from: never remember it.
-                    if not (isinstance(send, _Failure) and send.kind == "cycle"):
+                    if not (isinstance(send, _Failure) and send.kind is _FailureKind.CYCLE):
                         producer[done] = send  # type: ignore[assignment]
                 continue
             send = producer.get(req, _UNRESOLVED)
@@ -215,7 +227,7 @@ class Graph:
             if req in on_stack:
                 loop = [p for p in paths if p is not None]
                 loop = loop[loop.index(req):] + [req]
-                send = _Failure("cycle", req, chain=loop)
+                send = _Failure(_FailureKind.CYCLE, req, chain=loop)
             else:
                 stack.append(self._resolve(req))
                 paths.append(req)
@@ -231,16 +243,16 @@ class Graph:
             return known  # type: ignore[return-value]  # resolved meanwhile (a sibling output)
         refused: list[UnsafeWildcardError] = []
         candidates = self._index.candidates(path, refused)
-        unsafe = [_Failure("unsafe", path, error=e) for e in refused[:1]]
+        unsafe = [_Failure(_FailureKind.UNSAFE, path, error=e) for e in refused[:1]]
         if not candidates:
             if self.exists(path) and not (requested and unsafe):
                 return SOURCE
-            return unsafe[0] if unsafe else _Failure("norule", path)
+            return unsafe[0] if unsafe else _Failure(_FailureKind.NORULE, path)
         if len(candidates) == 1 and not unsafe:  # the common case, without the bookkeeping of several
             step = self._step_for(*candidates[0], path)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
-                return SOURCE if result.kind != "cycle" and self.exists(path) else result
+                return SOURCE if result.kind is not _FailureKind.CYCLE and self.exists(path) else result
             for out in step.outputs:
                 self.producer.setdefault(out, step)
             return step
@@ -258,7 +270,7 @@ class Graph:
             if len(winners) > 1:
                 names = ", ".join(s.rule.name for s in winners)
                 return _Failure(
-                    "ambiguous",
+                    _FailureKind.AMBIGUOUS,
                     path,
                     error=AmbiguousRuleError(
                         f"rules {names} can all produce {path!r}",
@@ -273,7 +285,7 @@ class Graph:
                     self.producer.setdefault(out, winners[0])
                 return winners[0]
         # Every candidate failed: a file that exists is a source after all (Snakemake does this).
-        if self.exists(path) and all(f.kind != "cycle" for f in failures) and not (requested and unsafe):
+        if self.exists(path) and all(f.kind is not _FailureKind.CYCLE for f in failures) and not (requested and unsafe):
             return SOURCE
         return _pick_failure(failures + unsafe)
 
@@ -342,10 +354,10 @@ class Graph:
             result = yield inp
             if isinstance(result, _Failure):
                 chained = _Failure(result.kind, result.path, list(result.chain), result.rule or step.rule, result.error)
-                if result.kind != "cycle":
+                if result.kind is not _FailureKind.CYCLE:
                     chained.chain.append(f"needed by rule {step.rule.name!r} for {path!r} ({step.rule.location})")
-                if result.kind == "norule":
-                    chained.kind = "missing"
+                if result.kind is _FailureKind.NORULE:
+                    chained.kind = _FailureKind.MISSING
                     chained.rule = step.rule
                 return chained
             if result is not None and id(result) not in seen:
@@ -443,9 +455,9 @@ class Graph:
             return failure.error.for_target(target, failure.chain)
         if failure.error is not None:
             return failure.error
-        if failure.kind == "cycle":
+        if failure.kind is _FailureKind.CYCLE:
             return CycleError(" -> ".join(failure.chain), target=target)
-        if failure.kind == "norule":
+        if failure.kind is _FailureKind.NORULE:
             hint = did_you_mean(target, self._known_names(target))
             return NoRuleError(
                 f"{failure.path!r}: no rule produces it and it does not exist",
@@ -475,8 +487,8 @@ class Graph:
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:
-    for kind in ("ambiguous", "unsafe", "missing", "cycle", "norule"):
+    for kind in _FailureKind:  # in the order of preference the enum declares
         for f in failures:
-            if f.kind == kind:
+            if f.kind is kind:
                 return f
     return failures[0]

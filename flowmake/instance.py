@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from flowmake import shellfmt
-from flowmake.directives import Flags
+from flowmake.directives import Flags, RuleKind
 from flowmake.errors import FlowfileError
 from flowmake.namedlist import NamedList, Wildcards
 from flowmake.patterns import Bindings
@@ -70,9 +70,9 @@ class Instance:
         if self.rule.shell is not None:
             return self.command()
         kind = self.rule.kind
-        if kind == "run":
+        if kind is RuleKind.RUN:
             return self.rule.run_source or ""
-        if kind == "script":
+        if kind is RuleKind.SCRIPT:
             path = self.rule.script_path()
             try:
                 with open(path, encoding="utf-8", errors="surrogateescape") as f:

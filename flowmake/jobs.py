@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
 from flowmake.journal import hostname
+from flowmake.namedlist import Flag
 from flowmake.planner import with_current_key
 from flowmake.records import Trace
+from flowmake.rules import RuleKind
 
 if TYPE_CHECKING:
     from flowmake.planner import StepPlan
@@ -58,9 +60,9 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
     inst = step.instance
     if inst is None:  # pragma: no cover - the scheduler never submits a pending step
         raise RuntimeError(f"step {step.id} is not instantiated")
-    if step.rule.kind == "shell":
+    if step.rule.kind is RuleKind.SHELL:
         return _with_capped_threads(inst, ctx.cores, inst.command)
-    if step.rule.kind == "none":
+    if step.rule.kind is RuleKind.NONE:
         return ":"
     bindings = step.bindings
     raw = {n: bindings.raw(n) for n in bindings} if bindings else {}  # type: ignore[attr-defined]
@@ -116,7 +118,7 @@ def run_id(pid: int | None = None, host: str | None = None) -> str:
 def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[str, str], ...],
              image: str | None, local: bool, mem_scale: float = 1.0, command: str | None = None) -> JobSpec:
     inst = step.instance
-    directories = tuple(o for o in step.outputs if inst is not None and "directory" in inst.flags.get(o, ()))
+    directories = tuple(o for o in step.outputs if inst is not None and Flag.DIRECTORY in inst.flags.get(o, ()))
     return JobSpec(
         step_id=step.id,
         rule=step.rule.name,
@@ -178,12 +180,12 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
     for out in step.outputs:
         full = os.path.join(workdir, out)
         flags = inst.flags.get(out, ()) if inst is not None else ()
-        if "touch" in flags:
+        if Flag.TOUCH in flags:
             with open(full, "a"):
                 os.utime(full)
         if not os.path.lexists(full):
             missing.append(out)
-        elif "protected" in flags:
+        elif Flag.PROTECTED in flags:
             mode = os.stat(full).st_mode
             os.chmod(full, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return missing

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from flowmake.graph import Step
 from flowmake.keys import FIELDS, canonical, diff_fields, diff_inputs, digests_of, key_of_values, key_values
+from flowmake.namedlist import Flag
+from flowmake.rules import RuleKind
 
 
 class Decision(enum.Enum):
@@ -183,7 +185,7 @@ def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[s
     flags = inst.flags
     digest = facts.digest
     for path in inst.input:
-        if flags and "ancient" in flags.get(path, ()):
+        if flags and Flag.ANCIENT in flags.get(path, ()):
             inputs.append((path, "ancient"))
             continue
         d = digest(path)
@@ -276,7 +278,7 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     values, inputs = parts
     key = key_of_values(values)
     if not outputs:
-        if step.rule.kind != "none":  # Snakemake: an action without outputs always runs
+        if step.rule.kind is not RuleKind.NONE:  # Snakemake: an action without outputs always runs
             return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.SKIP, [], key, inputs)
     head_of = facts.trace_head
@@ -291,7 +293,7 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
             return StepPlan(step, Decision.RUN, _changes(step, facts.trace(out), digests_of(texts), inputs),  # type: ignore[arg-type]
                             key, inputs, texts)
     flags = step.instance.flags  # type: ignore[union-attr]
-    if not (flags and all("touch" in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
+    if not (flags and all(Flag.TOUCH in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
         for out, d, head in zip(outputs, out_digests, heads):
             if d != head[1]:  # type: ignore[index]
                 reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
@@ -350,7 +352,7 @@ def _changes(step: Step, trace: TraceLike, fields: Mapping[str, str], inputs: tu
             if not changed:  # same set, other order
                 reasons.append(Reason(ReasonKind.INPUT_CHANGED))
         elif name == "action":
-            kind = ReasonKind.COMMAND_CHANGED if step.rule.kind == "shell" else ReasonKind.CODE_CHANGED
+            kind = ReasonKind.COMMAND_CHANGED if step.rule.kind is RuleKind.SHELL else ReasonKind.CODE_CHANGED
             reasons.append(Reason(kind))
         else:
             reasons.append(Reason(_FIELD_REASON.get(name, ReasonKind.CODE_CHANGED)))
@@ -415,7 +417,7 @@ def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
         if not inst.flags:  # type: ignore[union-attr]
             continue
         for out in step.outputs:
-            if "temp" in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
+            if Flag.TEMP in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
                 head = facts.trace_head(out)
                 if head is not None:
                     virtual[out] = head[1]

@@ -16,8 +16,8 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
-from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, Layout, as_int,
-                                 eval_io, eval_params, eval_resources, eval_threads)
+from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, Layout, RuleKind,
+                                 as_int, eval_io, eval_params, eval_resources, eval_threads)
 from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
                              WildcardError, did_you_mean, printable)
 from flowmake.instance import Instance, JobNamespace
@@ -25,7 +25,7 @@ from flowmake.namedlist import EMPTY, NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
-           "Instance", "Rule", "RuleProxy", "Rules", "Workflow"]
+           "Instance", "Rule", "RuleKind", "RuleProxy", "Rules", "Workflow"]
 
 
 class CheckpointView(Protocol):
@@ -257,13 +257,12 @@ class Rule:
         return self._localrule or self.name in self.workflow.localrules
 
     @property
-    def kind(self) -> str:
-        """"shell", "run", "script", or "none"."""
+    def kind(self) -> RuleKind:
         if self.shell is not None:
-            return "shell"
+            return RuleKind.SHELL
         if self.run is not None:
-            return "run"
-        return "script" if self.script is not None else "none"
+            return RuleKind.RUN
+        return RuleKind.SCRIPT if self.script is not None else RuleKind.NONE
 
     @property
     def may_flag(self) -> bool:
@@ -281,8 +280,9 @@ class Rule:
             if name in _DERIVED:
                 continue
             if name in ("_input", "_output", "_log"):
-                value = [[e.name, [str(t) for t in e.texts], [sorted(f) for f in e.flags], e.single, e.unpack]
-                         for e in value]
+                # Flags as their values: the fingerprint is plain data (see ``graph_memo``).
+                value = [[e.name, [str(t) for t in e.texts], [sorted(f.value for f in fl) for fl in e.flags],
+                          e.single, e.unpack] for e in value]
             data.append([name, value])
         if self.shell is not None:
             names = sorted(shellfmt.field_names(self.shell) - JobNamespace.FIELDS)

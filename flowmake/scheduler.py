@@ -24,6 +24,7 @@ from flowmake.graph import Graph, Step
 from flowmake.jobs import (JobContext, finish_outputs, inputs_changed_warning, job_spec, prepare_outputs, record_job_traces,
                            record_traces, remove_outputs, remove_path, write_benchmark)
 from flowmake.locks import OutputLocks
+from flowmake.namedlist import Flag
 from flowmake.peers import Peers
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
                               with_current_key)
@@ -206,7 +207,7 @@ class Scheduler:
         """A ``temp()`` output to delete once its consumers are done; never one the user asked for."""
         prod = self.graph.producer.get(path)
         if (not isinstance(prod, Step) or not prod.rule.may_flag or prod.pending
-                or "temp" not in prod.instance.flags.get(path, ())):  # type: ignore[union-attr]
+                or Flag.TEMP not in prod.instance.flags.get(path, ())):  # type: ignore[union-attr]
             return False
         return id(prod) not in self._target_ids
 

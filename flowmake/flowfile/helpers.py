@@ -15,28 +15,28 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from flowmake.errors import UnsafeWildcardError, WildcardError
-from flowmake.namedlist import FlaggedFunction, add_flag
+from flowmake.namedlist import Flag, FlaggedFunction, add_flag
 from flowmake.patterns import WILDCARD_RE, Pattern
 
 
 def temp(value: Any) -> Any:
-    return add_flag(value, "temp")
+    return add_flag(value, Flag.TEMP)
 
 
 def protected(value: Any) -> Any:
-    return add_flag(value, "protected")
+    return add_flag(value, Flag.PROTECTED)
 
 
 def directory(value: Any) -> Any:
-    return add_flag(value, "directory")
+    return add_flag(value, Flag.DIRECTORY)
 
 
 def ancient(value: Any) -> Any:
-    return add_flag(value, "ancient")
+    return add_flag(value, Flag.ANCIENT)
 
 
 def touch(value: Any) -> Any:
-    return add_flag(value, "touch")
+    return add_flag(value, Flag.TOUCH)
 
 
 def unpack(func: Callable[..., Any]) -> FlaggedFunction:
