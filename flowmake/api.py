@@ -162,7 +162,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         resolve_targets(graph, workflow, spec)
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
-                      Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]
+                      Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
     session.plan = _plan_session(session)
     return session
 
@@ -278,7 +278,7 @@ def _image_resolver(opts: Options) -> Callable[[str], str] | None:
     if not hasattr(cls, "image_digest"):
         return None
     backend = cls(settings=settings.for_backend(name), cores=1)
-    return backend.image_digest  # type: ignore[no-any-return]
+    return backend.image_digest
 
 
 def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int) -> int:

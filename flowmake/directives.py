@@ -123,7 +123,7 @@ class Layout:
         # Each pattern as str.format_map over the raw values (None if one cannot be): formatting
         # every input and output of every step is most of what instantiating a step costs.
         templates = [p.format_template() for p in self.patterns]
-        self._templates = None if None in templates else [t.format_map for t in templates]  # type: ignore[union-attr]
+        self._templates = None if None in templates else [t.format_map for t in templates]  # type: ignore[union-attr]  # no None here
 
     def format(self, b: Bindings, flags: Flags) -> NamedList:
         if not self.patterns:
@@ -205,16 +205,16 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
                 items.append(add(p.format(b), f, flags))
             is_single = e.single
         else:
-            result = call_input(rule, e, wc)
+            result = call_input(rule, e.func, wc)
             if e.unpack and isinstance(result, dict):
                 for k, v in result.items():
                     s = len(items)
-                    one = extend(rule, items, v, e.func.flags, flags)
+                    one = extend(rule, items, v, flags_of(e.func), flags)
                     names[k] = (s, len(items))
                     if one:
                         single.add(k)
                 continue
-            is_single = extend(rule, items, result, getattr(e.func, "flags", frozenset()), flags)
+            is_single = extend(rule, items, result, flags_of(e.func), flags)
         if e.name is not None:
             names[e.name] = (start, len(items))
             if is_single:
@@ -222,8 +222,9 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
     return NamedList._make(items, names, single)
 
 
-def call_input(rule: Rule, e: Entry, wc: Wildcards) -> Any:
-    func = e.func.func if isinstance(e.func, FlaggedFunction) else e.func
+def call_input(rule: Rule, func: Callable[..., Any], wc: Wildcards) -> Any:
+    if isinstance(func, FlaggedFunction):
+        func = func.func
     try:
         return func(wc)
     except (FlowmakeError, IncompleteCheckpoint):

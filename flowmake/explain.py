@@ -18,7 +18,7 @@ def _wildcards(step: Step) -> dict[str, str]:
     b = step.bindings
     if not b:
         return {}
-    return {n: b.raw(n) for n in b}  # type: ignore[attr-defined]
+    return {n: b.raw(n) for n in b}
 
 
 def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = sys.stdout) -> None:
@@ -140,7 +140,7 @@ def print_changes(session: Any, kind: str, out: TextIO = sys.stdout) -> None:
 def print_dag(session: Any, fmt: str, out: TextIO = sys.stdout) -> None:
     import networkx as nx
 
-    g = nx.DiGraph()
+    g: nx.DiGraph[str] = nx.DiGraph()
     for sp in session.plan.steps:
         g.add_node(sp.step.id, rule=sp.step.rule.name, run=sp.decision is not Decision.SKIP,
                    wildcards=_wildcards(sp.step))

@@ -17,11 +17,12 @@ import enum
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 from flowmake.errors import (AmbiguousRuleError, CycleError, FlowmakeError, MissingInputError,
                              NoRuleError, UnsafePathError, UnsafeWildcardError, WildcardError,
                              did_you_mean)
+from flowmake.patterns import Bindings
 from flowmake.rule_index import RuleIndex
 from flowmake.rules import CheckpointView, IncompleteCheckpoint, Instance, Rule, Workflow
 
@@ -80,7 +81,7 @@ def _step_id(rule: str, bindings: object, outputs: tuple[str, ...]) -> str:
     if outputs:
         return f"{rule}:{outputs[0]}"
     raw = getattr(bindings, "raw", None)
-    names = list(bindings) if bindings else []  # type: ignore[call-overload]
+    names = list(bindings) if bindings else []  # type: ignore[call-overload]  # a Step's bindings are a Bindings when truthy
     if names and raw is not None:
         return rule + "[" + ",".join(f"{n}={raw(n)}" for n in names) + "]"
     return rule
@@ -113,6 +114,9 @@ class _Failure:
 
 
 SOURCE = None  # a path that exists and no rule needs to make
+# Yields the paths it needs, is sent what makes each (a step, SOURCE or a _Failure), returns its own.
+_R = TypeVar("_R")
+_Resolution = Generator[str, "Step | None | _Failure", _R]
 _UNRESOLVED = object()
 
 
@@ -172,7 +176,7 @@ class Graph:
         self.targets.append(step)
         return step
 
-    def _step_for(self, rule: Rule, bindings: object, path: str | None = None) -> Step:
+    def _step_for(self, rule: Rule, bindings: Bindings, path: str | None = None) -> Step:
         pats = rule.output_patterns
         # One output pattern: the path it matched is the output (and keeps its spelling).
         outputs = (path,) if path is not None and len(pats) == 1 else tuple(p.format(bindings) for p in pats)
@@ -197,16 +201,16 @@ class Graph:
     def _drive_step(self, step: Step) -> Step | _Failure:
         return self._run(self._resolve_step(step, step.outputs[0] if step.outputs else step.rule.name), None)
 
-    def _run(self, gen: Generator, first: str | None) -> object:
-        """Drive resolution generators with an explicit stack (no deep recursion).
+    def _run(self, gen: Generator[str, Any, Any], first: str | None) -> Any:
+        """Drive resolution generators (``_Resolution``) with an explicit stack (no deep recursion).
 
         ``paths[i]`` is the path frame ``i`` resolves (None for a step frame); a request for a path
         already on the stack is a cycle.
         """
-        stack = [gen]
+        stack: list[Generator[str, Any, Any]] = [gen]
         paths: list[str | None] = [first]
         on_stack = {first} if first is not None else set()
-        send: object = None
+        send: Any = None  # a step, None, a _Failure, or _UNRESOLVED
         producer = self.producer
         while stack:
             try:
@@ -219,7 +223,7 @@ class Graph:
                     on_stack.discard(done)
                     # A cycle depends on the path we came from: never remember it.
                     if not (isinstance(send, _Failure) and send.kind is _FailureKind.CYCLE):
-                        producer[done] = send  # type: ignore[assignment]
+                        producer[done] = send
                 continue
             send = producer.get(req, _UNRESOLVED)
             if send is not _UNRESOLVED:
@@ -235,7 +239,7 @@ class Graph:
                 send = None
         return send
 
-    def _resolve(self, path: str, requested: bool = False) -> Generator[str, object, Step | None | _Failure]:
+    def _resolve(self, path: str, requested: bool = False) -> _Resolution[Step | None | _Failure]:
         # requested: the user asked for the path, so a rule refusing its wildcard value (patterns:
         # "Safety") is an error even if the file exists; elsewhere such a file is a source.
         known = self.producer.get(path, _UNRESOLVED)
@@ -289,7 +293,7 @@ class Graph:
             return SOURCE
         return _pick_failure(failures + unsafe)
 
-    def _preference_groups(self, candidates: list[tuple[Rule, object]]) -> list[list[tuple[Rule, object]]]:
+    def _preference_groups(self, candidates: list[tuple[Rule, Bindings]]) -> list[list[tuple[Rule, Bindings]]]:
         """Candidates in preference order, equally preferred ones grouped together."""
         if len(candidates) == 1:
             return [candidates]
@@ -301,7 +305,7 @@ class Graph:
                 return pref
             return not a.has_wildcards and b.has_wildcards
 
-        groups: list[list[tuple[Rule, object]]] = []
+        groups: list[list[tuple[Rule, Bindings]]] = []
         remaining = list(candidates)
         while remaining:
             top = [c for c in remaining if not any(beats(o[0], c[0]) for o in remaining if o is not c)]
@@ -320,7 +324,7 @@ class Graph:
             step.instance = None
             step.waits_on = tuple(inc.outputs)
 
-    def _resolve_step(self, step: Step, path: str) -> Generator[str, object, Step | _Failure]:
+    def _resolve_step(self, step: Step, path: str) -> _Resolution[Step | _Failure]:
         if step.resolved:
             return step
         self._instantiate(step)
@@ -362,7 +366,7 @@ class Graph:
                 return chained
             if result is not None and id(result) not in seen:
                 seen.add(id(result))
-                deps.append(result)  # type: ignore[arg-type]
+                deps.append(result)
         step.deps = deps
         step.resolved = True
         return step

@@ -87,7 +87,7 @@ class Instance:
         return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
 
 
-class JobNamespace(dict):  # type: ignore[type-arg]
+class JobNamespace(dict[str, Any]):
     """What a command template may name: the step's fields, then the rule file's globals.
 
     A dict of the fields every step has, so the names a command uses most are found at C speed;

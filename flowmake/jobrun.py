@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))
         os.chdir(workflow.workdir)
         rule = inst.rule
-        if rule.kind is RuleKind.RUN:
+        if rule.kind is RuleKind.RUN and rule.run is not None:
             rule.run(inst.input, inst.output, inst.params, inst.wildcards, inst.threads,
                      inst.resources, inst.log, rule.name, workflow.config, _shell_of(workflow))
         elif rule.kind is RuleKind.SCRIPT:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import AbstractSet, Any, Callable, Iterable, Iterator
 
 
 class Flag(enum.Enum):
@@ -34,12 +34,12 @@ class NamedList(list):
         super().__init__(items)
         # name -> (start, end); names in `_single` return the item itself, others a sub-list.
         self._names: dict[str, tuple[int, int]] = names or {}
-        self._single: frozenset[str] | set[str] = single if single is not None else frozenset(
+        self._single: AbstractSet[str] = single if single is not None else frozenset(
             n for n, (a, b) in self._names.items() if b - a == 1)
 
     @classmethod
     def _make(cls, items: list[Any], names: dict[str, tuple[int, int]],
-              single: frozenset[str] | set[str]) -> Any:
+              single: AbstractSet[str]) -> Any:
         """Hot-path constructor: ``names``/``single`` are shared, never mutated."""
         nl = list.__new__(cls)
         list.extend(nl, items)

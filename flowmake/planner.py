@@ -149,7 +149,7 @@ class Facts:
     known_key: Callable[[Step], KnownKey | None] = _NO_KNOWN_KEYS.get
     # (key, output digest) of an output's trace: all a step that is up to date needs. Derived
     # from ``trace`` when not given; a store answers it without decoding the trace.
-    trace_head: Callable[[str], tuple[str, str] | None] = None  # type: ignore[assignment]
+    trace_head: Callable[[str], tuple[str, str] | None] = None  # type: ignore[assignment]  # __post_init__ derives it when not given
     # Outputs another live run was writing when the store was loaded: never digested as done. The
     # scheduler settles them once it holds their locks (``reread``).
     in_flight: Callable[[str], bool] = lambda path: False
@@ -288,14 +288,14 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
             return StepPlan(step, Decision.ADOPT, [], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, dict(zip(FIELDS, values)))
     for out, head in zip(outputs, heads):
-        if head[0] != key:  # type: ignore[index]
+        if head[0] != key:  # type: ignore[index]  # None in heads was ruled out above
             texts = dict(zip(FIELDS, values))
-            return StepPlan(step, Decision.RUN, _changes(step, facts.trace(out), digests_of(texts), inputs),  # type: ignore[arg-type]
+            return StepPlan(step, Decision.RUN, _changes(step, facts.trace(out), digests_of(texts), inputs),  # type: ignore[arg-type]  # an output with a trace head has a trace
                             key, inputs, texts)
-    flags = step.instance.flags  # type: ignore[union-attr]
+    flags = step.instance.flags  # type: ignore[union-attr]  # a step that is not pending has an instance
     if not (flags and all(Flag.TOUCH in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
         for out, d, head in zip(outputs, out_digests, heads):
-            if d != head[1]:  # type: ignore[index]
+            if d != head[1]:  # type: ignore[index]  # None in heads was ruled out above
                 reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
     if reasons:
         return StepPlan(step, Decision.RUN, reasons, key, inputs, dict(zip(FIELDS, values)))
@@ -314,8 +314,8 @@ def _known_key_holds(known: KnownKey, outputs: Sequence[str], out_digests: Seque
         if d != "ancient" and digest(path) != d:
             return False
     head_of = facts.trace_head
-    for out, d in zip(outputs, out_digests):
-        if head_of(out) != (key, d):
+    for out, out_digest in zip(outputs, out_digests):
+        if head_of(out) != (key, out_digest):
             return False
     return True
 
@@ -414,7 +414,7 @@ def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
         if not step.rule.may_flag or step.pending:  # most steps flag nothing
             continue
         inst = step.instance
-        if not inst.flags:  # type: ignore[union-attr]
+        if inst is None or not inst.flags:
             continue
         for out in step.outputs:
             if Flag.TEMP in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
