@@ -408,7 +408,7 @@ class SshBackend:
         staging.drain(chan, out, err, self.timeout)
         if result.runtime is None:
             result.runtime = time.monotonic() - started
-        code = chan.exit_status
+        code: int | None = chan.exit_status
         chan.close()
         if code == -1:  # no exit status: the server went away (or killed our shell)
             if not _alive(host):

@@ -19,6 +19,7 @@ from flowmake.errors import FlowmakeError, JobFailedError, UsageError
 from flowmake.flowfile.runtime import run_hook
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
+from flowmake.namedlist import Flag
 from flowmake import graph_memo
 from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
 from flowmake.planner import Decision, Facts, Plan, converge
@@ -161,7 +162,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         resolve_targets(graph, workflow, spec)
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
-                      Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]
+                      Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
     session.plan = _plan_session(session)
     return session
 
@@ -255,7 +256,7 @@ def _refuse_protected(session: Session, steps: list[Step]) -> None:
     found = [(sp.step, o) for sp in session.plan.steps
              if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING) and sp.step.instance
              for o in sp.step.outputs
-             if "protected" in sp.step.instance.flags.get(o, ()) and os.path.lexists(o)]
+             if Flag.PROTECTED in sp.step.instance.flags.get(o, ()) and os.path.lexists(o)]
     if found:
         raise FlowmakeError(
             "write-protected outputs would be overwritten",
@@ -277,7 +278,7 @@ def _image_resolver(opts: Options) -> Callable[[str], str] | None:
     if not hasattr(cls, "image_digest"):
         return None
     backend = cls(settings=settings.for_backend(name), cores=1)
-    return backend.image_digest  # type: ignore[no-any-return]
+    return backend.image_digest
 
 
 def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int) -> int:

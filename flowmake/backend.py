@@ -131,7 +131,7 @@ def backend_class(name: str) -> type:
     """The class registered under ``name``, imported only now."""
     for ep in importlib.metadata.entry_points(group="flowmake.backends"):
         if ep.name == name:
-            return ep.load()  # type: ignore[no-any-return]
+            return ep.load()
     names = backend_names()
     raise BackendError(
         f"unknown backend {name!r}",
@@ -141,4 +141,4 @@ def backend_class(name: str) -> type:
 
 def load_backend(name: str, settings: Mapping[str, Any], cores: int) -> Backend:
     """Instantiate a backend by its entry-point name with its ``[backends.NAME]`` settings."""
-    return backend_class(name)(settings=dict(settings), cores=cores)  # type: ignore[no-any-return]
+    return backend_class(name)(settings=dict(settings), cores=cores)

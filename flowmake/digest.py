@@ -169,7 +169,7 @@ class Digester:
         """``os.stat`` (following symlinks), memoised; None when the path does not exist."""
         st = self._stats.get(path, _UNKNOWN)
         if st is not _UNKNOWN:
-            return st  # type: ignore[return-value]
+            return st  # type: ignore[return-value]  # not the _UNKNOWN sentinel
         return self._stat_normalised(_normal(path))
 
     def _stat_normalised(self, path: str) -> Stat | None:
@@ -177,7 +177,7 @@ class Digester:
         stats = self._stats
         st = stats.get(path, _UNKNOWN)
         if st is not _UNKNOWN:
-            return st  # type: ignore[return-value]
+            return st  # type: ignore[return-value]  # not the _UNKNOWN sentinel
         i = path.rfind("/")
         parent = path[:i] if i > 0 else ("/" if i == 0 else "")
         if i > 0 and stats.get(parent, _UNKNOWN) is None:
@@ -190,13 +190,13 @@ class Digester:
                 st = None
                 if parent and parent not in stats:
                     self._stat_normalised(parent)  # so its other missing files cost no system call
-        stats[path] = st  # type: ignore[assignment]
+        stats[path] = st
         kids = self._children.get(parent)  # see _note_child
         if kids is None:
             self._children[parent] = {path}
         else:
             kids.add(path)
-        return st  # type: ignore[return-value]
+        return st
 
     def _note_child(self, path: str) -> None:
         # parent -> memoised children, so invalidate() costs O(subtree), not O(everything memoised)
@@ -238,7 +238,7 @@ class Digester:
         """
         digest = self._memo.get(path, _UNKNOWN)
         if digest is not _UNKNOWN:
-            return digest  # type: ignore[return-value]
+            return digest  # type: ignore[return-value]  # not the _UNKNOWN sentinel
         digest = self._digest(_normal(path), settled)
         self._memo[path] = digest
         return digest
@@ -277,9 +277,9 @@ class Digester:
             not settled and now - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_WINDOW_NS
         )
         if racy:
-            self.stat_cache[path] = (*ident[:4], RACY, digest)  # type: ignore[assignment]
+            self.stat_cache[path] = (*ident[:4], RACY, digest)
         else:
-            self.stat_cache[path] = (*ident, digest)  # type: ignore[assignment]
+            self.stat_cache[path] = (*ident, digest)
         return digest
 
     def _digest_dir(self, path: str, settled: bool = False) -> str:

@@ -11,13 +11,14 @@ from typing import Any, TextIO
 
 from flowmake.graph import Step
 from flowmake.planner import Decision, ReasonKind, plan_step, unsettled_in
+from flowmake.rules import RuleKind
 
 
 def _wildcards(step: Step) -> dict[str, str]:
     b = step.bindings
     if not b:
         return {}
-    return {n: b.raw(n) for n in b}  # type: ignore[attr-defined]
+    return {n: b.raw(n) for n in b}
 
 
 def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = sys.stdout) -> None:
@@ -56,7 +57,7 @@ def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = 
             add(f"    why: {reason}")
         if len(sp.reasons) > 5:
             add(f"    why: ... and {len(sp.reasons) - 5} more")
-        if show_cmd and inst is not None and step.rule.kind == "shell":
+        if show_cmd and inst is not None and step.rule.kind is RuleKind.SHELL:
             add("    " + inst.command().strip().replace("\n", "\n    "))
     if lines:
         out.write("\n".join(lines) + "\n")
@@ -139,7 +140,7 @@ def print_changes(session: Any, kind: str, out: TextIO = sys.stdout) -> None:
 def print_dag(session: Any, fmt: str, out: TextIO = sys.stdout) -> None:
     import networkx as nx
 
-    g = nx.DiGraph()
+    g: nx.DiGraph[str] = nx.DiGraph()
     for sp in session.plan.steps:
         g.add_node(sp.step.id, rule=sp.step.rule.name, run=sp.decision is not Decision.SKIP,
                    wildcards=_wildcards(sp.step))

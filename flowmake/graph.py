@@ -13,14 +13,16 @@ unfinished checkpoint is *pending* and is instantiated again once the checkpoint
 
 from __future__ import annotations
 
+import enum
 import os
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
 from flowmake.errors import (AmbiguousRuleError, CycleError, FlowmakeError, MissingInputError,
                              NoRuleError, UnsafePathError, UnsafeWildcardError, WildcardError,
                              did_you_mean)
+from flowmake.patterns import Bindings
 from flowmake.rule_index import RuleIndex
 from flowmake.rules import CheckpointView, IncompleteCheckpoint, Instance, Rule, Workflow
 
@@ -79,7 +81,7 @@ def _step_id(rule: str, bindings: object, outputs: tuple[str, ...]) -> str:
     if outputs:
         return f"{rule}:{outputs[0]}"
     raw = getattr(bindings, "raw", None)
-    names = list(bindings) if bindings else []  # type: ignore[call-overload]
+    names = list(bindings) if bindings else []  # type: ignore[call-overload]  # a Step's bindings are a Bindings when truthy
     if names and raw is not None:
         return rule + "[" + ",".join(f"{n}={raw(n)}" for n in names) + "]"
     return rule
@@ -89,11 +91,22 @@ def _graph_key(rule: Rule, outputs: tuple[str, ...], bindings: object) -> str:
     return rule.name + "\0" + "\0".join(outputs) if outputs else rule.name + "\0" + repr(bindings)
 
 
+class _FailureKind(enum.Enum):
+    """Why a path cannot be made. ``_pick_failure`` reports the first kind, in this order, that
+    any candidate failed with."""
+
+    AMBIGUOUS = enum.auto()  # several rules can make it
+    UNSAFE = enum.auto()     # a rule matches only with a refused wildcard value
+    MISSING = enum.auto()    # an input of every candidate is missing
+    CYCLE = enum.auto()
+    NORULE = enum.auto()     # no rule produces it and it does not exist
+
+
 @dataclass
 class _Failure:
     """Why a path cannot be made; grows a consumer chain as it travels up."""
 
-    kind: str  # "missing" | "cycle" | "norule" | "ambiguous" | "unsafe" (a refused wildcard value)
+    kind: _FailureKind
     path: str
     chain: list[str] = field(default_factory=list)
     rule: Rule | None = None
@@ -101,6 +114,9 @@ class _Failure:
 
 
 SOURCE = None  # a path that exists and no rule needs to make
+# Yields the paths it needs, is sent what makes each (a step, SOURCE or a _Failure), returns its own.
+_R = TypeVar("_R")
+_Resolution = Generator[str, "Step | None | _Failure", _R]
 _UNRESOLVED = object()
 
 
@@ -160,7 +176,7 @@ class Graph:
         self.targets.append(step)
         return step
 
-    def _step_for(self, rule: Rule, bindings: object, path: str | None = None) -> Step:
+    def _step_for(self, rule: Rule, bindings: Bindings, path: str | None = None) -> Step:
         pats = rule.output_patterns
         # One output pattern: the path it matched is the output (and keeps its spelling).
         outputs = (path,) if path is not None and len(pats) == 1 else tuple(p.format(bindings) for p in pats)
@@ -185,16 +201,16 @@ class Graph:
     def _drive_step(self, step: Step) -> Step | _Failure:
         return self._run(self._resolve_step(step, step.outputs[0] if step.outputs else step.rule.name), None)
 
-    def _run(self, gen: Generator, first: str | None) -> object:
-        """Drive resolution generators with an explicit stack (no deep recursion).
+    def _run(self, gen: Generator[str, Any, Any], first: str | None) -> Any:
+        """Drive resolution generators (``_Resolution``) with an explicit stack (no deep recursion).
 
         ``paths[i]`` is the path frame ``i`` resolves (None for a step frame); a request for a path
         already on the stack is a cycle.
         """
-        stack = [gen]
+        stack: list[Generator[str, Any, Any]] = [gen]
         paths: list[str | None] = [first]
         on_stack = {first} if first is not None else set()
-        send: object = None
+        send: Any = None  # a step, None, a _Failure, or _UNRESOLVED
         producer = self.producer
         while stack:
             try:
@@ -206,8 +222,8 @@ class Graph:
                 if done is not None:
                     on_stack.discard(done)
                     # A cycle depends on the path we came from: never remember it.
-                    if not (isinstance(send, _Failure) and send.kind == "cycle"):
-                        producer[done] = send  # type: ignore[assignment]
+                    if not (isinstance(send, _Failure) and send.kind is _FailureKind.CYCLE):
+                        producer[done] = send
                 continue
             send = producer.get(req, _UNRESOLVED)
             if send is not _UNRESOLVED:
@@ -215,7 +231,7 @@ class Graph:
             if req in on_stack:
                 loop = [p for p in paths if p is not None]
                 loop = loop[loop.index(req):] + [req]
-                send = _Failure("cycle", req, chain=loop)
+                send = _Failure(_FailureKind.CYCLE, req, chain=loop)
             else:
                 stack.append(self._resolve(req))
                 paths.append(req)
@@ -223,7 +239,7 @@ class Graph:
                 send = None
         return send
 
-    def _resolve(self, path: str, requested: bool = False) -> Generator[str, object, Step | None | _Failure]:
+    def _resolve(self, path: str, requested: bool = False) -> _Resolution[Step | None | _Failure]:
         # requested: the user asked for the path, so a rule refusing its wildcard value (patterns:
         # "Safety") is an error even if the file exists; elsewhere such a file is a source.
         known = self.producer.get(path, _UNRESOLVED)
@@ -231,16 +247,16 @@ class Graph:
             return known  # type: ignore[return-value]  # resolved meanwhile (a sibling output)
         refused: list[UnsafeWildcardError] = []
         candidates = self._index.candidates(path, refused)
-        unsafe = [_Failure("unsafe", path, error=e) for e in refused[:1]]
+        unsafe = [_Failure(_FailureKind.UNSAFE, path, error=e) for e in refused[:1]]
         if not candidates:
             if self.exists(path) and not (requested and unsafe):
                 return SOURCE
-            return unsafe[0] if unsafe else _Failure("norule", path)
+            return unsafe[0] if unsafe else _Failure(_FailureKind.NORULE, path)
         if len(candidates) == 1 and not unsafe:  # the common case, without the bookkeeping of several
             step = self._step_for(*candidates[0], path)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
-                return SOURCE if result.kind != "cycle" and self.exists(path) else result
+                return SOURCE if result.kind is not _FailureKind.CYCLE and self.exists(path) else result
             for out in step.outputs:
                 self.producer.setdefault(out, step)
             return step
@@ -258,7 +274,7 @@ class Graph:
             if len(winners) > 1:
                 names = ", ".join(s.rule.name for s in winners)
                 return _Failure(
-                    "ambiguous",
+                    _FailureKind.AMBIGUOUS,
                     path,
                     error=AmbiguousRuleError(
                         f"rules {names} can all produce {path!r}",
@@ -273,11 +289,11 @@ class Graph:
                     self.producer.setdefault(out, winners[0])
                 return winners[0]
         # Every candidate failed: a file that exists is a source after all (Snakemake does this).
-        if self.exists(path) and all(f.kind != "cycle" for f in failures) and not (requested and unsafe):
+        if self.exists(path) and all(f.kind is not _FailureKind.CYCLE for f in failures) and not (requested and unsafe):
             return SOURCE
         return _pick_failure(failures + unsafe)
 
-    def _preference_groups(self, candidates: list[tuple[Rule, object]]) -> list[list[tuple[Rule, object]]]:
+    def _preference_groups(self, candidates: list[tuple[Rule, Bindings]]) -> list[list[tuple[Rule, Bindings]]]:
         """Candidates in preference order, equally preferred ones grouped together."""
         if len(candidates) == 1:
             return [candidates]
@@ -289,7 +305,7 @@ class Graph:
                 return pref
             return not a.has_wildcards and b.has_wildcards
 
-        groups: list[list[tuple[Rule, object]]] = []
+        groups: list[list[tuple[Rule, Bindings]]] = []
         remaining = list(candidates)
         while remaining:
             top = [c for c in remaining if not any(beats(o[0], c[0]) for o in remaining if o is not c)]
@@ -308,7 +324,7 @@ class Graph:
             step.instance = None
             step.waits_on = tuple(inc.outputs)
 
-    def _resolve_step(self, step: Step, path: str) -> Generator[str, object, Step | _Failure]:
+    def _resolve_step(self, step: Step, path: str) -> _Resolution[Step | _Failure]:
         if step.resolved:
             return step
         self._instantiate(step)
@@ -342,15 +358,15 @@ class Graph:
             result = yield inp
             if isinstance(result, _Failure):
                 chained = _Failure(result.kind, result.path, list(result.chain), result.rule or step.rule, result.error)
-                if result.kind != "cycle":
+                if result.kind is not _FailureKind.CYCLE:
                     chained.chain.append(f"needed by rule {step.rule.name!r} for {path!r} ({step.rule.location})")
-                if result.kind == "norule":
-                    chained.kind = "missing"
+                if result.kind is _FailureKind.NORULE:
+                    chained.kind = _FailureKind.MISSING
                     chained.rule = step.rule
                 return chained
             if result is not None and id(result) not in seen:
                 seen.add(id(result))
-                deps.append(result)  # type: ignore[arg-type]
+                deps.append(result)
         step.deps = deps
         step.resolved = True
         return step
@@ -443,9 +459,9 @@ class Graph:
             return failure.error.for_target(target, failure.chain)
         if failure.error is not None:
             return failure.error
-        if failure.kind == "cycle":
+        if failure.kind is _FailureKind.CYCLE:
             return CycleError(" -> ".join(failure.chain), target=target)
-        if failure.kind == "norule":
+        if failure.kind is _FailureKind.NORULE:
             hint = did_you_mean(target, self._known_names(target))
             return NoRuleError(
                 f"{failure.path!r}: no rule produces it and it does not exist",
@@ -475,8 +491,8 @@ class Graph:
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:
-    for kind in ("ambiguous", "unsafe", "missing", "cycle", "norule"):
+    for kind in _FailureKind:  # in the order of preference the enum declares
         for f in failures:
-            if f.kind == kind:
+            if f.kind is kind:
                 return f
     return failures[0]

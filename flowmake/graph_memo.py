@@ -41,7 +41,7 @@ from flowmake.graph import Graph, Step
 from flowmake.keys import canonical
 from flowmake.patterns import BUILTIN_TYPES
 from flowmake.planner import KnownKey, StepPlan
-from flowmake.rules import AllDone, Instance, Rule, Workflow
+from flowmake.rules import AllDone, Instance, Rule, RuleKind, Workflow
 
 MEMO_FILE = "graph.memo"
 # Then the fingerprint, a newline, the payload's checksum, a newline, and the payload: the data
@@ -223,7 +223,7 @@ def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any],
     if known is not None and sp.key is known[0] and sp.inputs is known[1]:  # decided from the memo
         return known
     rule = step.rule
-    if rule.kind == "script" or rule.container:
+    if rule.kind is RuleKind.SCRIPT or rule.container:
         return None
     for out in step.outputs:
         t = trace(out)

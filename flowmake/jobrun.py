@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     job = json.loads(argv[0])
     from flowmake.flowfile import load_workflow
     from flowmake.flowfile.runtime import _shell_of, instantiate, run_script
+    from flowmake.rules import RuleKind
 
     os.chdir(job["workdir"])
     try:
@@ -32,10 +33,10 @@ def main(argv: list[str]) -> int:
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))
         os.chdir(workflow.workdir)
         rule = inst.rule
-        if rule.kind == "run":
+        if rule.kind is RuleKind.RUN and rule.run is not None:
             rule.run(inst.input, inst.output, inst.params, inst.wildcards, inst.threads,
                      inst.resources, inst.log, rule.name, workflow.config, _shell_of(workflow))
-        elif rule.kind == "script":
+        elif rule.kind is RuleKind.SCRIPT:
             run_script(inst)
         else:
             print(f"rule '{rule.name}' has no run: block or script: to execute", file=sys.stderr)

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
 from flowmake.journal import hostname
+from flowmake.namedlist import Flag
+from flowmake.rules import RuleKind
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,12 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
     inst = step.instance
     if inst is None:  # pragma: no cover - the scheduler never submits a pending step
         raise RuntimeError(f"step {step.id} is not instantiated")
-    if step.rule.kind == "shell":
+    if step.rule.kind is RuleKind.SHELL:
         return _with_capped_threads(inst, ctx.cores, inst.command)
-    if step.rule.kind == "none":
+    if step.rule.kind is RuleKind.NONE:
         return ":"
     bindings = step.bindings
-    raw = {n: bindings.raw(n) for n in bindings} if bindings else {}  # type: ignore[attr-defined]
+    raw = {n: bindings.raw(n) for n in bindings} if bindings else {}
     payload = {
         "flowfile": ctx.flowfile,
         "workdir": ctx.workdir,
@@ -107,7 +109,7 @@ def run_id(pid: int | None = None, host: str | None = None) -> str:
 def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[str, str], ...],
              image: str | None, local: bool, mem_scale: float = 1.0, command: str | None = None) -> JobSpec:
     inst = step.instance
-    directories = tuple(o for o in step.outputs if inst is not None and "directory" in inst.flags.get(o, ()))
+    directories = tuple(o for o in step.outputs if inst is not None and Flag.DIRECTORY in inst.flags.get(o, ()))
     return JobSpec(
         step_id=step.id,
         rule=step.rule.name,

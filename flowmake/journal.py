@@ -37,7 +37,7 @@ from typing import Any, Iterator
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not Unix: fall back to pid checks only
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module is absent off Unix
 
 from flowmake.records import (BEGIN, END, FORGET, HISTORY, STAT, TRACE, Record, checked, history_key,
                               is_begin, is_stat_removal, is_trace, key_of, kind_of, outputs_of,
@@ -140,7 +140,7 @@ def _decode_json(payloads: list[tuple[int, memoryview]], name: str, warnings: li
     # A run writes a frame per flush, tens of thousands of small ones: one decoder call for all of
     # them costs a fraction of one call each. Only if that fails is each frame decoded alone.
     try:
-        return json.loads(b"[" + b",".join(p for _, p in payloads) + b"]")  # type: ignore[no-any-return]
+        return json.loads(b"[" + b",".join(p for _, p in payloads) + b"]")
     except ValueError:
         pass
     frames: list[list[Record]] = []

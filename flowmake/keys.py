@@ -27,7 +27,7 @@ from flowmake.digest import DIGEST_BYTES
 KEY_VERSION = 1
 FIELDS = ("version", "rule", "action", "params", "env", "image", "inputs")
 
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 

@@ -2,16 +2,25 @@
 
 ``NamedList`` is Snakemake's ``Namedlist``: a list whose items (or ranges of items) also have names,
 so ``input.reads``, ``input[0]`` and ``str(input)`` (space-joined) all work. ``Flagged`` is a path
-string carrying flags (temp, protected, directory, ancient, touch) set by the helper functions of
-the same name.
+string carrying ``Flag``s (temp, protected, directory, ancient, touch) set by the helper functions
+of the same name.
 """
 
 from __future__ import annotations
 
+import enum
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import AbstractSet, Any, Callable, Iterable, Iterator
 
-FLAGS = ("temp", "protected", "directory", "ancient", "touch")
+
+class Flag(enum.Enum):
+    """A path flag; the value is the rule-file helper that sets it (and what ``Rule.as_data`` keeps)."""
+
+    TEMP = "temp"
+    PROTECTED = "protected"
+    DIRECTORY = "directory"
+    ANCIENT = "ancient"
+    TOUCH = "touch"
 
 
 class NamedList(list):
@@ -25,12 +34,12 @@ class NamedList(list):
         super().__init__(items)
         # name -> (start, end); names in `_single` return the item itself, others a sub-list.
         self._names: dict[str, tuple[int, int]] = names or {}
-        self._single: frozenset[str] | set[str] = single if single is not None else frozenset(
+        self._single: AbstractSet[str] = single if single is not None else frozenset(
             n for n, (a, b) in self._names.items() if b - a == 1)
 
     @classmethod
     def _make(cls, items: list[Any], names: dict[str, tuple[int, int]],
-              single: frozenset[str] | set[str]) -> Any:
+              single: AbstractSet[str]) -> Any:
         """Hot-path constructor: ``names``/``single`` are shared, never mutated."""
         nl = list.__new__(cls)
         list.extend(nl, items)
@@ -153,9 +162,9 @@ class Wildcards(NamedList):
 class Flagged(str):
     """A path string with flags, e.g. ``temp("a.txt")``."""
 
-    flags: frozenset[str]
+    flags: frozenset[Flag]
 
-    def __new__(cls, value: str, flags: frozenset[str]) -> Flagged:
+    def __new__(cls, value: str, flags: frozenset[Flag]) -> Flagged:
         s = str.__new__(cls, value)
         s.flags = flags
         return s
@@ -167,7 +176,7 @@ class Flagged(str):
 class FlaggedFunction:
     """An input/output function wrapped by a flag helper or ``unpack``; its results get the flags."""
 
-    def __init__(self, func: Callable[..., Any], flags: frozenset[str], unpack: bool = False) -> None:
+    def __init__(self, func: Callable[..., Any], flags: frozenset[Flag], unpack: bool = False) -> None:
         self.func = func
         self.flags = flags
         self.unpack = unpack
@@ -176,11 +185,11 @@ class FlaggedFunction:
         return self.func(*args, **kwargs)
 
 
-def flags_of(value: Any) -> frozenset[str]:
+def flags_of(value: Any) -> frozenset[Flag]:
     return getattr(value, "flags", None) or frozenset()
 
 
-def add_flag(value: Any, flag: str) -> Any:
+def add_flag(value: Any, flag: Flag) -> Any:
     """Flag a path, every path of a list/dict, or the results of a function."""
     if isinstance(value, FlaggedFunction):
         return FlaggedFunction(value.func, value.flags | {flag}, value.unpack)

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from flowmake.graph import Step
+from flowmake.namedlist import Flag
 from flowmake.planner import with_current_key
 from flowmake.records import Trace
 
@@ -63,12 +64,12 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
     for out in step.outputs:
         full = os.path.join(workdir, out)
         flags = inst.flags.get(out, ()) if inst is not None else ()
-        if "touch" in flags:
+        if Flag.TOUCH in flags:
             with open(full, "a"):
                 os.utime(full)
         if not os.path.lexists(full):
             missing.append(out)
-        elif "protected" in flags:
+        elif Flag.PROTECTED in flags:
             mode = os.stat(full).st_mode
             os.chmod(full, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return missing

@@ -330,11 +330,12 @@ class Pattern:
         return self._types_of.get(name)
 
     def match(self, path: str) -> Bindings | None:
-        if self.is_static:
+        regex = self._regex
+        if regex is None:  # a static pattern
             return Bindings._fast({}, {}) if path == self.text else None
         if not path.startswith(self._prefix) or not path.endswith(self._suffix):
             return None
-        m = self._regex.fullmatch(path)
+        m = regex.fullmatch(path)
         if m is None:
             return None
         raw = m.groupdict()

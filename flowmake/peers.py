@@ -65,7 +65,7 @@ class Peers:
             incomplete = other.incomplete_outputs()
             if all(t is not None and t.time * 1e9 >= ctime_ns(self.workdir, o) - 1e6 and o not in incomplete
                    for t, o in zip(traces, outputs)):
-                return traces  # type: ignore[return-value]
+                return traces  # type: ignore[return-value]  # every trace was checked not None above
         return None
 
     def take_over(self, outputs: Iterable[str], force: bool, note: Callable[[str], None]) -> bool:

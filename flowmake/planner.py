@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from flowmake.graph import Step
 from flowmake.keys import FIELDS, canonical, diff_fields, diff_inputs, digests_of, key_of_values, key_values
+from flowmake.namedlist import Flag
+from flowmake.rules import RuleKind
 
 
 class Decision(enum.Enum):
@@ -147,7 +149,7 @@ class Facts:
     known_key: Callable[[Step], KnownKey | None] = _NO_KNOWN_KEYS.get
     # (key, output digest) of an output's trace: all a step that is up to date needs. Derived
     # from ``trace`` when not given; a store answers it without decoding the trace.
-    trace_head: Callable[[str], tuple[str, str] | None] = None  # type: ignore[assignment]
+    trace_head: Callable[[str], tuple[str, str] | None] = None  # type: ignore[assignment]  # __post_init__ derives it when not given
     # Outputs another live run was writing when the store was loaded: never digested as done. The
     # scheduler settles them once it holds their locks (``reread``).
     in_flight: Callable[[str], bool] = lambda path: False
@@ -183,7 +185,7 @@ def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[s
     flags = inst.flags
     digest = facts.digest
     for path in inst.input:
-        if flags and "ancient" in flags.get(path, ()):
+        if flags and Flag.ANCIENT in flags.get(path, ()):
             inputs.append((path, "ancient"))
             continue
         d = digest(path)
@@ -276,7 +278,7 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     values, inputs = parts
     key = key_of_values(values)
     if not outputs:
-        if step.rule.kind != "none":  # Snakemake: an action without outputs always runs
+        if step.rule.kind is not RuleKind.NONE:  # Snakemake: an action without outputs always runs
             return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.SKIP, [], key, inputs)
     head_of = facts.trace_head
@@ -286,14 +288,14 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
             return StepPlan(step, Decision.ADOPT, [], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, dict(zip(FIELDS, values)))
     for out, head in zip(outputs, heads):
-        if head[0] != key:  # type: ignore[index]
+        if head[0] != key:  # type: ignore[index]  # None in heads was ruled out above
             texts = dict(zip(FIELDS, values))
-            return StepPlan(step, Decision.RUN, _changes(step, facts.trace(out), digests_of(texts), inputs),  # type: ignore[arg-type]
+            return StepPlan(step, Decision.RUN, _changes(step, facts.trace(out), digests_of(texts), inputs),  # type: ignore[arg-type]  # an output with a trace head has a trace
                             key, inputs, texts)
-    flags = step.instance.flags  # type: ignore[union-attr]
-    if not (flags and all("touch" in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
+    flags = step.instance.flags  # type: ignore[union-attr]  # a step that is not pending has an instance
+    if not (flags and all(Flag.TOUCH in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
         for out, d, head in zip(outputs, out_digests, heads):
-            if d != head[1]:  # type: ignore[index]
+            if d != head[1]:  # type: ignore[index]  # None in heads was ruled out above
                 reasons.append(Reason(ReasonKind.OUTPUT_MODIFIED, path=out))
     if reasons:
         return StepPlan(step, Decision.RUN, reasons, key, inputs, dict(zip(FIELDS, values)))
@@ -312,8 +314,8 @@ def _known_key_holds(known: KnownKey, outputs: Sequence[str], out_digests: Seque
         if d != "ancient" and digest(path) != d:
             return False
     head_of = facts.trace_head
-    for out, d in zip(outputs, out_digests):
-        if head_of(out) != (key, d):
+    for out, out_digest in zip(outputs, out_digests):
+        if head_of(out) != (key, out_digest):
             return False
     return True
 
@@ -350,7 +352,7 @@ def _changes(step: Step, trace: TraceLike, fields: Mapping[str, str], inputs: tu
             if not changed:  # same set, other order
                 reasons.append(Reason(ReasonKind.INPUT_CHANGED))
         elif name == "action":
-            kind = ReasonKind.COMMAND_CHANGED if step.rule.kind == "shell" else ReasonKind.CODE_CHANGED
+            kind = ReasonKind.COMMAND_CHANGED if step.rule.kind is RuleKind.SHELL else ReasonKind.CODE_CHANGED
             reasons.append(Reason(kind))
         else:
             reasons.append(Reason(_FIELD_REASON.get(name, ReasonKind.CODE_CHANGED)))
@@ -412,10 +414,10 @@ def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
         if not step.rule.may_flag or step.pending:  # most steps flag nothing
             continue
         inst = step.instance
-        if not inst.flags:  # type: ignore[union-attr]
+        if inst is None or not inst.flags:
             continue
         for out in step.outputs:
-            if "temp" in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
+            if Flag.TEMP in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
                 head = facts.trace_head(out)
                 if head is not None:
                     virtual[out] = head[1]

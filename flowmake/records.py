@@ -147,12 +147,12 @@ def stat_row(t: int, path: str, entry: tuple[Any, ...] | None) -> Record:
 
 def is_trace(r: Record) -> bool:
     """A T record (the other kind keyed by output is F, a tombstone)."""
-    return r[0] == TRACE  # type: ignore[no-any-return]
+    return r[0] == TRACE
 
 
 def is_begin(r: Record) -> bool:
     """A B record (the other marker kind is E)."""
-    return r[0] == BEGIN  # type: ignore[no-any-return]
+    return r[0] == BEGIN
 
 
 def is_stat_removal(r: Record) -> bool:
@@ -167,7 +167,7 @@ def history_key(r: Record) -> tuple[int, str]:
 # ---- reading --------------------------------------------------------------------------------------
 
 # The C scanner directly: bodies are our own compact JSON, so json.loads' checks are pure overhead.
-_scan = json.JSONDecoder().scan_once
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # C scanner; not in typeshed
 
 
 def _loads(body: str) -> Any:
@@ -409,17 +409,17 @@ class TraceView:
 
     @property
     def output(self) -> str:
-        return self._row[2]  # type: ignore[no-any-return]
+        return self._row[2]
 
     @property
     def key(self) -> str:
         row = self._row
-        return row[4] if len(row) > 5 else self._decoded().key  # type: ignore[no-any-return]
+        return row[4] if len(row) > 5 else self._decoded().key
 
     @property
     def output_digest(self) -> str:
         row = self._row
-        return row[5] if len(row) > 5 else self._decoded().output_digest  # type: ignore[no-any-return]
+        return row[5] if len(row) > 5 else self._decoded().output_digest
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._decoded(), name)
@@ -428,7 +428,7 @@ class TraceView:
         mine = self._decoded()
         return mine == (other._decoded() if isinstance(other, TraceView) else other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, like the dict-backed Trace it decodes to
 
     def __repr__(self) -> str:
         return repr(self._decoded())
@@ -442,11 +442,11 @@ class Traces(Mapping[str, Trace]):
         self._shared: dict[str, str] = {}
 
     def __getitem__(self, output: str) -> Trace:
-        return TraceView(self._rows[output], self._shared)  # type: ignore[return-value]
+        return TraceView(self._rows[output], self._shared)  # type: ignore[return-value]  # reads as the Trace it decodes
 
-    def get(self, output: str, default: Any = None) -> Trace | None:  # type: ignore[override]
+    def get(self, output: str, default: Any = None) -> Trace | None:  # type: ignore[override]  # any default
         row = self._rows.get(output)  # Mapping.get would raise and catch KeyError per miss
-        return default if row is None else TraceView(row, self._shared)  # type: ignore[return-value]
+        return default if row is None else TraceView(row, self._shared)  # type: ignore[return-value]  # as above
 
     def __contains__(self, output: object) -> bool:
         return output in self._rows

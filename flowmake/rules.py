@@ -1,9 +1,11 @@
-"""Workflow, Rule and Instance: the parsed rule file, one rule, and one rule bound to wildcard values.
+"""Workflow and Rule: the parsed rule file and one rule of it, the stage after ``flowfile`` and
+before ``graph``; plus ``rules.NAME`` and ``checkpoints.NAME``, the rule file's view of them.
 
-``Rule.match_output`` and ``Rule.instantiate`` sit on the planner's hot path (100,000 steps in a
-couple of seconds), so everything that can be decided at load time is: patterns are compiled once,
-named ranges of plain patterns are precomputed, and the checkpoint context is only set when the rule
-has functions that might consult it.
+A Rule holds its directive values (compiled and evaluated by ``directives``) and binds them to
+wildcard values into an ``instance.Instance``. ``Rule.match_output`` and ``Rule.instantiate`` sit on
+the planner's hot path (100,000 steps in a couple of seconds), so everything that can be decided at
+load time is: patterns are compiled once, named ranges of plain patterns are precomputed, and the
+checkpoint context is only set when the rule has functions that might consult it.
 """
 
 from __future__ import annotations
@@ -14,23 +16,16 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
-from flowmake.errors import (FlowfileError, Location, UnsafeWildcardError, UsageError, WildcardError,
-                             did_you_mean, printable)
+from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, Layout, RuleKind,
+                                 as_int, eval_io, eval_params, eval_resources, eval_threads)
+from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
+                             WildcardError, did_you_mean, printable)
+from flowmake.instance import Instance, JobNamespace
 from flowmake.namedlist import EMPTY, NamedList, Wildcards
-from flowmake.patterns import BUILTIN_TYPES, Bindings, WildcardType
-from flowmake.rulebody import NO_FLAGS, Flags, IncompleteCheckpointBase, RuleBody
+from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
-
-class IncompleteCheckpoint(IncompleteCheckpointBase):
-    """An input function asked for the outputs of a checkpoint that has not finished.
-
-    Not a FlowmakeError: the graph catches it and retries the step once the checkpoint has run.
-    """
-
-    def __init__(self, rule: str, outputs: tuple[str, ...]) -> None:
-        super().__init__(f"checkpoint '{rule}' has not finished: {', '.join(outputs)}")
-        self.rule = rule
-        self.outputs = outputs
+__all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
+           "Instance", "Rule", "RuleKind", "RuleProxy", "Rules", "Workflow"]
 
 
 class CheckpointView(Protocol):
@@ -139,8 +134,119 @@ class Workflow:
                                 location=self.rule(defaults[1]).location)
 
 
-class Rule(RuleBody):
-    """One ``rule``/``checkpoint`` block. Directive values live in ``RuleBody``; this adds the API."""
+class Rule:
+    """One ``rule``/``checkpoint`` block: its directive values, compiled once, and their binding."""
+
+    def __init__(self, workflow: Workflow, name: str, location: Location, *, is_checkpoint: bool = False,
+                 basedir: str = ".", input: Iterable[tuple[str | None, Any]] = (),
+                 output: Iterable[tuple[str | None, Any]] = (),
+                 log: Iterable[tuple[str | None, Any]] = (),
+                 params: Iterable[tuple[str | None, Any]] = (),
+                 resources: Iterable[tuple[str | None, Any]] = (), benchmark: Any = None,
+                 threads: Any = 1, message: str | None = None, priority: int = 0, retries: int = 0,
+                 shell: str | None = None, run: Callable[..., Any] | None = None,
+                 run_source: str | None = None, script: str | None = None,
+                 container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
+                 localrule: bool = False, default_target: bool = False, cache: bool = False) -> None:
+        self.workflow = workflow
+        self.name = name
+        self.location = location
+        self.is_checkpoint = is_checkpoint
+        self.basedir = basedir
+        try:
+            self._input = [Entry(n, v, "input", True) for n, v in input]
+            self._output = [Entry(n, v, "output", False) for n, v in output]
+            self._log = [Entry(n, v, "log", False) for n, v in log]
+        except ValueError as e:
+            raise self.error(str(e)) from None
+        self._params = list(params)
+        self._resources = list(resources)
+        self._benchmark_text = os.fspath(benchmark) if benchmark is not None else None
+        self._threads = threads
+        self.message = message
+        self.priority = as_int(self, "priority", priority)
+        self.retries = as_int(self, "retries", retries)
+        self.shell, self.run, self.run_source, self.script = shell, run, run_source, script
+        self.container = container if container is not None else workflow.container
+        self.wildcard_constraints = dict(wildcard_constraints or {})
+        self._localrule = bool(localrule)
+        self.default_target = bool(default_target)
+        self.cache = bool(cache)
+        self.has_functions = any(e.func is not None for e in self._input) or any(
+            callable(v) for _, v in [*self._params, *self._resources]) or callable(threads)
+        self._plans: dict[int, list[tuple[str, str]] | None] = {}
+        self.output_patterns: list[Pattern] = []
+        self.wildcard_names: tuple[str, ...] = ()
+
+    def error(self, message: str, **kw: Any) -> FlowfileError:
+        return FlowfileError(message, location=self.location, rule=self.name, **kw)
+
+    def script_path(self) -> str:
+        script = self.script or ""
+        return script if os.path.isabs(script) else os.path.join(self.basedir, script)
+
+    # -- load time ---------------------------------------------------------------------------
+
+    def compile(self) -> None:
+        wf = self.workflow
+        constraints = {**wf.wildcard_constraints, **self.wildcard_constraints}
+        try:
+            for e in self._output:
+                e.patterns = [Pattern(t, constraints, wf.wildcard_types) for t in e.texts]
+            for e in [*self._input, *self._log]:
+                e.patterns = [Pattern(t, None, wf.wildcard_types) for t in e.texts]
+            self._benchmark = (Pattern(self._benchmark_text, None, wf.wildcard_types)
+                               if self._benchmark_text is not None else None)
+        except FlowmakeError as e:
+            raise self.error(e.message, hint=e.hint) from None
+        self.output_patterns = [p for e in self._output for p in e.patterns]
+        self._check_wildcards()
+        self._out_layout = Layout(self._output)
+        self._log_layout = Layout(self._log)
+        self._in_layout = (Layout(self._input)
+                           if all(e.func is None for e in self._input) else None)
+        # Input functions may return flagged paths; otherwise only declared flags exist.
+        self._may_flag = self._in_layout is None or any(
+            lay.flagged for lay in (self._in_layout, self._out_layout, self._log_layout))
+        self._threads_value = None if callable(self._threads) else as_int(self, "threads", self._threads)
+        self._param_strs = {i: Pattern(v, None, wf.wildcard_types)
+                            for i, (_, v) in enumerate(self._params)
+                            if isinstance(v, str) and wildcard_names(v)}
+        for i, p in self._param_strs.items():
+            missing = [w for w in p.wildcards if w not in self.wildcard_names]
+            if missing:
+                raise self.error(f"wildcards in params '{self._params[i][0]}' ('{p.text}') cannot be "
+                                 f"determined from the output files: {', '.join(missing)}")
+
+    def _check_wildcards(self) -> None:
+        sets = {frozenset(p.wildcards) for p in self.output_patterns}
+        if len(sets) > 1:
+            raise self.error("all outputs of a rule must have the same wildcards: "
+                             + "; ".join(p.text for p in self.output_patterns))
+        self.wildcard_names = self.output_patterns[0].wildcards if self.output_patterns else ()
+        self._wc_names = {k: (i, i + 1) for i, k in enumerate(self.wildcard_names)}
+        known = set(self.wildcard_names)
+        others = [p for e in [*self._input, *self._log] for p in e.patterns]
+        others += [self._benchmark] if self._benchmark is not None else []
+        for p in others:
+            missing = [w for w in p.wildcards if w not in known]
+            if missing:
+                raise self.error(f"wildcards in '{p.text}' cannot be determined from the output "
+                                 f"files: {', '.join(missing)}")
+        # One wildcard, one type: a value matched as int must not be written into a date pattern.
+        declared: dict[str, tuple[str, str]] = {}
+        for p in [*self.output_patterns, *others]:
+            for w in p.wildcards:
+                t = p.type_of(w)
+                if t is None:
+                    continue
+                first = declared.setdefault(w, (t, p.text))
+                if first[0] != t:
+                    raise self.error(f"wildcard '{w}' is declared as {first[0]} in '{first[1]}' "
+                                     f"but as {t} in '{p.text}'")
+
+
+    # -- the API -------------------------------------------------------------------------------
 
     @property
     def has_wildcards(self) -> bool:
@@ -151,13 +257,12 @@ class Rule(RuleBody):
         return self._localrule or self.name in self.workflow.localrules
 
     @property
-    def kind(self) -> str:
-        """"shell", "run", "script", or "none"."""
+    def kind(self) -> RuleKind:
         if self.shell is not None:
-            return "shell"
+            return RuleKind.SHELL
         if self.run is not None:
-            return "run"
-        return "script" if self.script is not None else "none"
+            return RuleKind.RUN
+        return RuleKind.SCRIPT if self.script is not None else RuleKind.NONE
 
     @property
     def may_flag(self) -> bool:
@@ -175,11 +280,12 @@ class Rule(RuleBody):
             if name in _DERIVED:
                 continue
             if name in ("_input", "_output", "_log"):
-                value = [[e.name, [str(t) for t in e.texts], [sorted(f) for f in e.flags], e.single, e.unpack]
-                         for e in value]
+                # Flags as their values: the fingerprint is plain data (see ``graph_memo``).
+                value = [[e.name, [str(t) for t in e.texts], [sorted(f.value for f in fl) for fl in e.flags],
+                          e.single, e.unpack] for e in value]
             data.append([name, value])
         if self.shell is not None:
-            names = sorted(shellfmt.field_names(self.shell) - _JobNamespace.FIELDS)
+            names = sorted(shellfmt.field_names(self.shell) - JobNamespace.FIELDS)
             data.append(["globals", [[n, self.workflow.globals.get(n)] for n in names]])
         return data
 
@@ -228,82 +334,19 @@ class Rule(RuleBody):
         flags = inst.flags = Flags() if self._may_flag else NO_FLAGS
         inst.output = self._out_layout.format(b, flags)
         layout = self._in_layout
-        inst.input = layout.format(b, flags) if layout is not None else self._eval_io(self._input, b, wc, flags, "input")
+        inst.input = layout.format(b, flags) if layout is not None else eval_io(self, self._input, b, wc, flags, "input")
         inst.log = self._log_layout.format(b, flags)
         inst.benchmark = self._benchmark.format(b) if self._benchmark is not None else None
         threads = self._threads_value
-        inst.threads = threads if threads is not None else self._eval_threads(wc, inst.input, attempt)
-        inst.resources = self._eval_resources(wc, inst.input, inst.threads, attempt) if self._resources else EMPTY
-        inst.params = self._eval_params(b, wc, inst) if self._params else EMPTY
+        inst.threads = threads if threads is not None else eval_threads(self, wc, inst.input, attempt)
+        inst.resources = eval_resources(self, wc, inst.input, inst.threads, attempt) if self._resources else EMPTY
+        inst.params = eval_params(self, b, wc, inst) if self._params else EMPTY
         return inst
 
+    def _format_static(self, entries: list[Entry], b: Bindings, flags: Flags) -> NamedList:
+        layout = self._out_layout if entries is self._output else self._log_layout
+        return layout.format(b, flags)
 
-class Instance:
-    """One step: a rule with bound wildcards and concrete inputs, outputs, params and resources."""
-
-    __slots__ = ("rule", "bindings", "attempt", "wildcards", "input", "output", "log", "benchmark",
-                 "threads", "resources", "params", "flags", "consulted")
-
-    rule: Rule
-    bindings: Bindings
-    attempt: int
-    wildcards: Wildcards
-    input: NamedList
-    output: NamedList
-    log: NamedList
-    benchmark: str | None
-    threads: int
-    resources: NamedList
-    params: NamedList
-    flags: Flags
-    consulted: frozenset[str]
-
-    def _namespace(self) -> Mapping[str, Any]:
-        return _JobNamespace(self)
-
-    def _render(self, template: str, what: str, quote: bool) -> str:
-        try:
-            if quote:
-                tainted = tuple(v for v in self.bindings._raw.values() if not shellfmt.is_safe(v)) if (
-                    shellfmt.uses_verbatim(template)) else ()
-                return shellfmt.render(template, self._namespace(), tainted=tainted)
-            return template.format_map(self._namespace())
-        except (KeyError, AttributeError, IndexError, ValueError) as e:
-            raise FlowfileError(f"cannot format {what}: {type(e).__name__}: {e}",
-                                location=self.rule.location, rule=self.rule.name,
-                                details=[f"{what}: {template}"]) from None
-
-    def command(self) -> str:
-        """The rendered shell command with the prefix and suffix (empty for non-shell rules)."""
-        if self.rule.shell is None:
-            return ""
-        settings = self.rule.workflow.shell_settings
-        return settings.prefix + self._render(self.rule.shell, "shell command", True) + settings.suffix
-
-    def message(self) -> str | None:
-        if self.rule.message is None:
-            return None
-        return self._render(self.rule.message, "message", False)
-
-    def action_source(self) -> str:
-        if self.rule.shell is not None:
-            return self.command()
-        kind = self.rule.kind
-        if kind == "run":
-            return self.rule.run_source or ""
-        if kind == "script":
-            path = self.rule.script_path()
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    content = f.read()
-            except OSError as e:
-                raise FlowfileError(f"cannot read script '{path}': {e.strerror}",
-                                    location=self.rule.location, rule=self.rule.name) from None
-            return f"script {self.rule.script}\n{content}"
-        return ""
-
-    def __repr__(self) -> str:
-        return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
 
 
 # Rule attributes computed from the others when the rule is compiled, or saying where it is written
@@ -314,30 +357,6 @@ _DERIVED = frozenset({
     "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions",
     "run",  # the compiled run block; run_source is what it is
 })
-
-
-class _JobNamespace(dict):  # type: ignore[type-arg]
-    """What a command template may name: the step's fields, then the rule file's globals.
-
-    A dict of the fields every step has, so the names a command uses most are found at C speed;
-    the rest is looked up on demand (a command is rendered for every step of a plan).
-    """
-
-    __slots__ = ("_inst",)
-    FIELDS = frozenset({"input", "output", "params", "log", "threads", "resources", "wildcards", "rule"})
-
-    def __init__(self, inst: Instance) -> None:
-        super().__init__(input=inst.input, output=inst.output, params=inst.params, log=inst.log,
-                         threads=inst.threads, resources=inst.resources)
-        self._inst = inst
-
-    def __missing__(self, key: str) -> Any:
-        inst = self._inst
-        if key == "wildcards":  # paths keep their spelling: the raw values, not the typed ones
-            return Wildcards.from_mapping(inst.bindings._raw)
-        if key == "rule":
-            return inst.rule.name
-        return inst.rule.workflow.globals[key]
 
 
 class CheckpointJob:

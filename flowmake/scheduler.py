@@ -25,6 +25,7 @@ from flowmake.jobs import JobContext, job_spec
 from flowmake.locks import OutputLocks
 from flowmake.outputs import (finish_outputs, inputs_changed_warning, prepare_outputs, record_job_traces, record_traces,
                               remove_outputs, remove_path, write_benchmark)
+from flowmake.namedlist import Flag
 from flowmake.peers import Peers
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
                               with_current_key)
@@ -165,7 +166,7 @@ class Scheduler:
         """A ``temp()`` output to delete once its consumers are done; never one the user asked for."""
         prod = self.graph.producer.get(path)
         if (not isinstance(prod, Step) or not prod.rule.may_flag or prod.pending
-                or "temp" not in prod.instance.flags.get(path, ())):  # type: ignore[union-attr]
+                or Flag.TEMP not in prod.instance.flags.get(path, ())):  # type: ignore[union-attr]  # not pending: instantiated
             return False
         return id(prod) not in self._target_ids
 
@@ -447,7 +448,7 @@ class Scheduler:
     def _history(self, rec: StepRecord, ev: JobEvent) -> None:
         step, inst, handle = rec.step, rec.step.instance, rec.handle
         self.store.add_history(HistoryRecord(
-            step_id=step.id, rule=step.rule.name, outputs=list(step.outputs), start=rec.start,
+            step_id=step.id, rule=step.rule.name, outputs=tuple(step.outputs), start=rec.start,
             end=time.time(), runtime_s=ev.runtime_s or 0.0, exit_code=ev.exit_code, peak_rss_kb=ev.peak_rss_kb,
             backend=getattr(rec.backend, "name", "?"), host=ev.host,
             command=handle.spec.command if handle is not None else "",
@@ -462,11 +463,11 @@ class Scheduler:
         while self._running and time.monotonic() < deadline:
             for backend in {id(r.backend): r.backend for r in self._running.values() if r.backend}.values():
                 for ev in backend.poll(0.1):
-                    rec = self._running.pop(id(ev.handle), None)
-                    if rec is not None:
-                        remove_outputs(rec.step, self.ctx.workdir)
-                        self.store.end(rec.step.id)
-                        rec.state = StepState.FAILED
+                    done = self._running.pop(id(ev.handle), None)
+                    if done is not None:
+                        remove_outputs(done.step, self.ctx.workdir)
+                        self.store.end(done.step.id)
+                        done.state = StepState.FAILED
         for rec in self._running.values():
             # Not reaped: its marker stays, so the next run stops its process group and reruns it.
             remove_outputs(rec.step, self.ctx.workdir)

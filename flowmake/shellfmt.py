@@ -17,7 +17,7 @@ instead, which keeps existing Snakefiles working and is just as safe.
 
 from __future__ import annotations
 
-import _string  # the parser str.format itself uses for "a.b[c]" field names
+import _string  # type: ignore[import-not-found]  # str.format's own "a.b[c]" parser; no stubs
 import functools
 import os
 import re
@@ -102,7 +102,7 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
     for literal, field, path, spec, conversion, quote, plain in _compile(template):
         out.append(literal)
         if plain:  # "{input}": the common case, without the general path's calls
-            value = namespace[field]  # type: ignore[index]
+            value = namespace[field]  # type: ignore[index]  # a plain field always has a name
             if tainted is None or field not in VERBATIM:
                 if type(value) is str:
                     out.append(value if value == "" or _SAFE.fullmatch(value) else shlex.quote(value))
@@ -128,9 +128,9 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
         if conversion:
             value = _FORMATTER.convert_field(value, conversion)
         if tainted is not None and not spec and not quote and field in VERBATIM:
-            plain = _verbatim(value, tainted)
-            if plain is not None:
-                out.append(plain)
+            verbatim = _verbatim(value, tainted)
+            if verbatim is not None:
+                out.append(verbatim)
                 continue
         out.append(_inside_quotes(value, quote) if quote and spec not in ("q", "raw") else
                    _FORMATTER.format_field(value, spec or ""))

@@ -129,7 +129,7 @@ class Store:
         state, self.warnings = self._read_all(history=False)
         self._clock = max(state.max_t, time.time_ns())
         self._live_rows.update(records.live_traces(state.traces))
-        self.stat_cache = StatCache(records.stat_entries(state.stats))  # type: ignore[arg-type]
+        self.stat_cache = StatCache(records.stat_entries(state.stats))
         for r, live in state.open_markers():
             target = self._elsewhere if live else self._incomplete
             m = records.marker_of(r)

@@ -43,8 +43,8 @@ def _modules(helpers: Mapping[str, Any]) -> dict[str, types.ModuleType]:
                           available_cpu_count=available_cores, makedirs=lambda p: os.makedirs(p, exist_ok=True))
     io = types.ModuleType("snakemake.io")
     io.__dict__.update(helpers)
-    root.utils = utils  # type: ignore[attr-defined]
-    root.io = io  # type: ignore[attr-defined]
+    root.utils = utils  # type: ignore[attr-defined]  # a module made at run time
+    root.io = io  # type: ignore[attr-defined]  # as above
     return {"snakemake": root, "snakemake.utils": utils, "snakemake.io": io}
 
 

@@ -15,28 +15,28 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from flowmake.errors import UnsafeWildcardError, WildcardError
-from flowmake.namedlist import FlaggedFunction, add_flag
+from flowmake.namedlist import Flag, FlaggedFunction, add_flag
 from flowmake.patterns import WILDCARD_RE, Pattern
 
 
 def temp(value: Any) -> Any:
-    return add_flag(value, "temp")
+    return add_flag(value, Flag.TEMP)
 
 
 def protected(value: Any) -> Any:
-    return add_flag(value, "protected")
+    return add_flag(value, Flag.PROTECTED)
 
 
 def directory(value: Any) -> Any:
-    return add_flag(value, "directory")
+    return add_flag(value, Flag.DIRECTORY)
 
 
 def ancient(value: Any) -> Any:
-    return add_flag(value, "ancient")
+    return add_flag(value, Flag.ANCIENT)
 
 
 def touch(value: Any) -> Any:
-    return add_flag(value, "touch")
+    return add_flag(value, Flag.TOUCH)
 
 
 def unpack(func: Callable[..., Any]) -> FlaggedFunction:
@@ -83,9 +83,9 @@ def _fields(pattern: str) -> list[str]:
         return names
     for literal, field, spec, conv in parsed:
         if field is not None:
-            m = _FIELD_NAME.match("{" + field)
-            if m and m.group(1) not in names:
-                names.append(m.group(1))
+            fm = _FIELD_NAME.match("{" + field)
+            if fm and fm.group(1) not in names:
+                names.append(fm.group(1))
     return names
 
 
@@ -102,7 +102,7 @@ def expand(*args: Any, allow_missing: bool = False, **wildcards: Any) -> list[st
     values = {k: [v] if isinstance(v, (str, os.PathLike)) or not isinstance(v, Iterable) else list(v)
               for k, v in wildcards.items()}
     out: list[str] = []
-    for pattern in map(os.fspath, patterns):
+    for pattern in (os.fspath(p) for p in patterns):
         names = [n for n in _fields(pattern) if n in values]
         missing = [n for n in _fields(pattern) if n not in values]
         if missing and not allow_missing:
@@ -133,7 +133,7 @@ def glob_wildcards_in(workdir: str, pattern: str, files: Iterable[str] | None = 
     """The wildcard values of existing files matching ``pattern``, as a namedtuple of lists."""
     pat = Pattern(os.fspath(pattern))
     names = pat.wildcards
-    Result = collections.namedtuple("Wildcards", names)  # type: ignore[misc]
+    Result = collections.namedtuple("Wildcards", names)  # type: ignore[misc]  # the field names are known only at run time
     found: dict[str, list[str]] = {n: [] for n in names}
     for path in _candidates(workdir, pat) if files is None else files:
         try:

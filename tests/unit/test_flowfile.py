@@ -14,6 +14,7 @@ from flowmake.flowfile import load_workflow
 from flowmake.flowfile.config import parse_overrides
 from flowmake.flowfile.helpers import expand, glob_wildcards_in, multiext, temp, unpack
 from flowmake.flowfile.translate import translate
+from flowmake.namedlist import Flag
 from flowmake.rules import AllDone, Workflow
 
 
@@ -323,7 +324,7 @@ def test_glob_wildcards(tmp_path: Path) -> None:
 def test_multiext_and_flags() -> None:
     assert multiext("a/b", ".bam", ".bai") == ["a/b.bam", "a/b.bai"]
     t = temp(["x", "y"])
-    assert [v.flags for v in t] == [frozenset({"temp"})] * 2
+    assert [v.flags for v in t] == [frozenset({Flag.TEMP})] * 2
     u = unpack(lambda w: {"a": "b"})
     assert u.unpack
 

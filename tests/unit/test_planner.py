@@ -6,15 +6,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from flowmake.namedlist import Flag
 from flowmake.outputs import CHANGED_WHILE_RUNNING, record_traces
 from flowmake.planner import Decision, Facts, ReasonKind, StepPlan, plan, reread, with_current_key
+from flowmake.rules import RuleKind
 from flowmake.store import Store, Trace
 
 
 @dataclass
 class FakeRule:
     name: str
-    kind: str = "shell"
+    kind: RuleKind = RuleKind.SHELL
     container: str | None = None
     is_checkpoint: bool = False
     may_flag: bool = True
@@ -165,7 +167,7 @@ def test_params_change_and_forced():
 
 
 def test_deleted_temp_output_does_not_rerun_its_producer_unless_a_consumer_runs():
-    a = FakeStep("a", ["in.txt"], ["tmp.txt"], flags={"tmp.txt": frozenset({"temp"})})
+    a = FakeStep("a", ["in.txt"], ["tmp.txt"], flags={"tmp.txt": frozenset({Flag.TEMP})})
     b = FakeStep("b", ["tmp.txt"], ["out.txt"], deps=[a])
     files = {"in.txt": "1", "tmp.txt": "2", "out.txt": "3"}
     traces = {**traced(a, files), **traced(b, files)}

@@ -12,8 +12,8 @@ import pytest
 
 from flowmake.errors import FlowfileError, UnsafeWildcardError
 from flowmake.flowfile import load_workflow
-from flowmake.namedlist import NamedList
-from flowmake.rules import AllDone, IncompleteCheckpoint, Instance, Workflow
+from flowmake.namedlist import Flag, NamedList
+from flowmake.rules import AllDone, IncompleteCheckpoint, Instance, RuleKind, Workflow
 
 
 def load(tmp_path: Path, text: str) -> Workflow:
@@ -78,12 +78,12 @@ def test_rule_properties(tmp_path: Path) -> None:
             input: "x"
     """)
     a = wf.rule("a")
-    assert (a.priority, a.retries, a.cache, a.kind, a.has_wildcards) == (5, 2, True, "shell", True)
+    assert (a.priority, a.retries, a.cache, a.kind, a.has_wildcards) == (5, 2, True, RuleKind.SHELL, True)
     assert [p.text for p in a.output_patterns] == ["{s}.txt", "{s}.log2"]
     assert a.location.line == 1
     c = wf.rule("c")
-    assert c.is_checkpoint and c.kind == "run" and not c.has_wildcards
-    assert wf.rule("s").kind == "script" and wf.rule("n").kind == "none"
+    assert c.is_checkpoint and c.kind is RuleKind.RUN and not c.has_wildcards
+    assert wf.rule("s").kind is RuleKind.SCRIPT and wf.rule("n").kind is RuleKind.NONE
     assert a.priority == 5 and wf.rule("n").priority == 0 and wf.rule("n").retries == 0
 
 
@@ -107,7 +107,7 @@ def test_instantiate_plain(tmp_path: Path) -> None:
     assert i.params.prefix == "out/x" and i.params.n == 3
     assert i.threads == 4 and i.resources.mem_mb == 2000 and dict(i.resources.items()) == {
         "mem_mb": 2000, "runtime": 10}
-    assert i.flags["out/x.bam"] == {"temp"} and i.flags["out/x.bai"] == {"protected"}
+    assert i.flags["out/x.bam"] == {Flag.TEMP} and i.flags["out/x.bai"] == {Flag.PROTECTED}
     assert i.flags["data/x.fq"] == frozenset()
     assert i.message() == "aligning x with 4 threads"
     assert i.command() == "bwa data/x.fq ref.fa > out/x.bam 2> logs/x.log"
@@ -140,7 +140,7 @@ def test_input_functions(tmp_path: Path) -> None:
     i = inst(wf, "a", "q.out")
     assert list(i.input) == ["in/q", "p1", "p2", "g/q.0", "g/q.1", "old"]
     assert list(i.input.paths) == ["p1", "p2"] and i.input.one == "old"
-    assert i.flags["old"] == {"ancient"}
+    assert i.flags["old"] == {Flag.ANCIENT}
     j = inst(wf, "b", "q.b")
     assert j.input.r1 == "a_1" and list(j.input.r2) == ["a_2", "a_3"]
     assert j.command() == "cat a_1 a_2 a_3"
@@ -279,7 +279,7 @@ def test_rules_reference_and_checkpoints(tmp_path: Path) -> None:
     assert list(i.input) == ["parts/a/1.txt", "parts/a/2.txt"]
     assert i.consulted == frozenset({"parts/a"}) and view.asked == [("parts/a",)]
     assert list(inst(wf, "copy", "z.copy").input) == ["z.in"]
-    assert inst(wf, "split", "parts/q").flags["parts/q"] == {"directory"}
+    assert inst(wf, "split", "parts/q").flags["parts/q"] == {Flag.DIRECTORY}
 
 
 def test_run_block_executes_with_shell(tmp_path: Path) -> None:

@@ -1,0 +1,299 @@
+"""Evaluating a rule's directive values: the step between a parsed ``rules.Rule`` and its bound
+``instance.Instance``.
+
+Input/output/log entries are compiled to patterns once (``Entry``); plain (function-free) entry
+lists get a precomputed ``Layout`` of named ranges so that formatting them for a step is one list
+comprehension. Functions in input/params/threads/resources are called Snakemake's way: input
+functions get the wildcards; the others get parameters by name (wildcards, input, output, threads,
+resources, attempt). ``Flags`` is what a step's paths are flagged with (temp, protected...);
+``RuleKind`` says which action directive a rule has.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from flowmake.errors import FlowmakeError
+from flowmake.namedlist import EMPTY, Flag, FlaggedFunction, NamedList, Wildcards, flags_of
+from flowmake.patterns import Bindings, Pattern
+
+if TYPE_CHECKING:
+    from flowmake.rules import Rule
+
+
+class RuleKind(enum.Enum):
+    """Which action a rule declares (``Rule.kind``)."""
+
+    SHELL = "shell"
+    RUN = "run"
+    SCRIPT = "script"
+    NONE = "none"  # no action: a rule that only gathers inputs, or whose outputs are made elsewhere
+
+
+class Flags(dict[str, frozenset[Flag]]):
+    """path → flags; paths without flags read as the empty set."""
+
+    def __missing__(self, key: str) -> frozenset[Flag]:
+        return frozenset()
+
+
+# What steps of a rule that can flag nothing share (``__missing__`` never stores, so reading it
+# leaves it empty; only ``_build`` writes flags, and only into a Flags of its own).
+NO_FLAGS = Flags()
+
+
+class IncompleteCheckpoint(Exception):
+    """An input function asked for the outputs of a checkpoint that has not finished.
+
+    Not a FlowmakeError: the graph catches it and retries the step once the checkpoint has run.
+    """
+
+    def __init__(self, rule: str, outputs: tuple[str, ...]) -> None:
+        super().__init__(f"checkpoint '{rule}' has not finished: {', '.join(outputs)}")
+        self.rule = rule
+        self.outputs = outputs
+
+
+class Entry:
+    """One declared input/output/log item: a named or unnamed pattern, list of patterns, or function."""
+
+    __slots__ = ("name", "texts", "flags", "func", "unpack", "single", "patterns")
+
+    def __init__(self, name: str | None, value: Any, directive: str, allow_functions: bool) -> None:
+        self.name = name
+        self.func: Callable[..., Any] | None = None
+        self.unpack = False
+        self.patterns: list[Pattern] = []
+        self.texts: list[str] = []
+        self.flags: list[frozenset[Flag]] = []
+        self.single = False
+        if callable(value) and not isinstance(value, (str, os.PathLike)):
+            if not allow_functions:
+                raise ValueError(f"{directive} cannot be a function")
+            self.func = value
+            if isinstance(value, FlaggedFunction):
+                self.unpack = value.unpack
+            return
+        self.single = isinstance(value, (str, os.PathLike))
+        for item in flatten(value, directive):
+            self.texts.append(os.fspath(item))
+            self.flags.append(flags_of(item))
+
+    def declared(self) -> list[Any]:
+        return [self.func] if self.func is not None else list(self.texts)
+
+
+def flatten(value: Any, directive: str) -> list[Any]:
+    if isinstance(value, (str, os.PathLike)):
+        return [value]
+    if isinstance(value, dict):
+        raise ValueError(f"{directive} got a dict; use named items (name=value) or unpack()")
+    if isinstance(value, Iterable):
+        out: list[Any] = []
+        for v in value:
+            out.extend(flatten(v, directive))
+        return out
+    raise ValueError(f"{directive} items must be paths, got {type(value).__name__} {value!r}")
+
+
+class Layout:
+    """Precomputed shape of a function-free entry list: patterns, named ranges, flagged positions."""
+
+    __slots__ = ("patterns", "names", "single", "flagged", "_templates")
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.patterns: list[Pattern] = []
+        self.names: dict[str, tuple[int, int]] = {}
+        single: set[str] = set()
+        self.flagged: list[tuple[int, frozenset[Flag]]] = []
+        for e in entries:
+            start = len(self.patterns)
+            for p, f in zip(e.patterns, e.flags):
+                if f:
+                    self.flagged.append((len(self.patterns), f))
+                self.patterns.append(p)
+            if e.name is not None:
+                self.names[e.name] = (start, len(self.patterns))
+                if e.single:
+                    single.add(e.name)
+        self.single = frozenset(single)
+        # Each pattern as str.format_map over the raw values (None if one cannot be): formatting
+        # every input and output of every step is most of what instantiating a step costs.
+        templates = [p.format_template() for p in self.patterns]
+        self._templates = None if None in templates else [t.format_map for t in templates]  # type: ignore[union-attr]  # no None here
+
+    def format(self, b: Bindings, flags: Flags) -> NamedList:
+        if not self.patterns:
+            return EMPTY
+        paths = None
+        if self._templates is not None:
+            raw = b._raw
+            try:
+                paths = [f(raw) for f in self._templates]
+            except KeyError:  # a wildcard without a value: Pattern.format says which
+                pass
+        if paths is None:
+            paths = [p.format(b) for p in self.patterns]
+        for i, f in self.flagged:
+            flags[paths[i]] = flags[paths[i]] | f
+        return NamedList._make(paths, self.names, self.single)
+
+
+def call_plan(func: Callable[..., Any], available: Iterable[str]) -> list[tuple[str, str]] | None:
+    """How to call a params/threads/resources function: [(parameter, source)], or None for f(wc).
+
+    Like Snakemake, parameters are matched by name and a first parameter with another name gets the
+    wildcards. A required parameter we cannot supply maps to source "?" (an error when called).
+    """
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    names = set(available)
+    plan: list[tuple[str, str]] = []
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name in names:
+            plan.append((p.name, p.name))
+        elif i == 0:
+            plan.append((p.name, "wildcards"))
+        elif p.default is p.empty:
+            plan.append((p.name, "?"))
+    return plan
+
+
+_PARAMS_ARGS = ("wildcards", "input", "output", "threads", "resources")
+_THREADS_ARGS = ("wildcards", "input", "attempt")
+_RESOURCES_ARGS = ("wildcards", "input", "threads", "attempt")
+
+
+def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
+         names: tuple[str, ...]) -> Any:
+    key = id(func)
+    if key not in rule._plans:
+        rule._plans[key] = call_plan(func, names)
+    plan = rule._plans[key]
+    try:
+        if plan is None:
+            return func(available["wildcards"])
+        unknown = [p for p, src in plan if src == "?"]
+        if unknown:
+            raise rule.error(f"{what} function takes unknown argument(s): {', '.join(unknown)}",
+                             hint="allowed: " + ", ".join(names))
+        return func(**{p: available[src] for p, src in plan})
+    except (FlowmakeError, IncompleteCheckpoint):
+        raise
+    except Exception as e:  # user code: report without a traceback, at the rule
+        raise rule.error(f"{what} function raised {type(e).__name__}: {e}") from None
+
+
+def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags: Flags,
+            what: str) -> NamedList:
+    if rule._in_layout is not None:
+        return rule._in_layout.format(b, flags)
+    items: list[str] = []
+    names: dict[str, tuple[int, int]] = {}
+    single: set[str] = set()
+    for e in entries:
+        start = len(items)
+        if e.func is None:
+            for p, f in zip(e.patterns, e.flags):
+                items.append(add(p.format(b), f, flags))
+            is_single = e.single
+        else:
+            result = call_input(rule, e.func, wc)
+            if e.unpack and isinstance(result, dict):
+                for k, v in result.items():
+                    s = len(items)
+                    one = extend(rule, items, v, flags_of(e.func), flags)
+                    names[k] = (s, len(items))
+                    if one:
+                        single.add(k)
+                continue
+            is_single = extend(rule, items, result, flags_of(e.func), flags)
+        if e.name is not None:
+            names[e.name] = (start, len(items))
+            if is_single:
+                single.add(e.name)
+    return NamedList._make(items, names, single)
+
+
+def call_input(rule: Rule, func: Callable[..., Any], wc: Wildcards) -> Any:
+    if isinstance(func, FlaggedFunction):
+        func = func.func
+    try:
+        return func(wc)
+    except (FlowmakeError, IncompleteCheckpoint):
+        raise
+    except Exception as exc:
+        raise rule.error(f"input function raised {type(exc).__name__}: {exc}") from None
+
+
+def add(path: str, f: frozenset[Flag], flags: Flags) -> str:
+    if f:
+        flags[path] = flags[path] | f
+    return path
+
+
+def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags) -> bool:
+    """Append an input function's result; True if it was a single path."""
+    if isinstance(result, dict):
+        raise rule.error("input function returned a dict; wrap the function with unpack()")
+    try:
+        values = flatten(result, "input function result")
+    except ValueError as e:
+        raise rule.error(str(e)) from None
+    for v in values:
+        items.append(add(os.fspath(v), flags_of(v) | extra, flags))
+    return isinstance(result, (str, os.PathLike))
+
+# The three below are called by Rule._build only when the rule needs them evaluated (threads
+# a function, some resources, some params); _build handles the constant and empty cases inline.
+
+
+def eval_threads(rule: Rule, wc: Wildcards, input: NamedList, attempt: int) -> int:
+    threads = rule._threads
+    if callable(threads):
+        threads = call(rule, "threads", threads,
+                       {"wildcards": wc, "input": input, "attempt": attempt}, _THREADS_ARGS)
+    return as_int(rule, "threads", threads)
+
+
+def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,
+                   attempt: int) -> NamedList:
+    values: list[tuple[str | None, Any]] = []
+    available = None
+    for name, v in rule._resources:
+        if callable(v):
+            available = available or {"wildcards": wc, "input": input, "threads": threads,
+                                      "attempt": attempt}
+            v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS)
+        values.append((name, v))
+    return NamedList.from_pairs(values)
+
+
+def eval_params(rule: Rule, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:
+    values: list[tuple[str | None, Any]] = []
+    available = None
+    for i, (name, v) in enumerate(rule._params):
+        if callable(v):
+            available = available or {"wildcards": wc, "input": inst.input,
+                                      "output": inst.output, "threads": inst.threads,
+                                      "resources": inst.resources}
+            v = call(rule, f"params '{name}'", v, available, _PARAMS_ARGS)
+        elif i in rule._param_strs:
+            v = rule._param_strs[i].format(b)
+        values.append((name, v))
+    return NamedList.from_pairs(values)
+
+
+def as_int(rule: Rule, what: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise rule.error(f"{what} must be an integer, got {value!r}")
+    return value

@@ -1,0 +1,111 @@
+"""Instance: one rule bound to wildcard values, the step that ``graph`` links and the scheduler runs.
+
+Built by ``rules.Rule.instantiate``. It holds the concrete input, output, log, params, threads and
+resources, the flags of its paths, and renders ``shell:``/``message:`` from ``JobNamespace``: what
+``{input}``, ``{output}``, ``{wildcards}`` and the rule file's globals name in a command.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from flowmake import shellfmt
+from flowmake.directives import Flags, RuleKind
+from flowmake.errors import FlowfileError
+from flowmake.namedlist import NamedList, Wildcards
+from flowmake.patterns import Bindings
+
+if TYPE_CHECKING:
+    from flowmake.rules import Rule
+
+
+class Instance:
+    """One step: a rule with bound wildcards and concrete inputs, outputs, params and resources."""
+
+    __slots__ = ("rule", "bindings", "attempt", "wildcards", "input", "output", "log", "benchmark",
+                 "threads", "resources", "params", "flags", "consulted")
+
+    rule: Rule
+    bindings: Bindings
+    attempt: int
+    wildcards: Wildcards
+    input: NamedList
+    output: NamedList
+    log: NamedList
+    benchmark: str | None
+    threads: int
+    resources: NamedList
+    params: NamedList
+    flags: Flags
+    consulted: frozenset[str]
+
+    def _namespace(self) -> Mapping[str, Any]:
+        return JobNamespace(self)
+
+    def _render(self, template: str, what: str, quote: bool) -> str:
+        try:
+            if quote:
+                tainted = tuple(v for v in self.bindings._raw.values() if not shellfmt.is_safe(v)) if (
+                    shellfmt.uses_verbatim(template)) else ()
+                return shellfmt.render(template, self._namespace(), tainted=tainted)
+            return template.format_map(self._namespace())
+        except (KeyError, AttributeError, IndexError, ValueError) as e:
+            raise FlowfileError(f"cannot format {what}: {type(e).__name__}: {e}",
+                                location=self.rule.location, rule=self.rule.name,
+                                details=[f"{what}: {template}"]) from None
+
+    def command(self) -> str:
+        """The rendered shell command with the prefix and suffix (empty for non-shell rules)."""
+        if self.rule.shell is None:
+            return ""
+        settings = self.rule.workflow.shell_settings
+        return settings.prefix + self._render(self.rule.shell, "shell command", True) + settings.suffix
+
+    def message(self) -> str | None:
+        if self.rule.message is None:
+            return None
+        return self._render(self.rule.message, "message", False)
+
+    def action_source(self) -> str:
+        if self.rule.shell is not None:
+            return self.command()
+        kind = self.rule.kind
+        if kind is RuleKind.RUN:
+            return self.rule.run_source or ""
+        if kind is RuleKind.SCRIPT:
+            path = self.rule.script_path()
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    content = f.read()
+            except OSError as e:
+                raise FlowfileError(f"cannot read script '{path}': {e.strerror}",
+                                    location=self.rule.location, rule=self.rule.name) from None
+            return f"script {self.rule.script}\n{content}"
+        return ""
+
+    def __repr__(self) -> str:
+        return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
+
+
+class JobNamespace(dict[str, Any]):
+    """What a command template may name: the step's fields, then the rule file's globals.
+
+    A dict of the fields every step has, so the names a command uses most are found at C speed;
+    the rest is looked up on demand (a command is rendered for every step of a plan).
+    """
+
+    __slots__ = ("_inst",)
+    FIELDS = frozenset({"input", "output", "params", "log", "threads", "resources", "wildcards", "rule"})
+
+    def __init__(self, inst: Instance) -> None:
+        super().__init__(input=inst.input, output=inst.output, params=inst.params, log=inst.log,
+                         threads=inst.threads, resources=inst.resources)
+        self._inst = inst
+
+    def __missing__(self, key: str) -> Any:
+        inst = self._inst
+        if key == "wildcards":  # paths keep their spelling: the raw values, not the typed ones
+            return Wildcards.from_mapping(inst.bindings._raw)
+        if key == "rule":
+            return inst.rule.name
+        return inst.rule.workflow.globals[key]
