@@ -226,6 +226,15 @@ def test_a_changed_upstream_output_runs_the_dependants(chain: Path) -> None:
     assert again.result.skipped_by_cutoff == []
 
 
+def splits_into(*names: str) -> Outcome:
+    """The checkpoint `split`'s job: a folder `split` with one file per name."""
+    def write(workdir: Path, spec: JobSpec) -> None:
+        (workdir / "split").mkdir()
+        for name in names:
+            (workdir / "split" / f"{name}.txt").write_text(name)
+    return Outcome(write=write)
+
+
 CHECKPOINT = """
 import os
 def parts(wildcards):
@@ -250,12 +259,7 @@ rule total:
 def test_a_checkpoint_grows_the_plan_while_it_runs(tmp_path: Path) -> None:
     flowfile(tmp_path, CHECKPOINT)
 
-    def make_split(workdir: Path, spec: JobSpec) -> None:
-        (workdir / "split").mkdir()
-        for name in ("x", "y"):
-            (workdir / "split" / f"{name}.txt").write_text(name)
-
-    backend = FakeBackend(lambda spec: Outcome(write=make_split) if spec.rule == "split" else OK)
+    backend = FakeBackend(lambda spec: splits_into("x", "y") if spec.rule == "split" else OK)
     run = run_in_process(tmp_path, backend=backend)
     assert backend.commands == ["split", "part x", "part y", "total parts/x.done parts/y.done"]
     assert run.result.failed == []
@@ -292,11 +296,7 @@ def test_steps_a_checkpoint_brings_in_wait_for_all_their_upstream(tmp_path: Path
     # admitted it must not count as one more upstream step finishing.
     flowfile(tmp_path, LATE_UPSTREAM)
 
-    def make_split(workdir: Path, spec: JobSpec) -> None:
-        (workdir / "split").mkdir()
-        (workdir / "split" / "x.txt").write_text("x")
-
-    backend = FakeBackend(lambda spec: Outcome(write=make_split) if spec.rule == "split"
+    backend = FakeBackend(lambda spec: splits_into("x") if spec.rule == "split"
                           else slow(6) if spec.rule == "side" else OK)
     run = run_in_process(tmp_path, backend=backend)
     assert run.result.failed == [] and run.unsettled == []
