@@ -27,14 +27,13 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState, drain
+from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState, drain, remove_script, script_file
 from flowmake.errors import BackendError
 from flowmake.settings import available_cores
 
@@ -45,7 +44,6 @@ DOCKER_RUN_FAILED = 125
 # both for the docker CLI here and for the shell in the container. A script naming a file that is
 # not UTF-8 goes as a file too: the CLI sends its arguments to the engine as JSON strings, where
 # such bytes would become U+FFFD.
-INLINE_MAX = 64 * 1024
 
 
 def job_script(spec: JobSpec) -> str:
@@ -96,11 +94,8 @@ class DockerBackend:
         log.parent.mkdir(parents=True, exist_ok=True)
         image = None if spec.local else (spec.image or self.default_image)
         handle = DockerHandle(spec, "")
-        data = os.fsencode(job_script(spec))
-        if len(data) > INLINE_MAX or not _is_utf8(data):
-            fd, handle.script = tempfile.mkstemp(dir=log.parent, prefix=".job-", suffix=".sh")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+        script = job_script(spec)
+        handle.script = script_file(spec, script, always=not _is_utf8(os.fsencode(script)))
         if image:
             handle.container = f"flowmake-{self._tag}-{next(self._seq)}-{_safe(spec.rule)}"[:120]
             handle.native_id = handle.container
@@ -117,7 +112,7 @@ class DockerBackend:
                     env=env, start_new_session=True,
                 )
         except BaseException:
-            _remove(handle.script)
+            remove_script(handle.script)
             raise
         with self._lock:
             self._running[handle.native_id] = handle
@@ -203,7 +198,7 @@ class DockerBackend:
             self._kill(handle)
             code = proc.wait()
         runtime = time.monotonic() - handle.started
-        _remove(handle.script)
+        remove_script(handle.script)
         oom, message = False, ""
         if handle.container:
             state = self._docker("inspect", "--format",
@@ -267,14 +262,6 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def _remove(path: str | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def _safe(text: str) -> str:

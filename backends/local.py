@@ -15,20 +15,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from typing import Any
 
-from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState
+from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState, remove_script, script_file
 
 _PR_SET_PDEATHSIG = 1
 STRICT = "set -euo pipefail\n"
 KILL_AFTER_S = 2.0  # a cancelled job's grace between SIGTERM and SIGKILL
-# The kernel refuses one argument over 128 KiB (MAX_ARG_STRLEN) and all of them with the
-# environment over ARG_MAX (2 MiB here): a rule over thousands of inputs renders a longer command.
-# Such a script goes to bash as a file beside the job's log, removed when the job ends; shorter
-# ones stay an argument (no file to write, and bash names itself "bash" in its messages).
-INLINE_MAX = 64 * 1024
 
 
 def _libc() -> Any:
@@ -62,19 +56,9 @@ class LocalHandle(JobHandle):
 
 
 def script_argv(spec: JobSpec, script: str) -> tuple[list[str], str | None]:
-    """bash's arguments for ``script``, and the file it was written to when too long for argv.
-
-    Encoded as the kernel will see it: a path that is not UTF-8 keeps its bytes (surrogateescape).
-    """
-    data = os.fsencode(script)
-    if len(data) <= INLINE_MAX:
-        return ["bash", "-c", script], None
-    where = os.path.dirname(os.path.join(spec.workdir, spec.log)) if spec.log else os.path.join(spec.workdir, ".flowmake")
-    os.makedirs(where, exist_ok=True)
-    fd, path = tempfile.mkstemp(dir=where, prefix=".job-", suffix=".sh")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return ["bash", path], path
+    """bash's arguments for ``script``, and the file it was written to when too long for argv."""
+    path = script_file(spec, script)
+    return (["bash", "-c", script], None) if path is None else (["bash", path], path)
 
 
 class LocalBackend:
@@ -116,7 +100,7 @@ class LocalBackend:
                     close_fds=True,
                 )
         except BaseException:
-            _remove(script)
+            remove_script(script)
             raise
         handle = LocalHandle(spec, str(proc.pid))
         handle.proc = proc
@@ -159,7 +143,7 @@ class LocalBackend:
             if wpid == 0:
                 continue
             del self._running[pid]
-            _remove(handle.script)
+            remove_script(handle.script)
             if handle.pidfd is not None:
                 os.close(handle.pidfd)
             handle.proc.returncode = os.waitstatus_to_exitcode(status)
@@ -213,14 +197,6 @@ class LocalBackend:
         for pid in list(self._running):
             _kill_group(pid, signal.SIGKILL)
         self._events.extend(self._reap())
-
-
-def _remove(path: str | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def _kill_group(pgid: int, sig: int) -> None:

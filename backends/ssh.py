@@ -46,7 +46,7 @@ from typing import Any
 
 import paramiko
 
-from flowmake.backend import JobEvent, JobHandle, JobSpec, JobState, drain
+from flowmake.backend import INLINE_MAX, JobEvent, JobHandle, JobSpec, JobState, drain
 from flowmake.errors import BackendError
 
 from . import ssh_staging as staging
@@ -371,7 +371,7 @@ class SshBackend:
             f"export {k}={shlex.quote(v)}\n" for k, v in spec.env) + spec.command + "\n"
         result = staging.Result()
         command, stdin = staging.launch_command(launch, script), b""
-        if len(os.fsencode(command)) > staging.INLINE_MAX:
+        if len(os.fsencode(command)) > INLINE_MAX:
             command, stdin = staging.launch_via_stdin(launch, script)
         try:
             chan = host.transport.open_session(timeout=self.timeout)

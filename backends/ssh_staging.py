@@ -179,7 +179,6 @@ SETUP_FAILED = 254
 # sshd runs the command as one argument of the login shell, and the job script is one argument of
 # bash inside it: past 128 KiB (MAX_ARG_STRLEN) the host refuses them. A longer launch (a command
 # over thousands of inputs, or that many inputs to link) is sent on the channel's stdin instead.
-INLINE_MAX = 64 * 1024
 _SCRIPT_END = "FLOWMAKE_JOB_SCRIPT_END"  # "_" is not in base64's alphabet: no line of it matches
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import enum
 import importlib.metadata
+import os
 import queue
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
@@ -121,6 +123,38 @@ def drain(events: "queue.Queue[JobEvent]", timeout: float) -> list[JobEvent]:
             out.append(events.get_nowait())
         except queue.Empty:
             return out
+
+
+# The kernel refuses one argument over 128 KiB (MAX_ARG_STRLEN) and all of them with the
+# environment over ARG_MAX (2 MiB here): a rule over thousands of inputs renders a longer command.
+# Such a script goes to bash as a file beside the job's log; shorter ones stay an argument (no file
+# to write, and bash names itself "bash" in its messages).
+INLINE_MAX = 64 * 1024
+
+
+def script_file(spec: JobSpec, script: str, *, always: bool = False) -> str | None:
+    """Write ``script`` to a file beside the job's log when it is too long for argv (or ``always``);
+    the file's path, or None when it can stay an argument. The backend removes it when the job ends.
+
+    Encoded as the kernel will see it: a path that is not UTF-8 keeps its bytes (surrogateescape).
+    """
+    data = os.fsencode(script)
+    if len(data) <= INLINE_MAX and not always:
+        return None
+    where = os.path.dirname(os.path.join(spec.workdir, spec.log)) if spec.log else os.path.join(spec.workdir, ".flowmake")
+    os.makedirs(where, exist_ok=True)
+    fd, path = tempfile.mkstemp(dir=where, prefix=".job-", suffix=".sh")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def remove_script(path: str | None) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def backend_names() -> list[str]:

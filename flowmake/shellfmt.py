@@ -29,6 +29,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from flowmake.backend import INLINE_MAX
+
 _SAFE = re.compile(r"[\w@%+=:,./-]+")
 STRICT_MODE = "set -euo pipefail; "
 
@@ -228,9 +230,8 @@ def full_script(command: str, settings: ShellSettings) -> str:
     return STRICT_MODE + settings.prefix + command + settings.suffix
 
 
-# One argument over 128 KiB (MAX_ARG_STRLEN) is refused by the kernel: a longer script (a command
-# over thousands of inputs) goes to the shell as a temporary file instead.
-INLINE_MAX = 64 * 1024
+# A script longer than backend.INLINE_MAX (the kernel refuses one argument over 128 KiB) goes to the
+# shell as a temporary file instead.
 
 
 def run_command(command: str, settings: ShellSettings, *, read: bool = False,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from flowmake.backend import INLINE_MAX
 from flowmake.backends import ssh_staging as staging
 
 
@@ -31,10 +32,10 @@ def test_a_launch_of_any_length_runs_the_job_and_cleans_up(tmp_path: Path, size:
               + f"echo done > {os.fsdecode(name)}\n")
     launch = staging.Launch(rundir=str(work), log="logs/job.log")
     command, stdin = staging.launch_command(launch, script), b""
-    if len(os.fsencode(command)) > staging.INLINE_MAX:
+    if len(os.fsencode(command)) > INLINE_MAX:
         command, stdin = staging.launch_via_stdin(launch, script)
         assert len(os.fsencode(command)) < 1000
-    assert (size > staging.INLINE_MAX) == bool(stdin)
+    assert (size > INLINE_MAX) == bool(stdin)
     code, out = host_runs(command, stdin, work, tmp)
     assert code == 0, out
     assert staging.parse_pid(out) is not None, "the first line is the job's pgid"
