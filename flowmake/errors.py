@@ -141,6 +141,18 @@ class BackendError(FlowmakeError):
     title = "backend error"
 
 
+class WrapperError(FlowmakeError):
+    """A ``wrapper:`` cannot be found, fetched, or is not one flowmake runs."""
+
+    title = "wrapper error"
+
+
+class DeploymentError(FlowmakeError):
+    """Software a run was asked to use (conda, env modules, jupyter) is missing or fails."""
+
+    title = "deployment error"
+
+
 class StoreError(FlowmakeError):
     title = "store error"
 
