@@ -20,7 +20,7 @@ from flowmake.flowfile.runtime import run_hook
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext
 from flowmake.namedlist import Flag
-from flowmake import graph_memo
+from flowmake import envs, graph_memo, wrappers
 from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
 from flowmake.planner import Decision, Facts, Plan, converge
 from flowmake.progress import Progress
@@ -55,6 +55,10 @@ class Options:
     resources: dict[str, int] = field(default_factory=dict)
     backend: str | None = None
     profile: str | None = None
+    # Software deployment (envs.Deployment): --use-conda/--sdm conda, --use-envmodules, --wrapper-prefix.
+    use_conda: bool = False
+    use_envmodules: bool = False
+    wrapper_prefix: str | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -115,6 +119,8 @@ def enter_directory(opts: Options) -> None:
     opts.configfiles = [os.path.abspath(c) for c in opts.configfiles]
     if opts.profile:
         opts.profile = os.path.abspath(opts.profile)
+    if opts.wrapper_prefix:  # a local one is relative to where the user typed it
+        opts.wrapper_prefix = envs.local_prefix(opts.wrapper_prefix)
     if opts.directory:
         if not os.path.isdir(opts.directory):
             raise UsageError(f"directory {opts.directory!r} does not exist")
@@ -141,6 +147,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
+    workflow.deployment = deployment(opts)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -165,6 +172,11 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
                       Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
     session.plan = _plan_session(session)
     return session
+
+
+def deployment(opts: Options) -> envs.Deployment:
+    return envs.Deployment(use_conda=opts.use_conda, use_envmodules=opts.use_envmodules,
+                           wrapper_prefix=opts.wrapper_prefix or wrappers.DEFAULT_PREFIX)
 
 
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
@@ -287,8 +299,9 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     opts = session.opts
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores)
+                     configfiles=list(opts.configfiles), cores=cores, deployment=session.workflow.deployment)
     progress = Progress(quiet=opts.quiet, started=opts.started)
+    envs.prepare(_rules_to_run(session, steps), ctx.deployment, session.workdir, progress.note)
     _stop_orphans(session, progress.note)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
@@ -325,6 +338,17 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
         )
     run_hook(session.workflow, "onsuccess")
     return 0
+
+
+def _rules_to_run(session: Session, steps: list[Step]) -> list[Any]:
+    """The rules of the steps that will or may run; every rule when a checkpoint may (the steps it
+    adds are not known yet)."""
+    by_id = session.plan.by_id
+    rules = {id(s.rule): s.rule for s in steps
+             if (sp := by_id.get(id(s))) is not None and sp.decision in (Decision.RUN, Decision.PENDING)}
+    if any(r.is_checkpoint for r in rules.values()):
+        return list(session.workflow.rules)
+    return list(rules.values())
 
 
 def _interrupted() -> FlowmakeError:

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", metavar="NAME", help="where jobs run: local, docker, ssh, slurm (default: local)")
     p.add_argument("--profile", metavar="FILE", help="settings file instead of flowmake.toml")
     p.add_argument("--version", action="version", version=f"flowmake {__version__}")
+    sdm = p.add_argument_group("software deployment (conda:, envmodules:, wrapper: directives)")
+    sdm.add_argument("--use-conda", action="store_true", help="run jobs in their rule's conda environment")
+    sdm.add_argument("--use-envmodules", action="store_true", help="load a rule's envmodules: before its jobs")
+    sdm.add_argument("--sdm", "--software-deployment-method", nargs="+", default=[], choices=["conda", "env-modules"],
+                     metavar="METHOD", help="conda and/or env-modules (Snakemake 8's spelling of the two above)")
+    sdm.add_argument("--wrapper-prefix", metavar="URL|DIR", help="where wrapper: names are looked up "
+                     "(default: Snakemake's wrapper repository; file:///path works offline)")
     habits = p.add_argument_group("Snakemake habits flowmake does not need (accepted, no effect)")
     habits.add_argument("-r", "--reason", action="store_true", help="reasons are always shown")
     habits.add_argument("--rerun-incomplete", "--ri", action="store_true",
@@ -121,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             forceall=args.forceall, force=args.force, forcerun=list(args.forcerun),
             until=list(args.until), omit_from=list(args.omit_from), notemp=args.notemp,
             retries=args.retries, resources=resources, backend=args.backend, profile=args.profile,
+            use_conda=args.use_conda or "conda" in args.sdm, wrapper_prefix=args.wrapper_prefix,
+            use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
         )
         if args.list:
             return api.list_rules(opts)

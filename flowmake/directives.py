@@ -30,6 +30,8 @@ class RuleKind(enum.Enum):
     SHELL = "shell"
     RUN = "run"
     SCRIPT = "script"
+    WRAPPER = "wrapper"
+    NOTEBOOK = "notebook"
     NONE = "none"  # no action: a rule that only gathers inputs, or whose outputs are made elsewhere
 
 

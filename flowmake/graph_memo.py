@@ -13,9 +13,10 @@ and answered the same. This is ninja's manifest, regenerated automatically whene
 
 For each step the memo also keeps the key it was verified or run with when it was saved, and the
 input digests that key was computed from (only for rules whose key needs nothing outside the
-fingerprint: no ``script:`` file, no container image). Same fingerprint, so every key field but
-the inputs is what it was; same input digests, so the same key: the planner, given these keys as
-``Facts.known_key``, can decide such a step without instantiating it or rendering its command
+fingerprint: no ``script:``, wrapper or notebook file, no container image, conda env or env
+modules). Same fingerprint, so every key field but the inputs is what it was; same input
+digests, so the same key: the planner, given these keys as ``Facts.known_key``, can decide
+such a step without instantiating it or rendering its command
 (``planner.plan_step``). A step whose inputs, trace or outputs differ takes the ordinary path, so
 ``-n`` still names the reason. Steps themselves carry nothing of the memo but their laziness
 (``RestoredStep``).
@@ -41,7 +42,7 @@ from flowmake.graph import Graph, Step
 from flowmake.keys import canonical
 from flowmake.patterns import BUILTIN_TYPES
 from flowmake.planner import KnownKey, StepPlan
-from flowmake.rules import AllDone, Instance, Rule, RuleKind, Workflow
+from flowmake.rules import AllDone, Instance, Rule, Workflow
 
 MEMO_FILE = "graph.memo"
 # Then the fingerprint, a newline, the payload's checksum, a newline, and the payload: the data
@@ -223,7 +224,7 @@ def entry_of(step: Step, sp: StepPlan | None, trace: Callable[[str], Any],
     if known is not None and sp.key is known[0] and sp.inputs is known[1]:  # decided from the memo
         return known
     rule = step.rule
-    if rule.kind is RuleKind.SCRIPT or rule.container:
+    if rule.key_beyond_fingerprint or rule.container:
         return None
     for out in step.outputs:
         t = trace(out)

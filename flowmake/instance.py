@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from flowmake import shellfmt
+from flowmake import envs, shellfmt
 from flowmake.directives import Flags, RuleKind
 from flowmake.errors import FlowfileError
 from flowmake.namedlist import NamedList, Wildcards
@@ -67,24 +67,38 @@ class Instance:
         return self._render(self.rule.message, "message", False)
 
     def action_source(self) -> str:
-        if self.rule.shell is not None:
-            return self.command()
-        kind = self.rule.kind
+        """What the step key hashes for the action: the rendered command, the run block's source,
+        or the script/wrapper/notebook content; plus the conda environment and env modules when
+        the run uses them (``envs.key_text``)."""
+        rule = self.rule
+        deployment = rule.workflow.deployment
+        extra = envs.key_text(rule, deployment) if rule.conda is not None or rule.envmodules or (
+            rule.wrapper is not None and deployment.use_conda) else ""
+        if rule.shell is not None:
+            return self.command() + extra
+        kind = rule.kind
         if kind is RuleKind.RUN:
-            return self.rule.run_source or ""
+            return (rule.run_source or "") + extra
         if kind is RuleKind.SCRIPT:
-            path = self.rule.script_path()
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    content = f.read()
-            except OSError as e:
-                raise FlowfileError(f"cannot read script '{path}': {e.strerror}",
-                                    location=self.rule.location, rule=self.rule.name) from None
-            return f"script {self.rule.script}\n{content}"
-        return ""
+            return f"script {rule.script}\n{_read(rule.script_path(), rule, 'script')}{extra}"
+        if kind is RuleKind.WRAPPER:
+            wrapper = deployment.wrapper(rule)
+            return f"wrapper {rule.wrapper}\n{_read(wrapper.script, rule, 'wrapper')}{extra}"
+        if kind is RuleKind.NOTEBOOK:
+            return f"notebook {rule.notebook}\n{_read(rule.script_path(), rule, 'notebook')}{extra}"
+        return extra
 
     def __repr__(self) -> str:
         return f"Instance({self.rule.name}, {self.bindings.raw_dict()!r})"
+
+
+def _read(path: str, rule: Rule, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read()
+    except OSError as e:
+        raise FlowfileError(f"cannot read {what} '{path}': {e.strerror}",
+                            location=rule.location, rule=rule.name) from None
 
 
 class JobNamespace(dict[str, Any]):

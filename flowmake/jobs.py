@@ -1,8 +1,9 @@
 """Step → JobSpec: what a backend needs to run one step (outputs.py keeps the outputs tidy around it).
 
-Shell rules run their rendered command. ``run:`` and ``script:`` rules become a call to
-``python -m flowmake.jobrun`` that loads the same rule file in a fresh process and executes the block
-for this step's wildcards, so every backend runs every kind of rule the same way.
+Shell rules run their rendered command. ``run:``, ``script:``, ``wrapper:`` and ``notebook:`` rules
+become a call to ``python -m flowmake.jobrun`` that loads the same rule file in a fresh process and
+executes the action for this step's wildcards, so every backend runs every kind of rule the same
+way. Under --use-conda/--use-envmodules the command runs in the rule's environment (``envs.wrap``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from flowmake import envs
 from flowmake.backend import JobSpec, Resources
+from flowmake.envs import Deployment
 from flowmake.graph import Step
 from flowmake.journal import hostname
 from flowmake.namedlist import Flag
@@ -31,6 +34,7 @@ class JobContext:
     configfiles: Sequence[str] = ()
     python: str = sys.executable
     cores: int = 1
+    deployment: Deployment = field(default_factory=Deployment)  # --use-conda and friends
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -51,10 +55,14 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
     inst = step.instance
     if inst is None:  # pragma: no cover - the scheduler never submits a pending step
         raise RuntimeError(f"step {step.id} is not instantiated")
-    if step.rule.kind is RuleKind.SHELL:
-        return _with_capped_threads(inst, ctx.cores, inst.command)
     if step.rule.kind is RuleKind.NONE:
         return ":"
+    command = _with_capped_threads(inst, ctx.cores, inst.command) if (
+        step.rule.kind is RuleKind.SHELL) else _jobrun_command(step, ctx, attempt)
+    return envs.wrap(command, step.rule, ctx.deployment, ctx.workdir)
+
+
+def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
     bindings = step.bindings
     raw = {n: bindings.raw(n) for n in bindings} if bindings else {}
     payload = {
@@ -67,6 +75,7 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
         "outputs": list(step.outputs),
         "cores": ctx.cores,
         "attempt": attempt,
+        "deployment": ctx.deployment.as_payload(),
     }
     return f"{shlex.quote(ctx.python)} -m flowmake.jobrun {shlex.quote(json.dumps(payload))}"
 

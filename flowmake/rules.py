@@ -16,6 +16,7 @@ import os
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
+from flowmake.envs import Deployment
 from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, Layout, RuleKind,
                                  as_int, eval_io, eval_params, eval_resources, eval_threads)
 from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
@@ -68,6 +69,8 @@ class Workflow:
         self.container: str | None = None
         self.wildcard_constraints: dict[str, str] = {}
         self.wildcard_types: dict[str, WildcardType] = dict(BUILTIN_TYPES)
+        # --use-conda, --use-envmodules, --wrapper-prefix: set by whoever loaded the workflow.
+        self.deployment = Deployment()
 
     def add_rule(self, rule: Rule) -> None:
         if rule.name in self._by_name:
@@ -147,7 +150,9 @@ class Rule:
                  shell: str | None = None, run: Callable[..., Any] | None = None,
                  run_source: str | None = None, script: str | None = None,
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
-                 localrule: bool = False, default_target: bool = False, cache: bool = False) -> None:
+                 localrule: bool = False, default_target: bool = False, cache: bool = False,
+                 wrapper: str | None = None, notebook: str | None = None, conda: Any = None,
+                 envmodules: tuple[str, ...] = ()) -> None:
         self.workflow = workflow
         self.name = name
         self.location = location
@@ -167,6 +172,9 @@ class Rule:
         self.priority = as_int(self, "priority", priority)
         self.retries = as_int(self, "retries", retries)
         self.shell, self.run, self.run_source, self.script = shell, run, run_source, script
+        self.wrapper, self.notebook = wrapper, notebook
+        # Used only under --use-conda / --use-envmodules (``envs``); ignored otherwise, as in Snakemake.
+        self.conda, self.envmodules = conda, tuple(envmodules)
         self.container = container if container is not None else workflow.container
         self.wildcard_constraints = dict(wildcard_constraints or {})
         self._localrule = bool(localrule)
@@ -182,7 +190,7 @@ class Rule:
         return FlowfileError(message, location=self.location, rule=self.name, **kw)
 
     def script_path(self) -> str:
-        script = self.script or ""
+        script = self.script or self.notebook or ""
         return script if os.path.isabs(script) else os.path.join(self.basedir, script)
 
     # -- load time ---------------------------------------------------------------------------
@@ -262,7 +270,17 @@ class Rule:
             return RuleKind.SHELL
         if self.run is not None:
             return RuleKind.RUN
-        return RuleKind.SCRIPT if self.script is not None else RuleKind.NONE
+        if self.script is not None:
+            return RuleKind.SCRIPT
+        if self.wrapper is not None:
+            return RuleKind.WRAPPER
+        return RuleKind.NOTEBOOK if self.notebook is not None else RuleKind.NONE
+
+    @property
+    def key_beyond_fingerprint(self) -> bool:
+        """Whether its step key depends on what no graph fingerprint covers: a script, wrapper or
+        notebook file, a conda environment, env modules (both depend on flags, too)."""
+        return self.kind in _FILE_KINDS or self.conda is not None or bool(self.envmodules)
 
     @property
     def may_flag(self) -> bool:
@@ -348,6 +366,8 @@ class Rule:
         return layout.format(b, flags)
 
 
+
+_FILE_KINDS = frozenset({RuleKind.SCRIPT, RuleKind.WRAPPER, RuleKind.NOTEBOOK})
 
 # Rule attributes computed from the others when the rule is compiled, or saying where it is written
 # rather than what it does: not part of ``Rule.as_data``. Any other attribute is (a test checks

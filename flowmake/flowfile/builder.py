@@ -28,8 +28,9 @@ from flowmake.shellfmt import Shell
 
 _LIST_DIRECTIVES = ("input", "output", "log", "params", "resources")
 _SINGLE_DIRECTIVES = ("threads", "priority", "retries", "message", "shell", "script", "container",
-                      "singularity", "benchmark", "localrule", "default_target", "cache", "name")
-_IGNORED = ("conda", "envmodules", "shadow", "group", "handover")
+                      "singularity", "benchmark", "localrule", "default_target", "cache", "name",
+                      "wrapper", "notebook", "conda")
+_IGNORED = ("shadow", "group", "handover")
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,14 @@ class Builder:
                 kw[d] = [(None, a) for a in value.args] + list(value.kwargs.items())
             elif d == "wildcard_constraints":
                 kw[d] = _constraints(value, location.file)
+            elif d == "envmodules":
+                kw[d] = tuple(str(a) for a in value.args)
             else:
                 kw["container" if d == "singularity" else d] = _single(d, value, location.file)
         rule_name = kw.pop("name", None) or name or f"rule{len(self.workflow.rules) + 1}"
         if not isinstance(rule_name, str) or not re.fullmatch(r"[A-Za-z_][\w-]*", rule_name):
             raise FlowfileError(f"invalid rule name {rule_name!r}", location=location)
-        for key in ("shell", "script", "message"):
+        for key in ("shell", "script", "message", "wrapper", "notebook"):
             if key in kw and not isinstance(kw[key], str):
                 raise FlowfileError(f"'{key}' must be a string", location=location, rule=rule_name)
         rule = Rule(self.workflow, rule_name, location, is_checkpoint=is_checkpoint,

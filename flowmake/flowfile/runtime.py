@@ -20,7 +20,8 @@ from flowmake.rules import AllDone, Instance, Workflow
 class ScriptContext:
     """The ``snakemake`` object a ``script:`` sees (Snakemake's names, so scripts run unchanged)."""
 
-    def __init__(self, inst: Instance) -> None:
+    def __init__(self, inst: Instance, scriptdir: str = "") -> None:
+        self.scriptdir = scriptdir
         self.input = inst.input
         self.output = inst.output
         self.params = inst.params
@@ -31,6 +32,15 @@ class ScriptContext:
         self.config = inst.rule.workflow.config
         self.rule = inst.rule.name
         self.attempt = inst.attempt
+
+    def log_fmt_shell(self, stdout: bool = True, stderr: bool = True, append: bool = False) -> str:
+        """Snakemake's redirection of a ``shell()`` call to the rule's log ("" without a log)."""
+        if not self.log:
+            return ""
+        redirect = {(True, True): "{0} {1} 2>&1", (True, False): "{0} {1}", (False, True): "2{0} {1}"}
+        if (stdout, stderr) not in redirect:
+            return ""
+        return " " + redirect[(stdout, stderr)].format(">>" if append else ">", str(self.log))
 
 
 def instantiate(workflow: Workflow, rule_name: str, raw_wildcards: Mapping[str, str],
@@ -70,18 +80,21 @@ def _shell_of(workflow: Workflow) -> Any:
     return Shell(workflow.shell_settings)
 
 
-def run_script(inst: Instance) -> None:
+def run_script(inst: Instance, path: str | None = None) -> None:
+    """Run the rule's ``script:`` (or ``path``: a wrapper's wrapper.py) with the ``snakemake`` object."""
     rule = inst.rule
-    path = rule.script_path()
+    shown = rule.script if path is None else path
+    path = rule.script_path() if path is None else path
     if not path.endswith(".py"):
-        raise FlowfileError(f"script '{rule.script}': only Python (.py) scripts are supported",
+        raise FlowfileError(f"script '{shown}': only Python (.py) scripts are supported",
                             location=rule.location, rule=rule.name)
     if not os.path.isfile(path):
-        raise FlowfileError(f"script '{rule.script}' not found", location=rule.location,
+        raise FlowfileError(f"script '{shown}' not found", location=rule.location,
                             rule=rule.name)
     old_argv = sys.argv
     sys.argv = [path]
     try:
-        runpy.run_path(path, init_globals={"snakemake": ScriptContext(inst)}, run_name="__main__")
+        context = ScriptContext(inst, os.path.dirname(os.path.abspath(path)))
+        runpy.run_path(path, init_globals={"snakemake": context}, run_name="__main__")
     finally:
         sys.argv = old_argv

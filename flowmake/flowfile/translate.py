@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from flowmake.errors import FlowfileError, Location, did_you_mean
 
 ACTIONS = ("shell", "run", "script", "notebook", "wrapper", "cwl")
-UNSUPPORTED = ("notebook", "wrapper", "cwl")
+UNSUPPORTED = ("cwl",)
 RULE_DIRECTIVES = (
     "input", "output", "params", "threads", "resources", "log", "benchmark", "message",
     "priority", "retries", "container", "singularity", "wildcard_constraints", "localrule",
@@ -182,7 +182,7 @@ class _Translator:
             raise self.error(f"'{d}' is not supported", row)
         if action is not None:
             raise self.error(f"'{d}' after the action '{action}:' in {label}; the action "
-                             "(shell, run or script) must come last", row)
+                             "(shell, run, script, wrapper or notebook) must come last", row)
         if d in seen:
             raise self.error(f"'{d}' given twice in {label}", row)
         seen[d] = row

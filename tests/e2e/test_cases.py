@@ -5,7 +5,8 @@ files, ``case.toml`` (or ``case.json``) and ``expected/``. The case is copied to
 directory and ``python -m flowmake ARGS`` runs there. ``case.toml`` keys:
 
 ``description``       what the case shows (one line).
-``args``              the command-line arguments (list; default ``["-c", "2"]``).
+``args``              the command-line arguments (list; default ``["-c", "2"]``); ``{case}`` in
+                      them (and in ``noop_args``) is the copy's absolute path.
 ``exit_code``         the expected exit code (default 0).
 ``stderr``            the exact expected stderr (after the copy's path is replaced by ``.``).
 ``stderr_contains``   lines that must each appear in stderr.
@@ -19,6 +20,7 @@ directory and ``python -m flowmake ARGS`` runs there. ``case.toml`` keys:
 ``edit_before_noop``  path → new text, written before that second run (an ``ancient()`` input).
 ``timeout``           seconds the run may take (default 120); longer fails the case.
 ``xfail``             a reason: the case documents a known bug (not strict).
+``requires``          programs that must be on PATH (e.g. ``jupyter-nbconvert``); else the case skips.
 
 Every file under ``expected/`` must exist after the run with identical bytes. Error text is part
 of the interface, so error cases assert it exactly.
@@ -45,7 +47,7 @@ CASES = Path(__file__).resolve().parents[1] / "cases"
 OWNED_ELSEWHERE = {"tutorial"}
 KNOWN_KEYS = {"description", "args", "exit_code", "stderr", "stderr_contains", "stdout",
               "stdout_contains", "absent", "present", "read_only", "second_run_noop", "noop_args",
-              "edit_before_noop", "timeout", "xfail"}
+              "edit_before_noop", "timeout", "xfail", "requires"}
 
 
 def load_case(case: Path) -> dict[str, Any]:
@@ -109,10 +111,13 @@ def test_every_case_checks_something() -> None:
 @pytest.mark.parametrize("case", params())
 def test_case(case: Path, tmp_path: Path) -> None:
     spec = load_case(case)
+    missing = [p for p in spec.get("requires", []) if shutil.which(p) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} on PATH")
     work = tmp_path / case.name
     shutil.copytree(case, work, ignore=shutil.ignore_patterns("expected", "case.toml", "case.json",
                                                               "__pycache__", ".flowmake"))
-    args = list(spec.get("args", ["-c", "2"]))
+    args = [a.replace("{case}", str(work)) for a in spec.get("args", ["-c", "2"])]
     res = run_flowmake(args, work, spec.get("timeout", 120))
     out, err = relative(res.stdout, work), relative(res.stderr, work)
     context = f"flowmake {' '.join(args)}\n--- stdout\n{out}--- stderr\n{err}"
@@ -147,7 +152,8 @@ def test_case(case: Path, tmp_path: Path) -> None:
     if spec.get("second_run_noop"):
         for rel, text in spec.get("edit_before_noop", {}).items():
             (work / rel).write_text(text, encoding="utf-8")
-        again = run_flowmake(["-n", "--json", *spec.get("noop_args", [])], work)
+        noop_args = [a.replace("{case}", str(work)) for a in spec.get("noop_args", [])]
+        again = run_flowmake(["-n", "--json", *noop_args], work)
         assert again.returncode == 0, relative(again.stderr, work)
         steps = json.loads(again.stdout)["steps"]
         assert steps == [], f"second run would do: {steps}"

@@ -222,10 +222,9 @@ def test_configfile_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text,line,message", [
     ('rule a:\n    inptu: "x"\n', 2, "unknown directive 'inptu' in rule 'a'"),
     ('rule a:\n    shell: "x"\n    output: "y"\n', 3,
-     "'output' after the action 'shell:' in rule 'a'; the action (shell, run or script) must come last"),
+     "'output' after the action 'shell:' in rule 'a'; the action (shell, run, script, wrapper or notebook) must come last"),
     ('rule a:\n    output: "y"\n    output: "z"\n', 3, "'output' given twice in rule 'a'"),
-    ('rule a:\n    wrapper: "v1/bio/bwa"\n', 2, "'wrapper' is not supported"),
-    ('rule a:\n    notebook: "n.ipynb"\n', 2, "'notebook' is not supported"),
+    ('rule a:\n    cwl: "tool.cwl"\n', 2, "'cwl' is not supported"),
     ('rule a:\n    output:\n', 2, "'output' has no value"),
     ('x = 1\nrule a:\n    output: "a"\n    shell: "x" +\n', 4, "invalid syntax: invalid syntax"),
     ('x = (1,\n', 1, "invalid syntax: '(' was never closed"),
