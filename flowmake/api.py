@@ -59,6 +59,8 @@ class Options:
     use_conda: bool = False
     use_envmodules: bool = False
     wrapper_prefix: str | None = None
+    conda_prefix: str | None = None
+    conda_create_envs_only: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -121,6 +123,8 @@ def enter_directory(opts: Options) -> None:
         opts.profile = os.path.abspath(opts.profile)
     if opts.wrapper_prefix:  # a local one is relative to where the user typed it
         opts.wrapper_prefix = envs.local_prefix(opts.wrapper_prefix)
+    if opts.conda_prefix:
+        opts.conda_prefix = os.path.abspath(os.path.expanduser(opts.conda_prefix))
     if opts.directory:
         if not os.path.isdir(opts.directory):
             raise UsageError(f"directory {opts.directory!r} does not exist")
@@ -175,7 +179,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
 
 
 def deployment(opts: Options) -> envs.Deployment:
-    return envs.Deployment(use_conda=opts.use_conda, use_envmodules=opts.use_envmodules,
+    return envs.Deployment(use_conda=opts.use_conda or opts.conda_create_envs_only,
+                           use_envmodules=opts.use_envmodules, conda_prefix=opts.conda_prefix,
                            wrapper_prefix=opts.wrapper_prefix or wrappers.DEFAULT_PREFIX)
 
 
@@ -302,6 +307,8 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
                      configfiles=list(opts.configfiles), cores=cores, deployment=session.workflow.deployment)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     envs.prepare(_rules_to_run(session, steps), ctx.deployment, session.workdir, progress.note)
+    if opts.conda_create_envs_only:
+        return 0
     _stop_orphans(session, progress.note)
     sched = Scheduler(
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,

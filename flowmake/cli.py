@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     sdm.add_argument("--use-envmodules", action="store_true", help="load a rule's envmodules: before its jobs")
     sdm.add_argument("--sdm", "--software-deployment-method", nargs="+", default=[], choices=["conda", "env-modules"],
                      metavar="METHOD", help="conda and/or env-modules (Snakemake 8's spelling of the two above)")
+    sdm.add_argument("--conda-prefix", metavar="DIR", help="where conda environments live (default: .flowmake/conda)")
+    sdm.add_argument("--conda-create-envs-only", action="store_true", help="create the environments the jobs need, run nothing")
     sdm.add_argument("--wrapper-prefix", metavar="URL|DIR", help="where wrapper: names are looked up "
                      "(default: Snakemake's wrapper repository; file:///path works offline)")
     habits = p.add_argument_group("Snakemake habits flowmake does not need (accepted, no effect)")
@@ -130,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             retries=args.retries, resources=resources, backend=args.backend, profile=args.profile,
             use_conda=args.use_conda or "conda" in args.sdm, wrapper_prefix=args.wrapper_prefix,
             use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
+            conda_prefix=args.conda_prefix, conda_create_envs_only=args.conda_create_envs_only,
         )
         if args.list:
             return api.list_rules(opts)

@@ -7,7 +7,8 @@ workflow (the environment's content is part of the step key) and ``jobs.job_comm
 command sent to the backend with ``wrap``.
 
 An environment is created once per environment file content, before the jobs start, with the
-first of conda, mamba or micromamba on PATH, at ``.flowmake/conda/<digest of the file>``; a
+first of conda, mamba or micromamba on PATH, at ``.flowmake/conda/<digest of the file>`` (or
+under ``--conda-prefix``, which several workflows can share); a
 marker file says it is complete, so a creation cut short is redone. A job runs inside it with the
 environment's ``bin`` first on PATH, ``CONDA_PREFIX`` set and its ``activate.d`` scripts sourced
 (what activation does, without needing conda at run time); the Python of a run:/script:/wrapper:
@@ -50,6 +51,7 @@ class Deployment:
     use_conda: bool = False
     use_envmodules: bool = False
     wrapper_prefix: str = wrappers.DEFAULT_PREFIX
+    conda_prefix: str | None = None  # --conda-prefix: where envs live (default .flowmake/conda)
     # Never fetch a wrapper: set in a job, which reads the copy its planner resolved.
     offline: bool = False
     _wrappers: dict[str, wrappers.Wrapper] = field(default_factory=dict, repr=False, compare=False)
@@ -75,15 +77,17 @@ class Deployment:
     def as_payload(self) -> dict[str, object]:
         """What a job needs of it (only what differs from the default: commands stay short)."""
         full = {"use_conda": self.use_conda, "use_envmodules": self.use_envmodules,
-                "wrapper_prefix": self.wrapper_prefix}
+                "wrapper_prefix": self.wrapper_prefix, "conda_prefix": self.conda_prefix}
         default = Deployment()
         return {k: v for k, v in full.items() if v != getattr(default, k)}
 
     @classmethod
     def from_payload(cls, data: dict[str, object] | None) -> Deployment:
         data = data or {}
+        conda_prefix = data.get("conda_prefix")
         return cls(use_conda=bool(data.get("use_conda")), use_envmodules=bool(data.get("use_envmodules")),
-                   wrapper_prefix=str(data.get("wrapper_prefix") or wrappers.DEFAULT_PREFIX), offline=True)
+                   wrapper_prefix=str(data.get("wrapper_prefix") or wrappers.DEFAULT_PREFIX),
+                   conda_prefix=str(conda_prefix) if conda_prefix else None, offline=True)
 
 
 def local_prefix(prefix: str) -> str:
@@ -137,7 +141,7 @@ def env_prefix(path: str, rule: Rule, deployment: Deployment, workdir: str) -> s
     if os.path.isdir(path):
         return os.path.abspath(path)
     digest = blake3.blake3(deployment.env_content(path, rule)).hexdigest(16)
-    return os.path.join(workdir, ENV_DIR, digest)
+    return os.path.join(deployment.conda_prefix or os.path.join(workdir, ENV_DIR), digest)
 
 
 def key_text(rule: Rule, deployment: Deployment) -> str:

@@ -89,6 +89,18 @@ def test_use_conda_creates_the_env_once_and_runs_jobs_in_it(flow: Flow, monkeypa
     assert len(log.read_text().splitlines()) == 1
 
 
+def test_conda_prefix_and_create_envs_only(flow: Flow, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    log = fake_tools(flow, monkeypatch, conda=FAKE_CONDA)
+    conda_flow(flow)
+    shared = tmp_path / "shared-envs"
+    flow.ok("-c", "1", "--conda-create-envs-only", "--conda-prefix", str(shared))
+    assert not flow.exists("out/a.txt")  # nothing ran
+    assert len(list(shared.glob("*/bin/hello"))) == 1 and not flow.exists(".flowmake/conda")
+    flow.ok("-c", "1", "--use-conda", "--conda-prefix", str(shared))
+    assert flow.read("out/a.txt") == "hello from the env: activated a\n"
+    assert len(log.read_text().splitlines()) == 1  # the env made by the first invocation
+
+
 def test_sdm_conda_is_use_conda_and_micromamba_is_used_when_alone(flow: Flow, monkeypatch: pytest.MonkeyPatch) -> None:
     log = fake_tools(flow, monkeypatch, micromamba=FAKE_CONDA)
     conda_flow(flow)
