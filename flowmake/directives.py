@@ -209,12 +209,12 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
             if e.unpack and isinstance(result, dict):
                 for k, v in result.items():
                     s = len(items)
-                    one = extend(rule, items, v, flags_of(e.func), flags)
+                    one = extend(rule, items, v, flags_of(e.func), flags, b)
                     names[k] = (s, len(items))
                     if one:
                         single.add(k)
                 continue
-            is_single = extend(rule, items, result, flags_of(e.func), flags)
+            is_single = extend(rule, items, result, flags_of(e.func), flags, b)
         if e.name is not None:
             names[e.name] = (start, len(items))
             if is_single:
@@ -239,8 +239,10 @@ def add(path: str, f: frozenset[Flag], flags: Flags) -> str:
     return path
 
 
-def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags) -> bool:
-    """Append an input function's result; True if it was a single path."""
+def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags,
+           b: Bindings | None = None) -> bool:
+    """Append an input function's result; True if it was a single path. Like Snakemake, a
+    returned path's {wildcards} are filled in (``branch(..., then="x/{sample}.txt")``)."""
     if isinstance(result, dict):
         raise rule.error("input function returned a dict; wrap the function with unpack()")
     try:
@@ -248,7 +250,10 @@ def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], fl
     except ValueError as e:
         raise rule.error(str(e)) from None
     for v in values:
-        items.append(add(os.fspath(v), flags_of(v) | extra, flags))
+        path = os.fspath(v)
+        if b is not None and "{" in path:
+            path = Pattern(path, None, rule.workflow.wildcard_types).format(b)
+        items.append(add(path, flags_of(v) | extra, flags))
     return isinstance(result, (str, os.PathLike))
 
 # The three below are called by Rule._build only when the rule needs them evaluated (threads

@@ -189,7 +189,7 @@ def test_lookup_branch_evaluate_collect_exists(tmp_path: Path) -> None:
         rule x:
             input:
                 reads=lookup(dpath="{s}/reads", within=SAMPLES),
-                mate=branch(lookup(dpath="{s}/paired", within=SAMPLES), then="mate.fq"),
+                mate=branch(lookup(dpath="{s}/paired", within=SAMPLES), then="{s}_mate.fq"),
                 fixed=lookup("a/reads", within=SAMPLES),
                 other=lookup(dpath="{s}/other", within=SAMPLES, default=[]),
             output: "out/{s}.txt"
@@ -200,7 +200,7 @@ def test_lookup_branch_evaluate_collect_exists(tmp_path: Path) -> None:
     assert wf.globals["ALL"] == ["out/a.txt", "out/b.txt"] and wf.globals["FOUND"] == [True, False]
     a, b = step(wf, "x", s="a"), step(wf, "x", s="b")
     assert (a.input.reads, a.input.mate, a.input.fixed, list(a.input.other)) == (
-        "a.fq", "mate.fq", "a.fq", [])
+        "a.fq", "a_mate.fq", "a.fq", [])  # a returned path's wildcards are filled, as Snakemake
     assert list(b.input) == ["b.fq", "a.fq"]  # no mate: branch gives an empty list
     assert (a.params.big, a.params.kind, b.params.big, b.params.kind) == (True, "A", False, "other")
     with pytest.raises(FlowfileError) as e:
