@@ -10,6 +10,7 @@ helpers (lookup, branch, evaluate, exists) are in ``lookup``.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import os
 import re
@@ -263,6 +264,40 @@ def flatten(items: Iterable[Any]) -> list[str]:
     return out
 
 
+def subpath(path_or_func: Any, strip_suffix: str | None = None, with_suffix: str | None = None,
+            basename: bool = False, parent: bool = False, ancestor: int | None = None) -> Any:
+    """Snakemake's ``subpath``: part of a path (or of what a function returns), e.g.
+    ``params: prefix=subpath(output[0], strip_suffix=".bam")``."""
+    if basename and (parent or ancestor is not None) or parent and ancestor is not None:
+        raise FlowfileError("subpath: basename, parent and ancestor exclude each other")
+    if ancestor is not None and ancestor < 1:
+        raise FlowfileError("subpath: ancestor must be at least 1")
+
+    def do(path: Any) -> str:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"subpath takes one path (or a function returning one), got {path!r}")
+        p = os.fspath(path)
+        if strip_suffix is not None:
+            if not p.endswith(strip_suffix):
+                raise ValueError(f"subpath: {p} does not end with {strip_suffix}")
+            p = p[:-len(strip_suffix)]
+        if with_suffix is not None:
+            p += with_suffix
+        if basename:
+            return os.path.basename(p)
+        for _ in range(1 if parent else ancestor or 0):
+            p = os.path.dirname(p) or "."
+        return p
+
+    if callable(path_or_func) and not isinstance(path_or_func, (str, os.PathLike)):
+        # Same signature as the wrapped function, so params get the arguments it names.
+        @functools.wraps(path_or_func)
+        def inner(*args: Any, **kwargs: Any) -> str:
+            return do(path_or_func(*args, **kwargs))
+        return inner
+    return do(path_or_func)
+
+
 def namespace_helpers(workdir: Callable[[], str], basedir: Callable[[], str]) -> dict[str, Any]:
     """The helpers of one workflow: ``workdir()`` is its working directory, ``basedir()`` the
     folder of the rule file being executed."""
@@ -282,7 +317,7 @@ def namespace_helpers(workdir: Callable[[], str], basedir: Callable[[], str]) ->
         "expand": expand, "collect": collect, "glob_wildcards": glob_wildcards,
         "multiext": multiext, "unpack": unpack, "temp": temp, "temporary": temporary,
         "protected": protected, "directory": directory, "ancient": ancient, "touch": touch,
-        "report": report_, "Path": Path, "flatten": flatten,
+        "report": report_, "Path": Path, "flatten": flatten, "subpath": subpath,
         # benchmark: repeat("file", n): Snakemake runs the job n times; one measurement serves here.
         "repeat": lambda path, n: path,
         "local": _no_op_flag, "access": _Access(),

@@ -461,3 +461,17 @@ def test_pepfile_and_pepschema(tmp_path: Path) -> None:
         SAMPLES = list(pep.sample_table["sample_name"])
     """, "wf/Snakefile"), workdir=str(tmp_path))
     assert wf.globals["SAMPLES"] == ["s1", "s2"]
+
+
+def test_subpath(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule r:
+            output: "res/{s}/x.sorted.bam"
+            params:
+                prefix=subpath(lambda wildcards, output: output[0], strip_suffix=".bam"),
+                folder=subpath(lambda wildcards, output: output[0], parent=True),
+                top=subpath("a/b/c.txt", ancestor=2),
+                name=subpath("a/b/c.txt", basename=True),
+    """)
+    p = step(wf, "r", s="q").params
+    assert (p.prefix, p.folder, p.top, p.name) == ("res/q/x.sorted", "res/q", "a", "c.txt")
