@@ -57,6 +57,23 @@ class IncompleteCheckpoint(Exception):
         self.outputs = outputs
 
 
+class Pending(str):
+    """A resource whose function read an input that does not exist yet (``input.size_mb`` before
+    the upstream step ran): Snakemake's ``<TBD>``. The scheduler evaluates the step's resources
+    again when it is about to start it, when its inputs exist."""
+
+    def __new__(cls) -> Pending:
+        return str.__new__(cls, "<TBD>")
+
+
+PENDING = Pending()
+
+
+def has_pending(inst: Any) -> bool:
+    res = getattr(inst, "resources", None)
+    return bool(res) and any(isinstance(v, Pending) for v in res)
+
+
 class Entry:
     """One declared input/output/log item: a named or unnamed pattern, list of patterns, or function."""
 
@@ -172,7 +189,7 @@ _RESOURCES_ARGS = ("wildcards", "input", "threads", "attempt")
 
 
 def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
-         names: tuple[str, ...]) -> Any:
+         names: tuple[str, ...], pending_ok: bool = False) -> Any:
     key = id(func)
     if key not in rule._plans:
         rule._plans[key] = call_plan(func, names)
@@ -188,6 +205,9 @@ def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str
     except (FlowmakeError, IncompleteCheckpoint):
         raise
     except Exception as e:  # user code: report without a traceback, at the rule
+        if pending_ok and isinstance(e, FileNotFoundError) and e.filename is not None \
+                and os.path.normpath(os.fspath(e.filename)) in map(os.path.normpath, available.get("input") or ()):
+            return PENDING
         raise rule.error(f"{what} function raised {type(e).__name__}: {e}") from None
 
 
@@ -276,7 +296,7 @@ def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,
         if callable(v):
             available = available or {"wildcards": wc, "input": input, "threads": threads,
                                       "attempt": attempt}
-            v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS)
+            v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS, pending_ok=True)
         values.append((name, v))
     return NamedList.from_pairs(values)
 
