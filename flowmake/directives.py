@@ -70,8 +70,8 @@ PENDING = Pending()
 
 
 def has_pending(inst: Any) -> bool:
-    res = getattr(inst, "resources", None)
-    return bool(res) and any(isinstance(v, Pending) for v in res)
+    res = getattr(inst, "resources", None) or ()
+    return any(isinstance(v, Pending) for v in res)
 
 
 class Entry:
