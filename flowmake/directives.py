@@ -93,6 +93,8 @@ class Entry:
             self.func = value
             if isinstance(value, FlaggedFunction):
                 self.unpack = value.unpack
+            if self.unpack and name is not None:  # Snakemake refuses it too
+                raise ValueError(f"a named {directive} ({name}=) cannot be unpack()ed")
             return
         self.single = isinstance(value, (str, os.PathLike))
         for item in flatten(value, directive):
@@ -226,6 +228,9 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
             is_single = e.single
         else:
             result = call_input(rule, e.func, wc)
+            if e.unpack and not isinstance(result, (list, dict)):
+                raise rule.error(f"an unpack() input function must return a list or a dict, "
+                                 f"not {type(result).__name__}")
             if e.unpack and isinstance(result, dict):
                 for k, v in result.items():
                     s = len(items)

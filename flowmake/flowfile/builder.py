@@ -23,7 +23,7 @@ from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile import namespace as nsmod
 from flowmake.flowfile.translate import HOOKS, Translation, translate
-from flowmake.namedlist import ExtensionList, Flag, flags_of
+from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, flags_of
 from flowmake.patterns import BUILTIN_TYPES, make_type
 from flowmake.rules import Rule, Workflow
 
@@ -158,6 +158,10 @@ class Builder:
             else:
                 pairs.append((None, a))
         pairs += list(value.kwargs.items())
+        if d != "input" and any(isinstance(v, FlaggedFunction) and v.unpack for _, v in pairs):
+            raise FlowfileError(f"unpack() is only for input functions, not {d}",
+                                location=self._here(value.line),
+                                hint="a params function may return a dict: {params.name[key]}")
         defaults = self._default_flags.get(d)
         if defaults:
             pairs = [(n, _with_defaults(v, defaults)) for n, v in pairs]

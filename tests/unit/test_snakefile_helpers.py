@@ -475,3 +475,48 @@ def test_subpath(tmp_path: Path) -> None:
     """)
     p = step(wf, "r", s="q").params
     assert (p.prefix, p.folder, p.top, p.name) == ("res/q/x.sorted", "res/q", "a", "c.txt")
+
+
+@pytest.mark.parametrize("rule, message", [
+    ('input: x=unpack(lambda w: {"a": "b"})', "Snakefile:1: Flowfile error: a named input (x=) cannot be unpack()ed"),
+    ('params: unpack(lambda w: {"a": "b"})', "Snakefile:3: Flowfile error: unpack() is only for input functions, not params"),
+])
+def test_unpack_misuse_is_refused_where_snakemake_refuses_it(tmp_path: Path, rule: str,
+                                                             message: str) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, f"rule u:\n    output: 'u'\n    {rule}\n")
+    assert str(e.value).splitlines()[0] == message
+
+
+def test_unpack_function_returning_a_path_is_refused(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule u:
+            input: unpack(lambda w: "a.txt")
+            output: "u"
+    """)
+    with pytest.raises(FlowfileError) as e:
+        step(wf, "u")
+    assert e.value.message == "an unpack() input function must return a list or a dict, not str"
+
+
+def test_ancient_input_is_not_rerun_when_its_producer_reruns(tmp_path: Path) -> None:
+    """Snakemake: a job whose updated inputs are all ancient (and exist) is not triggered."""
+    write(tmp_path, """
+        rule final:
+            input: ancient("old.txt")
+            output: "final.txt"
+            shell: "cat {input} > {output}"
+        rule producer:
+            output: "old.txt"
+            params: v=config.get("v", 1)
+            shell: "echo {params.v} > {output}"
+    """)
+
+    def run(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "flowmake", "-c", "1", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+
+    run()
+    run("--config", "v=2")  # the producer reruns (its params changed) and writes new bytes
+    assert (tmp_path / "old.txt").read_text() == "2\n" and (tmp_path / "final.txt").read_text() == "1\n"
