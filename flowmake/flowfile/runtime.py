@@ -8,6 +8,7 @@ Every checkpoint counts as done there: the step only runs once its inputs exist.
 
 from __future__ import annotations
 
+import builtins
 import os
 import runpy
 import sys
@@ -79,9 +80,16 @@ def run_script(inst: Instance) -> None:
     if not os.path.isfile(path):
         raise FlowfileError(f"script '{rule.script}' not found", location=rule.location,
                             rule=rule.name)
+    from flowmake.flowfile.builder import import_path
+
     old_argv = sys.argv
     sys.argv = [path]
+    # The rule file's builtins: `from snakemake.shell import shell` in a script gets the same
+    # stand-ins as the rule file (Snakemake installed or not); modules beside it import.
+    init = {"snakemake": ScriptContext(inst),
+            "__builtins__": rule.workflow.globals.get("__builtins__", builtins)}
     try:
-        runpy.run_path(path, init_globals={"snakemake": ScriptContext(inst)}, run_name="__main__")
+        with import_path([os.path.dirname(os.path.abspath(path)), rule.basedir]):
+            runpy.run_path(path, init_globals=init, run_name="__main__")
     finally:
         sys.argv = old_argv

@@ -520,3 +520,20 @@ def test_ancient_input_is_not_rerun_when_its_producer_reruns(tmp_path: Path) -> 
     run()
     run("--config", "v=2")  # the producer reruns (its params changed) and writes new bytes
     assert (tmp_path / "old.txt").read_text() == "2\n" and (tmp_path / "final.txt").read_text() == "1\n"
+
+
+def test_script_imports_snakemake_without_snakemake(tmp_path: Path) -> None:
+    """Every process of the run (flowmake, and the one running the script) finds no Snakemake:
+    a sitecustomize on PYTHONPATH makes `import snakemake` fail as if it were not installed."""
+    hide = tmp_path / "hide"
+    write(hide, "import sys\nsys.modules['snakemake'] = None\n", "sitecustomize.py")
+    case = Path(__file__).resolve().parents[1] / "cases" / "script_snakemake_imports"
+    import shutil
+    shutil.copytree(case / "workflow", tmp_path / "run" / "workflow")
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    done = subprocess.run([sys.executable, "-m", "flowmake", "-c", "1"], cwd=tmp_path / "run",
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "out" / "x.txt").read_text() == "HELLO x\n"
+    probe = subprocess.run([sys.executable, "-c", "import snakemake"], env=env, capture_output=True)
+    assert probe.returncode != 0  # the probe really hides Snakemake
