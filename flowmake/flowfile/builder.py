@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
+from flowmake.flowfile import compat
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile import namespace as nsmod
 from flowmake.flowfile.translate import HOOKS, Translation, translate
@@ -54,6 +55,7 @@ class Builder:
             "input": [], "output": []}
         self._pepfile: str | None = None
         self.info = nsmod.WorkflowInfo(self)
+        self.standins: dict[str, types.ModuleType] = {}  # snakemake.*, set by make_namespace
         self.namespace = nsmod.make_namespace(self)
         # Like Snakemake, shell commands may name the rule file's globals ({config[x]}, {REF}).
         workflow.globals = self.namespace
@@ -77,7 +79,7 @@ class Builder:
             raise _syntax_error(e, path, text) from None
         self._stack.append(path)
         try:
-            with import_path([os.path.dirname(os.path.abspath(path))]):
+            with import_path([os.path.dirname(os.path.abspath(path))]), compat.serving(self.standins):
                 exec(code, self.namespace)
         except FlowmakeError as e:
             if e.location is None:
@@ -126,7 +128,7 @@ class Builder:
         for d, value in directives.items():
             if d == "run":
                 # Modules beside the rule files import in a run: block too (as while loading).
-                kw["run"], kw["run_source"] = _importing(value, self._import_dirs), run_source
+                kw["run"], kw["run_source"] = _importing(value, self._import_dirs, self.standins), run_source
             elif d in _IGNORED:
                 continue
             elif d in _LIST_DIRECTIVES:
@@ -325,10 +327,11 @@ def import_path(dirs: list[str]) -> Iterator[None]:
                 sys.path.remove(d)
 
 
-def _importing(func: Callable[..., Any], dirs: Callable[[], list[str]]) -> Callable[..., Any]:
+def _importing(func: Callable[..., Any], dirs: Callable[[], list[str]],
+               standins: dict[str, types.ModuleType]) -> Callable[..., Any]:
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with import_path(dirs()):
+        with import_path(dirs()), compat.serving(standins):
             return func(*args, **kwargs)
     return run
 

@@ -8,20 +8,24 @@ expects Snakemake's workflow object, and its ``expand`` or ``temp`` make values 
 read. So a rule file always gets stand-in modules (``snakemake``, ``.utils``, ``.io``, ``.shell``,
 ``.logging``, ``.common``, ``.exceptions``) holding flowmake's names; any other name, or another
 submodule (``snakemake.remote``), comes from the real Snakemake when it is installed and is an
-ImportError naming what is missing when it is not. Nothing is installed under the name
-``snakemake``: the stand-ins exist only inside a rule file's namespace.
+ImportError naming what is missing when it is not. Without Snakemake, the modules a rule file
+imports find the stand-ins too, while it loads or a step's block runs (``serving``); nothing is
+left under the name ``snakemake`` afterwards.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import functools
 import importlib
+import importlib.abc
 import importlib.metadata
 import importlib.util
 import os
 import sys
 import types
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from flowmake.settings import available_cores
 
@@ -31,7 +35,9 @@ OURS = ("snakemake", "snakemake.utils", "snakemake.io", "snakemake.shell", "snak
         "snakemake.common", "snakemake.exceptions")
 
 
+@functools.lru_cache(maxsize=None)
 def snakemake_installed() -> bool:
+    """Asked once per process, before ``serving`` may put the stand-ins in sys.modules."""
     try:
         return importlib.util.find_spec("snakemake") is not None
     except ValueError:  # sys.modules["snakemake"] is None: as good as absent
@@ -108,9 +114,54 @@ def _real(name: str) -> types.ModuleType | None:
     if not snakemake_installed():
         return None
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError:
         return None
+    return None if isinstance(module, _Standin) else module
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves the stand-ins to modules a rule file imports (``scripts/common.py`` with its own
+    ``from snakemake.utils import validate``), while ``serving`` is in effect."""
+
+    def __init__(self, modules: Mapping[str, types.ModuleType]) -> None:
+        self.modules = modules
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in self.modules:
+            return None
+        return importlib.util.spec_from_loader(name, self, is_package=name == "snakemake")
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        return self.modules[spec.name]
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
+def standins_of(namespace: Mapping[str, Any]) -> dict[str, types.ModuleType]:
+    """The stand-in modules of a loaded rule file's namespace (for a ``script:`` step)."""
+    root = namespace.get("snakemake")
+    if not isinstance(root, _Standin):
+        return {}
+    return {"snakemake": root, **{m.__name__: m for m in vars(root).values() if isinstance(m, _Standin)}}
+
+
+@contextlib.contextmanager
+def serving(modules: Mapping[str, types.ModuleType]) -> Iterator[None]:
+    """While a rule file loads or a step's block runs, without Snakemake installed: the modules it
+    imports find the stand-ins too. Afterwards sys.modules holds no ``snakemake`` again."""
+    if snakemake_installed() or any(isinstance(f, _Finder) for f in sys.meta_path):
+        yield
+        return
+    finder = _Finder(modules)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [n for n, m in sys.modules.items() if isinstance(m, _Standin)]:
+            del sys.modules[name]
 
 
 def _version() -> str:

@@ -54,8 +54,8 @@ def make_namespace(builder: Builder) -> dict[str, Any]:
     helpers = namespace_helpers(lambda: wf.workdir, lambda: builder.info.current_basedir)
     shell = Shell(wf.shell_settings)
     validate = validate_in(lambda: builder.info.current_basedir, lambda: wf.files)
-    modules = compat.snakemake_modules(helpers, {"validate": validate, "Paramspace": Paramspace},
-                                       shell)
+    modules = builder.standins = compat.snakemake_modules(
+        helpers, {"validate": validate, "Paramspace": Paramspace}, shell)
     ns: dict[str, Any] = dict(_PYTHON_NAMES)
     ns.update(helpers)
     ns.update({

@@ -81,6 +81,7 @@ def run_script(inst: Instance) -> None:
         raise FlowfileError(f"script '{rule.script}' not found", location=rule.location,
                             rule=rule.name)
     from flowmake.flowfile.builder import import_path
+    from flowmake.flowfile.compat import serving, standins_of
 
     old_argv = sys.argv
     sys.argv = [path]
@@ -89,7 +90,8 @@ def run_script(inst: Instance) -> None:
     init = {"snakemake": ScriptContext(inst),
             "__builtins__": rule.workflow.globals.get("__builtins__", builtins)}
     try:
-        with import_path([os.path.dirname(os.path.abspath(path)), rule.basedir]):
+        with import_path([os.path.dirname(os.path.abspath(path)), rule.basedir]), \
+                serving(standins_of(rule.workflow.globals)):
             runpy.run_path(path, init_globals=init, run_name="__main__")
     finally:
         sys.argv = old_argv

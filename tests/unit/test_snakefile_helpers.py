@@ -24,6 +24,34 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # errors show paths relative to the current directory
 
 
+@pytest.fixture(scope="module")
+def python_without_snakemake(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter that has everything this one has except Snakemake: a venv whose site
+    holds links to this site's packages, Snakemake's left out. Its subprocesses (a step's
+    ``python -m flowmake.jobrun``) use it too, so no process of the run can import Snakemake."""
+    import shutil
+    import sysconfig
+    import venv
+    root = tmp_path_factory.mktemp("nosnakemake")
+    venv.create(root / "venv", with_pip=False)
+    farm = root / "site"
+    farm.mkdir()
+    site = Path(sysconfig.get_paths()["purelib"])
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith("snakemake") and not entry.name.endswith(".pth"):
+            (farm / entry.name).symlink_to(entry)
+    py = root / "venv" / "bin" / "python"
+    target = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip())
+    (target / "0farm.pth").write_text(f"{farm}\n")  # before the editable install's .pth
+    for pth in site.glob("__editable__*.pth"):
+        shutil.copy(pth, target / pth.name)
+    probe = subprocess.run([str(py), "-c", "import flowmake.backends.local, yaml, jsonschema; import snakemake"],
+                           capture_output=True, text=True)
+    assert "No module named 'snakemake'" in probe.stderr, probe.stderr
+    return str(py)
+
+
 def write(tmp_path: Path, text: str, name: str = "Snakefile") -> str:
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -401,36 +429,86 @@ rule make:
 
 
 @pytest.mark.parametrize("without_snakemake", [True, False])
-def test_snakemake_imports_with_and_without_snakemake(tmp_path: Path, without_snakemake: bool) -> None:
-    """Without Snakemake, `import snakemake` finds nothing (sys.modules["snakemake"] = None is
-    what the import system reports for a missing package); with it (CI), the stand-ins still serve
-    flowmake's names, so the schema is found beside the Snakefile."""
+def test_snakemake_imports_with_and_without_snakemake(tmp_path: Path, without_snakemake: bool,
+                                                      python_without_snakemake: str) -> None:
+    """Without Snakemake the stand-ins serve every name; with it (CI), they still serve
+    flowmake's, so the schema is found beside the Snakefile and temp() is flowmake's."""
     if not without_snakemake:
         pytest.importorskip("snakemake")
     write(tmp_path, "properties: {n: {default: 3}}\n", "wf/schema.yaml")
     write(tmp_path, STANDIN_SNAKEFILE, "wf/Snakefile")
-    code = ("import sys\n" + ("sys.modules['snakemake'] = None\n" if without_snakemake else "")
-            + "from flowmake.cli import entry\nsys.argv = ['flowmake', '-s', 'wf/Snakefile', '-c', '1']\n"
-            "entry()\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    py = python_without_snakemake if without_snakemake else sys.executable
+    done = subprocess.run([py, "-m", "flowmake", "-s", "wf/Snakefile", "-c", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     version = "9.0.0" if without_snakemake else __import__("importlib.metadata").metadata.version("snakemake")
     assert f"version {version} {version} ['1'] {{'n': 3}}" in done.stderr
     assert not (tmp_path / "o").exists()  # temp(), from the stand-in snakemake.io, was honoured
 
 
-def test_unknown_snakemake_module_without_snakemake(tmp_path: Path) -> None:
+def test_unknown_snakemake_module_without_snakemake(tmp_path: Path,
+                                                   python_without_snakemake: str) -> None:
     write(tmp_path, "from snakemake.remote import GS\n", "Snakefile")
-    code = ("import sys\nsys.modules['snakemake'] = None\nfrom flowmake.cli import entry\n"
-            "sys.argv = ['flowmake', '-n']\nentry()\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([python_without_snakemake, "-m", "flowmake", "-n"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.splitlines()[0] == (
         "Snakefile:1: Flowfile error: ModuleNotFoundError: No module named 'snakemake.remote': "
         "Snakemake is not installed, and flowmake stands in only for snakemake, snakemake.utils, "
         "snakemake.io, snakemake.shell, snakemake.logging, snakemake.common, snakemake.exceptions")
+
+
+@pytest.mark.parametrize("without_snakemake", [True, False])
+def test_modules_beside_the_snakefile_import_snakemake_too(tmp_path: Path, without_snakemake: bool,
+                                                           python_without_snakemake: str) -> None:
+    """A helper module of the workflow imports snakemake.io itself, while the Snakefile loads
+    and from a run: block; afterwards nothing named snakemake is left behind."""
+    if not without_snakemake:
+        pytest.importorskip("snakemake")
+    write(tmp_path, """
+        from snakemake.io import expand
+        from snakemake.logging import logger
+
+        def targets(names):
+            return expand("out/{n}.txt", n=names)
+
+        def note(text):
+            from snakemake.utils import update_config  # imported when the run: block calls it
+            d = {}
+            update_config(d, {"text": text})
+            return d["text"]
+    """, "wf/common.py")
+    write(tmp_path, """
+        from common import targets
+        rule all:
+            input: targets(["a"])
+        rule make:
+            output: "out/{n}.txt"
+            run:
+                import common
+                open(output[0], "w").write(common.note("made " + wildcards.n) + "\\n")
+        onsuccess:
+            import sys
+            print("left:", sorted(m for m in sys.modules if m.startswith("snakemake")
+                                  and not hasattr(sys.modules[m], "__file__")), file=sys.stderr)
+    """, "wf/Snakefile")
+    py = python_without_snakemake if without_snakemake else sys.executable
+    done = subprocess.run([py, "-m", "flowmake", "-s", "wf/Snakefile", "-c", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "a.txt").read_text() == "made a\n"
+    assert "left: []" in done.stderr
+
+
+def test_script_imports_snakemake_without_snakemake(tmp_path: Path,
+                                                    python_without_snakemake: str) -> None:
+    import shutil
+    case = Path(__file__).resolve().parents[1] / "cases" / "script_snakemake_imports"
+    shutil.copytree(case / "workflow", tmp_path / "run" / "workflow")
+    done = subprocess.run([python_without_snakemake, "-m", "flowmake", "-c", "1"],
+                          cwd=tmp_path / "run", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "out" / "x.txt").read_text() == "HELLO x\n"
 
 
 def test_pepfile_without_peppy_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -520,20 +598,3 @@ def test_ancient_input_is_not_rerun_when_its_producer_reruns(tmp_path: Path) -> 
     run()
     run("--config", "v=2")  # the producer reruns (its params changed) and writes new bytes
     assert (tmp_path / "old.txt").read_text() == "2\n" and (tmp_path / "final.txt").read_text() == "1\n"
-
-
-def test_script_imports_snakemake_without_snakemake(tmp_path: Path) -> None:
-    """Every process of the run (flowmake, and the one running the script) finds no Snakemake:
-    a sitecustomize on PYTHONPATH makes `import snakemake` fail as if it were not installed."""
-    hide = tmp_path / "hide"
-    write(hide, "import sys\nsys.modules['snakemake'] = None\n", "sitecustomize.py")
-    case = Path(__file__).resolve().parents[1] / "cases" / "script_snakemake_imports"
-    import shutil
-    shutil.copytree(case / "workflow", tmp_path / "run" / "workflow")
-    env = {**os.environ, "PYTHONPATH": str(hide)}
-    done = subprocess.run([sys.executable, "-m", "flowmake", "-c", "1"], cwd=tmp_path / "run",
-                          env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "run" / "out" / "x.txt").read_text() == "HELLO x\n"
-    probe = subprocess.run([sys.executable, "-c", "import snakemake"], env=env, capture_output=True)
-    assert probe.returncode != 0  # the probe really hides Snakemake
