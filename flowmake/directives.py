@@ -59,6 +59,23 @@ class IncompleteCheckpoint(Exception):
         self.outputs = outputs
 
 
+class Pending(str):
+    """A resource whose function read an input that does not exist yet (``input.size_mb`` before
+    the upstream step ran): Snakemake's ``<TBD>``. The scheduler evaluates the step's resources
+    again when it is about to start it, when its inputs exist."""
+
+    def __new__(cls) -> Pending:
+        return str.__new__(cls, "<TBD>")
+
+
+PENDING = Pending()
+
+
+def has_pending(inst: Any) -> bool:
+    res = getattr(inst, "resources", None) or ()
+    return any(isinstance(v, Pending) for v in res)
+
+
 class Entry:
     """One declared input/output/log item: a named or unnamed pattern, list of patterns, or function."""
 
@@ -78,6 +95,8 @@ class Entry:
             self.func = value
             if isinstance(value, FlaggedFunction):
                 self.unpack = value.unpack
+            if self.unpack and name is not None:  # Snakemake refuses it too
+                raise ValueError(f"a named {directive} ({name}=) cannot be unpack()ed")
             return
         self.single = isinstance(value, (str, os.PathLike))
         for item in flatten(value, directive):
@@ -174,7 +193,7 @@ _RESOURCES_ARGS = ("wildcards", "input", "threads", "attempt")
 
 
 def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
-         names: tuple[str, ...]) -> Any:
+         names: tuple[str, ...], pending_ok: bool = False) -> Any:
     key = id(func)
     if key not in rule._plans:
         rule._plans[key] = call_plan(func, names)
@@ -190,6 +209,9 @@ def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str
     except (FlowmakeError, IncompleteCheckpoint):
         raise
     except Exception as e:  # user code: report without a traceback, at the rule
+        if pending_ok and isinstance(e, FileNotFoundError) and e.filename is not None \
+                and os.path.normpath(os.fspath(e.filename)) in map(os.path.normpath, available.get("input") or ()):
+            return PENDING
         raise rule.error(f"{what} function raised {type(e).__name__}: {e}") from None
 
 
@@ -208,15 +230,18 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
             is_single = e.single
         else:
             result = call_input(rule, e.func, wc)
+            if e.unpack and not isinstance(result, (list, dict)):
+                raise rule.error(f"an unpack() input function must return a list or a dict, "
+                                 f"not {type(result).__name__}")
             if e.unpack and isinstance(result, dict):
                 for k, v in result.items():
                     s = len(items)
-                    one = extend(rule, items, v, flags_of(e.func), flags)
+                    one = extend(rule, items, v, flags_of(e.func), flags, b)
                     names[k] = (s, len(items))
                     if one:
                         single.add(k)
                 continue
-            is_single = extend(rule, items, result, flags_of(e.func), flags)
+            is_single = extend(rule, items, result, flags_of(e.func), flags, b)
         if e.name is not None:
             names[e.name] = (start, len(items))
             if is_single:
@@ -241,8 +266,10 @@ def add(path: str, f: frozenset[Flag], flags: Flags) -> str:
     return path
 
 
-def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags) -> bool:
-    """Append an input function's result; True if it was a single path."""
+def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags,
+           b: Bindings | None = None) -> bool:
+    """Append an input function's result; True if it was a single path. Like Snakemake, a
+    returned path's {wildcards} are filled in (``branch(..., then="x/{sample}.txt")``)."""
     if isinstance(result, dict):
         raise rule.error("input function returned a dict; wrap the function with unpack()")
     try:
@@ -250,7 +277,10 @@ def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], fl
     except ValueError as e:
         raise rule.error(str(e)) from None
     for v in values:
-        items.append(add(os.fspath(v), flags_of(v) | extra, flags))
+        path = os.fspath(v)
+        if b is not None and "{" in path:
+            path = Pattern(path, None, rule.workflow.wildcard_types).format(b)
+        items.append(add(path, flags_of(v) | extra, flags))
     return isinstance(result, (str, os.PathLike))
 
 # The three below are called by Rule._build only when the rule needs them evaluated (threads
@@ -273,7 +303,7 @@ def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,
         if callable(v):
             available = available or {"wildcards": wc, "input": input, "threads": threads,
                                       "attempt": attempt}
-            v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS)
+            v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS, pending_ok=True)
         values.append((name, v))
     return NamedList.from_pairs(values)
 

@@ -2,15 +2,18 @@
 
 ``NamedList`` is Snakemake's ``Namedlist``: a list whose items (or ranges of items) also have names,
 so ``input.reads``, ``input[0]`` and ``str(input)`` (space-joined) all work. ``Flagged`` is a path
-string carrying ``Flag``s (temp, protected, directory, ancient, touch) set by the helper functions
-of the same name.
+string carrying ``Flag``s (temp, protected, directory, ancient, touch, report) set by the helper
+functions of the same name; a flag with arguments (``report(path, caption=...)``) keeps them as the
+flag's data (``flag_data``). An input list also answers Snakemake's size questions
+(``input.size_mb``, ``input.size_files``...), read from the files when asked.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-from typing import AbstractSet, Any, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import AbstractSet, Any, Callable, Iterable, Iterator, Mapping
 
 
 class Flag(enum.Enum):
@@ -21,6 +24,25 @@ class Flag(enum.Enum):
     DIRECTORY = "directory"
     ANCIENT = "ancient"
     TOUCH = "touch"
+    # An output a later HTML report lists; its arguments are the flag's data (a ReportSpec).
+    # For everything else the file is an ordinary output.
+    REPORT = "report"
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What ``report(path, caption=..., ...)`` said about an output (Snakemake's ReportObject).
+
+    ``caption`` is resolved against the folder of the rule file that called ``report()``, as
+    Snakemake does; everything else is kept as given.
+    """
+
+    caption: str | None = None
+    category: str | None = None
+    subcategory: str | None = None
+    labels: Any = None
+    patterns: tuple[str, ...] = ()
+    htmlindex: str | None = None
 
 
 class NamedList(list):
@@ -108,6 +130,41 @@ class NamedList(list):
     def has_name(self, name: str) -> bool:
         return name in self._names
 
+    # Snakemake's InputFiles sizes, for ``resources: mem_mb=lambda wc, input: 2 * input.size_mb``.
+    # Read when asked (a missing file raises FileNotFoundError, as Snakemake's size does);
+    # kb/mb/gb are binary units (1024), as in Snakemake.
+    @property
+    def size_files(self) -> list[int]:
+        return [os.path.getsize(os.fspath(f)) for f in self]
+
+    @property
+    def size_files_kb(self) -> list[float]:
+        return [f / 1024 for f in self.size_files]
+
+    @property
+    def size_files_mb(self) -> list[float]:
+        return [f / 1024 ** 2 for f in self.size_files]
+
+    @property
+    def size_files_gb(self) -> list[float]:
+        return [f / 1024 ** 3 for f in self.size_files]
+
+    @property
+    def size(self) -> int:
+        return sum(self.size_files)
+
+    @property
+    def size_kb(self) -> float:
+        return sum(self.size_files_kb)
+
+    @property
+    def size_mb(self) -> float:
+        return sum(self.size_files_mb)
+
+    @property
+    def size_gb(self) -> float:
+        return sum(self.size_files_gb)
+
     def __str__(self) -> str:
         return " ".join(map(str, self))
 
@@ -160,26 +217,31 @@ class Wildcards(NamedList):
 
 
 class Flagged(str):
-    """A path string with flags, e.g. ``temp("a.txt")``."""
+    """A path string with flags, e.g. ``temp("a.txt")``; ``data`` holds a flag's arguments."""
 
     flags: frozenset[Flag]
+    data: Mapping[Flag, Any]
 
-    def __new__(cls, value: str, flags: frozenset[Flag]) -> Flagged:
+    def __new__(cls, value: str, flags: frozenset[Flag],
+                data: Mapping[Flag, Any] | None = None) -> Flagged:
         s = str.__new__(cls, value)
         s.flags = flags
+        s.data = data or {}
         return s
 
     def __reduce__(self) -> Any:
-        return (Flagged, (str(self), self.flags))
+        return (Flagged, (str(self), self.flags, dict(self.data)))
 
 
 class FlaggedFunction:
     """An input/output function wrapped by a flag helper or ``unpack``; its results get the flags."""
 
-    def __init__(self, func: Callable[..., Any], flags: frozenset[Flag], unpack: bool = False) -> None:
+    def __init__(self, func: Callable[..., Any], flags: frozenset[Flag], unpack: bool = False,
+                 data: Mapping[Flag, Any] | None = None) -> None:
         self.func = func
         self.flags = flags
         self.unpack = unpack
+        self.data = data or {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -189,14 +251,35 @@ def flags_of(value: Any) -> frozenset[Flag]:
     return getattr(value, "flags", None) or frozenset()
 
 
-def add_flag(value: Any, flag: Flag) -> Any:
-    """Flag a path, every path of a list/dict, or the results of a function."""
+def flag_data(value: Any, flag: Flag) -> Any:
+    """The arguments a flag was given (``report``'s ReportSpec), or None."""
+    return (getattr(value, "data", None) or {}).get(flag)
+
+
+def add_flag(value: Any, flag: Flag, data: Any = None) -> Any:
+    """Flag a path, every path of a list/dict, or the results of a function; ``data`` is the
+    flag's arguments, kept beside it."""
+    extra = {flag: data} if data is not None else {}
     if isinstance(value, FlaggedFunction):
-        return FlaggedFunction(value.func, value.flags | {flag}, value.unpack)
+        return FlaggedFunction(value.func, value.flags | {flag}, value.unpack, {**value.data, **extra})
     if callable(value) and not isinstance(value, str):
-        return FlaggedFunction(value, frozenset({flag}))
+        return FlaggedFunction(value, frozenset({flag}), data=extra)
     if isinstance(value, dict):
-        return {k: add_flag(v, flag) for k, v in value.items()}
+        return {k: add_flag(v, flag, data) for k, v in value.items()}
+    if isinstance(value, ExtensionList):  # temp(multiext(...)): the names stay
+        return ExtensionList([add_flag(v, flag, data) for v in value], value.names)
     if isinstance(value, (list, tuple)):
-        return [add_flag(v, flag) for v in value]
-    return Flagged(os.fspath(value), flags_of(value) | {flag})
+        return [add_flag(v, flag, data) for v in value]
+    old = getattr(value, "data", None) or {}
+    return Flagged(os.fspath(value), flags_of(value) | {flag}, {**old, **extra} or None)
+
+
+class ExtensionList(list):
+    """``multiext("a", bam=".bam", bai=".bai")``: paths that become named items (``output.bam``)
+    where a rule lists them; ``names[i]`` is the name of item i."""
+
+    names: list[str]
+
+    def __init__(self, items: Iterable[Any] = (), names: Iterable[str] = ()) -> None:
+        super().__init__(items)
+        self.names = list(names)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobState
 from flowmake.capacity import NOTHING, Capacity
+from flowmake.directives import has_pending
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext, job_spec
 from flowmake.locks import OutputLocks
@@ -223,6 +224,8 @@ class Scheduler:
 
     def _fits(self, rec: StepRecord, backend: Backend) -> bool:
         local = backend is self.local or getattr(backend, "name", "") == "local"
+        if has_pending(rec.step.instance):  # input.size_mb & co.: its inputs exist now
+            self._reinstantiate(rec.step, rec.attempts + 1)
         if not self.capacity.fits(self.capacity.need_of(rec.step.instance), local=local):
             return False
         running_here = sum(1 for r in self._running.values() if r.backend is backend)

@@ -10,21 +10,23 @@ one process share nothing. Custom wildcard types are declared with::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import sys
 import types
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
+from flowmake.flowfile import compat
 from flowmake.flowfile import config as configmod
-from flowmake.flowfile.compat import builtins_with_snakemake
-from flowmake.flowfile.helpers import namespace_helpers
+from flowmake.flowfile import namespace as nsmod
 from flowmake.flowfile.translate import HOOKS, Translation, translate
+from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, flags_of
 from flowmake.patterns import BUILTIN_TYPES, make_type
-from flowmake.rules import Checkpoints, Rule, Rules, Workflow
-from flowmake.settings import available_cores
-from flowmake.shellfmt import Shell
+from flowmake.rules import Rule, Workflow
 
 _LIST_DIRECTIVES = ("input", "output", "log", "params", "resources")
 _SINGLE_DIRECTIVES = ("threads", "priority", "retries", "message", "shell", "script", "container",
@@ -48,21 +50,19 @@ class Builder:
         self._stack: list[str] = []
         # (rule names, where) from localrules/ruleorder: checked once every rule is known.
         self._name_refs: list[tuple[tuple[str, ...], Location]] = []
-        self.namespace = self._make_namespace()
+        # inputflags:/outputflags: the flag helpers applied to the inputs/outputs of later rules,
+        # each with the flags it sets (to skip a file that has them or a contradicting one).
+        self._default_flags: dict[str, list[tuple[Callable[[Any], Any], frozenset[Flag]]]] = {
+            "input": [], "output": []}
+        self._pepfile: str | None = None
+        self.info = nsmod.WorkflowInfo(self)
+        self.standins: dict[str, types.ModuleType] = {}  # snakemake.*, set by make_namespace
+        self.namespace = nsmod.make_namespace(self)
         # Like Snakemake, shell commands may name the rule file's globals ({config[x]}, {REF}).
         workflow.globals = self.namespace
 
-    def _make_namespace(self) -> dict[str, Any]:
-        wf = self.workflow
-        helpers = namespace_helpers(lambda: wf.workdir)
-        ns: dict[str, Any] = {
-            "__builtins__": builtins_with_snakemake(helpers), "__name__": "__flowfile__", "__file__": wf.flowfile,
-            "__flowmake__": self, "config": wf.config, "rules": Rules(wf),
-            "checkpoints": Checkpoints(wf), "shell": Shell(wf.shell_settings),
-            "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
-        }
-        ns.update(helpers)
-        return ns
+    def current_file(self) -> str:
+        return self._stack[-1] if self._stack else self.workflow.flowfile
 
     # -- executing files ---------------------------------------------------------------------
 
@@ -80,7 +80,8 @@ class Builder:
             raise _syntax_error(e, path, text) from None
         self._stack.append(path)
         try:
-            exec(code, self.namespace)
+            with import_path([os.path.dirname(os.path.abspath(path))]), compat.serving(self.standins):
+                exec(code, self.namespace)
         except FlowmakeError as e:
             if e.location is None:
                 e.location = Location(path, _user_line(e.__traceback__, path))
@@ -127,14 +128,15 @@ class Builder:
         kw: dict[str, Any] = {}
         for d, value in directives.items():
             if d == "run":
-                kw["run"], kw["run_source"] = value, run_source
+                # Modules beside the rule files import in a run: block too (as while loading).
+                kw["run"], kw["run_source"] = _importing(value, self._import_dirs, self.standins), run_source
             elif d in _IGNORED:
                 continue
             elif d in _LIST_DIRECTIVES:
                 if d == "resources" and value.args:
                     raise FlowfileError("resources must be named (mem_mb=1000)",
                                         location=Location(location.file, value.line))
-                kw[d] = [(None, a) for a in value.args] + list(value.kwargs.items())
+                kw[d] = self._items(d, value)
             elif d == "wildcard_constraints":
                 kw[d] = _constraints(value, location.file)
             elif d == "envmodules":
@@ -150,6 +152,28 @@ class Builder:
         rule = Rule(self.workflow, rule_name, location, is_checkpoint=is_checkpoint,
                     basedir=basedir, **kw)
         self.workflow.add_rule(rule)
+
+    def _items(self, d: str, value: _Args) -> list[tuple[str | None, Any]]:
+        """A list directive's (name, value) pairs: named multiext() paths become named items,
+        and inputflags:/outputflags: apply to input/output."""
+        pairs: list[tuple[str | None, Any]] = []
+        for a in value.args:
+            if isinstance(a, ExtensionList) and d in ("input", "output", "log"):
+                pairs.extend(zip(a.names, list(a)))
+            else:
+                pairs.append((None, a))
+        pairs += list(value.kwargs.items())
+        if d != "input" and any(isinstance(v, FlaggedFunction) and v.unpack for _, v in pairs):
+            raise FlowfileError(f"unpack() is only for input functions, not {d}",
+                                location=self._here(value.line),
+                                hint="a params function may return a dict: {params.name[key]}")
+        defaults = self._default_flags.get(d)
+        if defaults:
+            pairs = [(n, _with_defaults(v, defaults)) for n, v in pairs]
+        return pairs
+
+    def _import_dirs(self) -> list[str]:
+        return list(dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p, _ in self._files))
 
     # -- top-level directives ------------------------------------------------------------------
 
@@ -168,11 +192,58 @@ class Builder:
 
     def configfile(self, line: int, path: Any) -> None:
         target = self._resolve(path, self.workflow.workdir)
+        if not os.path.exists(target) and self.workflow.configfiles:
+            # Snakemake: a missing configfile: is no error when --configfile gave the config.
+            return
         data = configmod.load_configfile(target, self._here(line))
         configmod.merge(self.workflow.config, data)
         configmod.merge(self.workflow.config, self._cli_config)
         if target not in self.workflow.files:
             self.workflow.files.append(target)
+
+    def inputflags(self, line: int, *flags: Any) -> None:
+        self._set_default_flags("input", line, flags)
+
+    def outputflags(self, line: int, *flags: Any) -> None:
+        self._set_default_flags("output", line, flags)
+
+    def _set_default_flags(self, what: str, line: int, flags: tuple[Any, ...]) -> None:
+        """Like Snakemake, each directive replaces the defaults before it, for the rules after it."""
+        found = []
+        for f in flags:
+            if not callable(f):
+                raise FlowfileError(f"{what}flags: takes flag functions such as temp, not {f!r}",
+                                    location=self._here(line))
+            try:
+                sets = flags_of(f("x"))  # which flags this helper sets
+            except Exception as e:
+                raise FlowfileError(f"{what}flags: {f!r} is not a flag function: {e}",
+                                    location=self._here(line)) from None
+            found.append((f, sets))
+        self._default_flags[what] = found
+
+    def pepfile(self, line: int, path: Any) -> None:
+        peppy = _optional("peppy", "pepfile:", self._here(line))
+        target = self._resolve(path, self.workflow.workdir)
+        try:
+            self.namespace["pep"] = peppy.Project(target)
+        except Exception as e:  # peppy's own errors: a bad or missing project file
+            raise FlowfileError(f"pepfile '{_shown(target)}': {type(e).__name__}: {e}",
+                                location=self._here(line)) from None
+        self._pepfile = target
+        if target not in self.workflow.files:
+            self.workflow.files.append(target)
+
+    def pepschema(self, line: int, schema: Any) -> None:
+        eido = _optional("eido", "pepschema:", self._here(line))
+        if self._pepfile is None:
+            raise FlowfileError("pepschema: needs a pepfile: before it", location=self._here(line))
+        target = self._resolve(schema, os.path.dirname(os.path.abspath(self.current_file())))
+        try:
+            eido.validate_project(project=self.namespace["pep"], schema=target)
+        except Exception as e:  # eido's validation errors say which sample and attribute
+            raise FlowfileError(f"the PEP does not match the schema '{_shown(target)}': "
+                                f"{type(e).__name__}: {e}", location=self._here(line)) from None
 
     def localrules(self, line: int, *names: str) -> None:
         self._name_refs.append((names, self._here(line)))
@@ -220,35 +291,52 @@ class Builder:
         self.workflow.wildcard_types[name] = make_type(name, regex, convert)
 
 
-class _WorkflowInfo:
-    """The read-only ``workflow`` object Snakefiles use for ``workflow.basedir`` and friends."""
+def _optional(module: str, directive: str, where: Location) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise FlowfileError(f"{directive} needs the '{module}' package, which is not installed",
+                            location=where, hint="pip install 'flowmake[pep]'") from None
 
-    def __init__(self, builder: Builder) -> None:
-        self._builder = builder
 
-    @property
-    def basedir(self) -> str:
-        return os.path.dirname(os.path.abspath(self._builder.workflow.flowfile))
+def _with_defaults(value: Any, defaults: list[tuple[Callable[[Any], Any], frozenset[Flag]]]) -> Any:
+    """``value`` with each default flag it has neither itself nor a contradicting one of."""
+    if isinstance(value, ExtensionList):
+        return ExtensionList([_with_defaults(v, defaults) for v in value], value.names)
+    if isinstance(value, (list, tuple)):
+        return [_with_defaults(v, defaults) for v in value]
+    for func, sets in defaults:
+        has = flags_of(value)
+        if any(f in has or _CONTRADICTS.get(f, frozenset()) & has for f in sets):
+            continue
+        value = func(value)
+    return value
 
-    @property
-    def current_basedir(self) -> str:
-        stack = self._builder._stack
-        return os.path.dirname(os.path.abspath(stack[-1])) if stack else self.basedir
 
-    @property
-    def main_snakefile(self) -> str:
-        return os.path.abspath(self._builder.workflow.flowfile)
+_CONTRADICTS = {Flag.TEMP: frozenset({Flag.PROTECTED}), Flag.PROTECTED: frozenset({Flag.TEMP})}
 
-    snakefile = main_snakefile
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return self._builder.workflow.config
+@contextlib.contextmanager
+def import_path(dirs: list[str]) -> Iterator[None]:
+    """The rule files' folders first on sys.path, so modules beside them import (as in Snakemake),
+    and off it again afterwards, so loading leaves the process as it was."""
+    added = [d for d in dirs if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            if d in sys.path:
+                sys.path.remove(d)
 
-    @property
-    def cores(self) -> int:
-        # --cores is not known while loading; the scheduler caps threads at the real value anyway.
-        return available_cores()
+
+def _importing(func: Callable[..., Any], dirs: Callable[[], list[str]],
+               standins: dict[str, types.ModuleType]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with import_path(dirs()), compat.serving(standins):
+            return func(*args, **kwargs)
+    return run
 
 
 def _single(d: str, value: _Args, file: str) -> Any:

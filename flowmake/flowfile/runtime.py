@@ -8,6 +8,7 @@ Every checkpoint counts as done there: the step only runs once its inputs exist.
 
 from __future__ import annotations
 
+import builtins
 import os
 import runpy
 import sys
@@ -91,10 +92,18 @@ def run_script(inst: Instance, path: str | None = None) -> None:
     if not os.path.isfile(path):
         raise FlowfileError(f"script '{shown}' not found", location=rule.location,
                             rule=rule.name)
+    from flowmake.flowfile.builder import import_path
+    from flowmake.flowfile.compat import serving, standins_of
+
     old_argv = sys.argv
     sys.argv = [path]
+    # The rule file's builtins: `from snakemake.shell import shell` in a script gets the same
+    # stand-ins as the rule file (Snakemake installed or not); modules beside it import.
+    init = {"snakemake": ScriptContext(inst, os.path.dirname(os.path.abspath(path))),
+            "__builtins__": rule.workflow.globals.get("__builtins__", builtins)}
     try:
-        context = ScriptContext(inst, os.path.dirname(os.path.abspath(path)))
-        runpy.run_path(path, init_globals={"snakemake": context}, run_name="__main__")
+        with import_path([os.path.dirname(os.path.abspath(path)), rule.basedir]), \
+                serving(standins_of(rule.workflow.globals)):
+            runpy.run_path(path, init_globals=init, run_name="__main__")
     finally:
         sys.argv = old_argv

@@ -1,0 +1,177 @@
+"""The names a rule file may use without importing them, and its ``workflow`` object.
+
+Snakemake executes a Snakefile in the globals of ``snakemake/workflow.py``, so a Snakefile may
+assume everything that module imports or registers: ``os``, ``sys``, ``re``, ``Path``, ``expand``,
+``shell``, ``config``, ``rules``, ``checkpoints``, ``workflow``, ``logger``, ``snakemake``, the
+flag helpers, ``lookup`` and friends. ``make_namespace`` gives a rule file the same names (those
+flowmake can honour), each bound to this one workflow; the builder is the only link to the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from collections import OrderedDict, namedtuple
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain, filterfalse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set, Union
+
+from flowmake.flowfile import compat
+from flowmake.flowfile.helpers import namespace_helpers
+from flowmake.flowfile.paramspace import Paramspace
+from flowmake.flowfile.validate import validate_in
+from flowmake.rules import Checkpoints, Rule, Rules
+from flowmake.settings import available_cores
+from flowmake.shellfmt import Shell
+
+if TYPE_CHECKING:
+    from flowmake.flowfile.builder import Builder
+
+# What snakemake/workflow.py imports, and so every Snakefile may name without an import.
+_PYTHON_NAMES: dict[str, Any] = {
+    "os": os, "sys": sys, "re": re, "subprocess": subprocess, "copy": copy, "hashlib": hashlib,
+    "platform": platform, "tempfile": tempfile, "tarfile": tarfile, "threading": threading,
+    "Path": Path, "partial": partial, "namedtuple": namedtuple, "OrderedDict": OrderedDict,
+    "chain": chain, "filterfalse": filterfalse, "dataclass": dataclass, "field": field,
+    "Iterator": Iterator, "Mapping": Mapping, "Callable": Callable, "Dict": Dict,
+    "Iterable": Iterable, "List": List, "Optional": Optional, "Set": Set, "Union": Union,
+}
+
+
+def make_namespace(builder: Builder) -> dict[str, Any]:
+    wf = builder.workflow
+    helpers = namespace_helpers(lambda: wf.workdir, lambda: builder.info.current_basedir)
+    shell = Shell(wf.shell_settings)
+    validate = validate_in(lambda: builder.info.current_basedir, lambda: wf.files)
+    modules = builder.standins = compat.snakemake_modules(
+        helpers, {"validate": validate, "Paramspace": Paramspace}, shell)
+    ns: dict[str, Any] = dict(_PYTHON_NAMES)
+    ns.update(helpers)
+    ns.update({
+        "__builtins__": compat.builtins_with_snakemake(modules), "__name__": "__flowfile__",
+        "__file__": wf.flowfile, "__flowmake__": builder, "config": wf.config,
+        "rules": Rules(wf), "checkpoints": Checkpoints(wf), "shell": shell,
+        "wildcard_type": builder.wildcard_type, "workflow": builder.info,
+        "snakemake": modules["snakemake"], "logger": compat.logger,
+        "WorkflowError": modules["snakemake.exceptions"].WorkflowError,
+        "update_config": compat.update_config,
+        # Snakemake's deferred rule items: `params: bam=input.bam` reads the step's input.
+        "input": _ItemProxy("input"), "output": _ItemProxy("output"),
+        "resources": _ItemProxy("resources"), "threads": _threads,
+    })
+    return ns
+
+
+def _threads(wildcards: Any, threads: int) -> int:
+    return threads
+
+
+class _ItemProxy:
+    """``input.NAME`` / ``input[i]`` outside a run block: a function of the step's ``input``
+    (or output, resources) that params and resources can use, as Snakemake's RuleItemProxy."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, key: str) -> Callable[..., Any]:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return self._deferred(lambda item: getattr(item, key))
+
+    def __getitem__(self, key: Any) -> Callable[..., Any]:
+        return self._deferred(lambda item: item[key])
+
+    def _deferred(self, get: Callable[[Any], Any]) -> Callable[..., Any]:
+        # The parameter is named after the directive: params functions get arguments by name.
+        if self._name == "input":
+            return lambda wildcards, input: get(input)
+        if self._name == "output":
+            return lambda wildcards, output: get(output)
+        return lambda wildcards, resources: get(resources)
+
+
+class WorkflowInfo:
+    """The ``workflow`` object Snakefiles read: where they are, the config, the cores, the rules."""
+
+    def __init__(self, builder: Builder) -> None:
+        self._builder = builder
+
+    @property
+    def basedir(self) -> str:
+        """The folder of the main rule file."""
+        return os.path.dirname(self.main_snakefile)
+
+    @property
+    def current_basedir(self) -> str:
+        """The folder of the rule file being executed (an include's own folder while it runs)."""
+        return os.path.dirname(os.path.abspath(self._builder.current_file()))
+
+    @property
+    def main_snakefile(self) -> str:
+        return os.path.abspath(self._builder.workflow.flowfile)
+
+    @property
+    def snakefile(self) -> str:
+        """The rule file that asks (Snakemake reads the caller's file name too)."""
+        return sys._getframe(1).f_code.co_filename
+
+    def source_path(self, rel_path: Any) -> str:
+        """``rel_path`` relative to the folder of the rule file that calls this, made absolute."""
+        caller = sys._getframe(1).f_code.co_filename
+        path = os.fspath(rel_path)
+        return path if os.path.isabs(path) else os.path.normpath(
+            os.path.join(os.path.dirname(os.path.abspath(caller)), path))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._builder.workflow.config
+
+    @property
+    def configfiles(self) -> list[str]:
+        return list(self._builder.workflow.configfiles)
+
+    overwrite_configfiles = configfiles
+
+    @property
+    def cores(self) -> int:
+        # --cores is not known while loading; the scheduler caps threads at the real value anyway.
+        return available_cores()
+
+    @property
+    def global_resources(self) -> dict[str, Any]:
+        # --resources is not known while loading either: the machine's cores, nothing else.
+        return {"_cores": self.cores, "_nodes": None}
+
+    @property
+    def is_main_process(self) -> bool:
+        """False in the process that runs one step's run: block (Snakemake's job processes)."""
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        return getattr(spec, "name", None) != "flowmake.jobrun"
+
+    @property
+    def rules(self) -> list[Rule]:
+        return list(self._builder.workflow.rules)
+
+    def get_rule(self, name: str) -> Rule:
+        return self._builder.workflow.rule(name)
+
+    @property
+    def workdir_init(self) -> str:
+        return self._builder.workflow.workdir
+
+    # Snakemake 7's remote providers are gone in 9; old Snakefiles still test the attribute.
+    default_remote_provider = None
+    default_remote_prefix = ""
+    use_conda = use_singularity = use_apptainer = False

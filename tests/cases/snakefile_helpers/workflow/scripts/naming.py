@@ -1,0 +1,2 @@
+def label(prefix, sample):
+    return f"{prefix}:{sample}"
