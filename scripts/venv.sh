@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with flowmake installed (editable). With --test, also the test extra and Snakemake
+# Creates .venv with flowmake installed (editable). With --test, also the test and pep extras and Snakemake
 # (the tutorial test compares outputs with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "--test" ]; then
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e '.[test,pep]'
     # Snakemake 9 needs Python >= 3.11; without it the comparison half of the tutorial test skips.
     if .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
         .venv/bin/python -m pip install -q snakemake || echo "note: snakemake could not be installed" >&2
