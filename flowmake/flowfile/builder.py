@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
 from flowmake.flowfile import config as configmod
+from flowmake.flowfile import modules
 from flowmake.flowfile.compat import builtins_with_snakemake
 from flowmake.flowfile.helpers import namespace_helpers
 from flowmake.flowfile.translate import HOOKS, Translation, translate
@@ -48,6 +49,7 @@ class Builder:
         # (rule names, where) from localrules/ruleorder: checked once every rule is known.
         self._name_refs: list[tuple[tuple[str, ...], Location]] = []
         self.namespace = self._make_namespace()
+        self.root = modules.Scope(self, None, self.namespace)  # the main file's rules and modules
         # Like Snakemake, shell commands may name the rule file's globals ({config[x]}, {REF}).
         workflow.globals = self.namespace
 
@@ -61,11 +63,15 @@ class Builder:
             "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
         }
         ns.update(helpers)
+        for name, value in modules.NAMES.items():  # github(), gitlab(), local()
+            ns.setdefault(name, value)
         return ns
 
     # -- executing files ---------------------------------------------------------------------
 
-    def exec_file(self, path: str) -> None:
+    def exec_file(self, path: str, namespace: dict[str, Any] | None = None) -> None:
+        """Run a rule file in the main namespace, or in a module's (``modules``)."""
+        ns = self.namespace if namespace is None else namespace
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -79,7 +85,7 @@ class Builder:
             raise _syntax_error(e, path, text) from None
         self._stack.append(path)
         try:
-            exec(code, self.namespace)
+            exec(code, ns)
         except FlowmakeError as e:
             if e.location is None:
                 e.location = Location(path, _user_line(e.__traceback__, path))
@@ -91,8 +97,8 @@ class Builder:
         finally:
             self._stack.pop()
         for hook in HOOKS:
-            func = self.namespace.pop(f"__flow_{hook}__", None)
-            if func is not None:
+            func = ns.pop(f"__flow_{hook}__", None)
+            if func is not None and ns is self.namespace:  # as in Snakemake: not a module's
                 self.workflow.hooks[hook] = func
 
     def _here(self, line: int) -> Location:
@@ -109,20 +115,17 @@ class Builder:
 
     def rule(self, name: str | None, line: int, is_checkpoint: bool,
              file_id: int) -> Callable[..., None]:
-        path, translation = self._files[file_id]
+        return modules.rule_factory(self, self.root, name, line, is_checkpoint, file_id)
 
-        def factory(_cls: str, _bases: tuple, ns: dict[str, Any]) -> None:
-            directives = {k[7:-2]: v for k, v in ns.items()
-                          if k.startswith("__flow_") and k.endswith("__")}
-            location = Location(path, line)
-            self._add_rule(name, location, is_checkpoint, directives,
-                           translation.run_sources.get(line),
-                           os.path.dirname(os.path.abspath(path)))
+    def module(self, line: int, name: str | None, **keys: Any) -> None:
+        self.root.module(line, name, **keys)
 
-        return factory
+    def use_rule(self, line: int, rules: tuple[str, ...], module: str | None,
+                 exclude: tuple[str, ...], pattern: str | None, file_id: int) -> Callable[..., None]:
+        return self.root.use_rule(line, rules, module, exclude, pattern, file_id)
 
-    def _add_rule(self, name: str | None, location: Location, is_checkpoint: bool,
-                  directives: dict[str, Any], run_source: str | None, basedir: str) -> None:
+    def make_rule(self, name: str | None, location: Location, is_checkpoint: bool,
+                  directives: dict[str, Any], run_source: str | None, basedir: str) -> Rule:
         kw: dict[str, Any] = {}
         for d, value in directives.items():
             if d == "run":
@@ -144,9 +147,8 @@ class Builder:
         for key in ("shell", "script", "message"):
             if key in kw and not isinstance(kw[key], str):
                 raise FlowfileError(f"'{key}' must be a string", location=location, rule=rule_name)
-        rule = Rule(self.workflow, rule_name, location, is_checkpoint=is_checkpoint,
+        return Rule(self.workflow, rule_name, location, is_checkpoint=is_checkpoint,
                     basedir=basedir, **kw)
-        self.workflow.add_rule(rule)
 
     # -- top-level directives ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ class ScriptContext:
         self.threads = inst.threads
         self.resources = inst.resources
         self.log = inst.log
-        self.config = inst.rule.workflow.config
+        self.config = inst.rule.namespace.get("config", inst.rule.workflow.config)  # a module's own
         self.rule = inst.rule.name
         self.attempt = inst.attempt
 
