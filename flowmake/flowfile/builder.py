@@ -98,8 +98,10 @@ class Builder:
             self._stack.pop()
         for hook in HOOKS:
             func = ns.pop(f"__flow_{hook}__", None)
-            if func is not None and ns is self.namespace:  # as in Snakemake: not a module's
+            if func is not None and ns is self.namespace:
                 self.workflow.hooks[hook] = func
+            elif func is not None:  # as in Snakemake, a module's is only M.onstart() for the user
+                ns[hook] = func
 
     def _here(self, line: int) -> Location:
         return Location(self._stack[-1] if self._stack else self.workflow.flowfile, line)
@@ -117,7 +119,7 @@ class Builder:
              file_id: int) -> Callable[..., None]:
         return modules.rule_factory(self, self.root, name, line, is_checkpoint, file_id)
 
-    def module(self, line: int, name: str | None, **keys: Any) -> None:
+    def module(self, line: int, name: str | None, /, **keys: Any) -> None:
         self.root.module(line, name, **keys)
 
     def use_rule(self, line: int, rules: tuple[str, ...], module: str | None,

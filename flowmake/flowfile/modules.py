@@ -178,7 +178,7 @@ class Scope:
 
     # -- statements ----------------------------------------------------------------------------
 
-    def module(self, line: int, name: str | None, **keys: Any) -> None:
+    def module(self, line: int, name: str | None, /, **keys: Any) -> None:
         where = self.here(line)
         if "name" in keys:
             if name is not None:
@@ -418,7 +418,7 @@ class ModuleBuilder:
     def rule(self, name: str | None, line: int, is_checkpoint: bool, file_id: int) -> Callable[..., None]:
         return rule_factory(self._builder, self._scope, name, line, is_checkpoint, file_id)
 
-    def module(self, line: int, name: str | None, **keys: Any) -> None:
+    def module(self, line: int, name: str | None, /, **keys: Any) -> None:
         self._scope.module(line, name, **keys)
 
     def use_rule(self, *args: Any) -> Callable[..., None]:
