@@ -243,6 +243,8 @@ class Scope:
             return rename(name) if rename else name
 
         path = module_snakefile(info, where)
+        if path not in self.builder.workflow.files:  # the graph memo fingerprints these
+            self.builder.workflow.files.append(path)
         child = Scope(self.builder, self, {}, info, select, overrides)
         if isinstance(info.keys.get("snakefile"), sources.HostedFile):
             child.source = info.keys["snakefile"]

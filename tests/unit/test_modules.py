@@ -61,6 +61,7 @@ def test_only_used_rules_join_the_workflow(tmp_path: Path) -> None:
         """, **{"m.smk": MOD})
     assert [r.name for r in wf.rules] == ["m_b"]
     assert inputs(wf, "m_b") == ["a.txt"]
+    assert str(tmp_path / "m.smk") in wf.files  # fingerprinted by the graph memo
 
 
 def test_use_rule_list_with_pattern_and_without_as(tmp_path: Path) -> None:
@@ -317,3 +318,18 @@ def test_run_block_sees_the_modules_config(flow: Any, tmp_path: Path) -> None:
     flow.ok("-c", "1")
     assert flow.read("a.txt") == "module\n"
     assert os.path.isfile(tmp_path / "a.txt")
+
+
+def test_editing_a_module_file_reruns_its_rules(flow: Any) -> None:
+    # The module's file is one of the workflow's files: the graph memo and step keys see edits.
+    flow.file("m.smk", 'rule a:\n    output: "a.txt"\n    shell: "echo one > {output}"\n')
+    flow.write("""
+        module m:
+            snakefile: "m.smk"
+        use rule * from m as m_*
+        """, name="Snakefile")
+    flow.ok("-c", "1")
+    assert flow.planned() == []
+    flow.file("m.smk", 'rule a:\n    output: "a.txt"\n    shell: "echo two > {output}"\n')
+    flow.ok("-c", "1")
+    assert flow.read("a.txt") == "two\n"
