@@ -41,7 +41,8 @@ from flowmake.flowfile import sources
 from flowmake.flowfile.paths import PathRewrite, local
 from flowmake.rules import Checkpoints, Rule, RuleProxy
 
-NAMES: dict[str, Any] = {"github": sources.github, "gitlab": sources.gitlab, "local": local}
+NAMES: dict[str, Any] = {"github": sources.github, "gitlab": sources.gitlab,
+                         "gitfile": sources.gitfile, "local": local}
 PATH_DIRECTIVES = ("input", "output", "log", "benchmark")
 _RESERVED = ("workflow", "rules", "checkpoints", "config")
 _statements = itertools.count(1)
@@ -74,6 +75,7 @@ def module_snakefile(info: ModuleInfo, where: Location) -> str:
         raise FlowfileError(f"module '{info.name}': meta-wrappers are resolved by the wrapper "
                             "support", location=info.location)
     snakefile = info.keys.get("snakefile")
+    snakefile = sources.shorthand(snakefile) or snakefile
     if snakefile is None:
         raise FlowfileError(f"module '{info.name}' has no 'snakefile:'", location=info.location)
     if isinstance(snakefile, sources.HostedFile) or sources.is_url(snakefile):
@@ -246,8 +248,9 @@ class Scope:
         if path not in self.builder.workflow.files:  # the graph memo fingerprints these
             self.builder.workflow.files.append(path)
         child = Scope(self.builder, self, {}, info, select, overrides)
-        if isinstance(info.keys.get("snakefile"), sources.HostedFile):
-            child.source = info.keys["snakefile"]
+        hosted = sources.shorthand(info.keys.get("snakefile")) or info.keys.get("snakefile")
+        if isinstance(hosted, sources.HostedFile):
+            child.source = hosted
         child.namespace = module_namespace(self.builder, child, path)
         try:
             self.builder.exec_file(path, child.namespace)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +29,7 @@ TIMEOUT_S = 20
 class HostedFile:
     """A file in a repository of a code hosting provider (what ``github()``/``gitlab()`` return)."""
 
-    provider: str  # "github" or "gitlab"
+    provider: str  # "github", "gitlab" or "git" (a local repository: ``host`` is its path)
     repo: str
     path: str
     ref: str
@@ -36,6 +38,8 @@ class HostedFile:
 
     def url(self, path: str | None = None) -> str:
         path = self.path if path is None else path
+        if self.provider == "git":
+            return f"{self.host} ({self.ref}:{path})"
         if self.provider == "github":
             return f"https://raw.githubusercontent.com/{self.repo}/{self.ref}/{path}"
         project = urllib.parse.quote(self.repo, safe="")
@@ -46,6 +50,9 @@ class HostedFile:
     def cache_path(self, root: str, path: str | None = None) -> str:
         path = self.path if path is None else path
         ref = self.ref.replace("/", "_")
+        if self.provider == "git":  # a local path: hashed, so that the cache stays flat
+            repo = hashlib.sha256(self.host.encode()).hexdigest()[:16]
+            return os.path.join(root, "git", repo, ref, *path.split("/"))
         return os.path.join(root, self.provider, self.host, self.repo, ref, *path.split("/"))
 
     def __fspath__(self) -> str:  # so that str()/os.fspath() of the marker reads sensibly
@@ -75,6 +82,33 @@ def gitlab(repo: str, path: str, *, tag: str | None = None, branch: str | None =
     return _hosted("gitlab", "gitlab.com", repo, path, tag, branch, commit, host)
 
 
+_SHORTHAND = re.compile(r"(?P<kind>gh|gl):(?:(?P<host>[^/:@]+\.[^/:@]+):)?(?P<repo>[^@:]+/[^@:]+)"
+                        r"@(?P<ref>[^:]+)(?::(?P<path>.+))?")
+_PINNED_REF = re.compile(r"v?\d+(\.\d+)*([-.+]\w+)?|[0-9a-f]{7,40}")
+
+
+def shorthand(value: object) -> HostedFile | None:
+    """Snakemake's ``gh:owner/repo@ref:path`` / ``gl:[host:]group/project@ref:path`` strings."""
+    m = _SHORTHAND.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        return None
+    provider = "github" if m["kind"] == "gh" else "gitlab"
+    host = m["host"] or ("github.com" if provider == "github" else "gitlab.com")
+    # A version-like tag or a commit never changes; anything else may be a branch.
+    pinned = _PINNED_REF.fullmatch(m["ref"]) is not None
+    return HostedFile(provider, m["repo"], m["path"] or "workflow/Snakefile", m["ref"], pinned, host)
+
+
+def gitfile(repo_path: str, path: str, *, tag: str | None = None, branch: str | None = None,
+            commit: str | None = None) -> HostedFile:
+    """Snakemake's ``gitfile()``: a file of a local git repository at a tag, branch or commit."""
+    refs = [r for r in (tag, commit, branch) if r]
+    if len(refs) != 1:
+        raise ValueError("gitfile(): give exactly one of tag=, branch= or commit=")
+    return HostedFile("git", "", path.lstrip("/"), refs[0], branch is None,
+                      os.path.abspath(os.fspath(repo_path)))
+
+
 def cache_root() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "flowmake", "sources")
@@ -96,8 +130,24 @@ def fetch(source: HostedFile | str, what: str, where: Location) -> str:
         target, url, pinned = os.path.join(root, "url", digest, name), source, False
     if pinned and os.path.isfile(target):
         return target
-    _download(url, target, what, where)
+    if isinstance(source, HostedFile) and source.provider == "git":
+        _git_show(source, target, what, where)
+    else:
+        _download(url, target, what, where)
     return target
+
+
+def _git_show(source: HostedFile, target: str, what: str, where: Location) -> None:
+    try:
+        done = subprocess.run(["git", "-C", source.host, "show", f"{source.ref}:{source.path}"],
+                              capture_output=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise FlowfileError(f"cannot read {what} from {source.url()}: {e}", location=where) from None
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()
+        raise FlowfileError(f"cannot read {what} from {source.url()}: "
+                            f"{reason[-1] if reason else 'git failed'}", location=where)
+    _write(target, done.stdout)
 
 
 def _download(url: str, target: str, what: str, where: Location) -> None:
@@ -113,6 +163,10 @@ def _download(url: str, target: str, what: str, where: Location) -> None:
         raise FlowfileError(f"cannot fetch {what} from {url}: {reason}", location=where,
                             hint="the network is needed once for a hosted module; a tag or "
                             "commit is cached afterwards") from None
+    _write(target, data)
+
+
+def _write(target: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:

@@ -274,6 +274,8 @@ class _Translator:
                 continue
             if key.type != tokenize.NAME or len(line) < 2 or line[1].string != ":":
                 raise self.error("expected a module key such as 'snakefile:'", krow)
+            if key.string == "pathvars":
+                raise self.error("'pathvars' is not supported", krow)
             if key.string not in MODULE_KEYS:
                 raise self.error(f"unknown key '{key.string}' in module '{name or ''}'", krow,
                                  hint=did_you_mean(key.string, MODULE_KEYS))

@@ -333,3 +333,42 @@ def test_editing_a_module_file_reruns_its_rules(flow: Any) -> None:
     flow.file("m.smk", 'rule a:\n    output: "a.txt"\n    shell: "echo two > {output}"\n')
     flow.ok("-c", "1")
     assert flow.read("a.txt") == "two\n"
+
+
+def test_hosted_shorthand() -> None:
+    from flowmake.flowfile.sources import shorthand
+
+    gh = shorthand("gh:owner/repo@v2.0.1")
+    assert gh is not None and gh.url() == "https://raw.githubusercontent.com/owner/repo/v2.0.1/workflow/Snakefile"
+    assert gh.pinned
+    gl = shorthand("gl:gitlab.example.org:group/project@main:wf/Snakefile")
+    assert gl is not None and (gl.host, gl.path, gl.pinned) == ("gitlab.example.org", "wf/Snakefile", False)
+    assert shorthand("workflow/Snakefile") is None
+
+
+def test_module_localrules_are_renamed(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        module m:
+            snakefile: "m.smk"
+        use rule * from m as m_*
+        """, **{"m.smk": 'localrules: a\n' + MOD})
+    assert wf.rule("m_a").localrule and not wf.rule("m_b").localrule
+
+
+def test_gitfile_reads_a_local_repository_at_a_tag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    repo = tmp_path / "repo"
+    write(repo, "workflow/Snakefile", 'include: "rules/r.smk"\n')
+    write(repo, "workflow/rules/r.smk", 'rule r:\n    output: "r.txt"\n    shell: "touch {output}"\n')
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "one"], ["tag", "v1"]):
+        subprocess.run([*git, *args], check=True)
+    (repo / "workflow" / "rules" / "r.smk").write_text("this is not a rule file any more\n")
+    wf = load(tmp_path, f"""
+        module m:
+            snakefile: gitfile({str(repo)!r}, path="workflow/Snakefile", tag="v1")
+        use rule * from m as m_*
+        """)
+    assert [r.name for r in wf.rules] == ["m_r"]  # the tagged version, not the working tree
