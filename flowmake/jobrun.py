@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
         rule = inst.rule
         if rule.kind is RuleKind.RUN and rule.run is not None:
             rule.run(inst.input, inst.output, inst.params, inst.wildcards, inst.threads,
-                     inst.resources, inst.log, rule.name, rule.namespace.get("config", workflow.config),
+                     inst.resources, inst.log, rule.name, rule.config,
                      _shell_of(workflow))
         elif rule.kind is RuleKind.SCRIPT:
             run_script(inst)

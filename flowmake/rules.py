@@ -273,6 +273,13 @@ class Rule:
         return self.module_globals if self.module_globals is not None else self.workflow.globals
 
     @property
+    def config(self) -> Any:
+        """The config its file sees: a module's own (``config:``), else the workflow's."""
+        if self.module_globals is not None:
+            return self.module_globals.get("config", self.workflow.config)
+        return self.workflow.config
+
+    @property
     def localrule(self) -> bool:
         return self._localrule or self.name in self.workflow.localrules
 

@@ -372,3 +372,16 @@ def test_gitfile_reads_a_local_repository_at_a_tag(tmp_path: Path, monkeypatch: 
         use rule * from m as m_*
         """)
     assert [r.name for r in wf.rules] == ["m_r"]  # the tagged version, not the working tree
+
+
+def test_script_is_relative_to_the_module_and_sees_its_config(flow: Any) -> None:
+    flow.file("m/scripts/write.py", 'open(snakemake.output[0], "w").write(snakemake.config["word"] + "\\n")\n')
+    flow.file("m/Snakefile", 'rule a:\n    output: "a.txt"\n    script: "scripts/write.py"\n')
+    flow.write("""
+        module m:
+            snakefile: "m/Snakefile"
+            config: {"word": "scripted"}
+        use rule a from m as m_a
+        """, name="Snakefile")
+    flow.ok("-c", "1")
+    assert flow.read("a.txt") == "scripted\n"
