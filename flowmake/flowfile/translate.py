@@ -14,7 +14,10 @@ namespace hands the directive values, including the ``run:`` function, to the bu
 
 Top-level directives become builder calls (``include: "x"`` → ``__flowmake__.include(3, "x")``);
 ``onstart:``/``onsuccess:``/``onerror:`` blocks become functions the builder collects after the file
-ran. Only ``__flowmake__`` links the namespace to the engine. The class is named ``___`` because
+ran. ``module NAME:`` becomes ``__flowmake__.module(ROW, 'NAME', snakefile=(...),)``; ``use rule ...``
+a ``__flowmake__.use_rule(...)()`` call or, with ``with:``, a class statement whose body holds the
+overriding directives like a rule's (``modules`` does the rest). Only ``__flowmake__`` links the
+namespace to the engine. The class is named ``___`` because
 Python does not mangle private names inside an all-underscore class, so ``__x`` in a rule body
 means what it says.
 """
