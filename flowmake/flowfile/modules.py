@@ -29,17 +29,16 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import types
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import flowmake.flowfile.builder as builder_mod
+import flowmake.flowfile.module_ns as module_ns
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
-from flowmake.flowfile import config as configmod
 from flowmake.flowfile import sources
 from flowmake.flowfile.paths import PathRewrite, local
-from flowmake.rules import Checkpoints, Rule, RuleProxy
+from flowmake.rules import Rule
 
 NAMES: dict[str, Any] = {"github": sources.github, "gitlab": sources.gitlab,
                          "gitfile": sources.gitfile, "local": local}
@@ -109,10 +108,10 @@ class Scope:
         self.container: str | None = None
         self.refs: list[tuple[str, tuple[str, ...], Location]] = []  # localrules/ruleorder
         self.source: sources.HostedFile | None = None
-        # Root only: the root-level `use rule` being executed (id, is `*`, where), and which
-        # statement made each rule of the workflow.
+        # The `use rule` of this scope being executed (id, is `*`, where), and which statement
+        # (None: a rule block) gave each name this scope passed on, and where.
         self.statement: tuple[int, bool, Location] | None = None
-        self.owners: dict[str, tuple[int | None, bool]] = {}
+        self.owners: dict[str, tuple[int | None, bool, Location]] = {}
         self._shadows: dict[str, Rule] = {}
 
     @property
@@ -136,6 +135,7 @@ class Scope:
         new = self._select(name)
         if new is None:
             return None
+        self._claim(new, decl.location)
         directives = dict(decl.directives)
         for d in PATH_DIRECTIVES:
             if d in directives and self.info.paths.active:
@@ -146,18 +146,29 @@ class Scope:
         return result
 
     def _add(self, name: str, decl: Decl) -> None:
-        wf = self.builder.workflow
         rule = self.make_rule(name, decl)
         stmt = self.statement
         rule.used_at = stmt[2] if stmt else None
-        if wf.has_rule(name):
-            owner = self.owners.get(name)
-            if stmt and owner and owner[0] is not None and (owner[0] == stmt[0] or (owner[1] and not stmt[1])):
-                wf.replace_rule(rule)  # an imported rule modified by a later `use rule`
-                self.owners[name] = (stmt[0], owner[1] and owner[0] == stmt[0])
-                return
-        wf.add_rule(rule)
-        self.owners[name] = (stmt[0], stmt[1]) if stmt else (None, False)
+        if self._claim(name, decl.location):
+            self.builder.workflow.add_rule(rule)
+        else:
+            self.builder.workflow.replace_rule(rule)  # an imported rule modified by a later `use rule`
+
+    def _claim(self, name: str, location: Location) -> bool:
+        """True if ``name`` is new in this scope, False if it may replace the rule of that name:
+        one a `use rule *` made, modified by a later `use rule` naming it (once), or the same
+        statement's (a nested module did the modifying). Else the rule is defined twice."""
+        stmt = self.statement
+        owner = self.owners.get(name)
+        if owner is None:
+            self.owners[name] = (stmt[0], stmt[1], location) if stmt else (None, False, location)
+            return True
+        same = stmt is not None and owner[0] == stmt[0]
+        if stmt is not None and (same or (owner[1] and not stmt[1])):
+            self.owners[name] = (stmt[0], owner[1] and same, location)
+            return False
+        raise FlowfileError(f"rule '{name}' is defined twice (first at {owner[2]})", location=location,
+                            rule=name)
 
     def make_rule(self, name: str, decl: Decl) -> Rule:
         home = decl.home
@@ -187,6 +198,9 @@ class Scope:
                 raise FlowfileError(f"module '{name}' is named twice (after 'module' and by "
                                     "'name:')", location=where)
             name = keys.pop("name")
+        if name is None:
+            raise FlowfileError("a module needs a name: 'module NAME:' or a 'name:' key",
+                                location=where)
         if not isinstance(name, str) or not name.isidentifier():
             raise FlowfileError(f"invalid module name {name!r}", location=where)
         if name in _RESERVED:
@@ -204,17 +218,18 @@ class Scope:
         def factory(_cls: str = "___", _bases: tuple = (), ns: dict[str, Any] | None = None) -> None:
             overrides = {k[7:-2]: v for k, v in (ns or {}).items()
                          if k.startswith("__flow_") and k.endswith("__")}
-            root, top = self.root, self.root.statement is None
-            if top:
-                root.statement = (next(_statements), rules == ("*",), where)
+            scopes = [self] if self.root.statement is not None else [self, self.root]
+            saved = [s.statement for s in scopes]
+            for s in scopes:  # the root's names where the rules go; ours for ownership
+                s.statement = (next(_statements), rules == ("*",), where)
             try:
                 if module is None:
                     self._use_local(where, rules, pattern, overrides)
                 else:
                     self._use_from(where, rules, module, exclude, pattern, overrides)
             finally:
-                if top:
-                    root.statement = None
+                for s, old in zip(scopes, saved):
+                    s.statement = old
 
         return factory
 
@@ -251,7 +266,7 @@ class Scope:
         hosted = sources.shorthand(info.keys.get("snakefile")) or info.keys.get("snakefile")
         if isinstance(hosted, sources.HostedFile):
             child.source = hosted
-        child.namespace = module_namespace(self.builder, child, path)
+        child.namespace = module_ns.module_namespace(self.builder, child, path)
         try:
             self.builder.exec_file(path, child.namespace)
         except FlowmakeError as e:
@@ -336,141 +351,3 @@ def rule_factory(builder: Any, scope: Scope, name: str | None, line: int, is_che
         scope.declare(rule_name, decl)
 
     return factory
-
-
-# -- a module's namespace -------------------------------------------------------------------------
-
-
-def module_namespace(builder: Any, scope: Scope, path: str) -> dict[str, Any]:
-    assert scope.info is not None
-    keys = scope.info.keys
-    config = keys["config"] if keys.get("config") is not None else {}
-    ns: dict[str, Any] = builder._make_namespace()
-    ns.update(__flowmake__=ModuleBuilder(builder, scope), __name__=scope.info.name,
-              __file__=path, config=config, rules=ModuleRules(scope),
-              checkpoints=ModuleCheckpoints(scope),
-              workflow=ModuleWorkflow(builder.namespace["workflow"], scope, config))
-    return ns
-
-
-class _NoRule(FlowfileError, AttributeError):
-    """``rules.x`` for an unknown x: a FlowfileError, and False for ``hasattr``."""
-
-
-class ModuleRules:
-    """``rules`` inside a module: its rules by the names the module gave them."""
-
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
-
-    def __getattr__(self, name: str) -> RuleProxy:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name not in self._scope.decls:
-            raise _NoRule(f"no rule named '{name}' (rules must be defined before use)",
-                          hint=did_you_mean(name, self._scope.decls))
-        return RuleProxy(self._scope.shadow(name))
-
-    def __dir__(self) -> list[str]:
-        return list(self._scope.decls)
-
-
-class ModuleCheckpoints:
-    """``checkpoints`` inside a module: the imported checkpoints, by the module's names."""
-
-    def __init__(self, scope: Scope) -> None:
-        self._scope = scope
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name not in self._scope.final:
-            module = self._scope.info.name if self._scope.info else ""
-            raise FlowfileError(f"no checkpoint named '{name}' used from module '{module}'")
-        return getattr(Checkpoints(self._scope.builder.workflow), self._scope.final[name])
-
-
-class ModuleWorkflow:
-    """``workflow`` inside a module: the main one, but with the module's config and file."""
-
-    def __init__(self, main: Any, scope: Scope, config: Any) -> None:
-        self._main = main
-        self._scope = scope
-        self.config = config
-        skip = bool(scope.info.keys.get("skip_validation")) if scope.info else False
-        # snakemake.utils.validate reads workflow.modifier.skip_validation.
-        self.modifier = types.SimpleNamespace(skip_validation=skip)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._main, name)
-
-    @property
-    def snakefile(self) -> str:
-        # Snakemake's: the file of the code that asks.
-        return os.path.abspath(sys._getframe(1).f_code.co_filename)
-
-
-class ModuleBuilder:
-    """``__flowmake__`` in a module's namespace: the builder, with the module's own scope."""
-
-    def __init__(self, builder: Any, scope: Scope) -> None:
-        self._builder = builder
-        self._scope = scope
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._builder, name)  # args, workdir, conda, ...: as in the main file
-
-    def rule(self, name: str | None, line: int, is_checkpoint: bool, file_id: int) -> Callable[..., None]:
-        return rule_factory(self._builder, self._scope, name, line, is_checkpoint, file_id)
-
-    def module(self, line: int, name: str | None, /, **keys: Any) -> None:
-        self._scope.module(line, name, **keys)
-
-    def use_rule(self, *args: Any) -> Callable[..., None]:
-        return self._scope.use_rule(*args)
-
-    def include(self, line: int, path: Any) -> None:
-        b, scope = self._builder, self._scope
-        current = b._stack[-1]
-        target = b._resolve(path, os.path.dirname(current))
-        if scope.source is not None and not os.path.isabs(os.fspath(path)) and not os.path.isfile(target):
-            target = sources.fetch_beside(scope.source, current, os.fspath(path),
-                                          f"include '{os.fspath(path)}'", b._here(line))
-        if not os.path.isfile(target):
-            raise FlowfileError(f"cannot include '{os.fspath(path)}': file not found",
-                                location=b._here(line), hint=f"looked for {_shown(target)}: include: "
-                                "paths are relative to the file that includes")
-        if target not in b.workflow.files:
-            b.workflow.files.append(target)
-        b.exec_file(target, scope.namespace)  # in a module, every use includes afresh
-
-    def configfile(self, line: int, path: Any) -> None:
-        b, scope = self._builder, self._scope
-        if scope.info is not None and scope.info.keys.get("config") is not None:
-            return  # Snakemake: a module given `config:` ignores its configfile statements
-        target = b._resolve(path, b.workflow.workdir)
-        data = configmod.load_configfile(target, b._here(line))
-        config = scope.namespace["config"]
-        configmod.merge(config, data)
-        configmod.merge(config, b._cli_config)
-        if target not in b.workflow.files:
-            b.workflow.files.append(target)
-
-    def localrules(self, line: int, *names: str) -> None:
-        self._scope.refs.append(("localrules", names, self._builder._here(line)))
-
-    def ruleorder(self, line: int, *names: str) -> None:
-        if len(names) < 2:
-            raise FlowfileError("ruleorder needs at least two rules: a > b",
-                                location=self._builder._here(line))
-        self._scope.refs.append(("ruleorder", names, self._builder._here(line)))
-
-    def wildcard_constraints(self, line: int, *args: Any, **constraints: Any) -> None:
-        value = builder_mod._Args(line, args, constraints)
-        self._scope.constraints.update(
-            builder_mod._constraints(value, self._builder._here(line).file))
-
-    def container(self, line: int, image: Any) -> None:
-        self._scope.container = str(image)
-
-    singularity = container

@@ -236,6 +236,7 @@ def test_module_checkpoints_and_hasattr_rules(tmp_path: Path) -> None:
     ("module q:\n    meta_wrapper: '0.72.0/meta/bio/bwa_mapping'\nuse rule * from q\n",
      "module 'q': meta-wrappers are resolved by the wrapper support"),
     ("module workflow:\n    snakefile: 'm.smk'\n", "a module cannot be named 'workflow'"),
+    ("module:\n    snakefile: 'm.smk'\n", "a module needs a name: 'module NAME:' or a 'name:' key"),
 ])
 def test_statement_errors(tmp_path: Path, line: str, message: str) -> None:
     main = "module m:\n    snakefile: 'm.smk'\n" + line
@@ -385,3 +386,14 @@ def test_script_is_relative_to_the_module_and_sees_its_config(flow: Any) -> None
         """, name="Snakefile")
     flow.ok("-c", "1")
     assert flow.read("a.txt") == "scripted\n"
+
+
+def test_a_module_defining_a_rule_twice_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, """
+            module m:
+                snakefile: "m.smk"
+            use rule * from m as m_*
+            """, **{"m.smk": MOD + 'rule a:\n    output: "again.txt"\n    shell: "touch {output}"\n'})
+    assert e.value.message.startswith("rule 'm_a' is defined twice (first at ")
+    assert e.value.location is not None and e.value.location.line == 10
