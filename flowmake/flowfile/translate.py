@@ -321,7 +321,7 @@ class _Translator:
             if d in ACTIONS:
                 raise self.error(f"'{d}' cannot be changed by 'use rule ... with:'",
                                  line[0].start[0], hint="the used rule keeps its action")
-            if d in ("name", "default_target"):
+            if d == "name":
                 raise self.error(f"'{d}' cannot be changed by 'use rule ... with:'",
                                  line[0].start[0], hint="name the rule with 'as'")
             k, _ = self._rule_directive(k, row, label, seen, None)

@@ -397,3 +397,16 @@ def test_a_module_defining_a_rule_twice_is_an_error(tmp_path: Path) -> None:
             """, **{"m.smk": MOD + 'rule a:\n    output: "again.txt"\n    shell: "touch {output}"\n'})
     assert e.value.message.startswith("rule 'm_a' is defined twice (first at ")
     assert e.value.location is not None and e.value.location.line == 10
+
+
+def test_with_may_make_the_used_rule_the_default_target(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule first:
+            output: "first.txt"
+            shell: "touch {output}"
+        module m:
+            snakefile: "m.smk"
+        use rule b from m as m_b with:
+            default_target: True
+        """, **{"m.smk": MOD})
+    assert wf.default_rule is not None and wf.default_rule.name == "m_b"
