@@ -410,3 +410,16 @@ def test_with_may_make_the_used_rule_the_default_target(tmp_path: Path) -> None:
             default_target: True
         """, **{"m.smk": MOD})
     assert wf.default_rule is not None and wf.default_rule.name == "m_b"
+
+
+def test_errors_in_module_keys_and_with_blocks_keep_their_lines(tmp_path: Path) -> None:
+    write(tmp_path, "m.smk", MOD)
+    for text, line in [
+        ("module m:\n    snakefile:\n        'm.smk'\n    config:\n        undefined_config\n", 5),
+        ("module m:\n    snakefile: 'm.smk'\nuse rule a from m as x with:\n    output: 'x'\n"
+         "    params:\n        p=undefined_param,\n", 6),
+    ]:
+        with pytest.raises(FlowfileError) as e:
+            load_workflow(write(tmp_path, "Snakefile", text), workdir=str(tmp_path))
+        assert e.value.message.startswith("NameError: name 'undefined_")
+        assert e.value.location is not None and e.value.location.line == line
