@@ -17,7 +17,10 @@ uses modules nests scopes, so prefixes compose and names are renamed at each lev
 ``with:`` block are written in the using file, so no prefix applies to them.
 
 Inside a module, ``rules.x`` is rule x as the module wrote it (paths before rewriting): its
-outputs, used as another module rule's inputs, are rewritten exactly once, as in Snakemake.
+outputs, used as another module rule's inputs (directly, through ``expand`` or an f-string), are
+rewritten exactly once. Snakemake instead hands out the rewritten paths, marked so that they are not
+rewritten again (a mark an f-string loses); the two differ only where a module's ``params:`` or
+command names ``rules.x``'s paths, which here are the module's own.
 ``checkpoints.x`` is the imported checkpoint. After the statement the module's namespace is
 available to the using file under the module's name (``M.some_function()``).
 
