@@ -150,8 +150,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
-    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
-    workflow.deployment = deployment(opts)
+    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
+                             deployment=deployment(opts))
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)

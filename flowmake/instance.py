@@ -122,4 +122,4 @@ class JobNamespace(dict[str, Any]):
             return Wildcards.from_mapping(inst.bindings._raw)
         if key == "rule":
             return inst.rule.name
-        return inst.rule.workflow.globals[key]
+        return inst.rule.namespace[key]

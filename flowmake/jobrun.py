@@ -31,8 +31,8 @@ def main(argv: list[str]) -> int:
     os.chdir(job["workdir"])
     try:
         workflow = load_workflow(job["flowfile"], config_overrides=job.get("config") or {},
-                                 configfiles=job.get("configfiles") or [], workdir=job["workdir"])
-        workflow.deployment = Deployment.from_payload(job.get("deployment"))
+                                 configfiles=job.get("configfiles") or [], workdir=job["workdir"],
+                                 deployment=Deployment.from_payload(job.get("deployment")))
         inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
         if job.get("cores"):
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))
@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
         sys.path.extend(site_packages(rule, workflow.deployment, job["workdir"]))
         if rule.kind is RuleKind.RUN and rule.run is not None:
             rule.run(inst.input, inst.output, inst.params, inst.wildcards, inst.threads,
-                     inst.resources, inst.log, rule.name, workflow.config, _shell_of(workflow))
+                     inst.resources, inst.log, rule.name, rule.config,
+                     _shell_of(workflow))
         elif rule.kind is RuleKind.SCRIPT:
             run_script(inst)
         elif rule.kind is RuleKind.WRAPPER:  # a wrapper is a script: with the snakemake object

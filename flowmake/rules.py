@@ -80,6 +80,12 @@ class Workflow:
         self.rules.append(rule)
         self._by_name[rule.name] = rule
 
+    def replace_rule(self, rule: Rule) -> None:
+        """Put ``rule`` in the place of the rule of its name (a module's rule modified by ``use rule``)."""
+        old = self._by_name[rule.name]
+        self.rules[self.rules.index(old)] = rule
+        self._by_name[rule.name] = rule
+
     def has_rule(self, name: str) -> bool:
         return name in self._by_name
 
@@ -96,9 +102,11 @@ class Workflow:
             if r.default_target:
                 return r
         # Like Snakemake, includes above the first rule do not change the default target: it is
-        # the first rule of the main rule file, when that file has rules.
+        # the first rule of the main rule file (or that a `use rule` of the main file made), when
+        # that file has rules.
         for r in self.rules:
-            if r.location.file == self.flowfile:
+            if r.location.file == self.flowfile or (r.used_at is not None
+                                                    and r.used_at.file == self.flowfile):
                 return r
         return self.rules[0] if self.rules else None
 
@@ -183,6 +191,12 @@ class Rule:
         self.has_functions = any(e.func is not None for e in self._input) or any(
             callable(v) for _, v in [*self._params, *self._resources]) or callable(threads)
         self._plans: dict[int, list[tuple[str, str]] | None] = {}
+        # Set by flowfile.modules for a rule a module wrote: its module's name, namespace and
+        # global wildcard_constraints (the workflow's do not apply to it, as in Snakemake).
+        self.module: str | None = None
+        self.module_globals: Mapping[str, Any] | None = None
+        self.scope_constraints: dict[str, str] | None = None
+        self.used_at: Location | None = None  # the main file's `use rule` that made this rule
         self.output_patterns: list[Pattern] = []
         self.wildcard_names: tuple[str, ...] = ()
 
@@ -197,7 +211,8 @@ class Rule:
 
     def compile(self) -> None:
         wf = self.workflow
-        constraints = {**wf.wildcard_constraints, **self.wildcard_constraints}
+        scope = self.scope_constraints if self.scope_constraints is not None else wf.wildcard_constraints
+        constraints = {**scope, **self.wildcard_constraints}
         try:
             for e in self._output:
                 e.patterns = [Pattern(t, constraints, wf.wildcard_types) for t in e.texts]
@@ -261,6 +276,18 @@ class Rule:
         return bool(self.wildcard_names)
 
     @property
+    def namespace(self) -> Mapping[str, Any]:
+        """The globals of the file that wrote the rule: what its command's other names mean."""
+        return self.module_globals if self.module_globals is not None else self.workflow.globals
+
+    @property
+    def config(self) -> Any:
+        """The config its file sees: a module's own (``config:``), else the workflow's."""
+        if self.module_globals is not None:
+            return self.module_globals.get("config", self.workflow.config)
+        return self.workflow.config
+
+    @property
     def localrule(self) -> bool:
         return self._localrule or self.name in self.workflow.localrules
 
@@ -304,7 +331,7 @@ class Rule:
             data.append([name, value])
         if self.shell is not None:
             names = sorted(shellfmt.field_names(self.shell) - JobNamespace.FIELDS)
-            data.append(["globals", [[n, self.workflow.globals.get(n)] for n in names]])
+            data.append(["globals", [[n, self.namespace.get(n)] for n in names]])
         return data
 
     def match_output(self, path: str) -> Bindings | None:
@@ -376,6 +403,7 @@ _DERIVED = frozenset({
     "workflow", "location", "output_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
     "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions",
     "run",  # the compiled run block; run_source is what it is
+    "module_globals", "used_at",  # a namespace (the names a command uses are in "globals"); where
 })
 
 

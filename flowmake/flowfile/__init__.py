@@ -10,6 +10,7 @@ import copy
 import os
 from typing import Any, Mapping, Sequence
 
+from flowmake.envs import Deployment
 from flowmake.errors import FlowfileError
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile.builder import Builder
@@ -19,7 +20,8 @@ __all__ = ["load_workflow"]
 
 
 def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = None,
-                  configfiles: Sequence[str] = (), workdir: str | None = None) -> Workflow:
+                  configfiles: Sequence[str] = (), workdir: str | None = None,
+                  deployment: Deployment | None = None) -> Workflow:
     """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it."""
     if not os.path.isfile(path):
         raise FlowfileError(f"no rule file '{path}'", hint="create a Flowfile or pass --flowfile")
@@ -27,6 +29,8 @@ def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = Non
     workflow = Workflow(os.path.normpath(path), copy.deepcopy(cli_layer),
                         configfiles=[os.path.abspath(p) for p in configfiles],
                         config_overrides=config_overrides, workdir=workdir)
+    if deployment is not None:  # before the file runs: a meta-wrapper module needs the prefix
+        workflow.deployment = deployment
     builder = Builder(workflow, cli_layer)
     builder.exec_file(workflow.flowfile)
     builder.check_rule_names()

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
 from flowmake.flowfile import compat
 from flowmake.flowfile import config as configmod
+from flowmake.flowfile import modules
 from flowmake.flowfile import namespace as nsmod
 from flowmake.flowfile.translate import HOOKS, Translation, translate
 from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, flags_of
@@ -57,16 +58,26 @@ class Builder:
         self._pepfile: str | None = None
         self.info = nsmod.WorkflowInfo(self)
         self.standins: dict[str, types.ModuleType] = {}  # snakemake.*, set by make_namespace
-        self.namespace = nsmod.make_namespace(self)
+        self.namespace = self._make_namespace()
+        self.root = modules.Scope(self, None, self.namespace)  # the main file's rules and modules
         # Like Snakemake, shell commands may name the rule file's globals ({config[x]}, {REF}).
         workflow.globals = self.namespace
+
+    def _make_namespace(self) -> dict[str, Any]:
+        """A fresh namespace: the main file's, and each module's (modules add their own names)."""
+        ns = nsmod.make_namespace(self)
+        # github(), gitlab(), gitfile(), and local(), which also keeps a path from a module's prefix
+        ns.update(modules.NAMES)
+        return ns
 
     def current_file(self) -> str:
         return self._stack[-1] if self._stack else self.workflow.flowfile
 
     # -- executing files ---------------------------------------------------------------------
 
-    def exec_file(self, path: str) -> None:
+    def exec_file(self, path: str, namespace: dict[str, Any] | None = None) -> None:
+        """Run a rule file in the main namespace, or in a module's (``modules``)."""
+        ns = self.namespace if namespace is None else namespace
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
@@ -81,7 +92,7 @@ class Builder:
         self._stack.append(path)
         try:
             with import_path([os.path.dirname(os.path.abspath(path))]), compat.serving(self.standins):
-                exec(code, self.namespace)
+                exec(code, ns)
         except FlowmakeError as e:
             if e.location is None:
                 e.location = Location(path, _user_line(e.__traceback__, path))
@@ -93,9 +104,11 @@ class Builder:
         finally:
             self._stack.pop()
         for hook in HOOKS:
-            func = self.namespace.pop(f"__flow_{hook}__", None)
-            if func is not None:
+            func = ns.pop(f"__flow_{hook}__", None)
+            if func is not None and ns is self.namespace:
                 self.workflow.hooks[hook] = func
+            elif func is not None:  # as in Snakemake, a module's is only M.onstart() for the user
+                ns[hook] = func
 
     def _here(self, line: int) -> Location:
         return Location(self._stack[-1] if self._stack else self.workflow.flowfile, line)
@@ -111,20 +124,17 @@ class Builder:
 
     def rule(self, name: str | None, line: int, is_checkpoint: bool,
              file_id: int) -> Callable[..., None]:
-        path, translation = self._files[file_id]
+        return modules.rule_factory(self, self.root, name, line, is_checkpoint, file_id)
 
-        def factory(_cls: str, _bases: tuple, ns: dict[str, Any]) -> None:
-            directives = {k[7:-2]: v for k, v in ns.items()
-                          if k.startswith("__flow_") and k.endswith("__")}
-            location = Location(path, line)
-            self._add_rule(name, location, is_checkpoint, directives,
-                           translation.run_sources.get(line),
-                           os.path.dirname(os.path.abspath(path)))
+    def module(self, line: int, name: str | None, /, **keys: Any) -> None:
+        self.root.module(line, name, **keys)
 
-        return factory
+    def use_rule(self, line: int, rules: tuple[str, ...], module: str | None,
+                 exclude: tuple[str, ...], pattern: str | None, file_id: int) -> Callable[..., None]:
+        return self.root.use_rule(line, rules, module, exclude, pattern, file_id)
 
-    def _add_rule(self, name: str | None, location: Location, is_checkpoint: bool,
-                  directives: dict[str, Any], run_source: str | None, basedir: str) -> None:
+    def make_rule(self, name: str | None, location: Location, is_checkpoint: bool,
+                  directives: dict[str, Any], run_source: str | None, basedir: str) -> Rule:
         kw: dict[str, Any] = {}
         for d, value in directives.items():
             if d == "run":
@@ -149,9 +159,8 @@ class Builder:
         for key in ("shell", "script", "message", "wrapper", "notebook"):
             if key in kw and not isinstance(kw[key], str):
                 raise FlowfileError(f"'{key}' must be a string", location=location, rule=rule_name)
-        rule = Rule(self.workflow, rule_name, location, is_checkpoint=is_checkpoint,
+        return Rule(self.workflow, rule_name, location, is_checkpoint=is_checkpoint,
                     basedir=basedir, **kw)
-        self.workflow.add_rule(rule)
 
     def _items(self, d: str, value: _Args) -> list[tuple[str | None, Any]]:
         """A list directive's (name, value) pairs: named multiext() paths become named items,

@@ -30,7 +30,7 @@ class ScriptContext:
         self.threads = inst.threads
         self.resources = inst.resources
         self.log = inst.log
-        self.config = inst.rule.workflow.config
+        self.config = inst.rule.config  # a module's rule sees its module's config
         self.rule = inst.rule.name
         self.attempt = inst.attempt
 

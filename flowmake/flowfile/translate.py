@@ -14,7 +14,10 @@ namespace hands the directive values, including the ``run:`` function, to the bu
 
 Top-level directives become builder calls (``include: "x"`` → ``__flowmake__.include(3, "x")``);
 ``onstart:``/``onsuccess:``/``onerror:`` blocks become functions the builder collects after the file
-ran. Only ``__flowmake__`` links the namespace to the engine. The class is named ``___`` because
+ran. ``module NAME:`` becomes ``__flowmake__.module(ROW, 'NAME', snakefile=(...),)``; ``use rule ...``
+a ``__flowmake__.use_rule(...)()`` call or, with ``with:``, a class statement whose body holds the
+overriding directives like a rule's (``modules`` does the rest). Only ``__flowmake__`` links the
+namespace to the engine. The class is named ``___`` because
 Python does not mangle private names inside an all-underscore class, so ``__x`` in a rule body
 means what it says.
 """
@@ -22,9 +25,11 @@ means what it says.
 from __future__ import annotations
 
 import io
+import re
 import textwrap
 import tokenize
 from dataclasses import dataclass, field
+from typing import Callable
 
 from flowmake.errors import FlowfileError, Location, did_you_mean
 
@@ -42,6 +47,8 @@ TOP_DIRECTIVES = (
     "envvars", "report", "inputflags", "outputflags", "pepfile", "pepschema",
 )
 HOOKS = ("onstart", "onsuccess", "onerror")
+MODULE_KEYS = ("name", "snakefile", "meta_wrapper", "config", "skip_validation", "replace_prefix",
+               "prefix")
 RUN_ARGS = "input, output, params, wildcards, threads, resources, log, rule, config, shell"
 _SKIP = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT,
          tokenize.ENDMARKER)
@@ -128,8 +135,10 @@ class _Translator:
             elif first.type == tokenize.NAME and len(toks) > 1 and toks[1].string == ":" \
                     and first.string in TOP_DIRECTIVES:
                 i = self._top_directive(i)
-            elif _is_unsupported(toks):
-                raise self.error(f"'{first.string}' is not supported", first.start[0])
+            elif _is_use_rule(toks):
+                i = self._use_rule(i)
+            elif _is_module(toks):
+                i = self._module(i)
             elif _looks_like_misspelt_directive(toks):
                 # `inclde: "x.smk"` is a valid Python annotation that would silently do nothing.
                 raise self.error(f"unknown directive '{first.string}'", first.start[0],
@@ -237,6 +246,87 @@ class _Translator:
                 raise self.error(f"unexpected '{t.string}' in {d}", t.start[0])
         self._call(i, end, f"__flowmake__.{d}({self.lines[i].row}, ")
 
+    # -- modules (flowfile/modules.py does the work) ----------------------------------------
+
+    def _module(self, i: int) -> int:
+        """`module NAME:` + `key: value` lines → `__flowmake__.module(ROW, 'NAME', key=(value),)`."""
+        toks = self.lines[i].tokens
+        row = toks[0].start[0]
+        name = toks[1].string if len(toks) == 3 else None
+        end = self._block_end(i)
+        if end == i + 1:
+            raise self.error(f"module '{name or ''}' has no keys", row,
+                             hint="a module needs 'snakefile:' (or 'meta_wrapper:')")
+        self._replace(toks[0], toks[-1], f"__flowmake__.module({row}, {name!r},")
+        # Insertions at one spot apply in reverse order of appending: the module's ")" goes
+        # first so that it lands after the last key's "),".
+        last = self.lines[end - 1].tokens[-1]
+        self.edits.append((last.end[0], last.end[1], last.end[1], ")"))
+        seen: set[str] = set()
+        k = i + 1
+        while k < end:
+            line = self.lines[k].tokens
+            key, krow = line[0], line[0].start[0]
+            if all(t.type == tokenize.STRING for t in line):  # a docstring: ignored, as Snakemake does
+                for t in line:
+                    self.edits.append((t.start[0], t.start[1], t.end[1], "" if t.start[0] == t.end[0]
+                                       else t.string))
+                if line[0].start[0] != line[-1].end[0]:
+                    raise self.error("a docstring in a module must be on one line", krow)
+                k += 1
+                continue
+            if key.type != tokenize.NAME or len(line) < 2 or line[1].string != ":":
+                raise self.error("expected a module key such as 'snakefile:'", krow)
+            if key.string == "pathvars":
+                raise self.error("'pathvars' is not supported", krow)
+            if key.string not in MODULE_KEYS:
+                raise self.error(f"unknown key '{key.string}' in module '{name or ''}'", krow,
+                                 hint=did_you_mean(key.string, MODULE_KEYS))
+            if key.string in seen:
+                raise self.error(f"'{key.string}' given twice in module '{name or ''}'", krow)
+            seen.add(key.string)
+            k_end = self._block_end(k)
+            last = self.lines[k_end - 1].tokens[-1]
+            self.edits.append((last.end[0], last.end[1], last.end[1], ","))
+            self._call(k, k_end, f"{key.string}=(")
+            k = k_end
+        return end
+
+    def _use_rule(self, i: int) -> int:
+        """`use rule a, b from M exclude c as m_* with:` → a builder call, or a class statement
+        whose body holds the `with:` block's directives (like a rule's)."""
+        toks = self.lines[i].tokens
+        row = toks[0].start[0]
+        rules, module, exclude, pattern, has_with = _parse_use_rule(toks, lambda m: self.error(m, row))
+        end = self._block_end(i)
+        call = (f"__flowmake__.use_rule({row}, {tuple(rules)!r}, {module!r}, {tuple(exclude)!r}, "
+                f"{pattern!r}, {self.file_id})")
+        if not has_with:
+            if end != i + 1:
+                raise self.error("unexpected indented block after 'use rule' without 'with:'", row)
+            self._replace(toks[0], toks[-1], call + "()")
+            return end
+        if end == i + 1:
+            raise self.error("'with:' has no directives", row)
+        self._replace(toks[0], toks[-1], f"class ___(metaclass={call}):")
+        label = ", ".join(rules)
+        seen: dict[str, int] = {}
+        k = i + 1
+        while k < end:
+            line = self.lines[k].tokens
+            if all(t.type == tokenize.STRING for t in line):
+                k += 1  # a docstring, as in a rule
+                continue
+            d = line[0].string
+            if d in ACTIONS:
+                raise self.error(f"'{d}' cannot be changed by 'use rule ... with:'",
+                                 line[0].start[0], hint="the used rule keeps its action")
+            if d == "name":
+                raise self.error(f"'{d}' cannot be changed by 'use rule ... with:'",
+                                 line[0].start[0], hint="name the rule with 'as'")
+            k, _ = self._rule_directive(k, row, label, seen, None)
+        return end
+
     # -- edits -------------------------------------------------------------------------------
 
     def _call(self, k: int, end: int, prefix: str) -> None:
@@ -282,12 +372,77 @@ def _looks_like_misspelt_directive(toks: list[tokenize.TokenInfo]) -> bool:
             and did_you_mean(toks[0].string, TOP_DIRECTIVES) is not None)
 
 
-def _is_unsupported(toks: list[tokenize.TokenInfo]) -> bool:
-    """Snakemake's module system: `use rule ...` and `module NAME:`."""
-    if len(toks) >= 2 and toks[0].string == "use" and toks[1].string == "rule":
-        return True
-    return (len(toks) >= 3 and toks[0].string == "module" and toks[1].type == tokenize.NAME
-            and toks[2].string == ":")
+def _is_use_rule(toks: list[tokenize.TokenInfo]) -> bool:
+    return len(toks) >= 2 and toks[0].string == "use" and toks[1].string == "rule"
+
+
+def _is_module(toks: list[tokenize.TokenInfo]) -> bool:
+    """`module NAME:` or `module:` (the name given by a `name:` key), then a block."""
+    if toks[0].string != "module" or toks[0].type != tokenize.NAME:
+        return False
+    if len(toks) == 2:
+        return toks[1].string == ":"
+    return len(toks) == 3 and toks[1].type == tokenize.NAME and toks[2].string == ":"
+
+
+def _parse_use_rule(toks: list[tokenize.TokenInfo], error: Callable[[str], FlowfileError],
+                    ) -> tuple[list[str], str | None, list[str], str | None, bool]:
+    """The parts of a `use rule` line, with Snakemake's grammar: rules, from, exclude, as, with."""
+    words = [t.string for t in toks[2:]]
+    rules: list[str] = []
+    k = 0
+    while True:
+        if k >= len(words) or words[k] in ("from", "as", "with", "exclude", ":"):
+            raise error("expected rule names (or '*') after 'use rule'")
+        if words[k] == "*":
+            rules.append("*")
+        elif toks[2 + k].type == tokenize.NAME:
+            rules.append(words[k])
+        else:
+            raise error(f"unexpected '{words[k]}' in the rule names of 'use rule'")
+        k += 1
+        if k < len(words) and words[k] == ",":
+            k += 1
+            continue
+        break
+    module = None
+    exclude: list[str] = []
+    if k < len(words) and words[k] == "from":
+        if k + 1 >= len(words) or toks[3 + k].type != tokenize.NAME:
+            raise error("expected a module name after 'from'")
+        module, k = words[k + 1], k + 2
+        if k < len(words) and words[k] == "exclude":
+            k += 1
+            while k < len(words) and toks[2 + k].type == tokenize.NAME and words[k] not in ("as", "with"):
+                exclude.append(words[k])
+                k += 1
+                if k < len(words) and words[k] == ",":
+                    k += 1
+            if not exclude:
+                raise error("expected rule names after 'exclude'")
+    elif "*" in rules:
+        raise error("'use rule *' needs 'from MODULE'")
+    pattern = None
+    if k < len(words) and words[k] == "as":
+        k += 1
+        parts: list[str] = []
+        while k < len(words) and words[k] not in ("with", ":"):
+            parts.append(words[k])
+            k += 1
+        pattern = "".join(parts)
+        if not re.fullmatch(r"[A-Za-z_*][\w*-]*", pattern or "-"):
+            raise error(f"invalid name after 'as': '{pattern}'")
+    has_with = k < len(words) and words[k] == "with"
+    if has_with:
+        if words[k + 1:] != [":"]:
+            raise error("expected ':' after 'with' (and nothing else)")
+        if "*" in rules:
+            raise error("'with:' cannot be combined with 'use rule *'")
+    elif k < len(words):
+        raise error(f"unexpected '{words[k]}' in 'use rule'; expected 'as', 'with' or the end of the line")
+    if module is None and pattern is None:
+        raise error("'use rule' without 'from MODULE' needs 'as NEW_NAME'")
+    return rules, module, exclude, pattern, has_with
 
 
 def translate(source: str, path: str, file_id: int = 0) -> Translation:

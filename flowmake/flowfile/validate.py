@@ -27,7 +27,11 @@ def validate_in(basedir: Callable[[], str], files: Callable[[], Iterable[str]]) 
     ``files()`` the workflow's rule files (a call from one of them is relative to its folder)."""
 
     def validate(data: Any, schema: Any, set_default: bool = True) -> None:
-        caller = sys._getframe(1).f_code.co_filename
+        frame = sys._getframe(1)
+        module_workflow = frame.f_globals.get("workflow")
+        if getattr(getattr(module_workflow, "modifier", None), "skip_validation", False):
+            return  # a module used with `skip_validation: True` (Snakemake's validate reads it so)
+        caller = frame.f_code.co_filename
         base = os.path.dirname(caller) if caller in set(files()) else basedir()
         path = os.fspath(schema)
         check(data, path if os.path.isabs(path) else os.path.join(base, path), set_default)

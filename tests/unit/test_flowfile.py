@@ -230,7 +230,8 @@ def test_configfile_errors(tmp_path: Path) -> None:
     ('x = (1,\n', 1, "invalid syntax: '(' was never closed"),
     ('rule a:\nx = 1\n', 1, "rule 'a' has no directives"),
     ('rule a:\n    print(1)\n', 2, "expected a rule directive such as 'input:' or 'shell:'"),
-    ('use rule a as b with:\n    output: "x"\n', 1, "'use' is not supported"),
+    ('use rule a as b with:\n    output: "x"\n', 1,
+     "use rule: no rule 'a' defined before this statement"),
 ])
 def test_syntax_errors(tmp_path: Path, text: str, line: int, message: str) -> None:
     with pytest.raises(FlowfileError) as e:

@@ -1,0 +1,5 @@
+rule align:
+    output:
+        "aligned.txt",
+    shell:
+        "touch {output}"

@@ -1,0 +1,5 @@
+rule leaf:
+    output:
+        "leaf.txt",
+    shell:
+        "echo {rule} > {output}"
