@@ -141,6 +141,12 @@ class BackendError(FlowmakeError):
     title = "backend error"
 
 
+class StorageError(FlowmakeError):
+    """An object in storage (S3) cannot be read or written: credentials, endpoint, the server."""
+
+    title = "storage error"
+
+
 class StoreError(FlowmakeError):
     title = "store error"
 

@@ -21,6 +21,7 @@ class Flag(enum.Enum):
     DIRECTORY = "directory"
     ANCIENT = "ancient"
     TOUCH = "touch"
+    LOCAL = "local"  # with a default storage provider: this path stays a local file
 
 
 class NamedList(list):

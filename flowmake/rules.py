@@ -68,6 +68,7 @@ class Workflow:
         self.container: str | None = None
         self.wildcard_constraints: dict[str, str] = {}
         self.wildcard_types: dict[str, WildcardType] = dict(BUILTIN_TYPES)
+        self.storage: Any = None  # storage.StorageRegistry: the `storage` providers (set by the builder)
 
     def add_rule(self, rule: Rule) -> None:
         if rule.name in self._by_name:

@@ -19,15 +19,18 @@ __all__ = ["load_workflow"]
 
 
 def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = None,
-                  configfiles: Sequence[str] = (), workdir: str | None = None) -> Workflow:
-    """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it."""
+                  configfiles: Sequence[str] = (), workdir: str | None = None,
+                  default_storage: tuple[str, str] | None = None) -> Workflow:
+    """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it.
+
+    ``default_storage`` is (``--default-storage-provider``, ``--default-storage-prefix``)."""
     if not os.path.isfile(path):
         raise FlowfileError(f"no rule file '{path}'", hint="create a Flowfile or pass --flowfile")
     cli_layer = configmod.command_line_layer(configfiles, config_overrides)
     workflow = Workflow(os.path.normpath(path), copy.deepcopy(cli_layer),
                         configfiles=[os.path.abspath(p) for p in configfiles],
                         config_overrides=config_overrides, workdir=workdir)
-    builder = Builder(workflow, cli_layer)
+    builder = Builder(workflow, cli_layer, default_storage)
     builder.exec_file(workflow.flowfile)
     builder.check_rule_names()
     workflow.finalize()

@@ -25,6 +25,7 @@ from flowmake.patterns import BUILTIN_TYPES, make_type
 from flowmake.rules import Checkpoints, Rule, Rules, Workflow
 from flowmake.settings import available_cores
 from flowmake.shellfmt import Shell
+from flowmake.storage import StorageRegistry
 
 _LIST_DIRECTIVES = ("input", "output", "log", "params", "resources")
 _SINGLE_DIRECTIVES = ("threads", "priority", "retries", "message", "shell", "script", "container",
@@ -40,8 +41,11 @@ class _Args:
 
 
 class Builder:
-    def __init__(self, workflow: Workflow, command_line_config: dict[str, Any]) -> None:
+    def __init__(self, workflow: Workflow, command_line_config: dict[str, Any],
+                 default_storage: tuple[str, str] | None = None) -> None:
         self.workflow = workflow
+        # The rule file's `storage` object; --default-storage-provider maps inputs and outputs.
+        self.storage = workflow.storage = StorageRegistry(default_storage)
         self._cli_config = command_line_config
         self._files: list[tuple[str, Translation]] = []
         self._stack: list[str] = []
@@ -59,6 +63,7 @@ class Builder:
             "__flowmake__": self, "config": wf.config, "rules": Rules(wf),
             "checkpoints": Checkpoints(wf), "shell": Shell(wf.shell_settings),
             "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
+            "storage": self.storage,
         }
         ns.update(helpers)
         return ns
@@ -134,6 +139,8 @@ class Builder:
                     raise FlowfileError("resources must be named (mem_mb=1000)",
                                         location=Location(location.file, value.line))
                 kw[d] = [(None, a) for a in value.args] + list(value.kwargs.items())
+                if d in ("input", "output"):
+                    kw[d] = [(n, self.storage.map_default(v)) for n, v in kw[d]]
             elif d == "wildcard_constraints":
                 kw[d] = _constraints(value, location.file)
             else:
@@ -190,6 +197,10 @@ class Builder:
                     # The message is the one Workflow.finalize gives; this adds the line.
                     raise FlowfileError(f"unknown rule '{name}' in ruleorder/localrules",
                                         location=where, hint=did_you_mean(name, known))
+
+    def storage_directive(self, line: int, tag: str | None, **settings: Any) -> None:
+        """`storage: provider="s3", ...` and `storage NAME: provider="s3", endpoint_url=...`."""
+        self.storage.register(self._here(line), tag, **settings)
 
     def wildcard_constraints(self, line: int, *args: Any, **constraints: Any) -> None:
         value = _Args(line, args, constraints)

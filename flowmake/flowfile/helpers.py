@@ -39,6 +39,11 @@ def touch(value: Any) -> Any:
     return add_flag(value, Flag.TOUCH)
 
 
+def local(value: Any) -> Any:
+    """With ``--default-storage-provider``: a path that stays a local file (``storage.py``)."""
+    return add_flag(value, Flag.LOCAL)
+
+
 def unpack(func: Callable[..., Any]) -> FlaggedFunction:
     """Mark an input function whose dict (or list) result becomes named (or plain) inputs."""
     if isinstance(func, FlaggedFunction):
@@ -167,7 +172,7 @@ def namespace_helpers(workdir: Callable[[], str]) -> dict[str, Any]:
     return {
         "expand": expand, "glob_wildcards": glob_wildcards, "multiext": multiext,
         "unpack": unpack, "temp": temp, "protected": protected, "directory": directory,
-        "ancient": ancient, "touch": touch, "Path": Path,
+        "ancient": ancient, "touch": touch, "local": local, "Path": Path,
         # benchmark: repeat("file", n): Snakemake runs the job n times; one measurement serves here.
         "repeat": lambda path, n: path,
     }
