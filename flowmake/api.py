@@ -55,6 +55,9 @@ class Options:
     resources: dict[str, int] = field(default_factory=dict)
     backend: str | None = None
     profile: str | None = None
+    # Snakemake's storage flags: every relative input and output is then an object under the prefix.
+    default_storage_provider: str | None = None
+    default_storage_prefix: str | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -76,8 +79,11 @@ class Session:
     graph_memo: GraphMemo | ExistsLog | None = None  # the graph memo used, or what resolution asked
     fingerprint: str | None = None  # the graph memo's, when the workflow can have one
     known_keys: KnownKeys = field(default_factory=dict)  # the keys the graph memo kept, by step
+    storage: Any = None  # storage.Storage, when the rule file or the flags use storage
 
     def close(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
         self.store.close()
 
 
@@ -140,7 +146,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
-    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
+    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
+                             default_storage=_default_storage(opts))
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -149,7 +156,12 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         print(f"flowmake: warning: {w}", file=sys.stderr)
     digester = Digester(store.stat_cache)
     exists = lambda p: digester.stat(p) is not None  # noqa: E731
+    storage = _storage(workflow, opts, store, digester, readonly)
+    if storage is not None:
+        exists = storage.exists_fn(exists)
     spec = target_spec(workflow, opts.targets, workdir)
+    if storage is not None:  # with a default storage provider, `flowmake out.txt` names the object
+        spec = [(k, workflow.storage.map_default(t) if k == "path" else t) for k, t in spec]
     fp = graph_memo.fingerprint(workflow, spec)
     used: GraphMemo | ExistsLog | None = GraphMemo.load(store.path, fp) if fp is not None else None
     known: KnownKeys = {}
@@ -159,12 +171,40 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     else:  # resolve; record what resolution asks, to save with the graph
         used = ExistsLog(exists) if fp is not None else None
         graph = Graph(workflow, used or exists)
-        resolve_targets(graph, workflow, spec)
+        _resolve(graph, workflow, spec, storage)
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
-                      Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
+                      Plan([], {}, None), overrides, image_digest, used, fp, known, storage)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
     session.plan = _plan_session(session)
     return session
+
+
+def _resolve(graph: Graph, workflow: Any, spec: list[tuple[str, str]], storage: Any) -> None:
+    try:
+        resolve_targets(graph, workflow, spec)
+    except FlowmakeError as e:
+        if storage is not None:  # "'.flowmake/storage/s3/b/k' does not exist": say which object
+            e.details.extend(storage.objects_named(e.message))
+        raise
+
+
+def _default_storage(opts: Options) -> tuple[str, str] | None:
+    if opts.default_storage_provider is None:
+        if opts.default_storage_prefix is not None:
+            raise UsageError("--default-storage-prefix needs --default-storage-provider s3")
+        return None
+    return (opts.default_storage_provider, opts.default_storage_prefix or "")
+
+
+def _storage(workflow: Any, opts: Options, store: Store, digester: Digester, readonly: bool) -> Any:
+    """The objects behind the rule file's storage paths (``storage.py``); None when it has none."""
+    if workflow.storage is None or not workflow.storage.active:
+        return None
+    from flowmake.storage import Storage
+    from flowmake.storage_s3 import S3Objects
+
+    toml = load_settings(os.getcwd(), opts.profile).storage
+    return Storage(workflow.storage.configured(toml), S3Objects(store.path), digester, readonly=readonly)
 
 
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
@@ -178,7 +218,7 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         return bool(out_times) and (not in_times or min(out_times) >= max(in_times))
 
     return Facts(
-        digest=dig.digest,
+        digest=session.storage.digest_fn(dig.digest) if session.storage is not None else dig.digest,
         trace=store.trace,
         trace_head=store.trace_head,
         incomplete=incomplete.__contains__,
@@ -287,12 +327,12 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     opts = session.opts
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores)
+                     configfiles=list(opts.configfiles), cores=cores, default_storage=_default_storage(opts))
     progress = Progress(quiet=opts.quiet, started=opts.started)
     _stop_orphans(session, progress.note)
     sched = Scheduler(
-        session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
-        local=local, ctx=ctx, progress=progress,
+        session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester, session.storage),
+        backend=backend, local=local, ctx=ctx, progress=progress, storage=session.storage,
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
     )
@@ -333,14 +373,14 @@ def _interrupted() -> FlowmakeError:
     return Interrupted("stopped by a signal; running jobs were cancelled and their partial outputs removed")
 
 
-def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:
+def _fresh_digest(dig: Digester, storage: Any = None) -> Callable[[str], str | None]:
     def digest(path: str, settled: bool = True) -> str | None:
         # Called for a finished job's outputs: the job has exited, so nothing still writes them.
         # (Its inputs are asked for with settled=False: someone else may be writing those.)
         dig.invalidate(path)
         return dig.digest(path, settled=settled)
 
-    return digest
+    return digest if storage is None else storage.digest_fn(digest)
 
 
 def _save_stat_cache(session: Session) -> None:
@@ -363,7 +403,8 @@ def list_rules(opts: Options) -> int:
 
     enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
-    wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles)
+    wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles,
+                       default_storage=_default_storage(opts))
     for rule in wf.rules:
         kind = "checkpoint" if rule.is_checkpoint else "rule"
         print(f"{rule.name}\t{kind}\t{os.path.relpath(str(rule.location.file))}:{rule.location.line}")

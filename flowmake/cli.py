@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", "--res", nargs="+", default=[], metavar="NAME=N", help="global limits, e.g. mem_mb=8000")
     p.add_argument("--backend", metavar="NAME", help="where jobs run: local, docker, ssh, slurm (default: local)")
     p.add_argument("--profile", metavar="FILE", help="settings file instead of flowmake.toml")
+    p.add_argument("--default-storage-provider", metavar="NAME",
+                   help="keep every input and output not marked local() in this storage (s3)")
+    p.add_argument("--default-storage-prefix", metavar="URL", help="where in it, e.g. s3://bucket/prefix")
     p.add_argument("--version", action="version", version=f"flowmake {__version__}")
     habits = p.add_argument_group("Snakemake habits flowmake does not need (accepted, no effect)")
     habits.add_argument("-r", "--reason", action="store_true", help="reasons are always shown")
@@ -122,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             until=list(args.until), omit_from=list(args.omit_from), notemp=args.notemp,
             retries=args.retries, resources=resources, backend=args.backend, profile=args.profile,
         )
+        opts.default_storage_provider = args.default_storage_provider
+        opts.default_storage_prefix = args.default_storage_prefix
         if args.list:
             return api.list_rules(opts)
         if args.dag:

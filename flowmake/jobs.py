@@ -31,6 +31,7 @@ class JobContext:
     configfiles: Sequence[str] = ()
     python: str = sys.executable
     cores: int = 1
+    default_storage: tuple[str, str] | None = None  # --default-storage-provider/-prefix: maps paths
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -68,6 +69,8 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
         "cores": ctx.cores,
         "attempt": attempt,
     }
+    if ctx.default_storage is not None:  # the job's rule file must map its paths the same way
+        payload["default_storage"] = list(ctx.default_storage)
     return f"{shlex.quote(ctx.python)} -m flowmake.jobrun {shlex.quote(json.dumps(payload))}"
 
 

@@ -59,7 +59,7 @@ class RunResult:
 class Scheduler:
     def __init__(self, graph: Graph, plan: Plan, *, store: Store, digest: Callable[[str], str | None],
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
-                 progress: Progress) -> None:
+                 progress: Progress, storage: Any = None) -> None:
         self.graph = graph
         self.plan = plan  # as planned; never changed here: each record holds its step's current plan
         self.store = store
@@ -69,6 +69,7 @@ class Scheduler:
         self.ctx = ctx
         self.opt = options
         self.progress = progress
+        self.storage = storage  # storage.Storage: remote inputs fetched before a job, outputs uploaded after
         self.locks = OutputLocks(os.path.join(ctx.workdir, ".flowmake"))
         self.result = RunResult()
         self._records: dict[int, StepRecord | UpToDate] = {}  # id(step) -> its record
@@ -312,6 +313,11 @@ class Scheduler:
         prepare_outputs(step, self.ctx.workdir)
         self.store.begin(step.id, list(step.outputs), None)
         self.progress.started(step, rec.plan, spec.command if self.opt.printshellcmds else None)
+        # In this thread, before the job: it sees whole inputs, and a failed fetch is its failure.
+        why = self.storage.fetch(step) if self.storage is not None else None
+        if why is not None:
+            self._failure(rec, JobEvent(None, JobState.FAILED, message=why), f"cannot fetch its inputs ({why})")  # type: ignore[arg-type]  # no job, no handle
+            return
         handle = backend.submit(spec)
         pgid = getattr(backend, "pgid", None)
         if pgid is not None:
@@ -356,6 +362,11 @@ class Scheduler:
             missing = finish_outputs(step, self.ctx.workdir)
             if missing:
                 self._failure(rec, ev, "declared outputs missing after the job: " + ", ".join(missing))
+                return
+            # Uploaded only once the outputs check out, before the traces vouch for them.
+            why = self.storage.upload(step) if self.storage is not None else None
+            if why is not None:
+                self._failure(rec, ev, f"cannot upload its outputs ({why})")
                 return
             write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
             changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
@@ -407,7 +418,7 @@ class Scheduler:
         rec.state = StepState.FAILED
         self.result.failed.append((step.id, why))
         log = rec.handle.spec.log if rec.handle is not None else None
-        self.progress.finished(step, ok=False, why=why, log=os.path.join(self.ctx.workdir, log or ""))
+        self.progress.finished(step, ok=False, why=why, log=os.path.join(self.ctx.workdir, log) if log else "")
         if not self.opt.keep_going:
             self._stop = True
             self._ready.clear()
