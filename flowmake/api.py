@@ -165,6 +165,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     fp = graph_memo.fingerprint(workflow, spec)
     used: GraphMemo | ExistsLog | None = GraphMemo.load(store.path, fp) if fp is not None else None
     known: KnownKeys = {}
+    if storage is not None and isinstance(used, GraphMemo):
+        storage.prefetch(used.asked())  # the objects the memo's questions name, in parallel
     if isinstance(used, GraphMemo) and used.holds(exists):
         graph = Graph(workflow, exists)
         steps, known = used.restore(workflow, graph)
@@ -175,6 +177,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
                       Plan([], {}, None), overrides, image_digest, used, fp, known, storage)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
+    if storage is not None:
+        storage.prefetch([o for s in steps for o in s.outputs])
     session.plan = _plan_session(session)
     return session
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from flowmake.errors import FlowfileError, Location, UsageError, did_you_mean
 from flowmake.namedlist import Flag, Flagged, FlaggedFunction, flags_of
@@ -318,6 +318,10 @@ class Storage:
             if r is not None and f"{r.local} is {r.url}" not in out:
                 out.append(f"{r.local} is {r.url}")
         return out
+
+    def prefetch(self, paths: Iterable[str]) -> None:
+        """Ask the server about the objects behind ``paths`` at once, before planning asks one by one."""
+        self.objects.prefetch(r for r in map(self.registry.remote, paths) if r is not None)
 
     def exists(self, path: str) -> bool:
         r = self.registry.remote(path)

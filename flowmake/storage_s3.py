@@ -63,7 +63,6 @@ class S3Objects:
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.requests = {"head": 0, "get": 0, "put": 0}  # what this invocation asked the server
 
     # -- the client ---------------------------------------------------------------------------
 
@@ -82,7 +81,6 @@ class S3Objects:
             return self._heads[r.local]
         from botocore.exceptions import BotoCoreError, ClientError
 
-        self.requests["head"] += 1
         try:
             resp = self.client(r.provider).head_object(Bucket=r.bucket, Key=r.key)
         except ClientError as e:
@@ -98,6 +96,24 @@ class S3Objects:
                     modified.isoformat() if modified is not None else "", meta.get(META))
         self._heads[r.local] = head
         return head
+
+    def prefetch(self, remotes: Iterable[Remote]) -> None:
+        """HEAD the objects not asked yet, in parallel: what planning then asks is memoised. A
+        HEAD that fails is not remembered, so the later one raises with the reason."""
+        todo = list({r.local: r for r in remotes if r.local not in self._heads}.values())
+        if len(todo) < 2:
+            return
+        for f in [self._pool_().submit(self.head, r) for r in todo]:
+            try:
+                f.result()
+            except StorageError:
+                pass
+
+    def _pool_(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS,
+                                                               thread_name_prefix="flowmake-s3")
+        return self._pool
 
     def digest(self, r: Remote, digester: Digester, *, download: bool) -> str | None:
         head = self.head(r)
@@ -123,7 +139,6 @@ class S3Objects:
 
         os.makedirs(os.path.dirname(r.local), exist_ok=True)
         tmp = f"{r.local}.part{os.getpid()}.{threading.get_ident()}"
-        self.requests["get"] += 1
         try:
             resp = self.client(r.provider).get_object(Bucket=r.bucket, Key=r.key, IfMatch=head.etag)
             with open(tmp, "wb") as fh:
@@ -186,7 +201,6 @@ class S3Objects:
         if d is None:
             raise StorageError(f"{r.local} vanished before its upload")
         client = self.client(r.provider)
-        self.requests["put"] += 1
         try:
             client.upload_file(r.local, r.bucket, r.key, ExtraArgs={"Metadata": {META: d}})
         except (ClientError, BotoCoreError, OSError) as e:
@@ -208,10 +222,7 @@ class S3Objects:
             except StorageError as e:
                 return e.message
             return None
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=_WORKERS,
-                                                               thread_name_prefix="flowmake-s3")
-        futures = [self._pool.submit(work, r) for r in todo]
+        futures = [self._pool_().submit(work, r) for r in todo]
         errors = []
         for f in futures:
             try:
