@@ -133,3 +133,19 @@ def test_default_storage_mistakes_are_usage_errors(tmp_path: Path, default: tupl
     with pytest.raises(UsageError) as e:
         load(tmp_path, 'rule a:\n    output: "x"\n    shell: "touch {output}"\n', default_storage=default)
     assert e.value.message.startswith(message), e.value.message
+
+
+def test_a_bad_url_from_an_input_function_is_reported_at_its_line(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        storage: provider="s3"
+
+        rule a:
+            input:
+                lambda wc: storage.s3(f"s3://Bad/{wc.x}")
+            output: "{x}.txt"
+            shell: "cp {input} {output}"
+    """)
+    with pytest.raises(FlowfileError) as e:
+        inputs(wf, "a", x="q")
+    assert (e.value.location.line, e.value.rule) == (5, "a")  # type: ignore[union-attr]
+    assert e.value.message.startswith("storage.s3: 's3://Bad/q': 'Bad' is not a valid bucket name")
