@@ -211,6 +211,7 @@ def test_default_storage_provider_puts_relative_paths_under_the_prefix(flow: Flo
     err = flow.ok(*args)
     assert ran(err) == []
     assert since(s3, mark, "GET", bucket) == []
+    assert ran(flow.ok("results/copy.txt", *args, "-f")) == ["copy"]  # a target names the object
     flow.file("local.txt", "changed\n")  # a local() input is a local file
     assert ran(flow.ok(*args)) == ["both"]
     assert get(s3, bucket, "runs/one/results/both.txt") == "abc\nchanged\n"
