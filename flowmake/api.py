@@ -216,9 +216,11 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
     incomplete = store.incomplete_outputs()
     in_flight = store.in_flight_elsewhere()
 
+    stat = session.storage.stat_fn(dig.stat) if session.storage is not None else dig.stat
+
     def newer_than(outputs: Iterable[str], inputs: Iterable[str]) -> bool:
-        out_times = [st.st_mtime_ns for st in map(dig.stat, outputs) if st is not None]
-        in_times = [st.st_mtime_ns for st in map(dig.stat, inputs) if st is not None]
+        out_times = [st.st_mtime_ns for st in map(stat, outputs) if st is not None]
+        in_times = [st.st_mtime_ns for st in map(stat, inputs) if st is not None]
         return bool(out_times) and (not in_times or min(out_times) >= max(in_times))
 
     return Facts(

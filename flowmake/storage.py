@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import posixpath
 import re
+import stat as statmod
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from flowmake.digest import Stat
 from flowmake.errors import FlowfileError, Location, UsageError, did_you_mean
 from flowmake.namedlist import Flag, Flagged, FlaggedFunction, flags_of
 
@@ -340,6 +342,22 @@ class Storage:
             return local(path) if not path.startswith(_PREFIX) or remote(path) is None else self.exists(path)
 
         return exists
+
+    def stat_fn(self, local: Callable[[str], Stat | None]) -> Callable[[str], Stat | None]:
+        """``local`` for local paths; for storage paths the object's size and Last-Modified (what
+        adopting untraced outputs compares: not the time its local copy was downloaded)."""
+        remote = self.registry.remote
+
+        def stat(path: str) -> Stat | None:
+            r = remote(path) if path.startswith(_PREFIX) else None
+            if r is None:
+                return local(path)
+            head = self.objects.head(r)
+            if head is None:
+                return None
+            return Stat(statmod.S_IFREG | 0o644, 0, 0, head.size, head.modified_ns, head.modified_ns)
+
+        return stat
 
     def digest_fn(self, local: Callable[..., str | None]) -> Callable[..., str | None]:
         """``local`` for local paths, the object's digest for storage paths (an upload updates it;

@@ -46,6 +46,7 @@ class Head:
     size: int
     modified: str
     digest: str | None  # the flowmake-blake3 metadata, when flowmake uploaded the object
+    modified_ns: int = 0  # Last-Modified (whole seconds on S3)
 
     @property
     def identity(self) -> list[Any]:
@@ -93,7 +94,8 @@ class S3Objects:
         meta = {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()}
         modified = resp.get("LastModified")
         head = Head(str(resp.get("ETag", "")), int(resp.get("ContentLength", 0)),
-                    modified.isoformat() if modified is not None else "", meta.get(META))
+                    modified.isoformat() if modified is not None else "", meta.get(META),
+                    int(modified.timestamp() * 1e9) if modified is not None else 0)
         self._heads[r.local] = head
         return head
 

@@ -9,6 +9,9 @@ reach flowmake through the standard chain's environment variables only, and neve
 
 from __future__ import annotations
 
+import shutil
+import time
+
 import pytest
 
 from tests.conftest import Flow
@@ -280,3 +283,30 @@ def test_a_missing_object_is_named_by_its_url(flow: Flow, s3: S3Server) -> None:
     assert rc == 2, err
     assert f"missing input: '.flowmake/storage/s3/{bucket}/nothing/here.txt' does not exist" in err
     assert f"  .flowmake/storage/s3/{bucket}/nothing/here.txt is s3://{bucket}/nothing/here.txt\n" in err
+
+
+def test_an_untraced_object_is_adopted_only_when_it_is_newer_than_its_inputs(flow: Flow, s3: S3Server) -> None:
+    bucket = s3.bucket()
+    flow.write(f"""
+        storage:
+            provider="s3",
+            endpoint_url="{s3.endpoint}"
+
+        rule a:
+            input: "in.txt"
+            output: storage.s3("s3://{bucket}/out.txt")
+            shell: "cp {{input}} {{output}}"
+    """)
+    put(s3, bucket, "out.txt", "made elsewhere, before its input\n")
+    time.sleep(1.1)  # S3 keeps Last-Modified in whole seconds
+    flow.file("in.txt", "new\n")
+    assert ran(flow.ok("-c", "1")) == ["a"]  # not adopted because its local copy was just downloaded
+    assert get(s3, bucket, "out.txt") == "new\n"
+    time.sleep(1.1)
+    flow.file("in.txt", "newer\n")
+    time.sleep(1.1)
+    put(s3, bucket, "out.txt", "made elsewhere, after its input\n")
+    shutil.rmtree(flow.root / ".flowmake")  # no trace any more
+    mark = len(s3.requests)
+    assert ran(flow.ok("-c", "1")) == []  # adopted, as a local output newer than its inputs is
+    assert since(s3, mark, "PUT", bucket) == []
