@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +311,24 @@ def test_an_untraced_object_is_adopted_only_when_it_is_newer_than_its_inputs(flo
     mark = len(s3.requests)
     assert ran(flow.ok("-c", "1")) == []  # adopted, as a local output newer than its inputs is
     assert since(s3, mark, "PUT", bucket) == []
+
+
+def test_an_object_replaced_after_planning_is_not_downloaded_as_the_planned_version(
+        tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowmake.digest import Digester, StatCache
+    from flowmake.errors import StorageError
+    from flowmake.storage import Provider, Remote
+    from flowmake.storage_s3 import S3Objects
+
+    monkeypatch.chdir(tmp_path)
+    bucket = s3.bucket()
+    put(s3, bucket, "k.txt", "planned\n")
+    objects = S3Objects(str(tmp_path))
+    r = Remote(Provider("s3", settings={"endpoint_url": s3.endpoint}), bucket, "k.txt",
+               f".flowmake/storage/s3/{bucket}/k.txt")
+    assert objects.head(r) is not None  # what planning saw
+    put(s3, bucket, "k.txt", "replaced\n")
+    why = objects.fetch([r], Digester(StatCache()))
+    assert why == f"s3://{bucket}/k.txt changed on the server while this run used it"
+    assert not (tmp_path / r.local).exists()  # nothing half-written left either
+    objects.close(save=False)
