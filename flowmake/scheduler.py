@@ -306,6 +306,13 @@ class Scheduler:
 
     def _start(self, rec: StepRecord) -> None:
         step = rec.step
+        # In this thread, before the job (and before its key, which digests what is fetched): the job
+        # sees whole inputs, and a failed fetch is the step's failure.
+        why = self.storage.fetch(step) if self.storage is not None else None
+        if why is not None:
+            self.progress.started(step, rec.plan, None)
+            self._failure(rec, JobEvent(None, JobState.FAILED, message=why), f"cannot fetch its inputs ({why})")  # type: ignore[arg-type]  # no job, no handle
+            return
         rec.plan = with_current_key(rec.plan, self.plan.facts) or rec.plan
         backend = self._backend_for(step)
         spec = job_spec(step, self.ctx, attempt=rec.attempts + 1, inputs=rec.plan.inputs, image=step.rule.container,
@@ -313,11 +320,6 @@ class Scheduler:
         prepare_outputs(step, self.ctx.workdir)
         self.store.begin(step.id, list(step.outputs), None)
         self.progress.started(step, rec.plan, spec.command if self.opt.printshellcmds else None)
-        # In this thread, before the job: it sees whole inputs, and a failed fetch is its failure.
-        why = self.storage.fetch(step) if self.storage is not None else None
-        if why is not None:
-            self._failure(rec, JobEvent(None, JobState.FAILED, message=why), f"cannot fetch its inputs ({why})")  # type: ignore[arg-type]  # no job, no handle
-            return
         handle = backend.submit(spec)
         pgid = getattr(backend, "pgid", None)
         if pgid is not None:

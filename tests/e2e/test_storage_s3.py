@@ -332,3 +332,33 @@ def test_an_object_replaced_after_planning_is_not_downloaded_as_the_planned_vers
     assert why == f"s3://{bucket}/k.txt changed on the server while this run used it"
     assert not (tmp_path / r.local).exists()  # nothing half-written left either
     objects.close(save=False)
+
+
+def test_an_input_object_deleted_before_its_step_starts_fails_that_step(flow: Flow, s3: S3Server) -> None:
+    bucket = s3.bucket()
+    put(s3, bucket, "in.txt", "x\n")
+    flow.file("rm.py", f"import boto3\nboto3.client('s3', endpoint_url='{s3.endpoint}')"
+                       f".delete_object(Bucket='{bucket}', Key='in.txt')\n")
+    flow.write(f"""
+        import sys
+        storage:
+            provider="s3",
+            endpoint_url="{s3.endpoint}"
+
+        rule all:
+            input: "b.txt"
+
+        rule first:  # the object is there when the run plans; this deletes it
+            output: "a.txt"
+            shell: "{{sys.executable}} rm.py && touch {{output}}"
+
+        rule second:
+            input: "a.txt", storage.s3("s3://{bucket}/in.txt")
+            output: "b.txt"
+            shell: "cat {{input}} > {{output}}"
+    """)
+    rc, _, err = flow.run("-c", "1")
+    assert rc == 1, err
+    assert f"FAILED second:b.txt: cannot fetch its inputs (cannot download s3://{bucket}/in.txt: NoSuchKey" in err, err
+    assert f"s3://{bucket}/in.txt" in err and "Traceback" not in err
+    assert flow.exists("a.txt") and not flow.exists("b.txt")
