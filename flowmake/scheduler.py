@@ -444,6 +444,9 @@ class Scheduler:
                     self._temp_consumers[path] -= 1
                     if self._temp_consumers[path] == 0:
                         remove_path(os.path.join(self.ctx.workdir, path))
+                        why = self.storage.remove(path) if self.storage is not None else None
+                        if why is not None:  # a temp() object left in storage costs space, not correctness
+                            self.progress.note(f"warning: {why}")
         if self._stop:
             return
         for dep in rec.dependants:

@@ -384,5 +384,11 @@ class Storage:
         wanted = [r for r in map(self.registry.remote, step.outputs) if r is not None]
         return self.objects.upload(wanted, self.digester) if wanted else None
 
+    def remove(self, path: str) -> str | None:
+        """Delete the object behind a ``temp()`` output its consumers are done with (Snakemake
+        deletes those too); the reason as text when it cannot be."""
+        r = self.registry.remote(path)
+        return None if r is None else self.objects.delete(r)
+
     def close(self) -> None:
         self.objects.close(save=not self.readonly)

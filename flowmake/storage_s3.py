@@ -213,6 +213,16 @@ class S3Objects:
         if head is not None:
             self._remember(r.local, head, d)
 
+    def delete(self, r: Remote) -> str | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client(r.provider).delete_object(Bucket=r.bucket, Key=r.key)
+        except (ClientError, BotoCoreError) as e:
+            return f"cannot delete {r.url}: {_why(e) if isinstance(e, ClientError) else e}"
+        self._heads[r.local] = None
+        return None
+
     # -- plumbing -----------------------------------------------------------------------------
 
     def _each(self, todo: list[Remote], work: Any) -> str | None:

@@ -362,3 +362,28 @@ def test_an_input_object_deleted_before_its_step_starts_fails_that_step(flow: Fl
     assert f"FAILED second:b.txt: cannot fetch its inputs (cannot download s3://{bucket}/in.txt: NoSuchKey" in err, err
     assert f"s3://{bucket}/in.txt" in err and "Traceback" not in err
     assert flow.exists("a.txt") and not flow.exists("b.txt")
+
+
+def test_a_temp_object_is_deleted_once_its_consumers_are_done(flow: Flow, s3: S3Server) -> None:
+    bucket = s3.bucket()
+    put(s3, bucket, "p/in.txt", "a\n")
+    flow.file("flowmake.toml", f'[storage.s3]\nendpoint_url = "{s3.endpoint}"\n')
+    flow.write("""
+        rule all:
+            input: "final.txt"
+
+        rule mid:
+            input: "in.txt"
+            output: temp("mid.txt")
+            shell: "cat {input} {input} > {output}"
+
+        rule final:
+            input: "mid.txt"
+            output: "final.txt"
+            shell: "wc -l < {input} > {output}"
+    """)
+    args = ("-c", "1", "--default-storage-provider", "s3", "--default-storage-prefix", f"s3://{bucket}/p")
+    assert ran(flow.ok(*args)) == ["mid", "final"]
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sorted(keys) == ["p/final.txt", "p/in.txt"]  # p/mid.txt was uploaded, then deleted
+    assert ran(flow.ok(*args)) == []  # a temp() output gone after use is not a reason to rerun
