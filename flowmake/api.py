@@ -473,16 +473,17 @@ def touch(opts: Options) -> int:
         decided = dict(session.plan.by_id)  # a touched step is up to date for its dependants
         unsettled = unsettled_in(decided)
         facts = session.plan.facts
+        digest = session.storage.digest_fn(session.digester.digest) if session.storage else session.digester.digest
         for step in _selected_steps(session):
             sp = decided[id(step)] = plan_step(step, unsettled, facts)
             if sp.decision is Decision.SKIP:
                 continue
-            if any(session.digester.digest(o) is None for o in step.outputs) or step.instance is None:
+            if any(digest(o) is None for o in step.outputs) or step.instance is None:
                 continue
             keyed = with_current_key(sp, facts)
             if keyed is None:
                 continue
-            record_traces(session.store, step, keyed, session.digester.digest)
+            record_traces(session.store, step, keyed, digest)
             decided[id(step)] = replace(keyed, decision=Decision.SKIP)
             if not opts.quiet:
                 print(f"touched {', '.join(step.outputs)}", file=sys.stderr)

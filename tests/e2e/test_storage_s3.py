@@ -387,3 +387,26 @@ def test_a_temp_object_is_deleted_once_its_consumers_are_done(flow: Flow, s3: S3
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert sorted(keys) == ["p/final.txt", "p/in.txt"]  # p/mid.txt was uploaded, then deleted
     assert ran(flow.ok(*args)) == []  # a temp() output gone after use is not a reason to rerun
+
+
+def test_touch_records_storage_outputs_as_they_are_on_the_server(flow: Flow, s3: S3Server) -> None:
+    bucket = s3.bucket()
+    put(s3, bucket, "in.txt", "a\n")
+    text = """
+        storage:
+            provider="s3",
+            endpoint_url="{endpoint}"
+
+        rule a:
+            input: storage.s3("s3://{bucket}/in.txt")
+            output: storage.s3("s3://{bucket}/out.txt")
+            shell: "cp {{input}} {{output}}{extra}"
+    """
+    flow.write(text.format(endpoint=s3.endpoint, bucket=bucket, extra=""))
+    flow.ok("-c", "1")
+    shutil.rmtree(flow.root / ".flowmake" / "storage")  # local copies gone: the objects stay
+    flow.write(text.format(endpoint=s3.endpoint, bucket=bucket, extra=" && true"))
+    assert "touched" in flow.ok("--touch")
+    mark = len(s3.requests)
+    assert ran(flow.ok("-c", "1")) == []
+    assert since(s3, mark, "PUT", bucket) == []
