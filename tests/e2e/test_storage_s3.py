@@ -316,7 +316,6 @@ def test_an_untraced_object_is_adopted_only_when_it_is_newer_than_its_inputs(flo
 def test_an_object_replaced_after_planning_is_not_downloaded_as_the_planned_version(
         tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     from flowmake.digest import Digester, StatCache
-    from flowmake.errors import StorageError
     from flowmake.storage import Provider, Remote
     from flowmake.storage_s3 import S3Objects
 
