@@ -61,6 +61,9 @@ class Options:
     wrapper_prefix: str | None = None
     conda_prefix: str | None = None
     conda_create_envs_only: bool = False
+    # Snakemake's storage flags: every relative input and output is then an object under the prefix.
+    default_storage_provider: str | None = None
+    default_storage_prefix: str | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -82,8 +85,11 @@ class Session:
     graph_memo: GraphMemo | ExistsLog | None = None  # the graph memo used, or what resolution asked
     fingerprint: str | None = None  # the graph memo's, when the workflow can have one
     known_keys: KnownKeys = field(default_factory=dict)  # the keys the graph memo kept, by step
+    storage: Any = None  # storage.Storage, when the rule file or the flags use storage
 
     def close(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
         self.store.close()
 
 
@@ -151,7 +157,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
-                             deployment=deployment(opts))
+                             deployment=deployment(opts), default_storage=_default_storage(opts))
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -160,20 +166,29 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         print(f"flowmake: warning: {w}", file=sys.stderr)
     digester = Digester(store.stat_cache)
     exists = lambda p: digester.stat(p) is not None  # noqa: E731
+    storage = _storage(workflow, opts, store, digester, readonly)
+    if storage is not None:
+        exists = storage.exists_fn(exists)
     spec = target_spec(workflow, opts.targets, workdir)
+    if storage is not None:  # with a default storage provider, `flowmake out.txt` names the object
+        spec = [(k, workflow.storage.map_default(t) if k == "path" else t) for k, t in spec]
     fp = graph_memo.fingerprint(workflow, spec)
     used: GraphMemo | ExistsLog | None = GraphMemo.load(store.path, fp) if fp is not None else None
     known: KnownKeys = {}
+    if storage is not None and isinstance(used, GraphMemo):
+        storage.prefetch(used.asked())  # the objects the memo's questions name, in parallel
     if isinstance(used, GraphMemo) and used.holds(exists):
         graph = Graph(workflow, exists)
         steps, known = used.restore(workflow, graph)
     else:  # resolve; record what resolution asks, to save with the graph
         used = ExistsLog(exists) if fp is not None else None
         graph = Graph(workflow, used or exists)
-        resolve_targets(graph, workflow, spec)
+        _resolve(graph, workflow, spec, storage)
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
-                      Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
+                      Plan([], {}, None), overrides, image_digest, used, fp, known, storage)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
+    if storage is not None:
+        storage.prefetch([o for s in steps for o in s.outputs])
     session.plan = _plan_session(session)
     return session
 
@@ -184,18 +199,48 @@ def deployment(opts: Options) -> envs.Deployment:
                            wrapper_prefix=opts.wrapper_prefix or wrappers.DEFAULT_PREFIX)
 
 
+def _resolve(graph: Graph, workflow: Any, spec: list[tuple[str, str]], storage: Any) -> None:
+    try:
+        resolve_targets(graph, workflow, spec)
+    except FlowmakeError as e:
+        if storage is not None:  # "'.flowmake/storage/s3/b/k' does not exist": say which object
+            e.details.extend(storage.objects_named(e.message))
+        raise
+
+
+def _default_storage(opts: Options) -> tuple[str, str] | None:
+    if opts.default_storage_provider is None:
+        if opts.default_storage_prefix is not None:
+            raise UsageError("--default-storage-prefix needs --default-storage-provider s3")
+        return None
+    return (opts.default_storage_provider, opts.default_storage_prefix or "")
+
+
+def _storage(workflow: Any, opts: Options, store: Store, digester: Digester, readonly: bool) -> Any:
+    """The objects behind the rule file's storage paths (``storage.py``); None when it has none."""
+    if workflow.storage is None or not workflow.storage.active:
+        return None
+    from flowmake.storage import Storage
+    from flowmake.storage_s3 import S3Objects
+
+    toml = load_settings(os.getcwd(), opts.profile).storage
+    return Storage(workflow.storage.configured(toml), S3Objects(store.path), digester, readonly=readonly)
+
+
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
     store, dig = session.store, session.digester
     incomplete = store.incomplete_outputs()
     in_flight = store.in_flight_elsewhere()
 
+    stat = session.storage.stat_fn(dig.stat) if session.storage is not None else dig.stat
+
     def newer_than(outputs: Iterable[str], inputs: Iterable[str]) -> bool:
-        out_times = [st.st_mtime_ns for st in map(dig.stat, outputs) if st is not None]
-        in_times = [st.st_mtime_ns for st in map(dig.stat, inputs) if st is not None]
+        out_times = [st.st_mtime_ns for st in map(stat, outputs) if st is not None]
+        in_times = [st.st_mtime_ns for st in map(stat, inputs) if st is not None]
         return bool(out_times) and (not in_times or min(out_times) >= max(in_times))
 
     return Facts(
-        digest=dig.digest,
+        digest=session.storage.digest_fn(dig.digest) if session.storage is not None else dig.digest,
         trace=store.trace,
         trace_head=store.trace_head,
         incomplete=incomplete.__contains__,
@@ -304,15 +349,16 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     opts = session.opts
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores, deployment=session.workflow.deployment)
+                     configfiles=list(opts.configfiles), cores=cores, deployment=session.workflow.deployment,
+                     default_storage=_default_storage(opts))
     progress = Progress(quiet=opts.quiet, started=opts.started)
     envs.prepare(_rules_to_run(session, steps), ctx.deployment, session.workdir, progress.note)
     if opts.conda_create_envs_only:
         return 0
     _stop_orphans(session, progress.note)
     sched = Scheduler(
-        session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester), backend=backend,
-        local=local, ctx=ctx, progress=progress,
+        session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester, session.storage),
+        backend=backend, local=local, ctx=ctx, progress=progress, storage=session.storage,
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
     )
@@ -364,14 +410,14 @@ def _interrupted() -> FlowmakeError:
     return Interrupted("stopped by a signal; running jobs were cancelled and their partial outputs removed")
 
 
-def _fresh_digest(dig: Digester) -> Callable[[str], str | None]:
+def _fresh_digest(dig: Digester, storage: Any = None) -> Callable[[str], str | None]:
     def digest(path: str, settled: bool = True) -> str | None:
         # Called for a finished job's outputs: the job has exited, so nothing still writes them.
         # (Its inputs are asked for with settled=False: someone else may be writing those.)
         dig.invalidate(path)
         return dig.digest(path, settled=settled)
 
-    return digest
+    return digest if storage is None else storage.digest_fn(digest)
 
 
 def _save_stat_cache(session: Session) -> None:
@@ -394,7 +440,8 @@ def list_rules(opts: Options) -> int:
 
     enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
-    wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles)
+    wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles,
+                       default_storage=_default_storage(opts))
     for rule in wf.rules:
         kind = "checkpoint" if rule.is_checkpoint else "rule"
         print(f"{rule.name}\t{kind}\t{os.path.relpath(str(rule.location.file))}:{rule.location.line}")
@@ -457,16 +504,17 @@ def touch(opts: Options) -> int:
         decided = dict(session.plan.by_id)  # a touched step is up to date for its dependants
         unsettled = unsettled_in(decided)
         facts = session.plan.facts
+        digest = session.storage.digest_fn(session.digester.digest) if session.storage else session.digester.digest
         for step in _selected_steps(session):
             sp = decided[id(step)] = plan_step(step, unsettled, facts)
             if sp.decision is Decision.SKIP:
                 continue
-            if any(session.digester.digest(o) is None for o in step.outputs) or step.instance is None:
+            if any(digest(o) is None for o in step.outputs) or step.instance is None:
                 continue
             keyed = with_current_key(sp, facts)
             if keyed is None:
                 continue
-            record_traces(session.store, step, keyed, session.digester.digest)
+            record_traces(session.store, step, keyed, digest)
             decided[id(step)] = replace(keyed, decision=Decision.SKIP)
             if not opts.quiet:
                 print(f"touched {', '.join(step.outputs)}", file=sys.stderr)

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", "--res", nargs="+", default=[], metavar="NAME=N", help="global limits, e.g. mem_mb=8000")
     p.add_argument("--backend", metavar="NAME", help="where jobs run: local, docker, ssh, slurm (default: local)")
     p.add_argument("--profile", metavar="FILE", help="settings file instead of flowmake.toml")
+    p.add_argument("--default-storage-provider", metavar="NAME",
+                   help="keep every input and output not marked local() in this storage (s3)")
+    p.add_argument("--default-storage-prefix", metavar="URL", help="where in it, e.g. s3://bucket/prefix")
     p.add_argument("--version", action="version", version=f"flowmake {__version__}")
     sdm = p.add_argument_group("software deployment (conda:, envmodules:, wrapper: directives)")
     sdm.add_argument("--use-conda", action="store_true", help="run jobs in their rule's conda environment")
@@ -134,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
             conda_prefix=args.conda_prefix, conda_create_envs_only=args.conda_create_envs_only,
         )
+        opts.default_storage_provider = args.default_storage_provider
+        opts.default_storage_prefix = args.default_storage_prefix
         if args.list:
             return api.list_rules(opts)
         if args.dag:

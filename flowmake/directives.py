@@ -16,7 +16,7 @@ import inspect
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from flowmake.errors import FlowmakeError
+from flowmake.errors import FlowmakeError, Location
 from flowmake.namedlist import EMPTY, Flag, FlaggedFunction, NamedList, Wildcards, flags_of
 from flowmake.patterns import Bindings, Pattern
 
@@ -254,10 +254,24 @@ def call_input(rule: Rule, func: Callable[..., Any], wc: Wildcards) -> Any:
         func = func.func
     try:
         return func(wc)
-    except (FlowmakeError, IncompleteCheckpoint):
+    except FlowmakeError as e:
+        if e.location is None:  # e.g. a bad storage URL the function built: at its line
+            e.location, e.rule = Location(rule.location.file, _line_in(e, rule.location)), e.rule or rule.name
+        raise
+    except IncompleteCheckpoint:
         raise
     except Exception as exc:
         raise rule.error(f"input function raised {type(exc).__name__}: {exc}") from None
+
+
+def _line_in(e: BaseException, where: Location) -> int | None:
+    """The line of the deepest traceback frame in the rule file (the rule's own line if none)."""
+    line, tb = where.line, e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == where.file:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def add(path: str, f: frozenset[Flag], flags: Flags) -> str:

@@ -153,6 +153,12 @@ class DeploymentError(FlowmakeError):
     title = "deployment error"
 
 
+class StorageError(FlowmakeError):
+    """An object in storage (S3) cannot be read or written: credentials, endpoint, the server."""
+
+    title = "storage error"
+
+
 class StoreError(FlowmakeError):
     title = "store error"
 

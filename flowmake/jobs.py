@@ -35,6 +35,7 @@ class JobContext:
     python: str = sys.executable
     cores: int = 1
     deployment: Deployment = field(default_factory=Deployment)  # --use-conda and friends
+    default_storage: tuple[str, str] | None = None  # --default-storage-provider/-prefix: maps paths
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -77,6 +78,8 @@ def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
         "attempt": attempt,
         "deployment": ctx.deployment.as_payload(),
     }
+    if ctx.default_storage is not None:  # the job's rule file must map its paths the same way
+        payload["default_storage"] = list(ctx.default_storage)
     return f"{shlex.quote(ctx.python)} -m flowmake.jobrun {shlex.quote(json.dumps(payload))}"
 
 

@@ -28,6 +28,8 @@ class Flag(enum.Enum):
     # For everything else the file is an ordinary output.
     REPORT = "report"
 
+    LOCAL = "local"  # with a default storage provider: this path stays a local file
+
 
 @dataclass(frozen=True)
 class ReportSpec:

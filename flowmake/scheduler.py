@@ -60,7 +60,7 @@ class RunResult:
 class Scheduler:
     def __init__(self, graph: Graph, plan: Plan, *, store: Store, digest: Callable[[str], str | None],
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
-                 progress: Progress) -> None:
+                 progress: Progress, storage: Any = None) -> None:
         self.graph = graph
         self.plan = plan  # as planned; never changed here: each record holds its step's current plan
         self.store = store
@@ -70,6 +70,7 @@ class Scheduler:
         self.ctx = ctx
         self.opt = options
         self.progress = progress
+        self.storage = storage  # storage.Storage: remote inputs fetched before a job, outputs uploaded after
         self.locks = OutputLocks(os.path.join(ctx.workdir, ".flowmake"))
         self.result = RunResult()
         self._records: dict[int, StepRecord | UpToDate] = {}  # id(step) -> its record
@@ -308,6 +309,13 @@ class Scheduler:
 
     def _start(self, rec: StepRecord) -> None:
         step = rec.step
+        # In this thread, before the job (and before its key, which digests what is fetched): the job
+        # sees whole inputs, and a failed fetch is the step's failure.
+        why = self.storage.fetch(step) if self.storage is not None else None
+        if why is not None:
+            self.progress.started(step, rec.plan, None)
+            self._failure(rec, JobEvent(None, JobState.FAILED, message=why), f"cannot fetch its inputs ({why})")  # type: ignore[arg-type]  # no job, no handle
+            return
         rec.plan = with_current_key(rec.plan, self.plan.facts) or rec.plan
         backend = self._backend_for(step)
         spec = job_spec(step, self.ctx, attempt=rec.attempts + 1, inputs=rec.plan.inputs, image=step.rule.container,
@@ -360,6 +368,11 @@ class Scheduler:
             if missing:
                 self._failure(rec, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
+            # Uploaded only once the outputs check out, before the traces vouch for them.
+            why = self.storage.upload(step) if self.storage is not None else None
+            if why is not None:
+                self._failure(rec, ev, f"cannot upload its outputs ({why})")
+                return
             write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
             changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
             if changed:  # what the job read may be neither version: not recorded as good
@@ -410,7 +423,7 @@ class Scheduler:
         rec.state = StepState.FAILED
         self.result.failed.append((step.id, why))
         log = rec.handle.spec.log if rec.handle is not None else None
-        self.progress.finished(step, ok=False, why=why, log=os.path.join(self.ctx.workdir, log or ""))
+        self.progress.finished(step, ok=False, why=why, log=os.path.join(self.ctx.workdir, log) if log else "")
         if not self.opt.keep_going:
             self._stop = True
             self._ready.clear()
@@ -434,6 +447,9 @@ class Scheduler:
                     self._temp_consumers[path] -= 1
                     if self._temp_consumers[path] == 0:
                         remove_path(os.path.join(self.ctx.workdir, path))
+                        why = self.storage.remove(path) if self.storage is not None else None
+                        if why is not None:  # a temp() object left in storage costs space, not correctness
+                            self.progress.note(f"warning: {why}")
         if self._stop:
             return
         for dep in rec.dependants:

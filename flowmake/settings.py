@@ -29,6 +29,7 @@ class Settings:
     backend: str = "local"
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str | None = None
+    storage: dict[str, dict[str, Any]] = field(default_factory=dict)  # [storage.s3], [storage.NAME]
 
     def for_backend(self, name: str) -> dict[str, Any]:
         return dict(self.backends.get(name, {}))
@@ -60,4 +61,8 @@ def _read(path: str) -> Settings:
     backends = data.get("backends", {})
     if not isinstance(backend, str) or not isinstance(backends, dict):
         raise ConfigError("'backend' must be a string and [backends.NAME] tables", location=Location(path))
-    return Settings(backend=backend, backends={k: dict(v) for k, v in backends.items()}, source=path)
+    storage = data.get("storage", {})
+    if not isinstance(storage, dict) or not all(isinstance(v, dict) for v in storage.values()):
+        raise ConfigError("storage settings must be [storage.NAME] tables", location=Location(path))
+    return Settings(backend=backend, backends={k: dict(v) for k, v in backends.items()}, source=path,
+                    storage={k: dict(v) for k, v in storage.items()})

@@ -21,8 +21,11 @@ __all__ = ["load_workflow"]
 
 def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = None,
                   configfiles: Sequence[str] = (), workdir: str | None = None,
-                  deployment: Deployment | None = None) -> Workflow:
-    """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it."""
+                  deployment: Deployment | None = None,
+                  default_storage: tuple[str, str] | None = None) -> Workflow:
+    """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it.
+
+    ``default_storage`` is (``--default-storage-provider``, ``--default-storage-prefix``)."""
     if not os.path.isfile(path):
         raise FlowfileError(f"no rule file '{path}'", hint="create a Flowfile or pass --flowfile")
     cli_layer = configmod.command_line_layer(configfiles, config_overrides)
@@ -31,7 +34,7 @@ def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = Non
                         config_overrides=config_overrides, workdir=workdir)
     if deployment is not None:  # before the file runs: a meta-wrapper module needs the prefix
         workflow.deployment = deployment
-    builder = Builder(workflow, cli_layer)
+    builder = Builder(workflow, cli_layer, default_storage)
     builder.exec_file(workflow.flowfile)
     builder.check_rule_names()
     workflow.finalize()

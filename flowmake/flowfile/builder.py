@@ -28,6 +28,7 @@ from flowmake.flowfile.translate import HOOKS, Translation, translate
 from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, flags_of
 from flowmake.patterns import BUILTIN_TYPES, make_type
 from flowmake.rules import Rule, Workflow
+from flowmake.storage import StorageRegistry
 
 _LIST_DIRECTIVES = ("input", "output", "log", "params", "resources")
 _SINGLE_DIRECTIVES = ("threads", "priority", "retries", "message", "shell", "script", "container",
@@ -44,8 +45,11 @@ class _Args:
 
 
 class Builder:
-    def __init__(self, workflow: Workflow, command_line_config: dict[str, Any]) -> None:
+    def __init__(self, workflow: Workflow, command_line_config: dict[str, Any],
+                 default_storage: tuple[str, str] | None = None) -> None:
         self.workflow = workflow
+        # The rule file's `storage` object; --default-storage-provider maps inputs and outputs.
+        self.storage = workflow.storage = StorageRegistry(default_storage)
         self._cli_config = command_line_config
         self._files: list[tuple[str, Translation]] = []
         self._stack: list[str] = []
@@ -68,6 +72,7 @@ class Builder:
         ns = nsmod.make_namespace(self)
         # github(), gitlab(), gitfile(), and local(), which also keeps a path from a module's prefix
         ns.update(modules.NAMES)
+        ns["storage"] = self.storage
         return ns
 
     def current_file(self) -> str:
@@ -147,6 +152,8 @@ class Builder:
                     raise FlowfileError("resources must be named (mem_mb=1000)",
                                         location=Location(location.file, value.line))
                 kw[d] = self._items(d, value)
+                if d in ("input", "output"):
+                    kw[d] = [(n, self.storage.map_default(v)) for n, v in kw[d]]
             elif d == "wildcard_constraints":
                 kw[d] = _constraints(value, location.file)
             elif d == "envmodules":
@@ -273,6 +280,10 @@ class Builder:
                     # The message is the one Workflow.finalize gives; this adds the line.
                     raise FlowfileError(f"unknown rule '{name}' in ruleorder/localrules",
                                         location=where, hint=did_you_mean(name, known))
+
+    def storage_directive(self, line: int, tag: str | None, **settings: Any) -> None:
+        """`storage: provider="s3", ...` and `storage NAME: provider="s3", endpoint_url=...`."""
+        self.storage.register(self._here(line), tag, **settings)
 
     def wildcard_constraints(self, line: int, *args: Any, **constraints: Any) -> None:
         value = _Args(line, args, constraints)

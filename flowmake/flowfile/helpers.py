@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from flowmake.errors import FlowfileError, UnsafeWildcardError, WildcardError
+from flowmake.flowfile.paths import local
 from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, ReportSpec, add_flag, flags_of
 from flowmake.patterns import WILDCARD_RE, Pattern
 
@@ -70,6 +71,8 @@ def report(value: Any, caption: Any = None, category: str | None = None,
     spec = ReportSpec(None if caption is None else os.fspath(caption), category, subcategory,
                       labels, tuple(patterns), htmlindex)
     return add_flag(value, Flag.REPORT, spec)
+
+
 
 
 def unpack(func: Callable[..., Any]) -> FlaggedFunction:
@@ -320,7 +323,7 @@ def namespace_helpers(workdir: Callable[[], str], basedir: Callable[[], str]) ->
         "report": report_, "Path": Path, "flatten": flatten, "subpath": subpath,
         # benchmark: repeat("file", n): Snakemake runs the job n times; one measurement serves here.
         "repeat": lambda path, n: path,
-        "local": _no_op_flag, "access": _Access(),
+        "local": local, "access": _Access(),
         "lookup": lookup.lookup, "branch": lookup.branch, "evaluate": lookup.evaluate,
         "exists": lookup.exists_in(workdir),
     }

@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flowmake.errors import FlowfileError, Location
-from flowmake.namedlist import Flagged, FlaggedFunction, flags_of
-
-
-class LocalPath(Flagged):
-    """A path marked ``local()``: no module prefix applies to it."""
+from flowmake.namedlist import Flag, Flagged, FlaggedFunction, add_flag, flags_of
 
 
 def local(value: Any) -> Any:
-    """Snakemake's ``local()``: keep a module rule's path as written, whatever its prefix."""
-    if isinstance(value, (list, tuple)):
-        return [local(v) for v in value]
-    return LocalPath(os.fspath(value), flags_of(value))
+    """Snakemake's ``local()``: the path stays as written, whatever a module's prefix or the
+    default storage provider (``storage.py`` reads the same flag)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return add_flag(value, Flag.LOCAL)
 
 
 class PathRewrite:
@@ -47,7 +46,7 @@ class PathRewrite:
         return bool(self.prefix or self.replace)
 
     def path(self, path: str, where: Location | None) -> str:
-        if isinstance(path, LocalPath) or os.path.isabs(path) or path.startswith(".."):
+        if Flag.LOCAL in flags_of(path) or os.path.isabs(path) or path.startswith(".."):
             return path
         if self.prefix:
             new = self.prefix + path

@@ -45,6 +45,7 @@ TOP_DIRECTIVES = (
     "include", "configfile", "localrules", "ruleorder", "wildcard_constraints", "workdir",
     "onstart", "onsuccess", "onerror", "container", "singularity", "containerized", "conda",
     "envvars", "report", "inputflags", "outputflags", "pepfile", "pepschema",
+    "storage",
 )
 HOOKS = ("onstart", "onsuccess", "onerror")
 MODULE_KEYS = ("name", "snakefile", "meta_wrapper", "config", "skip_validation", "replace_prefix",
@@ -135,6 +136,9 @@ class _Translator:
             elif first.type == tokenize.NAME and len(toks) > 1 and toks[1].string == ":" \
                     and first.string in TOP_DIRECTIVES:
                 i = self._top_directive(i)
+            elif first.string == "storage" and len(toks) > 2 and toks[1].type == tokenize.NAME \
+                    and toks[2].string == ":" and first.start[1] == 0:
+                i = self._tagged_storage(i)
             elif _is_use_rule(toks):
                 i = self._use_rule(i)
             elif _is_module(toks):
@@ -229,8 +233,21 @@ class _Translator:
             self._block_text(i, end)  # checks there is a body
         elif d in ("localrules", "ruleorder"):
             self._names_list(i, end, d)
+        elif d == "storage":
+            self._call(i, end, f"__flowmake__.storage_directive({row}, None, ")
         else:
             self._call(i, end, f"__flowmake__.{d}({row}, ")
+        return end
+
+    def _tagged_storage(self, i: int) -> int:
+        """`storage NAME: provider="s3", ...` → `__flowmake__.storage_directive(ROW, 'NAME', ...)`."""
+        toks = self.lines[i].tokens
+        row, end = toks[0].start[0], self._block_end(i)
+        body = toks[3:] + [t for line in self.lines[i + 1:end] for t in line.tokens]
+        if not body:
+            raise self.error(f"'storage {toks[1].string}' has no value", row)
+        self._replace(toks[0], toks[2], f"__flowmake__.storage_directive({row}, {toks[1].string!r}, ")
+        self.edits.append((body[-1].end[0], body[-1].end[1], body[-1].end[1], ")"))
         return end
 
     def _names_list(self, i: int, end: int, d: str) -> None:

@@ -12,6 +12,8 @@ or, under ``CI=true``, into a failure: in CI a missing service is a broken machi
   ``.identity_file``, ``.known_hosts``, ``.host_keys``, ``.kill(name)``, ``.stop()``.
 - ``slurm.start_slurm(dir) -> SlurmCluster``: ``.conf``, ``.env()`` (SLURM_CONF),
   ``.settings(**extra)`` (ready ``[backends.slurm]`` settings), ``.cmd(*args)``, ``.stop()``.
+- ``s3.s3_server`` (a session fixture: moto's S3 on 127.0.0.1, a free port) -> ``S3Server``:
+  ``.endpoint``, ``.env()``, ``.client()``, ``.bucket()``, ``.requests`` / ``.count(...)``.
 - ``jobs.spec(...)``, ``jobs.wait_one(backend, handle)``, ``jobs.wait_for(backend, handles)``.
 """
 
