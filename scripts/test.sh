@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-services.sh
 bash scripts/venv.sh --test
+# The venv's programs (jupyter-nbconvert for notebook: rules) are on PATH, as in an activated venv.
+export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/python -m mypy  # files and settings: setup.cfg [mypy]
 exec .venv/bin/python -m pytest -m "slow or not slow" "$@"

@@ -21,6 +21,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "--test" ]; then
     .venv/bin/python -m pip install -q -e '.[test,pep]'
+    # notebook: rules run with jupyter-nbconvert and a Python kernel; the notebook tests use them.
+    .venv/bin/python -m pip install -q nbconvert ipykernel
     # Snakemake 9 needs Python >= 3.11; without it the comparison half of the tutorial test skips.
     if .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
         .venv/bin/python -m pip install -q snakemake || echo "note: snakemake could not be installed" >&2
