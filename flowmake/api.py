@@ -53,6 +53,7 @@ class Options:
     notemp: bool = False
     retries: int = 0
     resources: dict[str, int] = field(default_factory=dict)
+    set_scatter: dict[str, int] = field(default_factory=dict)  # --set-scatter: over scattergather:
     backend: str | None = None
     profile: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -140,7 +141,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
-    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
+    workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
+                             scatter=opts.set_scatter)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -287,7 +289,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     opts = session.opts
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores)
+                     configfiles=list(opts.configfiles), cores=cores, scatter=dict(opts.set_scatter))
     progress = Progress(quiet=opts.quiet, started=opts.started)
     _stop_orphans(session, progress.note)
     sched = Scheduler(
@@ -363,7 +365,8 @@ def list_rules(opts: Options) -> int:
 
     enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
-    wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles)
+    wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles,
+                       scatter=opts.set_scatter)
     for rule in wf.rules:
         kind = "checkpoint" if rule.is_checkpoint else "rule"
         print(f"{rule.name}\t{kind}\t{os.path.relpath(str(rule.location.file))}:{rule.location.line}")

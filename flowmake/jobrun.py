@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
     os.chdir(job["workdir"])
     try:
         workflow = load_workflow(job["flowfile"], config_overrides=job.get("config") or {},
-                                 configfiles=job.get("configfiles") or [], workdir=job["workdir"])
+                                 configfiles=job.get("configfiles") or [], workdir=job["workdir"],
+                                 scatter=job.get("scatter"))
         inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
         if job.get("cores"):
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))

@@ -31,6 +31,7 @@ class JobContext:
     configfiles: Sequence[str] = ()
     python: str = sys.executable
     cores: int = 1
+    scatter: Mapping[str, int] = field(default_factory=dict)  # --set-scatter, for the job's own load
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -62,6 +63,7 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
         "workdir": ctx.workdir,
         "config": dict(ctx.config_overrides),
         "configfiles": list(ctx.configfiles),
+        **({"scatter": dict(ctx.scatter)} if ctx.scatter else {}),
         "rule": step.rule.name,
         "wildcards": raw,
         "outputs": list(step.outputs),

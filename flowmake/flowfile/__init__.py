@@ -19,8 +19,11 @@ __all__ = ["load_workflow"]
 
 
 def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = None,
-                  configfiles: Sequence[str] = (), workdir: str | None = None) -> Workflow:
-    """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it."""
+                  configfiles: Sequence[str] = (), workdir: str | None = None,
+                  scatter: Mapping[str, int] | None = None) -> Workflow:
+    """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it.
+
+    ``scatter``: ``--set-scatter`` counts, which win over the file's ``scattergather:``."""
     if not os.path.isfile(path):
         raise FlowfileError(f"no rule file '{path}'", hint="create a Flowfile or pass --flowfile")
     cli_layer = configmod.command_line_layer(configfiles, config_overrides)
@@ -28,6 +31,7 @@ def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = Non
                         configfiles=[os.path.abspath(p) for p in configfiles],
                         config_overrides=config_overrides, workdir=workdir)
     builder = Builder(workflow, cli_layer)
+    builder.scatter.overrides.update(scatter or {})
     builder.exec_file(workflow.flowfile)
     builder.check_rule_names()
     workflow.finalize()

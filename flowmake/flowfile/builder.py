@@ -20,6 +20,7 @@ from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile.compat import builtins_with_snakemake
 from flowmake.flowfile.helpers import namespace_helpers
+from flowmake.flowfile.scatter import ScatterGather
 from flowmake.flowfile.translate import HOOKS, Translation, translate
 from flowmake.patterns import BUILTIN_TYPES, make_type
 from flowmake.rules import Checkpoints, Rule, Rules, Workflow
@@ -47,6 +48,7 @@ class Builder:
         self._stack: list[str] = []
         # (rule names, where) from localrules/ruleorder: checked once every rule is known.
         self._name_refs: list[tuple[tuple[str, ...], Location]] = []
+        self.scatter = ScatterGather(workflow)  # load_workflow sets its --set-scatter overrides
         self.namespace = self._make_namespace()
         # Like Snakemake, shell commands may name the rule file's globals ({config[x]}, {REF}).
         workflow.globals = self.namespace
@@ -59,6 +61,7 @@ class Builder:
             "__flowmake__": self, "config": wf.config, "rules": Rules(wf),
             "checkpoints": Checkpoints(wf), "shell": Shell(wf.shell_settings),
             "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
+            "scatter": self.scatter.scatter, "gather": self.scatter.gather,
         }
         ns.update(helpers)
         return ns
@@ -209,6 +212,9 @@ class Builder:
         """conda/envvars/report/containerized at top level: accepted, no effect."""
 
     conda = envvars = report = containerized = _ignore
+
+    def scattergather(self, line: int, **counts: Any) -> None:
+        self.scatter.declare(counts)
 
     def wildcard_type(self, name: str, regex: str, convert: Callable[[str], Any] | None = None,
                       ) -> None:
