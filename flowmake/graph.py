@@ -248,12 +248,15 @@ class Graph:
         refused: list[UnsafeWildcardError] = []
         candidates = self._index.candidates(path, refused)
         unsafe = [_Failure(_FailureKind.UNSAFE, path, error=e) for e in refused[:1]]
+        spelt: str | None = path  # the output the step is for, as asked
+        if not candidates and not unsafe:  # a log or benchmark file another rule reads
+            candidates, spelt = self._index.product_candidates(path), None
         if not candidates:
             if self.exists(path) and not (requested and unsafe):
                 return SOURCE
             return unsafe[0] if unsafe else _Failure(_FailureKind.NORULE, path)
         if len(candidates) == 1 and not unsafe:  # the common case, without the bookkeeping of several
-            step = self._step_for(*candidates[0], path)
+            step = self._step_for(*candidates[0], spelt)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
                 return SOURCE if result.kind is not _FailureKind.CYCLE and self.exists(path) else result
@@ -265,7 +268,7 @@ class Graph:
         for group in groups:
             winners: list[Step] = []
             for rule, bindings in group:
-                step = self._step_for(rule, bindings, path)
+                step = self._step_for(rule, bindings, spelt)
                 result = yield from self._resolve_step(step, path)
                 if isinstance(result, _Failure):
                     failures.append(result)

@@ -110,6 +110,15 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     os.replace(tmp, path)
 
 
+def read_products(step: Step, producer: Any) -> list[str]:
+    """The step's ``log:`` and ``benchmark:`` files that another step reads (the graph made this
+    step their producer): digested afresh once the job wrote them."""
+    inst = step.instance
+    if inst is None:
+        return []
+    return [p for p in (*inst.log, inst.benchmark) if p and producer.get(p) is step]
+
+
 # Stands in a trace for the digest of an input that changed while the job ran: it never equals a
 # digest, so the step's key never matches and the next run reruns it, naming the input.
 CHANGED_WHILE_RUNNING = "changed-while-running"

@@ -21,6 +21,7 @@ class RuleIndex:
         self._rules = list(workflow.rules)
         self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
         self._by_shape: dict[tuple[str, str], list[Rule]] = {}
+        self._products: list[tuple[Rule, list[Pattern]]] | None = None  # rules with log/benchmark
 
     def candidates(self, path: str,
                    refused: list[UnsafeWildcardError] | None = None) -> list[tuple[Rule, Bindings]]:
@@ -42,6 +43,32 @@ class RuleIndex:
                 continue
             if b is not None:
                 found.append((rule, b))
+        return found
+
+    def product_candidates(self, path: str) -> list[tuple[Rule, Bindings]]:
+        """(rule, bindings of its outputs) for each rule whose ``log:`` or ``benchmark:`` names the
+        path: asked only for a path no rule outputs. The bindings must also satisfy the outputs'
+        constraints (log and benchmark patterns carry none of their own)."""
+        if self._products is None:
+            self._products = [(r, r.product_patterns()) for r in self._rules]
+            self._products = [(r, pats) for r, pats in self._products if pats]
+        found = []
+        for rule, pats in self._products:
+            for p in pats:
+                try:
+                    b = p.match(path)
+                except UnsafeWildcardError:
+                    continue
+                if b is None or len(p.wildcards) != len(rule.wildcard_names):
+                    continue
+                if rule.output_patterns:
+                    try:
+                        b = rule.match_output(rule.output_patterns[0].format(b))
+                    except UnsafeWildcardError:
+                        b = None
+                if b is not None:
+                    found.append((rule, b))
+                    break
         return found
 
     def _may_make(self, rule: Rule, shape: tuple[str, str]) -> bool:

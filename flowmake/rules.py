@@ -289,6 +289,12 @@ class Rule:
             data.append(["globals", [[n, self.workflow.globals.get(n)] for n in names]])
         return data
 
+    def product_patterns(self) -> list[Pattern]:
+        """The rule's ``log:`` and ``benchmark:`` patterns: files its steps make besides their outputs,
+        which another rule may read (Snakemake's ``products``)."""
+        pats = [p for e in self._log for p in e.patterns]
+        return pats + [self._benchmark] if self._benchmark is not None else pats
+
     def match_output(self, path: str) -> Bindings | None:
         for pattern in self.output_patterns:
             b = pattern.match(path)

@@ -23,8 +23,8 @@ from flowmake.capacity import NOTHING, Capacity
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext, job_spec
 from flowmake.locks import OutputLocks
-from flowmake.outputs import (finish_outputs, inputs_changed_warning, prepare_outputs, record_job_traces, record_traces,
-                              remove_outputs, remove_path, write_benchmark)
+from flowmake.outputs import (finish_outputs, inputs_changed_warning, prepare_outputs, read_products, record_job_traces,
+                              record_traces, remove_outputs, remove_path, write_benchmark)
 from flowmake.namedlist import Flag
 from flowmake.peers import Peers
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
@@ -358,6 +358,8 @@ class Scheduler:
                 self._failure(rec, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
             write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
+            for path in read_products(step, self.graph.producer):
+                self.digest(path)  # its dependants are keyed from what the job just wrote
             changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
             if changed:  # what the job read may be neither version: not recorded as good
                 self.result.inputs_changed.append((step.id, changed))
