@@ -14,8 +14,6 @@ unfinished checkpoint is *pending* and is instantiated again once the checkpoint
 from __future__ import annotations
 
 import enum
-import os
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
@@ -465,7 +463,7 @@ class Graph:
         if failure.kind is _FailureKind.CYCLE:
             return CycleError(" -> ".join(failure.chain), target=target)
         if failure.kind is _FailureKind.NORULE:
-            hint = did_you_mean(target, self._known_names(target))
+            hint = did_you_mean(target, self._index.known_names(target))
             return NoRuleError(
                 f"{failure.path!r}: no rule produces it and it does not exist",
                 target=target,
@@ -479,18 +477,6 @@ class Graph:
             target=target,
             details=failure.chain,
         )
-
-    def _known_names(self, target: str) -> list[str]:
-        """What a mistyped target may have meant: rule names, files beside it, output patterns."""
-        names = [r.name for r in self.workflow.rules]
-        names += [p.text for r in self.workflow.rules for p in r.output_patterns]
-        folder = posixpath.dirname(target)
-        try:
-            for entry in os.scandir(folder or "."):
-                names.append(posixpath.join(folder, entry.name) if folder else entry.name)
-        except OSError:
-            pass
-        return names
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:

@@ -8,6 +8,9 @@ output patterns, and a path is matched only against those.
 
 from __future__ import annotations
 
+import os
+import posixpath
+
 from flowmake.errors import UnsafeWildcardError
 from flowmake.patterns import Bindings, Pattern
 from flowmake.rules import Rule, Workflow
@@ -70,6 +73,18 @@ class RuleIndex:
                     found.append((rule, b))
                     break
         return found
+
+    def known_names(self, target: str) -> list[str]:
+        """What a mistyped target may have meant: rule names, files beside it, output patterns."""
+        names = [r.name for r in self._rules]
+        names += [p.text for r in self._rules for p in r.output_patterns]
+        folder = posixpath.dirname(target)
+        try:
+            for entry in os.scandir(folder or "."):
+                names.append(posixpath.join(folder, entry.name) if folder else entry.name)
+        except OSError:
+            pass
+        return names
 
     def _may_make(self, rule: Rule, shape: tuple[str, str]) -> bool:
         heads, exts = self._shapes[id(rule)]
