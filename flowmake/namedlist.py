@@ -2,7 +2,7 @@
 
 ``NamedList`` is Snakemake's ``Namedlist``: a list whose items (or ranges of items) also have names,
 so ``input.reads``, ``input[0]`` and ``str(input)`` (space-joined) all work. ``Flagged`` is a path
-string carrying ``Flag``s (temp, protected, directory, ancient, touch) set by the helper functions
+string carrying ``Flag``s (temp, protected, directory, ancient, touch, pipe, service) set by the helper functions
 of the same name.
 """
 
@@ -21,6 +21,8 @@ class Flag(enum.Enum):
     DIRECTORY = "directory"
     ANCIENT = "ancient"
     TOUCH = "touch"
+    PIPE = "pipe"  # a named pipe between two steps that run at once (pipes.py)
+    SERVICE = "service"  # made by a step that runs while its readers do (pipes.py)
 
 
 class NamedList(list):

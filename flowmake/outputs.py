@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from flowmake.graph import Step
 from flowmake.namedlist import Flag
+from flowmake.pipes import STREAM_DIGEST, real_outputs
 from flowmake.planner import with_current_key
 from flowmake.records import Trace
 
@@ -63,6 +64,9 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
     missing = []
     for out in step.outputs:
         full = os.path.join(workdir, out)
+        if out not in real_outputs(step):  # a pipe or service: never left behind
+            remove_path(full)
+            continue
         flags = inst.flags.get(out, ()) if inst is not None else ()
         if Flag.TOUCH in flags:
             with open(full, "a"):
@@ -132,7 +136,8 @@ def changed_inputs(inputs: Sequence[tuple[str, str]], digest: Callable[..., str 
     is not the job's to finish, and one rewritten within a timestamp tick must be re-read next time.
     An input gone by then (a job that moves its input away) is not one: the next run sees it missing.
     """
-    return [p for p, d in inputs if d != "ancient" and digest(p, settled=False) not in (d, None)]
+    return [p for p, d in inputs
+            if d != "ancient" and not d.startswith(STREAM_DIGEST) and digest(p, settled=False) not in (d, None)]
 
 
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
@@ -156,7 +161,7 @@ def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str]
         inputs = tuple((p, CHANGED_WHILE_RUNNING if p in changed else d) for p, d in inputs)
     now = time.time()
     traces = []
-    for out in step.outputs:
+    for out in real_outputs(step):  # a pipe or service has no content to vouch for
         d = digest(out)
         if d is not None:
             traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,

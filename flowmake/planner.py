@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from flowmake.graph import Step
 from flowmake.keys import FIELDS, canonical, diff_fields, diff_inputs, digests_of, key_of_values, key_values
 from flowmake.namedlist import Flag
+from flowmake.pipes import STREAM_DIGEST, PipeGroup, find_groups, real_outputs, streams_rule
 from flowmake.rules import RuleKind
 
 
@@ -52,6 +53,7 @@ class ReasonKind(enum.Enum):
     OUTPUT_MODIFIED = "output-modified"
     FORCED = "forced"
     CHECKPOINT = "checkpoint"  # inputs known only when a checkpoint finishes
+    PIPE_GROUP = "pipe-group"  # another step of its pipe group runs (or may): they run together
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ _WORDS = {
     ReasonKind.OUTPUT_MODIFIED: "output was modified since it was made",
     ReasonKind.FORCED: "forced",
     ReasonKind.CHECKPOINT: "inputs known once a checkpoint finishes",
+    ReasonKind.PIPE_GROUP: "runs at once with the rest of its pipe group",
 }
 
 _FIELD_REASON = {
@@ -254,6 +257,9 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     if facts.forced(step):
         reasons.append(Reason(ReasonKind.FORCED))
     outputs = step.outputs
+    streaming = step.rule.may_flag and streams_rule(step.rule)
+    if streaming:  # a pipe or service is never a file to check: its group decides (pipes.py)
+        outputs = real_outputs(step)
     digest, incomplete, in_flight = facts.digest, facts.incomplete, facts.in_flight
     out_digests = [digest(o) for o in outputs]
     for out, d in zip(outputs, out_digests):
@@ -278,6 +284,8 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     values, inputs = parts
     key = key_of_values(values)
     if not outputs:
+        if streaming:  # only streams: it runs when the rest of its pipe group does
+            return StepPlan(step, Decision.SKIP, [], key, inputs)
         if step.rule.kind is not RuleKind.NONE:  # Snakemake: an action without outputs always runs
             return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.SKIP, [], key, inputs)
@@ -366,6 +374,7 @@ class Plan:
     steps: list[StepPlan]
     by_id: dict[int, StepPlan]
     facts: Facts  # as the plan saw them (absent temp outputs stand in with recorded digests)
+    groups: dict[int, PipeGroup] = field(default_factory=dict)  # a pipe group's steps (by id) -> it
 
 
 def plan(steps: Iterable[Step], facts: Facts) -> Plan:
@@ -379,6 +388,8 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
     if virtual:
         real = facts.digest
         facts = replace(facts, digest=lambda p: virtual.get(p) or real(p))
+    groups = find_groups(steps)
+    facts = with_streams(facts, groups) if groups else facts
     out: list[StepPlan] = []
     by_id: dict[int, StepPlan] = {}
     unsettled = unsettled_in(by_id)
@@ -388,7 +399,57 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
         by_id[id(step)] = sp
     if virtual:
         _remake_needed_temps(out, by_id, virtual)
-    return Plan(out, by_id, facts)
+    if groups:
+        align_groups(out, by_id, groups, facts)
+    return Plan(out, by_id, facts, groups)
+
+
+def with_streams(facts: Facts, groups: Mapping[int, PipeGroup]) -> Facts:
+    """The facts with a digest for each pipe and service: its producer's key. A stream has no
+    content; what its reader gets is what its producer's command makes of its inputs."""
+    producer = {p: s for g in groups.values() for p, s in g.producer.items()}
+    real = facts.digest
+
+    def digest(path: str) -> str | None:
+        if path not in producer:
+            return real(path)
+        parts = _key_parts(producer[path], streaming)
+        return STREAM_DIGEST + key_of_values(parts[0]) if parts is not None else None
+
+    streaming = replace(facts, digest=digest)
+    return streaming
+
+
+def align_groups(out: list[StepPlan], by_id: dict[int, StepPlan], groups: Mapping[int, PipeGroup],
+                 facts: Facts) -> None:
+    """The steps of a pipe group run together or not at all: one that runs makes the others run,
+    one that may run (pending) makes them wait with it. Their dependants decided meanwhile are
+    decided again."""
+    again = True
+    while again:
+        again, moved = False, set()
+        for g in {id(g): g for g in groups.values()}.values():
+            sps = [by_id[id(m)] for m in g.members if id(m) in by_id]
+            running = [sp for sp in sps if sp.decision is Decision.RUN]
+            waiting = [sp for sp in sps if sp.decision is Decision.PENDING]
+            if not running and not waiting:
+                continue
+            for sp in sps:
+                if sp.decision is Decision.RUN or (sp.decision is Decision.PENDING and not running):
+                    continue
+                sp.decision = Decision.RUN if running else Decision.PENDING
+                sp.reasons = [Reason(ReasonKind.PIPE_GROUP, step=(running or waiting)[0].step.id)]
+                moved.add(id(sp.step))
+        if not moved:
+            return
+        unsettled = unsettled_in(by_id)
+        for i, sp in enumerate(out):
+            if sp.decision in (Decision.SKIP, Decision.ADOPT) and any(id(d) in moved for d in sp.step.deps):
+                new = plan_step(sp.step, unsettled, facts)
+                if new.decision is not sp.decision:
+                    out[i] = by_id[id(sp.step)] = new
+                    moved.add(id(sp.step))
+                    again = True
 
 
 def converge(graph: Any, steps: list[Step], facts: Callable[[], Facts]) -> tuple[Plan, list[Step]]:

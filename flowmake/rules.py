@@ -21,7 +21,7 @@ from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, L
 from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
                              WildcardError, did_you_mean, printable)
 from flowmake.instance import Instance, JobNamespace
-from flowmake.namedlist import EMPTY, NamedList, Wildcards
+from flowmake.namedlist import EMPTY, Flag, NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
@@ -177,6 +177,7 @@ class Rule:
         self._plans: dict[int, list[tuple[str, str]] | None] = {}
         self.output_patterns: list[Pattern] = []
         self.wildcard_names: tuple[str, ...] = ()
+        self.streams = False
 
     def error(self, message: str, **kw: Any) -> FlowfileError:
         return FlowfileError(message, location=self.location, rule=self.name, **kw)
@@ -209,6 +210,8 @@ class Rule:
         self._may_flag = self._in_layout is None or any(
             lay.flagged for lay in (self._in_layout, self._out_layout, self._log_layout))
         self._threads_value = None if callable(self._threads) else as_int(self, "threads", self._threads)
+        # pipe() or service() outputs (pipes.py); outputs are never functions, so this is exact.
+        self.streams = any(f in (Flag.PIPE, Flag.SERVICE) for e in self._output for fl in e.flags for f in fl)
         self._param_strs = {i: Pattern(v, None, wf.wildcard_types)
                             for i, (_, v) in enumerate(self._params)
                             if isinstance(v, str) and wildcard_names(v)}
@@ -360,7 +363,7 @@ class Rule:
 # that every attribute is one or the other, so a new directive cannot be forgotten).
 _DERIVED = frozenset({
     "workflow", "location", "output_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
-    "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions",
+    "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions", "streams",
     "run",  # the compiled run block; run_source is what it is
 })
 

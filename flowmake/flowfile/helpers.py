@@ -14,8 +14,8 @@ import string
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from flowmake.errors import UnsafeWildcardError, WildcardError
-from flowmake.namedlist import Flag, FlaggedFunction, add_flag
+from flowmake.errors import FlowfileError, UnsafeWildcardError, WildcardError
+from flowmake.namedlist import Flag, FlaggedFunction, add_flag, flags_of
 from flowmake.patterns import WILDCARD_RE, Pattern
 
 
@@ -37,6 +37,20 @@ def ancient(value: Any) -> Any:
 
 def touch(value: Any) -> Any:
     return add_flag(value, Flag.TOUCH)
+
+
+def pipe(value: Any) -> Any:
+    """A named pipe: its producer and its one reader run at once (Snakemake's ``pipe``)."""
+    if Flag.PROTECTED in flags_of(value) or Flag.DIRECTORY in flags_of(value):
+        raise FlowfileError("a pipe() output cannot be protected() or a directory()")
+    return add_flag(value, Flag.PIPE)
+
+
+def service(value: Any) -> Any:
+    """A file a running step serves to the steps that read it; stopped once they are done."""
+    if Flag.PROTECTED in flags_of(value):
+        raise FlowfileError("a service() output cannot be protected()")
+    return add_flag(value, Flag.SERVICE)
 
 
 def unpack(func: Callable[..., Any]) -> FlaggedFunction:
@@ -168,6 +182,7 @@ def namespace_helpers(workdir: Callable[[], str]) -> dict[str, Any]:
         "expand": expand, "glob_wildcards": glob_wildcards, "multiext": multiext,
         "unpack": unpack, "temp": temp, "protected": protected, "directory": directory,
         "ancient": ancient, "touch": touch, "Path": Path,
+        "pipe": pipe, "service": service,
         # benchmark: repeat("file", n): Snakemake runs the job n times; one measurement serves here.
         "repeat": lambda path, n: path,
     }
