@@ -39,8 +39,10 @@ def streams_rule(rule: Rule) -> bool:
 
 def stream_outputs(step: Step) -> tuple[str, ...]:
     """The step's pipe and service outputs."""
+    if not streams_rule(step.rule):  # before ``instance``: a step restored from the graph memo
+        return ()                     # is instantiated only when something reads it
     inst = step.instance
-    if inst is None or not streams_rule(step.rule):
+    if inst is None:
         return ()
     return tuple(o for o in step.outputs if inst.flags.get(o, frozenset()) & STREAMS)
 
@@ -91,7 +93,10 @@ def find_groups(steps: Sequence[Step]) -> dict[int, PipeGroup]:
     if not producer:
         return {}
     readers: dict[str, list[Step]] = {p: [] for p in producer}
+    producing = {id(s) for s in producer.values()}
     for step in steps:
+        if not any(id(d) in producing for d in step.deps):
+            continue
         inst = step.instance
         if inst is None:
             continue

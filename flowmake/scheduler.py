@@ -6,7 +6,8 @@ step taken into a run has one record (``StepRecord``) with an explicit state (ni
 about each dependant whose upstream is now all done: ``planner.replan`` answers ``Cutoff.SAME`` when
 the new digests give the key the dependant's traces hold (early cutoff, Shake's
 ``ChangedRecomputeSame``), and the dependant is skipped. When a checkpoint finishes, steps that
-waited for it are instantiated again and their new upstream joins the running plan.
+waited for it are instantiated again and their new upstream joins the running plan. The steps of a
+pipe group start, end and hold resources together, as one job (``pipe_runs``).
 """
 
 from __future__ import annotations

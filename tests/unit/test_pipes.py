@@ -252,3 +252,15 @@ def test_a_pipe_read_by_a_rule_without_action_is_an_error(tmp_path: Path) -> Non
     with pytest.raises(FlowfileError) as err:
         _open(tmp_path)
     assert "rule 'all', which runs nothing, reads it" in err.value.message
+
+
+def test_a_pipe_cannot_be_protected(tmp_path: Path) -> None:
+    flowfile(tmp_path, """
+        rule produce:
+            output: pipe(protected("lines.txt"))
+            shell: "seq 3 > {output}"
+    """)
+    with pytest.raises(FlowfileError) as err:
+        _open(tmp_path)
+    assert err.value.message == "a pipe() output cannot be protected() or a directory()"
+    assert err.value.location is not None and err.value.location.line == 2

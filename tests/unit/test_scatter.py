@@ -130,3 +130,13 @@ def test_log_and_benchmark_inputs_have_their_rule_as_producer(tmp_path: Path) ->
     assert [d.id for d in step.deps] == ["work:out/a.txt"]
     assert graph.producer["bench/a.tsv"] is step.deps[0]
     assert graph.producer["logs/a.log"] is step.deps[0]
+
+
+def test_set_scatter_needs_whole_numbers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    (tmp_path / "Snakefile").write_text(textwrap.dedent(SCATTER))
+    done = subprocess.run([sys.executable, "-m", "flowmake", "-n", "--set-scatter", "split=many"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr == "usage error: --set-scatter values must be whole numbers, got 'many'\n"
