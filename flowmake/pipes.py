@@ -17,6 +17,7 @@ is recorded as made. The FIFOs and service files never outlive the job.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -59,7 +60,6 @@ class PipeGroup:
 
     members: list[Step] = field(default_factory=list)
     producer: dict[str, Step] = field(default_factory=dict)  # stream path -> the step writing it
-    consumers: dict[str, list[Step]] = field(default_factory=dict)  # stream path -> its readers
 
     @property
     def pipes(self) -> list[str]:
@@ -68,12 +68,6 @@ class PipeGroup:
     @property
     def services(self) -> list[Step]:
         return [s for s in self.members if any(Flag.SERVICE in _flags(s, p) for p in stream_outputs(s))]
-
-    def mates(self, a: Step, b: Step) -> bool:
-        return any(m is a for m in self.members) and any(m is b for m in self.members)
-
-    def describe(self) -> str:
-        return ", ".join(m.id for m in self.members)
 
 
 def _flags(step: Step, path: str) -> frozenset[Flag]:
@@ -108,7 +102,6 @@ def find_groups(steps: Sequence[Step]) -> dict[int, PipeGroup]:
         _check(path, prod, readers[path])
         group = _merge(groups, [prod, *readers[path]])
         group.producer[path] = prod
-        group.consumers[path] = readers[path]
     order = {id(s): i for i, s in enumerate(steps)}
     for group in {id(g): g for g in groups.values()}.values():
         group.members.sort(key=lambda s: order[id(s)])
@@ -143,9 +136,7 @@ def _merge(groups: dict[int, PipeGroup], steps: Iterable[Step]) -> PipeGroup:
     group = found[0] if found else PipeGroup()
     for other in found[1:]:
         group.producer.update(other.producer)
-        group.consumers.update(other.consumers)
-        for m in other.members:
-            group.members.append(m)
+        group.members.extend(other.members)
     for s in steps:
         if not any(m is s for m in group.members):
             group.members.append(s)
@@ -183,8 +174,13 @@ def group_script(group: PipeGroup, commands: Sequence[str]) -> str:
         "trap __fm_clean EXIT",
         "__fm_stop() { trap '' TERM; kill -TERM 0 2>/dev/null; wait; }",
         "__fm_clean",
+        # The folders too: a backend that stages files (ssh) creates those of the outputs it knows.
+        *(f"mkdir -p -- {shlex.quote(d)} || exit 1" for d in dict.fromkeys(
+            posixpath.dirname(p) for p in group.producer) if d),
         *(f"mkfifo -- {shlex.quote(p)} || exit 1" for p in group.pipes),
-        "__fm_rc=$(mktemp -d) || exit 1",
+        # Each step says "index status" into this FIFO when it ends; held open read-write here, so
+        # neither its writers nor the reads below ever block on opening it.
+        "__fm_rc=$(mktemp -d) && mkfifo \"$__fm_rc/ended\" && exec {__fm_fd}<>\"$__fm_rc/ended\" || exit 1",
     ]
     if served:
         lines.append("__fm_wait() { local n=0; until [ -e \"$1\" ] || [ -L \"$1\" ]; do n=$((n+1)); "
@@ -196,23 +192,17 @@ def group_script(group: PipeGroup, commands: Sequence[str]) -> str:
         waits = dict.fromkeys(p for p in (inst.input if inst is not None else ()) if p in served)
         wait = "".join(f"__fm_wait {shlex.quote(p)} && " for p in waits)
         lines.append(f"__fm_c{i}={shlex.quote(commands[i])}")
-        lines.append(f"{{ {wait}( set -euo pipefail; eval \"$__fm_c{i}\" ); echo $? > \"$__fm_rc/{i}\"; }} &")
+        lines.append(f"{{ {wait}( set -euo pipefail; eval \"$__fm_c{i}\" ); echo \"{i} $?\" > \"$__fm_rc/ended\"; }} &")
     lines += [
         f"__fm_names=({' '.join(shlex.quote(m.id) for m in group.members)})",
-        f"__fm_left=({' '.join(str(i) for i in range(len(is_service)) if not is_service[i])})",
-        "while [ ${#__fm_left[@]} -gt 0 ]; do",
-        "  wait -n 2>/dev/null || sleep 0.05",
-        "  __fm_next=()",
-        "  for i in \"${__fm_left[@]}\"; do",
-        "    if [ -s \"$__fm_rc/$i\" ]; then",
-        "      s=$(<\"$__fm_rc/$i\")",
-        "      if [ \"$s\" != 0 ]; then",
-        "        echo \"flowmake: ${__fm_names[$i]} failed with exit code $s: stopping the rest of its pipe group\" >&2",
-        "        __fm_stop; exit \"$s\"",
-        "      fi",
-        "    else __fm_next+=(\"$i\"); fi",
-        "  done",
-        "  __fm_left=(\"${__fm_next[@]}\")",
+        f"__fm_service=({' '.join('1' if x else '0' for x in is_service)})",
+        f"__fm_left={is_service.count(False)}",
+        "while [ \"$__fm_left\" -gt 0 ] && read -r i s <&\"$__fm_fd\"; do",
+        "  if [ \"$s\" != 0 ]; then",
+        "    echo \"flowmake: ${__fm_names[$i]} failed with exit code $s: stopping the rest of its pipe group\" >&2",
+        "    __fm_stop; exit \"$s\"",
+        "  fi",
+        "  [ \"${__fm_service[$i]}\" = 1 ] || __fm_left=$((__fm_left - 1))",
         "done",
     ]
     if services:
