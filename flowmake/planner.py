@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from flowmake.graph import Step
 from flowmake.keys import FIELDS, canonical, diff_fields, diff_inputs, digests_of, key_of_values, key_values
 from flowmake.namedlist import Flag
-from flowmake.pipes import STREAM_DIGEST, PipeGroup, find_groups, real_outputs, streams_rule
+from flowmake.pipes import PipeGroup, find_groups, real_outputs, streams_rule
 from flowmake.rules import RuleKind
 
 
@@ -389,7 +389,9 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
         real = facts.digest
         facts = replace(facts, digest=lambda p: virtual.get(p) or real(p))
     groups = find_groups(steps)
-    facts = with_streams(facts, groups) if groups else facts
+    if groups:
+        from flowmake.pipe_plan import align_groups, with_streams  # it builds on this module
+        facts = with_streams(facts, groups)
     out: list[StepPlan] = []
     by_id: dict[int, StepPlan] = {}
     unsettled = unsettled_in(by_id)
@@ -399,57 +401,43 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
         by_id[id(step)] = sp
     if virtual:
         _remake_needed_temps(out, by_id, virtual)
+    if any(sp.decision is Decision.RUN and sp.reasons and sp.reasons[0].kind is ReasonKind.MISSING for sp in out):
+        _remake_missing_products(out, by_id, facts)
     if groups:
         align_groups(out, by_id, groups, facts)
     return Plan(out, by_id, facts, groups)
 
 
-def with_streams(facts: Facts, groups: Mapping[int, PipeGroup]) -> Facts:
-    """The facts with a digest for each pipe and service: its producer's key. A stream has no
-    content; what its reader gets is what its producer's command makes of its inputs."""
-    producer = {p: s for g in groups.values() for p, s in g.producer.items()}
-    real = facts.digest
-
-    def digest(path: str) -> str | None:
-        if path not in producer:
-            return real(path)
-        parts = _key_parts(producer[path], streaming)
-        return STREAM_DIGEST + key_of_values(parts[0]) if parts is not None else None
-
-    streaming = replace(facts, digest=digest)
-    return streaming
-
-
-def align_groups(out: list[StepPlan], by_id: dict[int, StepPlan], groups: Mapping[int, PipeGroup],
-                 facts: Facts) -> None:
-    """The steps of a pipe group run together or not at all: one that runs makes the others run,
-    one that may run (pending) makes them wait with it. Their dependants decided meanwhile are
-    decided again."""
-    again = True
-    while again:
-        again, moved = False, set()
-        for g in {id(g): g for g in groups.values()}.values():
-            sps = [by_id[id(m)] for m in g.members if id(m) in by_id]
-            running = [sp for sp in sps if sp.decision is Decision.RUN]
-            waiting = [sp for sp in sps if sp.decision is Decision.PENDING]
-            if not running and not waiting:
-                continue
-            for sp in sps:
-                if sp.decision is Decision.RUN or (sp.decision is Decision.PENDING and not running):
-                    continue
-                sp.decision = Decision.RUN if running else Decision.PENDING
-                sp.reasons = [Reason(ReasonKind.PIPE_GROUP, step=(running or waiting)[0].step.id)]
+def decide_downstream(out: list[StepPlan], by_id: dict[int, StepPlan], facts: Facts, moved: set[int]) -> bool:
+    """Steps decided up to date before some upstream of theirs (``moved``, by id) was made to run
+    are decided again, dependencies first; ``moved`` grows by those that change. Any changed?"""
+    unsettled, changed = unsettled_in(by_id), False
+    for i, sp in enumerate(out):
+        if (sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT) and any(id(d) in moved for d in sp.step.deps):
+            new = plan_step(sp.step, unsettled, facts)
+            if new.decision is not sp.decision:
+                out[i] = by_id[id(sp.step)] = new
                 moved.add(id(sp.step))
-        if not moved:
-            return
-        unsettled = unsettled_in(by_id)
-        for i, sp in enumerate(out):
-            if sp.decision in (Decision.SKIP, Decision.ADOPT) and any(id(d) in moved for d in sp.step.deps):
-                new = plan_step(sp.step, unsettled, facts)
-                if new.decision is not sp.decision:
-                    out[i] = by_id[id(sp.step)] = new
-                    moved.add(id(sp.step))
-                    again = True
+                changed = True
+    return changed
+
+
+def _remake_missing_products(out: list[StepPlan], by_id: dict[int, StepPlan], facts: Facts) -> None:
+    """A step runs for want of another's ``log:`` or ``benchmark:`` file: that step runs to make it."""
+    moved: set[int] = set()
+    for sp in out:
+        if sp.decision is not Decision.RUN or not sp.reasons or sp.reasons[0].kind is not ReasonKind.MISSING:
+            continue
+        missing = sp.reasons[0].path
+        if missing is None or missing not in sp.step.inputs:  # an output of its own is missing
+            continue
+        for dep in sp.step.deps:
+            up, inst = by_id.get(id(dep)), dep.instance
+            if up is not None and up.decision is Decision.SKIP and inst is not None and missing in (*inst.log, inst.benchmark):
+                up.decision, up.reasons = Decision.RUN, [Reason(ReasonKind.MISSING, path=missing)]
+                moved.add(id(dep))
+    while moved and decide_downstream(out, by_id, facts, moved):
+        pass
 
 
 def converge(graph: Any, steps: list[Step], facts: Callable[[], Facts]) -> tuple[Plan, list[Step]]:

@@ -140,3 +140,30 @@ def test_set_scatter_needs_whole_numbers(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr == "usage error: --set-scatter values must be whole numbers, got 'many'\n"
+
+
+def test_a_missing_log_another_rule_reads_makes_its_producer_run_again(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    (tmp_path / "Snakefile").write_text(textwrap.dedent("""
+        rule report:
+            input: "logs/work.log"
+            output: "report.txt"
+            shell: "cat {input} > {output}"
+
+        rule work:
+            output: "out.txt"
+            log: "logs/work.log"
+            shell: "echo ok > {output}; echo 'work done' > {log}"
+    """).lstrip())
+
+    def flowmake(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flowmake", "-c", "1", *args], cwd=tmp_path,
+                              capture_output=True, text=True)
+
+    assert flowmake().returncode == 0
+    (tmp_path / "logs/work.log").unlink()
+    again = flowmake()
+    assert again.returncode == 0, again.stderr
+    assert "work: out.txt  (output missing: logs/work.log)" in again.stderr
+    assert (tmp_path / "report.txt").read_text() == "work done\n"
