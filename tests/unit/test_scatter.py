@@ -167,3 +167,25 @@ def test_a_missing_log_another_rule_reads_makes_its_producer_run_again(tmp_path:
     assert again.returncode == 0, again.stderr
     assert "work: out.txt  (output missing: logs/work.log)" in again.stderr
     assert (tmp_path / "report.txt").read_text() == "work done\n"
+
+
+def test_a_run_block_job_sees_the_set_scatter_count(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    (tmp_path / "Snakefile").write_text(textwrap.dedent("""
+        scattergather:
+            split=8
+
+        rule all:
+            input: gather.split("parts/{scatteritem}.txt")
+
+        rule split:
+            output: scatter.split("parts/{scatteritem}.txt")
+            run:
+                for o in output:
+                    open(o, "w").write(o + "\\n")
+    """).lstrip())
+    done = subprocess.run([sys.executable, "-m", "flowmake", "-c", "1", "--set-scatter", "split=3"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["1-of-3.txt", "2-of-3.txt", "3-of-3.txt"]
