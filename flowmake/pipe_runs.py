@@ -47,6 +47,7 @@ class GroupRuns:
     def _complete(self, rec: StepRecord, state: StepState) -> None: ...  # the scheduler's
     def _count(self, rec: StepRecord) -> None: ...
     def _push(self, rec: StepRecord) -> None: ...
+    def _start(self, rec: StepRecord) -> None: ...
 
     def _members(self, rec: StepRecord) -> list[StepRecord]:
         """The records whose steps run in this record's job: its pipe group's, or itself alone."""
@@ -95,6 +96,28 @@ class GroupRuns:
         members = group.members if group is not None else (step,)
         return self.local if any(m.rule.localrule for m in members) else self.backend
 
+    def _requeue(self, recs: list[StepRecord]) -> None:
+        """Queue a job again (lost, or to be retried): the group's other steps wait with its first."""
+        for r in recs[1:]:
+            r.state = StepState.READY
+        self._push(recs[0])
+
+    def _check_whole_groups(self, steps: list[Step]) -> None:
+        """A pipe group runs whole or not at all: ``--until``/``--omit-from`` cannot take part of one
+        that has to run (its other end would never come)."""
+        taken = {id(s) for s in steps}
+        decided = self.plan.by_id
+        for group in {id(g): g for g in self._groups.values()}.values():
+            inside = [m for m in group.members if id(m) in taken]
+            if inside and len(inside) < len(group.members) and any(
+                    decided[id(m)].decision in (Decision.RUN, Decision.PENDING) for m in inside if id(m) in decided):
+                left = [m for m in group.members if id(m) not in taken]
+                raise FlowmakeError(
+                    f"the steps of a pipe group run together, but {', '.join(m.id for m in left)} would be left "
+                    f"out of this run while {', '.join(m.id for m in inside)} runs",
+                    location=inside[0].rule.location, rule=inside[0].rule.name,
+                    hint="move --until/--omit-from so that the whole group is in or out")
+
     def _lock_all(self, recs: list[StepRecord]) -> bool:
         """Take the output locks of every step, or of none (another invocation holds one)."""
         for i, r in enumerate(recs):
@@ -108,10 +131,11 @@ class GroupRuns:
                 return False
         return True
 
-    def _take_over_all(self, recs: list[StepRecord]) -> None:
+    def _take_over_and_start(self, recs: list[StepRecord]) -> None:
         for r in recs:
             self.peers.take_over(r.step.outputs, any(map(self.plan.facts.in_flight, r.step.outputs)),
                                  self.progress.note)
+        self._start(recs[0])
 
     def _spec(self, rec: StepRecord, recs: list[StepRecord], *, local: bool) -> JobSpec:
         step, attempt = rec.step, rec.attempts + 1

@@ -212,6 +212,7 @@ class Scheduler(GroupRuns):
     # ---- running ------------------------------------------------------------------------------
 
     def run(self, steps: list[Step]) -> RunResult:
+        self._check_whole_groups(steps)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         try:
@@ -266,8 +267,7 @@ class Scheduler(GroupRuns):
             self._locked.append(rec)
             return
         if len(recs) > 1:  # a pipe group: what another run made of it is not reused, it is rebuilt whole
-            self._take_over_all(recs)
-            return self._start(rec)
+            return self._take_over_and_start(recs)
         step = rec.step
         in_flight = any(map(self.plan.facts.in_flight, step.outputs))  # then its run may be gone unseen
         if self.peers.take_over(step.outputs, in_flight, self.progress.note):
@@ -413,7 +413,7 @@ class Scheduler(GroupRuns):
         if ev.state is JobState.LOST:  # not the job's fault: rerun without spending a retry
             self.progress.note(f"{step.id}: {why}; resubmitting")
             self.progress.requeued()
-            self._push(rec)
+            self._requeue(recs)
             return
         rec.attempts += 1
         allowed = max(max(r.step.rule.retries or 0 for r in recs), self.opt.retries)
@@ -424,7 +424,7 @@ class Scheduler(GroupRuns):
             self.progress.requeued()
             for r in recs:
                 self._reinstantiate(r.step, rec.attempts + 1)
-            self._push(rec)
+            self._requeue(recs)
             return
         log = rec.handle.spec.log if rec.handle is not None else None
         for r in recs:

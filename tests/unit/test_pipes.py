@@ -264,3 +264,14 @@ def test_a_pipe_cannot_be_protected(tmp_path: Path) -> None:
         _open(tmp_path)
     assert err.value.message == "a pipe() output cannot be protected() or a directory()"
     assert err.value.location is not None and err.value.location.line == 2
+
+
+def test_until_cannot_split_a_pipe_group(pair: Path) -> None:
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "flowmake", "-c", "2", "--until", "produce"], cwd=pair,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == (
+        "Flowfile:3: error: the steps of a pipe group run together, but count:count.txt would be left out of "
+        "this run while produce:lines.txt runs")
