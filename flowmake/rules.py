@@ -236,6 +236,12 @@ class Rule:
             if missing:
                 raise self.error(f"wildcards in '{p.text}' cannot be determined from the output "
                                  f"files: {', '.join(missing)}")
+        for p in self.product_patterns():  # Snakemake's rule too: else two steps write one file
+            lacking = [w for w in self.wildcard_names if w not in p.wildcards]
+            if lacking:
+                raise self.error(f"log or benchmark '{p.text}' lacks the wildcards of the outputs "
+                                 f"({', '.join(lacking)}): the steps of rule '{self.name}' would all "
+                                 "write the same file")
         # One wildcard, one type: a value matched as int must not be written into a date pattern.
         declared: dict[str, tuple[str, str]] = {}
         for p in [*self.output_patterns, *others]:

@@ -189,3 +189,19 @@ def test_a_run_block_job_sees_the_set_scatter_count(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["1-of-3.txt", "2-of-3.txt", "3-of-3.txt"]
+
+
+def test_a_benchmark_without_the_output_wildcards_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as err:
+        load(tmp_path, """
+            rule a:
+                output:
+                    "test.{x}.txt"
+                benchmark:
+                    "benchmarks/test.txt"
+                shell:
+                    "touch {output}"
+        """)
+    assert err.value.message == ("log or benchmark 'benchmarks/test.txt' lacks the wildcards of the outputs (x): "
+                                 "the steps of rule 'a' would all write the same file")
+    assert err.value.location is not None and err.value.location.line == 1
