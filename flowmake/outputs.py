@@ -62,9 +62,10 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
     """Touch ``touch()`` outputs, protect ``protected()`` ones; return declared outputs still missing."""
     inst = step.instance
     missing = []
+    files = real_outputs(step)
     for out in step.outputs:
         full = os.path.join(workdir, out)
-        if out not in real_outputs(step):  # a pipe or service: never left behind
+        if out not in files:  # a pipe or service: never left behind
             remove_path(full)
             continue
         flags = inst.flags.get(out, ()) if inst is not None else ()
