@@ -187,8 +187,14 @@ class FlaggedFunction:
         return self.func(*args, **kwargs)
 
 
+_FLAG_NAMES = {f.value: f for f in Flag}
+
+
 def flags_of(value: Any) -> frozenset[Flag]:
-    return getattr(value, "flags", None) or frozenset()
+    flags = getattr(value, "flags", None)
+    if isinstance(flags, dict):  # Snakemake's own AnnotatedString: ``from snakemake.io import temp``
+        return frozenset(_FLAG_NAMES[k] for k, v in flags.items() if v and k in _FLAG_NAMES)
+    return flags or frozenset()
 
 
 def add_flag(value: Any, flag: Flag) -> Any:

@@ -275,3 +275,22 @@ def test_until_cannot_split_a_pipe_group(pair: Path) -> None:
     assert done.stderr.splitlines()[0] == (
         "Flowfile:3: error: the steps of a pipe group run together, but count:count.txt would be left out of "
         "this run while produce:lines.txt runs")
+
+
+def test_snakemakes_own_flag_helpers_are_understood(tmp_path: Path) -> None:
+    pytest.importorskip("snakemake.io")
+    flowfile(tmp_path, """
+        from snakemake.io import pipe, temp
+        rule all:
+            input: "count.txt"
+        rule produce:
+            output: pipe("lines.txt"), temp("other.txt")
+            shell: "seq 4 > {output[0]}"
+        rule count:
+            input: "lines.txt"
+            output: "count.txt"
+            shell: "wc -l < {input} > {output}"
+    """)
+    run = run_in_process(tmp_path)
+    (spec,) = run.backend.submitted
+    assert spec.outputs == ("other.txt", "count.txt")  # lines.txt is a pipe, not a file
