@@ -53,6 +53,7 @@ class Options:
     notemp: bool = False
     retries: int = 0
     resources: dict[str, int] = field(default_factory=dict)
+    set_scatter: dict[str, int] = field(default_factory=dict)  # --set-scatter: over scattergather:
     backend: str | None = None
     profile: str | None = None
     # Software deployment (envs.Deployment): --use-conda/--sdm conda, --use-envmodules, --wrapper-prefix.
@@ -157,7 +158,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
-                             deployment=deployment(opts), default_storage=_default_storage(opts))
+                             deployment=deployment(opts), default_storage=_default_storage(opts),
+                             scatter=opts.set_scatter)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -350,7 +352,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
                      configfiles=list(opts.configfiles), cores=cores, deployment=session.workflow.deployment,
-                     default_storage=_default_storage(opts))
+                     default_storage=_default_storage(opts), scatter=dict(opts.set_scatter))
     progress = Progress(quiet=opts.quiet, started=opts.started)
     envs.prepare(_rules_to_run(session, steps), ctx.deployment, session.workdir, progress.note)
     if opts.conda_create_envs_only:
@@ -441,7 +443,7 @@ def list_rules(opts: Options) -> int:
     enter_directory(opts)
     flowfile = find_flowfile(opts.flowfile)
     wf = load_workflow(flowfile, config_overrides=_parse_config(opts.config), configfiles=opts.configfiles,
-                       default_storage=_default_storage(opts))
+                       default_storage=_default_storage(opts), scatter=opts.set_scatter)
     for rule in wf.rules:
         kind = "checkpoint" if rule.is_checkpoint else "rule"
         print(f"{rule.name}\t{kind}\t{os.path.relpath(str(rule.location.file))}:{rule.location.line}")

@@ -23,6 +23,17 @@ class Need:
 NOTHING = Need()
 
 
+def total(needs: list[Need]) -> Need:
+    """What jobs running at once need together (the steps of a pipe group)."""
+    if len(needs) == 1:
+        return needs[0]
+    other: dict[str, int] = {}
+    for n in needs:
+        for k, v in n.other.items():
+            other[k] = other.get(k, 0) + v
+    return Need(sum(n.cores for n in needs), sum(n.mem_mb for n in needs), other)
+
+
 class Capacity:
     def __init__(self, cores: int, limits: Mapping[str, int]) -> None:
         self.cores = cores

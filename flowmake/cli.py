@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--notemp", "--no-temp", action="store_true", help="keep temp() outputs")
     p.add_argument("--retries", "--restart-times", type=int, default=0, metavar="N", help="retries for failed jobs")
     p.add_argument("--resources", "--res", nargs="+", default=[], metavar="NAME=N", help="global limits, e.g. mem_mb=8000")
+    p.add_argument("--set-scatter", nargs="+", default=[], metavar="NAME=N", help="scatter counts over the scattergather: ones")
     p.add_argument("--backend", metavar="NAME", help="where jobs run: local, docker, ssh, slurm (default: local)")
     p.add_argument("--profile", metavar="FILE", help="settings file instead of flowmake.toml")
     p.add_argument("--default-storage-provider", metavar="NAME",
@@ -125,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
+        scatter = {k: _int(v, "--set-scatter") for k, v in _pairs(args.set_scatter, "--set-scatter").items()}
         opts = api.Options(
             targets=list(args.targets), flowfile=args.flowfile, directory=args.directory,
             dry_run=args.dry_run, json=args.json, printshellcmds=args.printshellcmds,
@@ -136,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_conda=args.use_conda or "conda" in args.sdm, wrapper_prefix=args.wrapper_prefix,
             use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
             conda_prefix=args.conda_prefix, conda_create_envs_only=args.conda_create_envs_only,
+            set_scatter=scatter,
         )
         opts.default_storage_provider = args.default_storage_provider
         opts.default_storage_prefix = args.default_storage_prefix

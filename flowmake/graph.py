@@ -14,8 +14,6 @@ unfinished checkpoint is *pending* and is instantiated again once the checkpoint
 from __future__ import annotations
 
 import enum
-import os
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterable, Iterator, Sequence, TypeVar
 
@@ -248,12 +246,15 @@ class Graph:
         refused: list[UnsafeWildcardError] = []
         candidates = self._index.candidates(path, refused)
         unsafe = [_Failure(_FailureKind.UNSAFE, path, error=e) for e in refused[:1]]
+        spelt: str | None = path  # the output the step is for, as asked
+        if not candidates and not unsafe:  # a log or benchmark file another rule reads
+            candidates, spelt = self._index.product_candidates(path), None
         if not candidates:
             if self.exists(path) and not (requested and unsafe):
                 return SOURCE
             return unsafe[0] if unsafe else _Failure(_FailureKind.NORULE, path)
         if len(candidates) == 1 and not unsafe:  # the common case, without the bookkeeping of several
-            step = self._step_for(*candidates[0], path)
+            step = self._step_for(*candidates[0], spelt)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
                 return SOURCE if result.kind is not _FailureKind.CYCLE and self.exists(path) else result
@@ -265,7 +266,7 @@ class Graph:
         for group in groups:
             winners: list[Step] = []
             for rule, bindings in group:
-                step = self._step_for(rule, bindings, path)
+                step = self._step_for(rule, bindings, spelt)
                 result = yield from self._resolve_step(step, path)
                 if isinstance(result, _Failure):
                     failures.append(result)
@@ -462,7 +463,7 @@ class Graph:
         if failure.kind is _FailureKind.CYCLE:
             return CycleError(" -> ".join(failure.chain), target=target)
         if failure.kind is _FailureKind.NORULE:
-            hint = did_you_mean(target, self._known_names(target))
+            hint = did_you_mean(target, self._index.known_names(target))
             return NoRuleError(
                 f"{failure.path!r}: no rule produces it and it does not exist",
                 target=target,
@@ -476,18 +477,6 @@ class Graph:
             target=target,
             details=failure.chain,
         )
-
-    def _known_names(self, target: str) -> list[str]:
-        """What a mistyped target may have meant: rule names, files beside it, output patterns."""
-        names = [r.name for r in self.workflow.rules]
-        names += [p.text for r in self.workflow.rules for p in r.output_patterns]
-        folder = posixpath.dirname(target)
-        try:
-            for entry in os.scandir(folder or "."):
-                names.append(posixpath.join(folder, entry.name) if folder else entry.name)
-        except OSError:
-            pass
-        return names
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:

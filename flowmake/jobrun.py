@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
         workflow = load_workflow(job["flowfile"], config_overrides=job.get("config") or {},
                                  configfiles=job.get("configfiles") or [], workdir=job["workdir"],
                                  deployment=Deployment.from_payload(job.get("deployment")),
-                                 default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None)
+                                 default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None,
+                                 scatter=job.get("scatter"))
         inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
         if job.get("cores"):
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))

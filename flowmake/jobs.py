@@ -1,4 +1,5 @@
-"""Step → JobSpec: what a backend needs to run one step (outputs.py keeps the outputs tidy around it).
+"""Step → JobSpec: what a backend needs to run one step, or one pipe group (outputs.py keeps the
+outputs tidy around it).
 
 Shell rules run their rendered command. ``run:``, ``script:``, ``wrapper:`` and ``notebook:`` rules
 become a call to ``python -m flowmake.jobrun`` that loads the same rule file in a fresh process and
@@ -21,6 +22,7 @@ from flowmake.envs import Deployment
 from flowmake.graph import Step
 from flowmake.journal import hostname
 from flowmake.namedlist import Flag
+from flowmake.pipes import PipeGroup, group_script, real_outputs
 from flowmake.rules import RuleKind
 
 
@@ -36,6 +38,7 @@ class JobContext:
     cores: int = 1
     deployment: Deployment = field(default_factory=Deployment)  # --use-conda and friends
     default_storage: tuple[str, str] | None = None  # --default-storage-provider/-prefix: maps paths
+    scatter: Mapping[str, int] = field(default_factory=dict)  # --set-scatter, for the job's own load
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -71,6 +74,7 @@ def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
         "workdir": ctx.workdir,
         "config": dict(ctx.config_overrides),
         "configfiles": list(ctx.configfiles),
+        **({"scatter": dict(ctx.scatter)} if ctx.scatter else {}),
         "rule": step.rule.name,
         "wildcards": raw,
         "outputs": list(step.outputs),
@@ -132,6 +136,42 @@ def job_spec(step: Step, ctx: JobContext, *, attempt: int, inputs: tuple[tuple[s
         directories=directories,
         log=log_path(step),
         resources=job_resources(step, ctx.cores, mem_scale),
+        image=image,
+        attempt=attempt,
+        local=local,
+        env=((RUN_ENV, run_id()),) if local else (),
+    )
+
+
+def group_spec(group: PipeGroup, ctx: JobContext, *, attempt: int, inputs: Sequence[tuple[str, str]],
+               image: str | None, local: bool, mem_scale: float = 1.0) -> JobSpec:
+    """A pipe group as one job (``pipes``): every member's command at once, around its FIFOs, so any
+    backend runs the group on one host. It holds what all its members need at once."""
+    members = group.members
+    lead = members[0]
+    streams = set(group.producer)
+    parts = [job_resources(m, ctx.cores, mem_scale) for m in members]
+    extra: dict[str, Any] = {}
+    for r in parts:
+        for k, v in r.extra:
+            both_numbers = isinstance(v, (int, float)) and isinstance(extra.get(k, 0), (int, float))
+            extra[k] = extra.get(k, 0) + v if both_numbers else extra.get(k, v)
+    mems = [r.mem_mb for r in parts if r.mem_mb is not None]
+    runtimes = [r.runtime_min for r in parts if r.runtime_min is not None]
+    outputs = tuple(o for m in members for o in real_outputs(m))
+    return JobSpec(
+        step_id=lead.id,
+        rule="+".join(dict.fromkeys(m.rule.name for m in members)),
+        command=group_script(group, [job_command(m, ctx, attempt) for m in members]),
+        workdir=ctx.workdir,
+        inputs=tuple(dict.fromkeys((p, d) for p, d in inputs if p not in streams)),
+        outputs=outputs,
+        directories=tuple(o for m in members for o in real_outputs(m)
+                          if m.instance is not None and Flag.DIRECTORY in m.instance.flags.get(o, ())),
+        log=log_path(lead),
+        resources=Resources(threads=min(sum(r.threads for r in parts), max(1, ctx.cores)),
+                            mem_mb=sum(mems) if mems else None, runtime_min=max(runtimes) if runtimes else None,
+                            extra=tuple(sorted(extra.items()))),
         image=image,
         attempt=attempt,
         local=local,

@@ -2,7 +2,7 @@
 
 ``NamedList`` is Snakemake's ``Namedlist``: a list whose items (or ranges of items) also have names,
 so ``input.reads``, ``input[0]`` and ``str(input)`` (space-joined) all work. ``Flagged`` is a path
-string carrying ``Flag``s (temp, protected, directory, ancient, touch, report) set by the helper
+string carrying ``Flag``s (temp, protected, directory, ancient, touch, report, pipe, service, local) set by the helper
 functions of the same name; a flag with arguments (``report(path, caption=...)``) keeps them as the
 flag's data (``flag_data``). An input list also answers Snakemake's size questions
 (``input.size_mb``, ``input.size_files``...), read from the files when asked.
@@ -24,11 +24,12 @@ class Flag(enum.Enum):
     DIRECTORY = "directory"
     ANCIENT = "ancient"
     TOUCH = "touch"
+    PIPE = "pipe"  # a named pipe between two steps that run at once (pipes.py)
+    SERVICE = "service"  # made by a step that runs while its readers do (pipes.py)
     # An output a later HTML report lists; its arguments are the flag's data (a ReportSpec).
     # For everything else the file is an ordinary output.
     REPORT = "report"
-
-    LOCAL = "local"  # with a default storage provider: this path stays a local file
+    LOCAL = "local"  # kept as written: no module prefix, no default storage provider
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,14 @@ class FlaggedFunction:
         return self.func(*args, **kwargs)
 
 
+_FLAG_NAMES = {f.value: f for f in Flag}
+
+
 def flags_of(value: Any) -> frozenset[Flag]:
-    return getattr(value, "flags", None) or frozenset()
+    flags = getattr(value, "flags", None)
+    if isinstance(flags, dict):  # Snakemake's own AnnotatedString: ``from snakemake.io import temp``
+        return frozenset(_FLAG_NAMES[k] for k, v in flags.items() if v and k in _FLAG_NAMES)
+    return flags or frozenset()
 
 
 def flag_data(value: Any, flag: Flag) -> Any:

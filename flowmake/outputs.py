@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from flowmake.graph import Step
 from flowmake.namedlist import Flag
+from flowmake.pipes import STREAM_DIGEST, real_outputs
 from flowmake.planner import with_current_key
 from flowmake.records import Trace
 
@@ -61,8 +62,12 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
     """Touch ``touch()`` outputs, protect ``protected()`` ones; return declared outputs still missing."""
     inst = step.instance
     missing = []
+    files = real_outputs(step)
     for out in step.outputs:
         full = os.path.join(workdir, out)
+        if out not in files:  # a pipe or service: never left behind
+            remove_path(full)
+            continue
         flags = inst.flags.get(out, ()) if inst is not None else ()
         if Flag.TOUCH in flags:
             with open(full, "a"):
@@ -110,6 +115,15 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     os.replace(tmp, path)
 
 
+def read_products(step: Step, producer: Any) -> list[str]:
+    """The step's ``log:`` and ``benchmark:`` files that another step reads (the graph made this
+    step their producer): digested afresh once the job wrote them."""
+    inst = step.instance
+    if inst is None:
+        return []
+    return [p for p in (*inst.log, inst.benchmark) if p and producer.get(p) is step]
+
+
 # Stands in a trace for the digest of an input that changed while the job ran: it never equals a
 # digest, so the step's key never matches and the next run reruns it, naming the input.
 CHANGED_WHILE_RUNNING = "changed-while-running"
@@ -123,7 +137,8 @@ def changed_inputs(inputs: Sequence[tuple[str, str]], digest: Callable[..., str 
     is not the job's to finish, and one rewritten within a timestamp tick must be re-read next time.
     An input gone by then (a job that moves its input away) is not one: the next run sees it missing.
     """
-    return [p for p, d in inputs if d != "ancient" and digest(p, settled=False) not in (d, None)]
+    return [p for p, d in inputs
+            if d != "ancient" and not d.startswith(STREAM_DIGEST) and digest(p, settled=False) not in (d, None)]
 
 
 def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str], str | None],
@@ -147,7 +162,7 @@ def record_traces(store: Store, step: Step, sp: StepPlan, digest: Callable[[str]
         inputs = tuple((p, CHANGED_WHILE_RUNNING if p in changed else d) for p, d in inputs)
     now = time.time()
     traces = []
-    for out in step.outputs:
+    for out in real_outputs(step):  # a pipe or service has no content to vouch for
         d = digest(out)
         if d is not None:
             traces.append(Trace(output=out, rule=step.rule.name, key=key, fields=fields,

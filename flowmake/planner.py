@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from flowmake.graph import Step
 from flowmake.keys import FIELDS, canonical, diff_fields, diff_inputs, digests_of, key_of_values, key_values
 from flowmake.namedlist import Flag
+from flowmake.pipes import PipeGroup, find_groups, real_outputs, streams_rule
 from flowmake.rules import RuleKind
 
 
@@ -52,6 +53,7 @@ class ReasonKind(enum.Enum):
     OUTPUT_MODIFIED = "output-modified"
     FORCED = "forced"
     CHECKPOINT = "checkpoint"  # inputs known only when a checkpoint finishes
+    PIPE_GROUP = "pipe-group"  # another step of its pipe group runs (or may): they run together
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ _WORDS = {
     ReasonKind.OUTPUT_MODIFIED: "output was modified since it was made",
     ReasonKind.FORCED: "forced",
     ReasonKind.CHECKPOINT: "inputs known once a checkpoint finishes",
+    ReasonKind.PIPE_GROUP: "runs at once with the rest of its pipe group",
 }
 
 _FIELD_REASON = {
@@ -254,6 +257,9 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     if facts.forced(step):
         reasons.append(Reason(ReasonKind.FORCED))
     outputs = step.outputs
+    streaming = step.rule.may_flag and streams_rule(step.rule)
+    if streaming:  # a pipe or service is never a file to check: its group decides (pipes.py)
+        outputs = real_outputs(step)
     digest, incomplete, in_flight = facts.digest, facts.incomplete, facts.in_flight
     out_digests = [digest(o) for o in outputs]
     for out, d in zip(outputs, out_digests):
@@ -278,6 +284,8 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     values, inputs = parts
     key = key_of_values(values)
     if not outputs:
+        if streaming:  # only streams: it runs when the rest of its pipe group does
+            return StepPlan(step, Decision.SKIP, [], key, inputs)
         if step.rule.kind is not RuleKind.NONE:  # Snakemake: an action without outputs always runs
             return StepPlan(step, Decision.RUN, [Reason(ReasonKind.MISSING)], key, inputs, dict(zip(FIELDS, values)))
         return StepPlan(step, Decision.SKIP, [], key, inputs)
@@ -366,6 +374,7 @@ class Plan:
     steps: list[StepPlan]
     by_id: dict[int, StepPlan]
     facts: Facts  # as the plan saw them (absent temp outputs stand in with recorded digests)
+    groups: dict[int, PipeGroup] = field(default_factory=dict)  # a pipe group's steps (by id) -> it
 
 
 def plan(steps: Iterable[Step], facts: Facts) -> Plan:
@@ -379,6 +388,10 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
     if virtual:
         real = facts.digest
         facts = replace(facts, digest=lambda p: virtual.get(p) or real(p))
+    groups = find_groups(steps)
+    if groups:
+        from flowmake.pipe_plan import align_groups, with_streams  # it builds on this module
+        facts = with_streams(facts, groups)
     out: list[StepPlan] = []
     by_id: dict[int, StepPlan] = {}
     unsettled = unsettled_in(by_id)
@@ -388,7 +401,43 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
         by_id[id(step)] = sp
     if virtual:
         _remake_needed_temps(out, by_id, virtual)
-    return Plan(out, by_id, facts)
+    if any(sp.decision is Decision.RUN and sp.reasons and sp.reasons[0].kind is ReasonKind.MISSING for sp in out):
+        _remake_missing_products(out, by_id, facts)
+    if groups:
+        align_groups(out, by_id, groups, facts)
+    return Plan(out, by_id, facts, groups)
+
+
+def decide_downstream(out: list[StepPlan], by_id: dict[int, StepPlan], facts: Facts, moved: set[int]) -> bool:
+    """Steps decided up to date before some upstream of theirs (``moved``, by id) was made to run
+    are decided again, dependencies first; ``moved`` grows by those that change. Any changed?"""
+    unsettled, changed = unsettled_in(by_id), False
+    for i, sp in enumerate(out):
+        if (sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT) and any(id(d) in moved for d in sp.step.deps):
+            new = plan_step(sp.step, unsettled, facts)
+            if new.decision is not sp.decision:
+                out[i] = by_id[id(sp.step)] = new
+                moved.add(id(sp.step))
+                changed = True
+    return changed
+
+
+def _remake_missing_products(out: list[StepPlan], by_id: dict[int, StepPlan], facts: Facts) -> None:
+    """A step runs for want of another's ``log:`` or ``benchmark:`` file: that step runs to make it."""
+    moved: set[int] = set()
+    for sp in out:
+        if sp.decision is not Decision.RUN or not sp.reasons or sp.reasons[0].kind is not ReasonKind.MISSING:
+            continue
+        missing = sp.reasons[0].path
+        if missing is None or missing not in sp.step.inputs:  # an output of its own is missing
+            continue
+        for dep in sp.step.deps:
+            up, inst = by_id.get(id(dep)), dep.instance
+            if up is not None and up.decision is Decision.SKIP and inst is not None and missing in (*inst.log, inst.benchmark):
+                up.decision, up.reasons = Decision.RUN, [Reason(ReasonKind.MISSING, path=missing)]
+                moved.add(id(dep))
+    while moved and decide_downstream(out, by_id, facts, moved):
+        pass
 
 
 def converge(graph: Any, steps: list[Step], facts: Callable[[], Facts]) -> tuple[Plan, list[Step]]:

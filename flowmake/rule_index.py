@@ -8,6 +8,9 @@ output patterns, and a path is matched only against those.
 
 from __future__ import annotations
 
+import os
+import posixpath
+
 from flowmake.errors import UnsafeWildcardError
 from flowmake.patterns import Bindings, Pattern
 from flowmake.rules import Rule, Workflow
@@ -21,6 +24,7 @@ class RuleIndex:
         self._rules = list(workflow.rules)
         self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
         self._by_shape: dict[tuple[str, str], list[Rule]] = {}
+        self._products: list[tuple[Rule, list[Pattern]]] | None = None  # rules with log/benchmark
 
     def candidates(self, path: str,
                    refused: list[UnsafeWildcardError] | None = None) -> list[tuple[Rule, Bindings]]:
@@ -43,6 +47,44 @@ class RuleIndex:
             if b is not None:
                 found.append((rule, b))
         return found
+
+    def product_candidates(self, path: str) -> list[tuple[Rule, Bindings]]:
+        """(rule, bindings of its outputs) for each rule whose ``log:`` or ``benchmark:`` names the
+        path: asked only for a path no rule outputs. The bindings must also satisfy the outputs'
+        constraints (log and benchmark patterns carry none of their own)."""
+        if self._products is None:
+            self._products = [(r, r.product_patterns()) for r in self._rules]
+            self._products = [(r, pats) for r, pats in self._products if pats]
+        found = []
+        for rule, pats in self._products:
+            for p in pats:
+                try:
+                    b = p.match(path)
+                except UnsafeWildcardError:
+                    continue
+                if b is None or len(p.wildcards) != len(rule.wildcard_names):
+                    continue
+                if rule.output_patterns:
+                    try:
+                        b = rule.match_output(rule.output_patterns[0].format(b))
+                    except UnsafeWildcardError:
+                        b = None
+                if b is not None:
+                    found.append((rule, b))
+                    break
+        return found
+
+    def known_names(self, target: str) -> list[str]:
+        """What a mistyped target may have meant: rule names, files beside it, output patterns."""
+        names = [r.name for r in self._rules]
+        names += [p.text for r in self._rules for p in r.output_patterns]
+        folder = posixpath.dirname(target)
+        try:
+            for entry in os.scandir(folder or "."):
+                names.append(posixpath.join(folder, entry.name) if folder else entry.name)
+        except OSError:
+            pass
+        return names
 
     def _may_make(self, rule: Rule, shape: tuple[str, str]) -> bool:
         heads, exts = self._shapes[id(rule)]

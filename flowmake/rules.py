@@ -22,7 +22,7 @@ from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, L
 from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
                              WildcardError, did_you_mean, printable)
 from flowmake.instance import Instance, JobNamespace
-from flowmake.namedlist import EMPTY, NamedList, Wildcards
+from flowmake.namedlist import EMPTY, Flag, NamedList, Wildcards
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
@@ -200,6 +200,7 @@ class Rule:
         self.used_at: Location | None = None  # the main file's `use rule` that made this rule
         self.output_patterns: list[Pattern] = []
         self.wildcard_names: tuple[str, ...] = ()
+        self.streams = False
 
     def error(self, message: str, **kw: Any) -> FlowfileError:
         return FlowfileError(message, location=self.location, rule=self.name, **kw)
@@ -233,6 +234,8 @@ class Rule:
         self._may_flag = self._in_layout is None or any(
             lay.flagged for lay in (self._in_layout, self._out_layout, self._log_layout))
         self._threads_value = None if callable(self._threads) else as_int(self, "threads", self._threads)
+        # pipe() or service() outputs (pipes.py); outputs are never functions, so this is exact.
+        self.streams = any(f in (Flag.PIPE, Flag.SERVICE) for e in self._output for fl in e.flags for f in fl)
         self._param_strs = {i: Pattern(v, None, wf.wildcard_types)
                             for i, (_, v) in enumerate(self._params)
                             if isinstance(v, str) and wildcard_names(v)}
@@ -257,6 +260,12 @@ class Rule:
             if missing:
                 raise self.error(f"wildcards in '{p.text}' cannot be determined from the output "
                                  f"files: {', '.join(missing)}")
+        for p in self.product_patterns():  # Snakemake's rule too: else two steps write one file
+            lacking = [w for w in self.wildcard_names if w not in p.wildcards]
+            if lacking:
+                raise self.error(f"log or benchmark '{p.text}' lacks the wildcards of the outputs "
+                                 f"({', '.join(lacking)}): the steps of rule '{self.name}' would all "
+                                 "write the same file")
         # One wildcard, one type: a value matched as int must not be written into a date pattern.
         declared: dict[str, tuple[str, str]] = {}
         for p in [*self.output_patterns, *others]:
@@ -335,6 +344,12 @@ class Rule:
             data.append(["globals", [[n, self.namespace.get(n)] for n in names]])
         return data
 
+    def product_patterns(self) -> list[Pattern]:
+        """The rule's ``log:`` and ``benchmark:`` patterns: files its steps make besides their outputs,
+        which another rule may read (Snakemake's ``products``)."""
+        pats = [p for e in self._log for p in e.patterns]
+        return pats + [self._benchmark] if self._benchmark is not None else pats
+
     def match_output(self, path: str) -> Bindings | None:
         for pattern in self.output_patterns:
             b = pattern.match(path)
@@ -402,7 +417,7 @@ _FILE_KINDS = frozenset({RuleKind.SCRIPT, RuleKind.WRAPPER, RuleKind.NOTEBOOK})
 # that every attribute is one or the other, so a new directive cannot be forgotten).
 _DERIVED = frozenset({
     "workflow", "location", "output_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
-    "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions",
+    "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions", "streams",
     "run",  # the compiled run block; run_source is what it is
     "module_globals", "used_at",  # a namespace (the names a command uses are in "globals"); where
 })

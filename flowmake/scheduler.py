@@ -6,7 +6,8 @@ step taken into a run has one record (``StepRecord``) with an explicit state (ni
 about each dependant whose upstream is now all done: ``planner.replan`` answers ``Cutoff.SAME`` when
 the new digests give the key the dependant's traces hold (early cutoff, Shake's
 ``ChangedRecomputeSame``), and the dependant is skipped. When a checkpoint finishes, steps that
-waited for it are instantiated again and their new upstream joins the running plan.
+waited for it are instantiated again and their new upstream joins the running plan. The steps of a
+pipe group start, end and hold resources together, as one job (``pipe_runs``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from flowmake.backend import Backend, JobEvent, JobState
 from flowmake.capacity import NOTHING, Capacity
 from flowmake.directives import has_pending
 from flowmake.graph import Graph, Step
-from flowmake.jobs import JobContext, job_spec
+from flowmake.jobs import JobContext
 from flowmake.locks import OutputLocks
-from flowmake.outputs import (finish_outputs, inputs_changed_warning, prepare_outputs, record_job_traces, record_traces,
-                              remove_outputs, remove_path, write_benchmark)
+from flowmake.outputs import (finish_outputs, inputs_changed_warning, prepare_outputs, read_products, record_job_traces,
+                              record_traces, remove_outputs, remove_path, write_benchmark)
 from flowmake.namedlist import Flag
 from flowmake.peers import Peers
+from flowmake.pipe_runs import GroupRuns, refuse_streams
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
                               with_current_key)
 from flowmake.progress import Progress
@@ -57,7 +59,7 @@ class RunResult:
     interrupted: bool = False
 
 
-class Scheduler:
+class Scheduler(GroupRuns):
     def __init__(self, graph: Graph, plan: Plan, *, store: Store, digest: Callable[[str], str | None],
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
                  progress: Progress, storage: Any = None) -> None:
@@ -86,6 +88,8 @@ class Scheduler:
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
         self.peers = Peers(store, ctx.workdir)  # what concurrent runs recorded, and dead runs' jobs
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
+        self._groups = plan.groups  # pipe groups (pipes.py): their steps run as one job
+        self._group_ready: dict[int, set[int]] = {}  # a group's lead record -> members whose upstream is done
 
     # ---- what the run leaves -----------------------------------------------------------------
 
@@ -109,6 +113,7 @@ class Scheduler:
         for step in steps:
             sp = by_id.get(id(step))
             if sp is None:  # new with a checkpoint's outputs: decide it against this run's state
+                refuse_streams(step)
                 sp = plan_step(step, self._unsettled, self.plan.facts)
             if sp.decision is Decision.ADOPT and not self.peers.may_adopt(self.locks, step.id, step.outputs,
                                                                            self.progress.note):
@@ -151,6 +156,9 @@ class Scheduler:
     def _upstream(self, step: Step) -> list[Step]:
         """The steps this one waits for, each once (two outputs of one checkpoint are one wait)."""
         edges = self.graph.deps(step)
+        group = self._groups.get(id(step))
+        if group is not None:  # a pipe group's steps start together: none waits for another
+            edges = [d for d in edges if self._groups.get(id(d)) is not group]
         return list({id(d): d for d in edges}.values()) if step.pending else edges
 
     def _unsettled(self, dep: Step) -> bool:
@@ -180,6 +188,9 @@ class Scheduler:
         if step.pending:
             self._expand(rec)
             return
+        if id(step) in self._groups:
+            self._settle_group(rec)
+            return
         if rec.plan.decision is Decision.PENDING:
             cutoff, rec.plan = replan(step, self.plan.facts)
             if cutoff is Cutoff.SAME:
@@ -203,6 +214,7 @@ class Scheduler:
     # ---- running ------------------------------------------------------------------------------
 
     def run(self, steps: list[Step]) -> RunResult:
+        self._check_whole_groups(steps)
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         try:
@@ -225,16 +237,14 @@ class Scheduler:
 
     def _fits(self, rec: StepRecord, backend: Backend) -> bool:
         local = backend is self.local or getattr(backend, "name", "") == "local"
-        if has_pending(rec.step.instance):  # input.size_mb & co.: its inputs exist now
-            self._reinstantiate(rec.step, rec.attempts + 1)
-        if not self.capacity.fits(self.capacity.need_of(rec.step.instance), local=local):
+        for r in self._members(rec):  # input.size_mb & co.: its inputs exist now
+            if has_pending(r.step.instance):
+                self._reinstantiate(r.step, rec.attempts + 1)
+        if not self.capacity.fits(self._need(rec), local=local):
             return False
         running_here = sum(1 for r in self._running.values() if r.backend is backend)
         cap = self.opt.jobs if (self.opt.jobs and backend is not self.local) else backend.capacity()
         return running_here < cap
-
-    def _backend_for(self, step: Step) -> Backend:
-        return self.local if step.rule.localrule else self.backend
 
     def _submit_ready(self) -> None:
         if self._locked:
@@ -257,13 +267,13 @@ class Scheduler:
             heapq.heappush(self._ready, entry)
 
     def _try_lock_and_start(self, rec: StepRecord) -> None:
-        step = rec.step
-        if not self.locks.try_acquire(step.id, step.outputs):
-            if not rec.lock_waited:
-                rec.lock_waited = True
-                self.progress.note(f"{step.id}: waiting for {self.locks.holder(step.outputs[0])}, which is building it")
+        recs = self._members(rec)
+        if not self._lock_all(recs):
             self._locked.append(rec)
             return
+        if len(recs) > 1:  # a pipe group: what another run made of it is not reused, it is rebuilt whole
+            return self._take_over_and_start(recs)
+        step = rec.step
         in_flight = any(map(self.plan.facts.in_flight, step.outputs))  # then its run may be gone unseen
         if self.peers.take_over(step.outputs, in_flight, self.progress.note):
             self._start(rec)  # a dead run left it half written: rebuilt from a clean output
@@ -308,28 +318,32 @@ class Scheduler:
         return False
 
     def _start(self, rec: StepRecord) -> None:
-        step = rec.step
+        step, recs = rec.step, self._members(rec)
         # In this thread, before the job (and before its key, which digests what is fetched): the job
         # sees whole inputs, and a failed fetch is the step's failure.
-        why = self.storage.fetch(step) if self.storage is not None else None
+        why = None
+        for r in recs if self.storage is not None else ():
+            why = why or self.storage.fetch(r.step)
         if why is not None:
             self.progress.started(step, rec.plan, None)
             self._failure(rec, JobEvent(None, JobState.FAILED, message=why), f"cannot fetch its inputs ({why})")  # type: ignore[arg-type]  # no job, no handle
             return
-        rec.plan = with_current_key(rec.plan, self.plan.facts) or rec.plan
+        for r in recs:
+            r.plan = with_current_key(r.plan, self.plan.facts) or r.plan
         backend = self._backend_for(step)
-        spec = job_spec(step, self.ctx, attempt=rec.attempts + 1, inputs=rec.plan.inputs, image=step.rule.container,
-                        local=backend is self.local, mem_scale=rec.mem_scale)
-        prepare_outputs(step, self.ctx.workdir)
-        self.store.begin(step.id, list(step.outputs), None)
-        self.progress.started(step, rec.plan, spec.command if self.opt.printshellcmds else None)
+        spec = self._spec(rec, recs, local=backend is self.local)  # one step's job, or its pipe group's
+        for r in recs:
+            prepare_outputs(r.step, self.ctx.workdir)
+            self.store.begin(r.step.id, list(r.step.outputs), None)
+            self.progress.started(r.step, r.plan, self._shown(r, recs, spec) if self.opt.printshellcmds else None)
         handle = backend.submit(spec)
         pgid = getattr(backend, "pgid", None)
-        if pgid is not None:
-            self.store.begin(step.id, list(step.outputs), pgid(handle))
-        rec.held = self.capacity.need_of(step.instance)
+        for r in recs:
+            if pgid is not None:
+                self.store.begin(r.step.id, list(r.step.outputs), pgid(handle))
+            r.state, r.handle, r.backend, r.start = StepState.RUNNING, handle, backend, time.time()
+        rec.held = self._need(rec)
         self.capacity.take(rec.held)
-        rec.state, rec.handle, rec.backend, rec.start = StepState.RUNNING, handle, backend, time.time()
         self._running[id(handle)] = rec
 
     def _poll(self) -> None:
@@ -362,34 +376,29 @@ class Scheduler:
         if rec is None:
             return
         self._release(rec)
-        step = rec.step
+        recs = self._members(rec)  # a pipe group's steps succeed or fail together
         if ev.state is JobState.SUCCEEDED:
-            missing = finish_outputs(step, self.ctx.workdir)
+            missing = [o for r in recs for o in finish_outputs(r.step, self.ctx.workdir)]
             if missing:
                 self._failure(rec, ev, "declared outputs missing after the job: " + ", ".join(missing))
                 return
             # Uploaded only once the outputs check out, before the traces vouch for them.
-            why = self.storage.upload(step) if self.storage is not None else None
-            if why is not None:
-                self._failure(rec, ev, f"cannot upload its outputs ({why})")
-                return
-            write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
-            changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
-            if changed:  # what the job read may be neither version: not recorded as good
-                self.result.inputs_changed.append((step.id, changed))
-                self.progress.note(inputs_changed_warning(step.id, changed))
-            self._history(rec, ev)
-            self.store.end(step.id)
-            self._unlock.append(step.id)
-            self.result.ran.append(step.id)
-            self.progress.finished(step, ok=True)
-            self._complete(rec, StepState.DONE)
+            for r in recs if self.storage is not None else ():
+                why = self.storage.upload(r.step)
+                if why is not None:
+                    self._failure(rec, ev, f"cannot upload its outputs ({why})")
+                    return
+            for r in recs:
+                self._succeeded(r, ev)
+            for r in recs:
+                self._complete(r, StepState.DONE)
             return
         if ev.state is JobState.CANCELLED:
-            remove_outputs(step, self.ctx.workdir)
-            self.store.end(step.id)
-            self._unlock.append(step.id)
-            rec.state = StepState.FAILED
+            for r in recs:
+                remove_outputs(r.step, self.ctx.workdir)
+                self.store.end(r.step.id)
+                self._unlock.append(r.step.id)
+                r.state = StepState.FAILED
             return
         why = {
             JobState.FAILED: f"exit code {ev.exit_code}",
@@ -399,31 +408,50 @@ class Scheduler:
         }.get(ev.state, ev.state.value)
         self._failure(rec, ev, why + (f" ({ev.message})" if ev.message else ""))
 
-    def _failure(self, rec: StepRecord, ev: JobEvent, why: str) -> None:
+    def _succeeded(self, rec: StepRecord, ev: JobEvent) -> None:
         step = rec.step
-        remove_outputs(step, self.ctx.workdir)
+        write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
+        for path in read_products(step, self.graph.producer):
+            self.digest(path)  # its dependants are keyed from what the job just wrote
+        changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
+        if changed:  # what the job read may be neither version: not recorded as good
+            self.result.inputs_changed.append((step.id, changed))
+            self.progress.note(inputs_changed_warning(step.id, changed))
         self._history(rec, ev)
         self.store.end(step.id)
         self._unlock.append(step.id)
+        self.result.ran.append(step.id)
+        self.progress.finished(step, ok=True)
+
+    def _failure(self, rec: StepRecord, ev: JobEvent, why: str) -> None:
+        step, recs = rec.step, self._members(rec)
+        for r in recs:  # nothing of a failed pipe group is kept
+            remove_outputs(r.step, self.ctx.workdir)
+            self._history(r, ev)
+            self.store.end(r.step.id)
+            self._unlock.append(r.step.id)
         if ev.state is JobState.LOST:  # not the job's fault: rerun without spending a retry
             self.progress.note(f"{step.id}: {why}; resubmitting")
             self.progress.requeued()
-            self._push(rec)
+            self._requeue(recs)
             return
         rec.attempts += 1
-        allowed = max(step.rule.retries or 0, self.opt.retries)
+        allowed = max(max(r.step.rule.retries or 0 for r in recs), self.opt.retries)
         if rec.attempts <= allowed and not self._interrupt:
             if ev.state is JobState.OOM:
                 rec.mem_scale *= 1.5
             self.progress.note(f"{step.id}: {why}; retry {rec.attempts} of {allowed}")
             self.progress.requeued()
-            self._reinstantiate(step, rec.attempts + 1)
-            self._push(rec)
+            for r in recs:
+                self._reinstantiate(r.step, rec.attempts + 1)
+            self._requeue(recs)
             return
-        rec.state = StepState.FAILED
-        self.result.failed.append((step.id, why))
         log = rec.handle.spec.log if rec.handle is not None else None
-        self.progress.finished(step, ok=False, why=why, log=os.path.join(self.ctx.workdir, log) if log else "")
+        for r in recs:
+            r.state = StepState.FAILED
+            said = why if len(recs) == 1 else f"{why}, in the pipe group of {', '.join(m.step.id for m in recs)}"
+            self.result.failed.append((r.step.id, said))
+            self.progress.finished(r.step, ok=False, why=said, log=os.path.join(self.ctx.workdir, log) if log else "")
         if not self.opt.keep_going:
             self._stop = True
             self._ready.clear()
@@ -483,11 +511,12 @@ class Scheduler:
             for backend in {id(r.backend): r.backend for r in self._running.values() if r.backend}.values():
                 for ev in backend.poll(0.1):
                     done = self._running.pop(id(ev.handle), None)
-                    if done is not None:
-                        remove_outputs(done.step, self.ctx.workdir)
-                        self.store.end(done.step.id)
-                        done.state = StepState.FAILED
+                    for r in self._members(done) if done is not None else ():
+                        remove_outputs(r.step, self.ctx.workdir)
+                        self.store.end(r.step.id)
+                        r.state = StepState.FAILED
         for rec in self._running.values():
             # Not reaped: its marker stays, so the next run stops its process group and reruns it.
-            remove_outputs(rec.step, self.ctx.workdir)
+            for r in self._members(rec):
+                remove_outputs(r.step, self.ctx.workdir)
         self._running.clear()

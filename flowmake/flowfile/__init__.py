@@ -22,10 +22,12 @@ __all__ = ["load_workflow"]
 def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = None,
                   configfiles: Sequence[str] = (), workdir: str | None = None,
                   deployment: Deployment | None = None,
-                  default_storage: tuple[str, str] | None = None) -> Workflow:
+                  default_storage: tuple[str, str] | None = None,
+                  scatter: Mapping[str, int] | None = None) -> Workflow:
     """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it.
 
-    ``default_storage`` is (``--default-storage-provider``, ``--default-storage-prefix``)."""
+    ``default_storage`` is (``--default-storage-provider``, ``--default-storage-prefix``);
+    ``scatter``: ``--set-scatter`` counts, which win over the file's ``scattergather:``."""
     if not os.path.isfile(path):
         raise FlowfileError(f"no rule file '{path}'", hint="create a Flowfile or pass --flowfile")
     cli_layer = configmod.command_line_layer(configfiles, config_overrides)
@@ -35,6 +37,7 @@ def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = Non
     if deployment is not None:  # before the file runs: a meta-wrapper module needs the prefix
         workflow.deployment = deployment
     builder = Builder(workflow, cli_layer, default_storage)
+    builder.scatter.overrides.update(scatter or {})
     builder.exec_file(workflow.flowfile)
     builder.check_rule_names()
     workflow.finalize()

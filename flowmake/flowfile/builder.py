@@ -24,6 +24,7 @@ from flowmake.flowfile import compat
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile import modules
 from flowmake.flowfile import namespace as nsmod
+from flowmake.flowfile.scatter import ScatterGather
 from flowmake.flowfile.translate import HOOKS, Translation, translate
 from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, flags_of
 from flowmake.patterns import BUILTIN_TYPES, make_type
@@ -62,6 +63,7 @@ class Builder:
         self._pepfile: str | None = None
         self.info = nsmod.WorkflowInfo(self)
         self.standins: dict[str, types.ModuleType] = {}  # snakemake.*, set by make_namespace
+        self.scatter = ScatterGather(workflow)  # load_workflow sets its --set-scatter overrides
         self.namespace = self._make_namespace()
         self.root = modules.Scope(self, None, self.namespace)  # the main file's rules and modules
         # Like Snakemake, shell commands may name the rule file's globals ({config[x]}, {REF}).
@@ -73,6 +75,7 @@ class Builder:
         # github(), gitlab(), gitfile(), and local(), which also keeps a path from a module's prefix
         ns.update(modules.NAMES)
         ns["storage"] = self.storage
+        ns["scatter"], ns["gather"] = self.scatter.scatter, self.scatter.gather
         return ns
 
     def current_file(self) -> str:
@@ -303,6 +306,9 @@ class Builder:
         """conda/envvars/report/containerized at top level: accepted, no effect."""
 
     conda = envvars = report = containerized = _ignore
+
+    def scattergather(self, line: int, **counts: Any) -> None:
+        self.scatter.declare(counts)
 
     def wildcard_type(self, name: str, regex: str, convert: Callable[[str], Any] | None = None,
                       ) -> None:

@@ -73,6 +73,18 @@ def report(value: Any, caption: Any = None, category: str | None = None,
     return add_flag(value, Flag.REPORT, spec)
 
 
+def pipe(value: Any) -> Any:
+    """A named pipe: its producer and its one reader run at once (Snakemake's ``pipe``)."""
+    if Flag.PROTECTED in flags_of(value) or Flag.DIRECTORY in flags_of(value):
+        raise FlowfileError("a pipe() output cannot be protected() or a directory()")
+    return add_flag(value, Flag.PIPE)
+
+
+def service(value: Any) -> Any:
+    """A file a running step serves to the steps that read it; stopped once they are done."""
+    if Flag.PROTECTED in flags_of(value):
+        raise FlowfileError("a service() output cannot be protected()")
+    return add_flag(value, Flag.SERVICE)
 
 
 def unpack(func: Callable[..., Any]) -> FlaggedFunction:
@@ -321,6 +333,7 @@ def namespace_helpers(workdir: Callable[[], str], basedir: Callable[[], str]) ->
         "multiext": multiext, "unpack": unpack, "temp": temp, "temporary": temporary,
         "protected": protected, "directory": directory, "ancient": ancient, "touch": touch,
         "report": report_, "Path": Path, "flatten": flatten, "subpath": subpath,
+        "pipe": pipe, "service": service,
         # benchmark: repeat("file", n): Snakemake runs the job n times; one measurement serves here.
         "repeat": lambda path, n: path,
         "local": local, "access": _Access(),

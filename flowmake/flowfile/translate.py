@@ -45,7 +45,7 @@ TOP_DIRECTIVES = (
     "include", "configfile", "localrules", "ruleorder", "wildcard_constraints", "workdir",
     "onstart", "onsuccess", "onerror", "container", "singularity", "containerized", "conda",
     "envvars", "report", "inputflags", "outputflags", "pepfile", "pepschema",
-    "storage",
+    "storage", "scattergather",
 )
 HOOKS = ("onstart", "onsuccess", "onerror")
 MODULE_KEYS = ("name", "snakefile", "meta_wrapper", "config", "skip_validation", "replace_prefix",

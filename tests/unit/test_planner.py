@@ -20,6 +20,7 @@ class FakeRule:
     container: str | None = None
     is_checkpoint: bool = False
     may_flag: bool = True
+    streams: bool = False  # no pipe() or service() outputs
 
 
 @dataclass
