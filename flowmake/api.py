@@ -29,6 +29,9 @@ from flowmake.store import Store
 from flowmake.targets import forced_steps, normalize_target, resolve_targets, selected_steps, target_spec
 
 DEFAULT_FILES = ("Flowfile", "Snakefile", "workflow/Snakefile", "workflow/Flowfile")
+ALL_TRIGGERS = ("mtime", "params", "input", "software-env", "code")
+CLUSTER_BACKENDS = ("slurm",)  # where Snakemake sizes jobs by default (see overrides)
+UNCAPPED = 1 << 20  # the cores a cluster job may ask for when -c sets no cap
 
 
 @dataclass
@@ -54,7 +57,18 @@ class Options:
     retries: int = 0
     resources: dict[str, int] = field(default_factory=dict)
     backend: str | None = None
-    profile: str | None = None
+    profile: str | None = None  # flowmake.toml-style settings file (Snakemake profiles: cli/profiles.py)
+    default_resources: list[str] | None = None  # None: not given (see overrides.default_list)
+    set_resources: list[str] = field(default_factory=list)
+    set_threads: list[str] = field(default_factory=list)
+    rerun_triggers: list[str] = field(default_factory=lambda: list(ALL_TRIGGERS))
+    latency_wait: int | None = None  # cluster backends: seconds to wait for outputs to appear
+    max_jobs_per_timespan: str | None = None  # cluster backends: "N/TIME" submissions
+    verbose: bool = False
+    wrapper_prefix: str | None = None
+    default_storage_provider: str | None = None
+    default_storage_prefix: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # option → the profile that set it
     started: float = field(default_factory=time.monotonic)
 
 
@@ -141,6 +155,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
+    resource_overrides(opts).apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -167,6 +182,29 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     return session
 
 
+def _backend_of(opts: Options) -> str:
+    return opts.backend or load_settings(os.getcwd(), opts.profile).backend
+
+
+def resource_overrides(opts: Options) -> Any:
+    """--default-resources, --set-resources, --set-threads, parsed (``overrides.Overrides``)."""
+    from flowmake.overrides import default_list, parse_overrides
+
+    cluster = _backend_of(opts) in CLUSTER_BACKENDS
+    return parse_overrides(default_list(opts.default_resources, cluster), opts.set_resources,
+                           opts.set_threads, sources=opts.sources)
+
+
+def backend_settings(opts: Options, settings: Any, name: str) -> dict[str, Any]:
+    """A backend's flowmake.toml settings plus what flags set for it (cluster backends read them)."""
+    out = settings.for_backend(name)
+    for key, value in (("latency_wait", opts.latency_wait), ("max_jobs_per_timespan", opts.max_jobs_per_timespan),
+                       ("verbose", opts.verbose or None)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
     store, dig = session.store, session.digester
     incomplete = store.incomplete_outputs()
@@ -187,6 +225,7 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         image_digest=_memoised(session.image_digest) if session.image_digest else (lambda ref: ref),
         known_key=session.known_keys.get,
         in_flight=in_flight.__contains__,
+        ignored=frozenset(ALL_TRIGGERS) - set(session.opts.rerun_triggers),
     )
 
 
@@ -233,15 +272,20 @@ def build(opts: Options) -> int:
         finally:
             session.close()
     enter_directory(opts)
-    cores = opts.cores or available_cores()
     settings = load_settings(os.getcwd(), opts.profile)
     backend_name = opts.backend or settings.backend
+    # -j is the cores of a local run but only the number of jobs on a cluster, whose jobs get
+    # the threads they ask for unless -c caps them (as in Snakemake).
+    cluster = backend_name in CLUSTER_BACKENDS
+    cores = opts.cores or (None if cluster else opts.jobs) or available_cores()
+    job_cores = opts.cores or (UNCAPPED if cluster else cores)
     local = load_backend("local", settings.for_backend("local"), cores)
-    backend = local if backend_name == "local" else load_backend(backend_name, settings.for_backend(backend_name), cores)
+    backend = local if backend_name == "local" else load_backend(backend_name, backend_settings(opts, settings, backend_name),
+                                                                 cores)
     try:
         session = open_session(opts, readonly=False, image_digest=getattr(backend, "image_digest", None))
         try:
-            return _run(session, _selected_steps(session), backend, local, cores)
+            return _run(session, _selected_steps(session), backend, local, cores, job_cores)
         finally:
             session.close()
     finally:
@@ -281,13 +325,13 @@ def _image_resolver(opts: Options) -> Callable[[str], str] | None:
     return backend.image_digest
 
 
-def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int) -> int:
+def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int, job_cores: int) -> int:
     from flowmake.scheduler import Scheduler, SchedulerOptions
 
     opts = session.opts
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores)
+                     configfiles=list(opts.configfiles), cores=job_cores, resource_args=resource_overrides(opts).args)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     _stop_orphans(session, progress.note)
     sched = Scheduler(

@@ -28,6 +28,10 @@ def main(argv: list[str]) -> int:
     try:
         workflow = load_workflow(job["flowfile"], config_overrides=job.get("config") or {},
                                  configfiles=job.get("configfiles") or [], workdir=job["workdir"])
+        if job.get("resource_args"):
+            from flowmake.overrides import from_args
+
+            from_args(job["resource_args"]).apply(workflow)
         inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
         if job.get("cores"):
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))

@@ -18,6 +18,7 @@ from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
 from flowmake.journal import hostname
 from flowmake.namedlist import Flag
+from flowmake.overrides import runtime_minutes, size_mb
 from flowmake.rules import RuleKind
 
 
@@ -31,6 +32,7 @@ class JobContext:
     configfiles: Sequence[str] = ()
     python: str = sys.executable
     cores: int = 1
+    resource_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # overrides.Overrides.args
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -68,6 +70,8 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
         "cores": ctx.cores,
         "attempt": attempt,
     }
+    if ctx.resource_args:  # the run block sees the resources and threads the profile set
+        payload["resource_args"] = {k: list(v) for k, v in ctx.resource_args.items()}
     return f"{shlex.quote(ctx.python)} -m flowmake.jobrun {shlex.quote(json.dumps(payload))}"
 
 
@@ -85,6 +89,8 @@ def job_resources(step: Step, cores: int, mem_scale: float = 1.0) -> Resources:
     inst = step.instance
     res = dict(inst.resources.items()) if inst is not None and hasattr(inst.resources, "items") else {}
     mem = res.pop("mem_mb", None)
+    if mem is None and isinstance(res.get("mem"), str):  # mem="4GB", as Snakemake allows
+        mem = size_mb(res["mem"])
     if isinstance(mem, (int, float)):
         mem = int(mem * mem_scale)
     runtime = res.pop("runtime", None)
@@ -92,7 +98,7 @@ def job_resources(step: Step, cores: int, mem_scale: float = 1.0) -> Resources:
     return Resources(
         threads=threads,
         mem_mb=mem if isinstance(mem, int) else None,
-        runtime_min=int(runtime) if isinstance(runtime, (int, float)) else None,
+        runtime_min=runtime_minutes(runtime) if runtime is not None else None,  # 90, "90m", "2h"
         extra=tuple(sorted((k, v) for k, v in res.items() if not k.startswith("_"))),
     )
 
