@@ -257,13 +257,17 @@ class Overrides:
                 rule.override(resources=res, threads=threads)
 
 
+def _family(name: str | None) -> str | None:
+    """``mem``, ``mem_mb``, ``mem_gb``... are one resource (Snakemake keeps sizes as ``mem_mb``)."""
+    for base in _SIZED:
+        if name is not None and (name == base or name.startswith(base + "_")):
+            return base
+    return name
+
+
 def _covers(names: Iterable[str | None], name: str) -> bool:
-    """Whether a rule's own resources already set ``name`` (``mem``, ``mem_gb``... cover ``mem_mb``)."""
-    base = name[:-3] if name.endswith("_mb") else None
-    for n in names:
-        if n == name or (base in _SIZED and n is not None and (n == base or n.startswith(base + "_"))):
-            return True
-    return False
+    """Whether ``names`` already set ``name`` (``mem="4GB"`` covers ``mem_mb``)."""
+    return any(n is not None and _family(n) == _family(name) for n in names)
 
 
 def _merged(own: list[tuple[str | None, Any]], defaults: Mapping[str, Any],
