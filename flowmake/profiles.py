@@ -100,7 +100,7 @@ def find_workflow_profile(given: str | None, flowfile: str | None) -> Path | Non
     name = given or "default"
     candidates = [Path(name), Path("profiles") / name]
     if flowfile:
-        candidates.append(Path(flowfile).resolve().parent / "profiles" / name)
+        candidates.append(Path(flowfile).parent / "profiles" / name)
     for c in candidates if given else candidates[1:]:
         if c.is_file():
             return c
