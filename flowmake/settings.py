@@ -1,7 +1,8 @@
 """flowmake.toml: which backend to use and each backend's settings.
 
 Looked up in the workdir, then in ``$XDG_CONFIG_HOME/flowmake/`` (``~/.config/flowmake/``);
-``--profile FILE`` picks another file. Settings for backend NAME live under ``[backends.NAME]``.
+``--profile FILE.toml`` picks another file (any other ``--profile`` is a Snakemake profile: see
+``profiles``). Settings for backend NAME live under ``[backends.NAME]``.
 """
 
 from __future__ import annotations
