@@ -196,8 +196,10 @@ def resource_overrides(opts: Options) -> Any:
 
 
 def backend_settings(opts: Options, settings: Any, name: str) -> dict[str, Any]:
-    """A backend's flowmake.toml settings plus what flags set for it (cluster backends read them)."""
+    """A backend's flowmake.toml settings plus, for a cluster backend, what flags set for it."""
     out = settings.for_backend(name)
+    if name not in CLUSTER_BACKENDS:  # elsewhere outputs are local and submitting costs nothing
+        return out
     for key, value in (("latency_wait", opts.latency_wait), ("max_jobs_per_timespan", opts.max_jobs_per_timespan),
                        ("verbose", opts.verbose or None)):
         if value is not None:

@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     habits.add_argument("--nolock", action="store_true", help="per-output locks are cheap and always on")
     habits.add_argument("--show-failed-logs", action="store_true", help="a failed job's log tail is always shown")
     habits.add_argument("--local-cores", type=int, metavar="N", help="localrules run within -c cores")
+    habits.add_argument("--max-status-checks-per-second", type=float, metavar="N",
+                        help="one squeue per poll interval covers all jobs")
+    habits.add_argument("--scheduler", metavar="ilp|greedy", help="flowmake orders jobs by priority and readiness")
     return p
 
 

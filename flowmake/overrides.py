@@ -26,7 +26,6 @@ import ast
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -48,6 +47,12 @@ _NUMERIC = ("mem_mb", "disk_mb", "mem_mib", "disk_mib", "runtime", "_threads", "
             "tasks")
 
 
+def _tmpdir() -> str:
+    import tempfile  # only when a value names system_tmpdir: most runs never import it
+
+    return tempfile.gettempdir()
+
+
 class _Unknown(Exception):
     """The text names something flowmake cannot know: like Snakemake's NameError, it is a string."""
 
@@ -63,7 +68,7 @@ class Expr:
 
     def __call__(self, wildcards: Any, input: Any, threads: int = 1, attempt: int = 1) -> Any:
         env = {"input": _Input(input), "wildcards": wildcards, "threads": threads,
-               "attempt": attempt, "system_tmpdir": tempfile.gettempdir()}
+               "attempt": attempt, "system_tmpdir": _tmpdir()}
         try:
             value = _eval(self.tree.body, env)
         except FlowmakeError:
@@ -142,7 +147,7 @@ def parse_value(name: str, text: str, source: str, *, threads: bool = False) -> 
                               "min(max(2*input.size_mb, 1000), 8000)") from None
         return _normalized_value(name, text, source)
     if not _uses_names(tree):  # a constant (2*1024, system_tmpdir): computed once, here
-        return _normalized_value(name, _eval(tree.body, {"system_tmpdir": tempfile.gettempdir()}), source)
+        return _normalized_value(name, _eval(tree.body, {"system_tmpdir": _tmpdir()}), source)
     return (_ThreadsExpr if threads else Expr)(text, tree, name, source)
 
 

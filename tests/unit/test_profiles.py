@@ -136,7 +136,7 @@ def test_environment_variable_and_none(tmp_path: Path, monkeypatch: pytest.Monke
 def test_workflow_profile_beside_the_rule_file(tmp_path: Path) -> None:
     _write(tmp_path / "wf" / "Snakefile", "rule a:\n    output: 'a'\n")
     prof = _write(tmp_path / "wf" / "profiles" / "default" / "config.yaml", "jobs: 6\n")
-    assert find_workflow_profile(None, "wf/Snakefile") == prof
+    assert find_workflow_profile(None, "wf/Snakefile").resolve() == prof
     assert find_workflow_profile("none", "wf/Snakefile") is None
     assert _parse(["-s", "wf/Snakefile"])[0].jobs == 6
     assert _parse(["-s", "wf/Snakefile", "--workflow-profile", "none"])[0].jobs is None
@@ -181,5 +181,6 @@ def test_cli_aliases() -> None:
                          "--default-storage-prefix", "s3://b", "--show-failed-logs", "--local-cores", "1"])
     assert (args.wrapper_prefix, args.default_storage_provider, args.default_storage_prefix) == (
         "file:///w", "s3", "s3://b")
+    p.parse_args(["--max-status-checks-per-second", "1", "--scheduler", "greedy"])  # accepted habits
     assert p.parse_args(["--default-resources"]).default_resources == []
     assert p.parse_args([]).default_resources is None
