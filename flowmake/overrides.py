@@ -65,6 +65,9 @@ class Expr:
     tree: ast.Expression
     name: str  # the resource it sets ("_threads" for --set-threads)
     source: str  # where it was written, for errors
+    # Its value follows from the step's wildcards, inputs, threads and attempt, nothing else
+    # (system_tmpdir is computed when parsed): rules with it may keep a graph memo (Rule.override).
+    foreseeable = True
 
     def __call__(self, wildcards: Any, input: Any, threads: int = 1, attempt: int = 1) -> Any:
         env = {"input": _Input(input), "wildcards": wildcards, "threads": threads,

@@ -228,7 +228,10 @@ class Rule:
         if threads is not None:
             self._threads = threads
             self._threads_value = None if callable(threads) else as_int(self, "threads", threads)
-        self.has_functions = self.has_functions or callable(threads) or any(callable(v) for _, v in self._resources)
+        # A value that is a function of the step's wildcards and inputs alone (``foreseeable``, as
+        # overrides.Expr) is no obstacle to the graph memo: its fingerprint holds the value's text.
+        self.has_functions = self.has_functions or any(
+            callable(v) and not getattr(v, "foreseeable", False) for v in [threads, *(v for _, v in self._resources)])
 
     def _check_wildcards(self) -> None:
         sets = {frozenset(p.wildcards) for p in self.output_patterns}

@@ -152,3 +152,18 @@ def test_flags_flowmake_does_not_need_are_accepted(flow: Flow) -> None:
                   "--max-jobs-per-timespan", "10/1s", "--latency-wait", "1", "-e", "local")
     assert "    echo done > a.txt\n" in err  # --verbose prints the commands, like -p
     assert flow.read("a.txt") == "done\n"
+
+
+def test_resource_expressions_keep_the_graph_memo(flow: Flow) -> None:
+    from flowmake.graph_memo import MEMO_FILE
+
+    flow.write("""
+        rule a:
+            output: "a.txt"
+            shell: "echo {resources.mem_mb} {resources.runtime} > {output}"
+    """)
+    flow.ok("--default-resources", "--set-resources", "a:runtime=attempt*60")
+    assert flow.read("a.txt") == "1000 60\n"
+    assert (flow.root / ".flowmake" / MEMO_FILE).exists(), "Snakemake's default expressions are no functions"
+    assert flow.planned("--default-resources", "--set-resources", "a:runtime=attempt*60") == []
+    assert flow.planned("--default-resources", "--set-resources", "a:runtime=attempt*30") == ["a.txt"]
