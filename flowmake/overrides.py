@@ -157,7 +157,12 @@ def parse_value(name: str, text: str, source: str, *, threads: bool = False) -> 
 def _normalized_value(name: str, value: Any, source: str) -> Any:
     if isinstance(value, str):
         human = _human(name, value, source)
-        return value if human is None else human
+        if human is not None:
+            return human
+        if name in _NUMERIC:  # Snakemake refuses a string here; a number in one is surely meant
+            if value.strip().isdecimal():
+                return int(value)
+            raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
     return value
 
 
@@ -236,7 +241,7 @@ def _sized_name(name: str, value: Any) -> tuple[str, Any]:
         if name == base:
             return f"{base}_mb", value
         if name == f"{base}_mib" and isinstance(value, (int, float)):
-            return f"{base}_mb", max(1, round(value * 2**20 / 1e6))
+            return f"{base}_mb", max(1, math.floor(value * 2**20 / 1e6))  # floor, as Snakemake
     return name, value
 
 

@@ -73,6 +73,9 @@ def test_expressions_are_evaluated_per_job() -> None:
     assert [runtime(None, [], 1, a) for a in (1, 3)] == [60, 180]
     mem = parse_value("mem_mb", "attempt * 1000 if threads > 1 else 500", "here")
     assert mem(None, [], 4, 2) == 2000 and mem(None, [], 1, 2) == 500
+    assert parse_value("mem_mb", "f'{attempt*3}'", "here")(None, [], 1, 2) == 6  # Snakemake: an error
+    with pytest.raises(ConfigError, match="mem_mb must be a number, got 'x2'"):
+        parse_value("mem_mb", "f'x{attempt}'", "here")(None, [], 1, 2)
 
 
 def test_no_code_runs_from_a_profile() -> None:
@@ -154,3 +157,28 @@ def test_job_processes_get_the_same_overrides() -> None:
     again = from_args(ov.args)
     assert again.args == ov.args
     assert again.per_rule == {"a": {"y": 2}} and again.threads == {"a": 3} and again.defaults["x"] == 1
+
+
+AGREED = ["mem_mb=500", "mem_mb=2*1024", "mem=4GB", "mem=1GiB", "mem_mib=1024", "runtime=2h",
+          "runtime=90s", "runtime=45", "slurm_partition=debug", "slurm_account='1234'",
+          "slurm_extra='--qos=long --mail-type=ALL'", "slurm_extra=--nice=150", "gres=gpu:1",
+          "constraint=intel&avx2", "machine=n1-standard-4", "flag=True", "tmpdir=system_tmpdir",
+          "mem_mb=attempt*1000 if threads > 1 else 500", "mem_mb=min(max(2*input.size_mb, 1000), 8000)",
+          "disk_mb=max(2*input.size_mb, 1000) if input else 50000"]
+
+
+@pytest.mark.parametrize("item", AGREED)
+def test_values_agree_with_snakemake(item: str) -> None:
+    """Where Snakemake is installed (CI), its parser gives the same values (job: attempt 2, 4 threads)."""
+    try:
+        from snakemake.iocontainers import InputFiles
+        from snakemake.resources import Resources
+    except ImportError:
+        pytest.skip("Snakemake is not installed")
+    theirs = {}
+    for name, res in Resources.parse([item], allow_expressions=True).items():
+        theirs[name] = (res.evaluate(wildcards={}, input=InputFiles([]), attempt=2, threads=4, rulename="a",
+                                     async_run=None) if res.is_evaluable() else res).value
+    ours = {name: v(None, [], 4, 2) if isinstance(v, Expr) else v
+            for name, v in parse_overrides([item], [], []).defaults.items()}
+    assert {k: int(v) if k == "mem_mb" else v for k, v in ours.items()} == theirs
