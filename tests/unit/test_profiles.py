@@ -184,3 +184,32 @@ def test_cli_aliases() -> None:
     p.parse_args(["--max-status-checks-per-second", "1", "--scheduler", "greedy"])  # accepted habits
     assert p.parse_args(["--default-resources"]).default_resources == []
     assert p.parse_args([]).default_resources is None
+
+
+def test_reading_agrees_with_snakemakes_profile_parser(tmp_path: Path) -> None:
+    """Where Snakemake is installed (CI), its own parser reads the same profile to the same items."""
+    try:
+        from snakemake.profiles import ProfileConfigFileParser
+    except ImportError:
+        pytest.skip("Snakemake is not installed")
+    _write(tmp_path / "p" / "cluster.yaml", "x: 1\n")
+    path = _write(tmp_path / "p" / "config.yaml", """
+        executor: slurm
+        jobs: 100
+        printshellcmds: true
+        latency-wait: 60
+        default-resources: {slurm_account: lab, mem_mb: 500, slurm_qos: "1234", tmpdir: /scratch}
+        set-resources:
+          align: {runtime: 60, slurm_extra: "'--nice=10'", mem_mb: 2*1024}
+        set-threads: {align: 8}
+        config: {samples: sheet.tsv}
+        configfile: cluster.yaml
+        keep-going:
+        retries: [2]
+        rerun-triggers: [mtime, input]
+    """)
+    with open(path) as stream:
+        theirs = dict(ProfileConfigFileParser().parse(stream))
+    ours = {e.key: e.value for e in read_profile(path)}
+    assert {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in theirs.items()} == {
+        k: v if isinstance(v, list) else str(v) for k, v in ours.items()}
