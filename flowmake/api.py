@@ -452,6 +452,7 @@ def summary(opts: Options) -> int:
 def list_changes(opts: Options, kind: str) -> int:
     from flowmake.explain import print_changes
 
+    opts.rerun_triggers = list(ALL_TRIGGERS)  # as in Snakemake: every change is listed, whatever reruns
     session = open_session(opts, readonly=True)
     try:
         print_changes(session, kind)

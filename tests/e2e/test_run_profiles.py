@@ -123,7 +123,7 @@ def test_rerun_triggers_leave_out_params_and_code(flow: Flow) -> None:
     assert flow.planned("--rerun-triggers", "mtime", "input") == []
     assert flow.planned("--rerun-triggers", "params", "input") == ["a.txt"]
     assert flow.planned() == ["a.txt"]
-    rc, out, _ = flow.run("--list-params-changes")
+    rc, out, _ = flow.run("--list-params-changes", "--rerun-triggers", "mtime")
     assert (rc, out) == (0, "a.txt\n")
     rc, out, _ = flow.run("--lc")
     assert (rc, out) == (0, "a.txt\n")
