@@ -24,13 +24,13 @@ from flowmake import graph_memo
 from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
 from flowmake.planner import Decision, Facts, Plan, converge
 from flowmake.progress import Progress
-from flowmake.settings import available_cores, load_settings
+from flowmake.overrides import for_options
+from flowmake.settings import CLUSTER_BACKENDS, available_cores, backend_settings, load_settings
 from flowmake.store import Store
 from flowmake.targets import forced_steps, normalize_target, resolve_targets, selected_steps, target_spec
 
 DEFAULT_FILES = ("Flowfile", "Snakefile", "workflow/Snakefile", "workflow/Flowfile")
 ALL_TRIGGERS = ("mtime", "params", "input", "software-env", "code")
-CLUSTER_BACKENDS = ("slurm",)  # where Snakemake sizes jobs by default (see overrides)
 UNCAPPED = 1 << 20  # the cores a cluster job may ask for when -c sets no cap
 
 
@@ -90,6 +90,7 @@ class Session:
     graph_memo: GraphMemo | ExistsLog | None = None  # the graph memo used, or what resolution asked
     fingerprint: str | None = None  # the graph memo's, when the workflow can have one
     known_keys: KnownKeys = field(default_factory=dict)  # the keys the graph memo kept, by step
+    resource_args: dict[str, list[str]] = field(default_factory=dict)  # for job processes (overrides)
 
     def close(self) -> None:
         self.store.close()
@@ -155,7 +156,8 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
-    resource_overrides(opts).apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
+    resource_flags = for_options(opts, _backend_of(opts) in CLUSTER_BACKENDS)  # --set-resources & co.
+    resource_flags.apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -178,33 +180,13 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
                       Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
+    session.resource_args = resource_flags.args
     session.plan = _plan_session(session)
     return session
 
 
 def _backend_of(opts: Options) -> str:
     return opts.backend or load_settings(os.getcwd(), opts.profile).backend
-
-
-def resource_overrides(opts: Options) -> Any:
-    """--default-resources, --set-resources, --set-threads, parsed (``overrides.Overrides``)."""
-    from flowmake.overrides import default_list, parse_overrides
-
-    cluster = _backend_of(opts) in CLUSTER_BACKENDS
-    return parse_overrides(default_list(opts.default_resources, cluster), opts.set_resources,
-                           opts.set_threads, sources=opts.sources)
-
-
-def backend_settings(opts: Options, settings: Any, name: str) -> dict[str, Any]:
-    """A backend's flowmake.toml settings plus, for a cluster backend, what flags set for it."""
-    out = settings.for_backend(name)
-    if name not in CLUSTER_BACKENDS:  # elsewhere outputs are local and submitting costs nothing
-        return out
-    for key, value in (("latency_wait", opts.latency_wait), ("max_jobs_per_timespan", opts.max_jobs_per_timespan),
-                       ("verbose", opts.verbose or None)):
-        if value is not None:
-            out[key] = value
-    return out
 
 
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
@@ -282,7 +264,7 @@ def build(opts: Options) -> int:
     cores = opts.cores or (None if cluster else opts.jobs) or available_cores()
     job_cores = opts.cores or (UNCAPPED if cluster else cores)
     local = load_backend("local", settings.for_backend("local"), cores)
-    backend = local if backend_name == "local" else load_backend(backend_name, backend_settings(opts, settings, backend_name),
+    backend = local if backend_name == "local" else load_backend(backend_name, backend_settings(settings, backend_name, opts),
                                                                  cores)
     try:
         session = open_session(opts, readonly=False, image_digest=getattr(backend, "image_digest", None))
@@ -333,7 +315,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     opts = session.opts
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=job_cores, resource_args=resource_overrides(opts).args)
+                     configfiles=list(opts.configfiles), cores=job_cores, resource_args=session.resource_args)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     _stop_orphans(session, progress.note)
     sched = Scheduler(

@@ -337,6 +337,12 @@ def parse_overrides(defaults: list[str] | None, set_resources: Iterable[str],
     return ov
 
 
+def for_options(opts: Any, cluster: bool) -> Overrides:
+    """The flags in ``api.Options`` (``cluster``: the backend is one, e.g. slurm)."""
+    return parse_overrides(default_list(opts.default_resources, cluster), opts.set_resources,
+                           opts.set_threads, sources=opts.sources)
+
+
 def from_args(args: Mapping[str, list[str]]) -> Overrides:
     """What a job process gets (``Overrides.args``) back into ``Overrides``."""
     return parse_overrides(args.get("default"), args.get("set", []), args.get("threads", []))

@@ -20,6 +20,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+CLUSTER_BACKENDS = ("slurm",)  # -j counts jobs there; Snakemake's default resources apply (overrides)
+
+
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity, as a cgroup or taskset limits it)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -62,3 +65,15 @@ def _read(path: str) -> Settings:
     if not isinstance(backend, str) or not isinstance(backends, dict):
         raise ConfigError("'backend' must be a string and [backends.NAME] tables", location=Location(path))
     return Settings(backend=backend, backends={k: dict(v) for k, v in backends.items()}, source=path)
+
+
+def backend_settings(settings: Settings, name: str, opts: Any) -> dict[str, Any]:
+    """A backend's settings plus, for a cluster backend, what flags set for it (``api.Options``)."""
+    out = settings.for_backend(name)
+    if name not in CLUSTER_BACKENDS:  # elsewhere outputs are local and submitting costs nothing
+        return out
+    for key, value in (("latency_wait", opts.latency_wait), ("max_jobs_per_timespan", opts.max_jobs_per_timespan),
+                       ("verbose", opts.verbose or None)):
+        if value is not None:
+            out[key] = value
+    return out
