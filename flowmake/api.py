@@ -24,7 +24,6 @@ from flowmake import graph_memo
 from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
 from flowmake.planner import Decision, Facts, Plan, converge
 from flowmake.progress import Progress
-from flowmake.overrides import for_options
 from flowmake.settings import CLUSTER_BACKENDS, available_cores, backend_settings, load_settings
 from flowmake.store import Store
 from flowmake.targets import forced_steps, normalize_target, resolve_targets, selected_steps, target_spec
@@ -156,8 +155,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     flowfile = find_flowfile(opts.flowfile)
     overrides = _parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles)
-    resource_flags = for_options(opts, _backend_of(opts) in CLUSTER_BACKENDS)  # --set-resources & co.
-    resource_flags.apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
+    resource_args = _apply_resource_flags(opts, workflow)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -180,13 +178,26 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
         steps = graph.walk()
     session = Session(opts, workdir, flowfile, workflow, store, digester, graph, steps,
                       Plan([], {}, None), overrides, image_digest, used, fp, known)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
-    session.resource_args = resource_flags.args
+    session.resource_args = resource_args
     session.plan = _plan_session(session)
     return session
 
 
 def _backend_of(opts: Options) -> str:
     return opts.backend or load_settings(os.getcwd(), opts.profile).backend
+
+
+def _apply_resource_flags(opts: Options, workflow: Any) -> dict[str, list[str]]:
+    """--default-resources, --set-resources, --set-threads (see ``overrides``); their text is
+    returned for the job processes, which apply them again."""
+    cluster = _backend_of(opts) in CLUSTER_BACKENDS
+    if opts.default_resources is None and not opts.set_resources and not opts.set_threads and not cluster:
+        return {}
+    from flowmake.overrides import for_options
+
+    flags = for_options(opts, cluster)
+    flags.apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
+    return flags.args
 
 
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:

@@ -185,12 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
     """The parsed command line, completed by the profiles, as ``api.Options``."""
     from flowmake import api
-    from flowmake.profiles import apply_profiles
 
-    profiles = apply_profiles(args, argv, _parser)
-    if profiles.used and not args.quiet:
-        print(f"flowmake: using profile{'s' if len(profiles.used) > 1 else ''} "
-              + " and ".join(profiles.used) + " for default flags", file=sys.stderr)
+    toml: str | None = None
+    sources: dict[str, str] = {}
+    if _may_have_profiles(args):
+        from flowmake.profiles import apply_profiles
+
+        profiles = apply_profiles(args, argv, _parser)
+        toml, sources = profiles.toml, profiles.sources
+        if profiles.used and not args.quiet:
+            print(f"flowmake: using profile{'s' if len(profiles.used) > 1 else ''} "
+                  + " and ".join(profiles.used) + " for default flags", file=sys.stderr)
     resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
     return api.Options(
         targets=list(args.targets), flowfile=args.flowfile, directory=args.directory,
@@ -199,14 +204,25 @@ def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
         config=_pairs(args.config, "--config"), configfiles=list(args.configfile),
         forceall=args.forceall, force=args.force, forcerun=list(args.forcerun),
         until=list(args.until), omit_from=list(args.omit_from), notemp=args.notemp,
-        retries=args.retries, resources=resources, backend=args.backend, profile=profiles.toml,
+        retries=args.retries, resources=resources, backend=args.backend, profile=toml,
         default_resources=args.default_resources, set_resources=list(args.set_resources),
         set_threads=list(args.set_threads), rerun_triggers=list(args.rerun_triggers),
         latency_wait=args.latency_wait, max_jobs_per_timespan=args.max_jobs_per_timespan,
         verbose=args.verbose, wrapper_prefix=args.wrapper_prefix,
         default_storage_provider=args.default_storage_provider,
-        default_storage_prefix=args.default_storage_prefix, sources=profiles.sources,
+        default_storage_prefix=args.default_storage_prefix, sources=sources,
     )
+
+
+def _may_have_profiles(args: argparse.Namespace) -> bool:
+    """Whether profiles.apply_profiles has anything to look at (most runs: no, so it is not imported)."""
+    if args.profile or args.workflow_profile or os.environ.get("SNAKEMAKE_PROFILE"):
+        return True
+    base = args.directory or "."
+    dirs = [".", base, os.path.join(base, "workflow")]
+    if args.flowfile:
+        dirs.append(os.path.dirname(args.flowfile))
+    return any(os.path.isdir(os.path.join(d or ".", "profiles")) for d in dirs)
 
 
 def _quiet_stdout() -> None:

@@ -18,7 +18,6 @@ from flowmake.backend import JobSpec, Resources
 from flowmake.graph import Step
 from flowmake.journal import hostname
 from flowmake.namedlist import Flag
-from flowmake.overrides import runtime_minutes, size_mb
 from flowmake.rules import RuleKind
 
 
@@ -89,16 +88,19 @@ def job_resources(step: Step, cores: int, mem_scale: float = 1.0) -> Resources:
     inst = step.instance
     res = dict(inst.resources.items()) if inst is not None and hasattr(inst.resources, "items") else {}
     mem = res.pop("mem_mb", None)
-    if mem is None and isinstance(res.get("mem"), str):  # mem="4GB", as Snakemake allows
-        mem = size_mb(res["mem"])
+    runtime = res.pop("runtime", None)
+    if (mem is None and isinstance(res.get("mem"), str)) or isinstance(runtime, str):
+        from flowmake.overrides import runtime_minutes, size_mb  # mem="4GB", runtime="2h"
+
+        mem = size_mb(res["mem"]) if mem is None and isinstance(res.get("mem"), str) else mem
+        runtime = runtime_minutes(runtime)
     if isinstance(mem, (int, float)):
         mem = int(mem * mem_scale)
-    runtime = res.pop("runtime", None)
     threads = min(int(inst.threads) if inst is not None else 1, max(1, cores))
     return Resources(
         threads=threads,
         mem_mb=mem if isinstance(mem, int) else None,
-        runtime_min=runtime_minutes(runtime) if runtime is not None else None,  # 90, "90m", "2h"
+        runtime_min=int(runtime) if isinstance(runtime, (int, float)) else None,
         extra=tuple(sorted((k, v) for k, v in res.items() if not k.startswith("_"))),
     )
 
