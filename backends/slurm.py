@@ -1,10 +1,12 @@
 """The slurm backend: each job is one ``sbatch`` of a script rendered from ``slurm_job.sh.j2``.
 
 SLURM shares the filesystem with the submitting machine, so jobs run in ``spec.workdir`` and their
-outputs land in place. Resources become sbatch flags: ``--cpus-per-task`` from threads, ``--mem``
-from ``mem_mb``, ``--time`` from ``runtime_min``; partition, account and qos come from the rule's
-resources (``slurm_partition``, ``slurm_account``, ``slurm_qos``) or the settings, and extra flags
-from ``sbatch_args`` (settings, a list) and ``slurm_extra`` (rule resource, a string).
+outputs land in place. Resources become sbatch flags under the names Snakemake's SLURM executor
+plugin uses (``_resource_flags``): ``--cpus-per-task`` from ``cpus_per_task`` or threads, ``--mem``
+from ``mem_mb``, ``--time`` from ``runtime``, ``slurm_partition``, ``slurm_account``, ``nodes``,
+``tasks``, ``constraint``, ``gres``, ``gpu``...; partition, account and qos fall back to the
+settings, and extra flags come from ``sbatch_args`` (settings, a list) and ``slurm_extra`` (rule
+resource, a string).
 
 Polling costs the controller one ``squeue --json --states=all --me`` per poll interval for all our
 jobs together (finished jobs stay listed for the cluster's MinJobAge). Jobs that have left even
@@ -14,17 +16,22 @@ these calls.
 
 Settings (``[backends.slurm]``): ``partition``, ``account``, ``qos``, ``sbatch_args``,
 ``poll_interval`` (s, default 2), ``max_jobs`` (capacity, default 500), ``slurm_conf`` (exported as
-SLURM_CONF to every slurm command), ``bin_dir`` (where sbatch & co. live, default: PATH).
+SLURM_CONF to every slurm command), ``bin_dir`` (where sbatch & co. live, default: PATH). Flags set
+``latency_wait`` (--latency-wait: seconds a succeeded job's outputs may take to appear here, default
+5), ``max_jobs_per_timespan`` (--max-jobs-per-timespan: ``N/TIME`` submissions) and ``verbose``
+(print each job's sbatch flags).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -69,6 +76,10 @@ class SlurmBackend:
         self.settings: dict[str, Any] = dict(settings)
         self.cores = cores
         self.interval = float(self.settings.get("poll_interval", 2.0))
+        self.latency_wait = float(self.settings.get("latency_wait", 5))
+        self._rate = _timespan_rate(self.settings.get("max_jobs_per_timespan"))
+        self._submitted: collections.deque[float] = collections.deque()
+        self._settling: list[tuple[float, JobEvent]] = []  # succeeded, outputs not visible yet
         self.queries = 0  # squeue/sacct calls made: the load we put on the controller
         self._jobs: dict[str, SlurmHandle] = {}
         self._last_query = -math.inf
@@ -91,12 +102,16 @@ class SlurmBackend:
         script = self.render(spec)
         log = os.path.join(spec.workdir, spec.log or f".flowmake/log/{spec.step_id}.log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
+        self._throttle()
         proc = self._cmd(["sbatch", "--parsable"], input=script)
         if proc.returncode != 0:
             raise BackendError(f"sbatch refused the job of rule {spec.rule!r}",
                                rule=spec.rule, details=[proc.stderr.strip()],
                                hint="check partition/account/qos and the rule's resources")
         job_id = proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
+        if self.settings.get("verbose"):
+            flags = " ".join(line[len("#SBATCH "):] for line in script.splitlines() if line.startswith("#SBATCH "))
+            print(f"flowmake: sbatch {job_id} ({spec.step_id}): {flags}", file=sys.stderr)
         handle = SlurmHandle(spec, job_id)
         self._jobs[job_id] = handle
         return handle
@@ -110,13 +125,50 @@ class SlurmBackend:
             if not first and now >= deadline:
                 return []
             first = False
+            settled = self._settled(now)
+            if settled:
+                return settled
             if self._jobs and now >= self._last_query + self.interval:
-                events = self._query()
+                events = self._settle(self._query())
                 if events:
                     return events
             now = time.monotonic()
             next_query = self._last_query + self.interval if self._jobs else deadline
+            if self._settling:
+                next_query = min(next_query, now + 0.1)
             time.sleep(max(0.0, min(next_query, deadline) - now))
+
+    def _throttle(self) -> None:
+        """--max-jobs-per-timespan: at most N submissions in any window of T seconds."""
+        if self._rate is None:
+            return
+        n, window = self._rate
+        now = time.monotonic()
+        while self._submitted and self._submitted[0] <= now - window:
+            self._submitted.popleft()
+        if len(self._submitted) >= n:
+            time.sleep(max(0.0, self._submitted[0] + window - now))
+            self._submitted.popleft()
+        self._submitted.append(time.monotonic())
+
+    def _settle(self, events: list[JobEvent]) -> list[JobEvent]:
+        """--latency-wait: a job that succeeded is reported once its outputs are visible here (a
+        shared filesystem may show them later), or after the wait, when the scheduler names the
+        missing ones. Other events go through at once."""
+        out = []
+        for ev in events:
+            if ev.state is JobState.SUCCEEDED and self.latency_wait > 0 and not _outputs_visible(ev.handle.spec):
+                self._settling.append((time.monotonic() + self.latency_wait, ev))
+            else:
+                out.append(ev)
+        return out
+
+    def _settled(self, now: float) -> list[JobEvent]:
+        if not self._settling:
+            return []
+        ready = [ev for until, ev in self._settling if now >= until or _outputs_visible(ev.handle.spec)]
+        self._settling = [(u, ev) for u, ev in self._settling if ev not in ready]
+        return ready
 
     def cancel(self, handle: JobHandle) -> None:
         if not isinstance(handle, SlurmHandle):
@@ -143,16 +195,11 @@ class SlurmBackend:
                 raise BackendError(f"path not usable in a SLURM job script: {value!r}",
                                    rule=spec.rule)
         extra = [str(a) for a in self.settings.get("sbatch_args", ())]
-        extra += shlex.split(str(res.get("slurm_extra", "") or ""))
+        extra += _extra_lines(str(res.get("slurm_extra", "") or ""))
         return _TEMPLATE.get_template("slurm_job.sh.j2").render(
             step_id=spec.step_id, rule=spec.rule, attempt=spec.attempt,
             name=re.sub(r"[^A-Za-z0-9_.-]", "_", spec.rule)[:64] or "flowmake",
-            workdir=spec.workdir, log=log, threads=max(1, int(res.threads)),
-            mem_mb=int(math.ceil(res.mem_mb)) if res.mem_mb else None,
-            time_min=int(math.ceil(res.runtime_min)) if res.runtime_min else None,
-            partition=_flag(res.get("slurm_partition") or self.settings.get("partition")),
-            account=_flag(res.get("slurm_account") or self.settings.get("account")),
-            qos=_flag(res.get("slurm_qos") or self.settings.get("qos")),
+            workdir=spec.workdir, log=log, flags=_resource_flags(spec, self.settings),
             extra=extra, env=spec.env, command=spec.command,
         )
 
@@ -275,10 +322,110 @@ def _int(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _flag(value: Any) -> str | None:
+def _flag(value: Any, what: str = "partition/account/qos name", pattern: str = r"[A-Za-z0-9_.,:@+-]+") -> str | None:
     if value is None or value == "":
         return None
     text = str(value)
-    if not re.fullmatch(r"[A-Za-z0-9_.,:@+-]+", text):
-        raise BackendError(f"unusable SLURM partition/account/qos name {text!r}")
+    if not re.fullmatch(pattern, text):
+        raise BackendError(f"unusable SLURM {what} {text!r}")
     return text
+
+
+def _count(res: Any, name: str) -> int | None:
+    value = res.get(name)
+    if value is None or value == "" or value is False:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BackendError(f"resource {name} must be a whole number, got {value!r}") from None
+    if number < 0:
+        raise BackendError(f"resource {name} must not be negative, got {number}")
+    return number
+
+
+_GRES = r"[A-Za-z0-9_]+(:[A-Za-z0-9_.]+)?:\d+"
+_CONSTRAINT = r"[A-Za-z0-9_.,:@+&|\[\]*!-]+"
+
+
+def _resource_flags(spec: JobSpec, settings: dict[str, Any]) -> list[str]:
+    """The rule's resources as sbatch flags, named as Snakemake's SLURM executor plugin names them:
+    ``slurm_partition``, ``slurm_account``, ``slurm_qos``/``qos``, ``runtime`` (minutes),
+    ``mem_mb`` (or ``mem_mb_per_cpu``), ``cpus_per_task`` (else threads; ``cpus_per_gpu`` for GPU
+    jobs), ``nodes``, ``tasks`` (``tasks_per_gpu``), ``constraint``, ``gres``, ``gpu`` with
+    ``gpu_model``, ``clusters``; ``slurm_extra`` is added verbatim (see ``render``)."""
+    res = spec.resources
+    flags = []
+    gres, gpus = res.get("gres"), _count(res, "gpu")
+    if gres and gpus:
+        raise BackendError("resources gres and gpu are both set: set only one", rule=spec.rule)
+    if gres:
+        flags.append(f"--gres={_flag(gres, 'gres (expected NAME:N or NAME:TYPE:N)', _GRES)}")
+    model = _flag(res.get("gpu_model"), "gpu_model", r"[A-Za-z0-9_.]+")
+    if model and not gpus:
+        raise BackendError("resource gpu_model is set, but gpu (how many) is not", rule=spec.rule)
+    if gpus:
+        flags.append(f"--gpus={model + ':' if model else ''}{gpus}")
+    gpu_job = bool(gpus) or "gpu" in str(gres or "")
+    per_task = _count(res, "cpus_per_gpu" if gpu_job else "cpus_per_task")
+    if gpu_job and per_task:
+        flags.append(f"--cpus-per-gpu={per_task}")
+    elif not gpu_job:
+        flags.append(f"--cpus-per-task={per_task or max(1, int(res.threads))}")
+    tasks = _count(res, "tasks")
+    if gpu_job:
+        per_gpu = _count(res, "tasks_per_gpu")
+        per_gpu = per_gpu if per_gpu is not None else tasks or 1
+        if per_gpu >= 1:
+            flags.append(f"--ntasks-per-gpu={per_gpu}")
+    else:
+        flags.append(f"--ntasks={tasks or 1}")
+    flags.append(f"--nodes={_count(res, 'nodes') or 1}")
+    per_cpu = _count(res, "mem_mb_per_cpu")
+    if per_cpu:
+        flags.append(f"--mem-per-cpu={per_cpu}M")
+    elif res.mem_mb:
+        flags.append(f"--mem={int(math.ceil(res.mem_mb))}M")
+    if res.runtime_min:
+        flags.append(f"--time={int(math.ceil(res.runtime_min))}")
+    for flag, value in (("partition", res.get("slurm_partition") or settings.get("partition")),
+                        ("account", res.get("slurm_account") or settings.get("account")),
+                        ("qos", res.get("slurm_qos") or res.get("qos") or settings.get("qos"))):
+        text = _flag(value)
+        if text:
+            flags.append(f"--{flag}={text}")
+    constraint = _flag(res.get("constraint"), "constraint", _CONSTRAINT)
+    if constraint:
+        flags.append(f"--constraint={constraint}")
+    clusters = _flag(res.get("clusters") or res.get("cluster") or res.get("slurm_cluster"), "cluster name")
+    if clusters:
+        flags.append(f"--clusters={clusters}")
+    return flags
+
+
+def _extra_lines(text: str) -> list[str]:
+    """``slurm_extra`` as #SBATCH lines: each flag with the words that follow it (``--mail-user x``)."""
+    lines: list[str] = []
+    for word in shlex.split(text):
+        if "\n" in word:
+            raise BackendError(f"slurm_extra holds a newline: {text!r}")
+        if word.startswith("-") or not lines:
+            lines.append(word)
+        else:
+            lines[-1] += " " + shlex.quote(word)
+    return lines
+
+
+def _outputs_visible(spec: JobSpec) -> bool:
+    return all(os.path.exists(os.path.join(spec.workdir, o)) for o in spec.outputs)
+
+
+def _timespan_rate(text: Any) -> tuple[int, float] | None:
+    """``100/1s`` → (100, 1.0): Snakemake's --max-jobs-per-timespan (units ms, s, m, h)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d+)?\s*(ms|s|m|h)?\s*", str(text))
+    if m is None or int(m.group(1)) < 1:
+        raise BackendError(f"--max-jobs-per-timespan expects N/TIME such as 100/1s, got {text!r}")
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(3) or "s"]
+    return int(m.group(1)), float(m.group(2) or 1) * scale

@@ -24,11 +24,13 @@ from flowmake import envs, graph_memo, wrappers
 from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
 from flowmake.planner import Decision, Facts, Plan, converge
 from flowmake.progress import Progress
-from flowmake.settings import available_cores, load_settings
+from flowmake.settings import CLUSTER_BACKENDS, available_cores, backend_settings, load_settings
 from flowmake.store import Store
 from flowmake.targets import forced_steps, normalize_target, resolve_targets, selected_steps, target_spec
 
 DEFAULT_FILES = ("Flowfile", "Snakefile", "workflow/Snakefile", "workflow/Flowfile")
+ALL_TRIGGERS = ("mtime", "params", "input", "software-env", "code")
+UNCAPPED = 1 << 20  # the cores a cluster job may ask for when -c sets no cap
 
 
 @dataclass
@@ -55,16 +57,23 @@ class Options:
     resources: dict[str, int] = field(default_factory=dict)
     set_scatter: dict[str, int] = field(default_factory=dict)  # --set-scatter: over scattergather:
     backend: str | None = None
-    profile: str | None = None
+    profile: str | None = None  # flowmake.toml-style settings file (Snakemake profiles: cli/profiles.py)
+    default_resources: list[str] | None = None  # None: not given (see overrides.default_list)
+    set_resources: list[str] = field(default_factory=list)
+    set_threads: list[str] = field(default_factory=list)
+    rerun_triggers: list[str] = field(default_factory=lambda: list(ALL_TRIGGERS))
+    latency_wait: int | None = None  # cluster backends: seconds to wait for outputs to appear
+    max_jobs_per_timespan: str | None = None  # cluster backends: "N/TIME" submissions
+    verbose: bool = False
+    wrapper_prefix: str | None = None
+    default_storage_provider: str | None = None
+    default_storage_prefix: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # option → the profile that set it
     # Software deployment (envs.Deployment): --use-conda/--sdm conda, --use-envmodules, --wrapper-prefix.
     use_conda: bool = False
     use_envmodules: bool = False
-    wrapper_prefix: str | None = None
     conda_prefix: str | None = None
     conda_create_envs_only: bool = False
-    # Snakemake's storage flags: every relative input and output is then an object under the prefix.
-    default_storage_provider: str | None = None
-    default_storage_prefix: str | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -87,6 +96,7 @@ class Session:
     fingerprint: str | None = None  # the graph memo's, when the workflow can have one
     known_keys: KnownKeys = field(default_factory=dict)  # the keys the graph memo kept, by step
     storage: Any = None  # storage.Storage, when the rule file or the flags use storage
+    resource_args: dict[str, list[str]] = field(default_factory=dict)  # for job processes (overrides)
 
     def close(self) -> None:
         if self.storage is not None:
@@ -160,6 +170,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
                              deployment=deployment(opts), default_storage=_default_storage(opts),
                              scatter=opts.set_scatter)
+    resource_args = _apply_resource_flags(opts, workflow)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
         os.chdir(workdir)
@@ -191,6 +202,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
                       Plan([], {}, None), overrides, image_digest, used, fp, known, storage)  # type: ignore[arg-type]  # placeholder: _plan_session makes the real plan next
     if storage is not None:
         storage.prefetch([o for s in steps for o in s.outputs])
+    session.resource_args = resource_args
     session.plan = _plan_session(session)
     return session
 
@@ -229,6 +241,23 @@ def _storage(workflow: Any, opts: Options, store: Store, digester: Digester, rea
     return Storage(workflow.storage.configured(toml), S3Objects(store.path), digester, readonly=readonly)
 
 
+def _backend_of(opts: Options) -> str:
+    return opts.backend or load_settings(os.getcwd(), opts.profile).backend
+
+
+def _apply_resource_flags(opts: Options, workflow: Any) -> dict[str, list[str]]:
+    """--default-resources, --set-resources, --set-threads (see ``overrides``); their text is
+    returned for the job processes, which apply them again."""
+    cluster = _backend_of(opts) in CLUSTER_BACKENDS
+    if opts.default_resources is None and not opts.set_resources and not opts.set_threads and not cluster:
+        return {}
+    from flowmake.overrides import for_options
+
+    flags = for_options(opts, cluster)
+    flags.apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
+    return flags.args
+
+
 def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
     store, dig = session.store, session.digester
     incomplete = store.incomplete_outputs()
@@ -251,6 +280,7 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         image_digest=_memoised(session.image_digest) if session.image_digest else (lambda ref: ref),
         known_key=session.known_keys.get,
         in_flight=in_flight.__contains__,
+        ignored=frozenset(ALL_TRIGGERS) - set(session.opts.rerun_triggers),
     )
 
 
@@ -297,15 +327,20 @@ def build(opts: Options) -> int:
         finally:
             session.close()
     enter_directory(opts)
-    cores = opts.cores or available_cores()
     settings = load_settings(os.getcwd(), opts.profile)
     backend_name = opts.backend or settings.backend
+    # -j is the cores of a local run but only the number of jobs on a cluster, whose jobs get
+    # the threads they ask for unless -c caps them (as in Snakemake).
+    cluster = backend_name in CLUSTER_BACKENDS
+    cores = opts.cores or (None if cluster else opts.jobs) or available_cores()
+    job_cores = opts.cores or (UNCAPPED if cluster else cores)
     local = load_backend("local", settings.for_backend("local"), cores)
-    backend = local if backend_name == "local" else load_backend(backend_name, settings.for_backend(backend_name), cores)
+    backend = local if backend_name == "local" else load_backend(backend_name, backend_settings(settings, backend_name, opts),
+                                                                 cores)
     try:
         session = open_session(opts, readonly=False, image_digest=getattr(backend, "image_digest", None))
         try:
-            return _run(session, _selected_steps(session), backend, local, cores)
+            return _run(session, _selected_steps(session), backend, local, cores, job_cores)
         finally:
             session.close()
     finally:
@@ -345,14 +380,15 @@ def _image_resolver(opts: Options) -> Callable[[str], str] | None:
     return backend.image_digest
 
 
-def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int) -> int:
+def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int, job_cores: int) -> int:
     from flowmake.scheduler import Scheduler, SchedulerOptions
 
     opts = session.opts
     _refuse_protected(session, steps)
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
-                     configfiles=list(opts.configfiles), cores=cores, deployment=session.workflow.deployment,
-                     default_storage=_default_storage(opts), scatter=dict(opts.set_scatter))
+                     configfiles=list(opts.configfiles), cores=job_cores, deployment=session.workflow.deployment,
+                     default_storage=_default_storage(opts), scatter=dict(opts.set_scatter),
+                     resource_args=session.resource_args)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     envs.prepare(_rules_to_run(session, steps), ctx.deployment, session.workdir, progress.note)
     if opts.conda_create_envs_only:
@@ -486,6 +522,7 @@ def summary(opts: Options) -> int:
 def list_changes(opts: Options, kind: str) -> int:
     from flowmake.explain import print_changes
 
+    opts.rerun_triggers = list(ALL_TRIGGERS)  # as in Snakemake: every change is listed, whatever reruns
     session = open_session(opts, readonly=True)
     try:
         print_changes(session, kind)

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     import argparse
     from typing import Sequence
 
+    from flowmake import api
+
 INTERRUPTED = "flowmake: interrupted"
+TRIGGERS = ("mtime", "params", "input", "software-env", "code")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with -n: the plan as JSON")
     p.add_argument("-p", "--printshellcmds", action="store_true", help="print the commands that run")
     p.add_argument("-c", "--cores", type=_count, metavar="N", help="cores to use (default: all)")
-    p.add_argument("-j", "--jobs", type=_count, metavar="N", help="jobs at once (cores on the local backend)")
+    p.add_argument("-j", "--jobs", type=_jobs, metavar="N", help="jobs at once (cores on the local backend); "
+                   "unlimited: the backend's own limit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the summary of failures")
     p.add_argument("-k", "--keep-going", action="store_true", help="go on with independent steps after a failure")
     p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE", help="override config values")
@@ -58,12 +62,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", "-D", action="store_true", help="one line per output: rule, date, state")
     p.add_argument("--touch", "-t", action="store_true", help="record current outputs as up to date without running")
     p.add_argument("--list-changes", choices=["input", "code", "params"], help="outputs whose input/code/params changed")
+    for kind, short in (("input", "li"), ("code", "lc"), ("params", "lp")):
+        p.add_argument(f"--list-{kind}-changes", f"--{short}", dest="list_changes", action="store_const",
+                       const=kind, help=f"= --list-changes {kind}")
     p.add_argument("--notemp", "--no-temp", action="store_true", help="keep temp() outputs")
     p.add_argument("--retries", "--restart-times", type=int, default=0, metavar="N", help="retries for failed jobs")
     p.add_argument("--resources", "--res", nargs="+", default=[], metavar="NAME=N", help="global limits, e.g. mem_mb=8000")
     p.add_argument("--set-scatter", nargs="+", default=[], metavar="NAME=N", help="scatter counts over the scattergather: ones")
-    p.add_argument("--backend", metavar="NAME", help="where jobs run: local, docker, ssh, slurm (default: local)")
-    p.add_argument("--profile", metavar="FILE", help="settings file instead of flowmake.toml")
+    p.add_argument("--backend", "-e", "--executor", metavar="NAME",
+                   help="where jobs run: local, docker, ssh, slurm (default: local)")
+    p.add_argument("--profile", action="append", metavar="DIR|FILE",
+                   help="a Snakemake profile (directory, its config.yaml, or a name) or a flowmake .toml "
+                        "settings file; repeatable; default $SNAKEMAKE_PROFILE")
+    p.add_argument("--workflow-profile", metavar="DIR|none", help="default: profiles/default beside the rule file")
+    p.add_argument("--default-resources", "--default-res", nargs="*", metavar="NAME=VALUE",
+                   help="resources of rules that do not set them (starts from Snakemake's mem_mb/disk_mb/tmpdir)")
+    p.add_argument("--set-resources", nargs="+", default=[], metavar="RULE:NAME=VALUE", help="override a rule's resources")
+    p.add_argument("--set-threads", nargs="+", default=[], metavar="RULE=N", help="override a rule's threads")
+    p.add_argument("--rerun-triggers", nargs="+", choices=TRIGGERS, default=list(TRIGGERS),
+                   help="which changes rerun a step (default: all; input changes always do)")
+    p.add_argument("--latency-wait", "--output-wait", "-w", type=int, metavar="SECONDS",
+                   help="cluster jobs: wait this long for outputs to appear on a shared filesystem (default 5)")
+    p.add_argument("--max-jobs-per-timespan", metavar="N/TIME",
+                   help="cluster jobs: submit at most N per TIME, e.g. 100/1s (Snakemake's default)")
+    p.add_argument("--verbose", action="store_true", help="print commands, profiles used and each sbatch script")
     p.add_argument("--default-storage-provider", metavar="NAME",
                    help="keep every input and output not marked local() in this storage (s3)")
     p.add_argument("--default-storage-prefix", metavar="URL", help="where in it, e.g. s3://bucket/prefix")
@@ -83,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="steps a killed run left unfinished always rerun")
     habits.add_argument("--unlock", action="store_true", help="there is no lock to remove: dead runs' locks free themselves")
     habits.add_argument("--nolock", action="store_true", help="per-output locks are cheap and always on")
+    habits.add_argument("--show-failed-logs", action="store_true", help="a failed job's log tail is always shown")
+    habits.add_argument("--local-cores", type=int, metavar="N", help="localrules run within -c cores")
+    habits.add_argument("--max-status-checks-per-second", type=float, metavar="N",
+                        help="one squeue per poll interval covers all jobs")
+    habits.add_argument("--scheduler", metavar="ilp|greedy", help="flowmake orders jobs by priority and readiness")
     return p
 
 
@@ -100,6 +127,10 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _jobs(text: str) -> int | None:
+    return None if text == "unlimited" else _count(text)
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -120,28 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowmake import api
     from flowmake.errors import FlowmakeError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     if args.unlock:
         print("nothing to unlock: locks of runs that died are released by themselves", file=sys.stderr)
         return 0
     try:
-        resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
-        scatter = {k: _int(v, "--set-scatter") for k, v in _pairs(args.set_scatter, "--set-scatter").items()}
-        opts = api.Options(
-            targets=list(args.targets), flowfile=args.flowfile, directory=args.directory,
-            dry_run=args.dry_run, json=args.json, printshellcmds=args.printshellcmds,
-            cores=args.cores or args.jobs, jobs=args.jobs, quiet=args.quiet, keep_going=args.keep_going,
-            config=_pairs(args.config, "--config"), configfiles=list(args.configfile),
-            forceall=args.forceall, force=args.force, forcerun=list(args.forcerun),
-            until=list(args.until), omit_from=list(args.omit_from), notemp=args.notemp,
-            retries=args.retries, resources=resources, backend=args.backend, profile=args.profile,
-            use_conda=args.use_conda or "conda" in args.sdm, wrapper_prefix=args.wrapper_prefix,
-            use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
-            conda_prefix=args.conda_prefix, conda_create_envs_only=args.conda_create_envs_only,
-            set_scatter=scatter,
-        )
-        opts.default_storage_provider = args.default_storage_provider
-        opts.default_storage_prefix = args.default_storage_prefix
+        opts = _options(args, argv)
         if args.list:
             return api.list_rules(opts)
         if args.dag:
@@ -174,6 +190,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print("flowmake: internal error (this is a bug; please report it with the traceback above)", file=sys.stderr)
         return 3
+
+
+def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
+    """The parsed command line, completed by the profiles, as ``api.Options``."""
+    from flowmake import api
+
+    toml: str | None = None
+    sources: dict[str, str] = {}
+    if _may_have_profiles(args):
+        from flowmake.profiles import apply_profiles
+
+        profiles = apply_profiles(args, argv, _parser)
+        toml, sources = profiles.toml, profiles.sources
+        if profiles.used and not args.quiet:
+            print(f"flowmake: using profile{'s' if len(profiles.used) > 1 else ''} "
+                  + " and ".join(profiles.used) + " for default flags", file=sys.stderr)
+    resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
+    return api.Options(
+        targets=list(args.targets), flowfile=args.flowfile, directory=args.directory,
+        dry_run=args.dry_run, json=args.json, printshellcmds=args.printshellcmds or args.verbose,
+        cores=args.cores, jobs=args.jobs, quiet=args.quiet, keep_going=args.keep_going,
+        config=_pairs(args.config, "--config"), configfiles=list(args.configfile),
+        forceall=args.forceall, force=args.force, forcerun=list(args.forcerun),
+        until=list(args.until), omit_from=list(args.omit_from), notemp=args.notemp,
+        retries=args.retries, resources=resources, backend=args.backend, profile=toml,
+        default_resources=args.default_resources, set_resources=list(args.set_resources),
+        set_threads=list(args.set_threads), rerun_triggers=list(args.rerun_triggers),
+        latency_wait=args.latency_wait, max_jobs_per_timespan=args.max_jobs_per_timespan,
+        verbose=args.verbose, wrapper_prefix=args.wrapper_prefix,
+        default_storage_provider=args.default_storage_provider,
+        default_storage_prefix=args.default_storage_prefix, sources=sources,
+        use_conda=args.use_conda or "conda" in args.sdm,
+        use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
+        conda_prefix=args.conda_prefix, conda_create_envs_only=args.conda_create_envs_only,
+        set_scatter={k: _int(v, "--set-scatter") for k, v in _pairs(args.set_scatter, "--set-scatter").items()},
+    )
+
+
+def _may_have_profiles(args: argparse.Namespace) -> bool:
+    """Whether profiles.apply_profiles has anything to look at (most runs: no, so it is not imported)."""
+    if args.profile or args.workflow_profile or os.environ.get("SNAKEMAKE_PROFILE"):
+        return True
+    base = args.directory or "."
+    dirs = [".", base, os.path.join(base, "workflow")]
+    if args.flowfile:
+        dirs.append(os.path.dirname(args.flowfile))
+    return any(os.path.isdir(os.path.join(d or ".", "profiles")) for d in dirs)
 
 
 def _quiet_stdout() -> None:

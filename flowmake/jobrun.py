@@ -35,6 +35,10 @@ def main(argv: list[str]) -> int:
                                  deployment=Deployment.from_payload(job.get("deployment")),
                                  default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None,
                                  scatter=job.get("scatter"))
+        if job.get("resource_args"):
+            from flowmake.overrides import from_args
+
+            from_args(job["resource_args"]).apply(workflow)
         inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
         if job.get("cores"):
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))

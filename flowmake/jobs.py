@@ -39,6 +39,7 @@ class JobContext:
     deployment: Deployment = field(default_factory=Deployment)  # --use-conda and friends
     default_storage: tuple[str, str] | None = None  # --default-storage-provider/-prefix: maps paths
     scatter: Mapping[str, int] = field(default_factory=dict)  # --set-scatter, for the job's own load
+    resource_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # overrides.Overrides.args
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -84,6 +85,8 @@ def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
     }
     if ctx.default_storage is not None:  # the job's rule file must map its paths the same way
         payload["default_storage"] = list(ctx.default_storage)
+    if ctx.resource_args:  # the run block sees the resources and threads the profile set
+        payload["resource_args"] = {k: list(v) for k, v in ctx.resource_args.items()}
     return f"{shlex.quote(ctx.python)} -m flowmake.jobrun {shlex.quote(json.dumps(payload))}"
 
 
@@ -101,9 +104,14 @@ def job_resources(step: Step, cores: int, mem_scale: float = 1.0) -> Resources:
     inst = step.instance
     res = dict(inst.resources.items()) if inst is not None and hasattr(inst.resources, "items") else {}
     mem = res.pop("mem_mb", None)
+    runtime = res.pop("runtime", None)
+    if (mem is None and isinstance(res.get("mem"), str)) or isinstance(runtime, str):
+        from flowmake.overrides import runtime_minutes, size_mb  # mem="4GB", runtime="2h"
+
+        mem = size_mb(res["mem"]) if mem is None and isinstance(res.get("mem"), str) else mem
+        runtime = runtime_minutes(runtime)
     if isinstance(mem, (int, float)):
         mem = int(mem * mem_scale)
-    runtime = res.pop("runtime", None)
     threads = min(int(inst.threads) if inst is not None else 1, max(1, cores))
     return Resources(
         threads=threads,

@@ -98,6 +98,11 @@ _WORDS = {
     ReasonKind.PIPE_GROUP: "runs at once with the rest of its pipe group",
 }
 
+_TRIGGER = {  # the --rerun-triggers choice that covers a kind of change
+    ReasonKind.COMMAND_CHANGED: "code", ReasonKind.CODE_CHANGED: "code",
+    ReasonKind.PARAMS_CHANGED: "params", ReasonKind.IMAGE_CHANGED: "software-env",
+}
+
 _FIELD_REASON = {
     "params": ReasonKind.PARAMS_CHANGED,
     "env": ReasonKind.PARAMS_CHANGED,
@@ -156,6 +161,9 @@ class Facts:
     # Outputs another live run was writing when the store was loaded: never digested as done. The
     # scheduler settles them once it holds their locks (``reread``).
     in_flight: Callable[[str], bool] = lambda path: False
+    # --rerun-triggers left out ("code", "params", "software-env"): changes of only these kinds
+    # leave a step as it is, as in Snakemake. Inputs always count: they are what a step is made of.
+    ignored: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.trace_head is None:
@@ -298,8 +306,12 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     for out, head in zip(outputs, heads):
         if head[0] != key:  # type: ignore[index]  # None in heads was ruled out above
             texts = dict(zip(FIELDS, values))
-            return StepPlan(step, Decision.RUN, _changes(step, facts.trace(out), digests_of(texts), inputs),  # type: ignore[arg-type]  # an output with a trace head has a trace
-                            key, inputs, texts)
+            changes = _changes(step, facts.trace(out), digests_of(texts), inputs)  # type: ignore[arg-type]  # an output with a trace head has a trace
+            if facts.ignored:
+                changes = [r for r in changes if _TRIGGER.get(r.kind) not in facts.ignored]
+                if not changes:
+                    continue
+            return StepPlan(step, Decision.RUN, changes, key, inputs, texts)
     flags = step.instance.flags  # type: ignore[union-attr]  # a step that is not pending has an instance
     if not (flags and all(Flag.TOUCH in flags.get(o, ()) for o in outputs)):  # touch() outputs: only existence counts
         for out, d, head in zip(outputs, out_digests, heads):

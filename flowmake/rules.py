@@ -245,6 +245,21 @@ class Rule:
                 raise self.error(f"wildcards in params '{self._params[i][0]}' ('{p.text}') cannot be "
                                  f"determined from the output files: {', '.join(missing)}")
 
+    def resource_pairs(self) -> list[tuple[str | None, Any]]:
+        return list(self._resources)
+
+    def override(self, *, resources: list[tuple[str | None, Any]] | None = None, threads: Any = None) -> None:
+        """--default-resources/--set-resources/--set-threads (see ``overrides``), after ``compile``."""
+        if resources is not None:
+            self._resources = list(resources)
+        if threads is not None:
+            self._threads = threads
+            self._threads_value = None if callable(threads) else as_int(self, "threads", threads)
+        # A value that is a function of the step's wildcards and inputs alone (``foreseeable``, as
+        # overrides.Expr) is no obstacle to the graph memo: its fingerprint holds the value's text.
+        self.has_functions = self.has_functions or any(
+            callable(v) and not getattr(v, "foreseeable", False) for v in [threads, *(v for _, v in self._resources)])
+
     def _check_wildcards(self) -> None:
         sets = {frozenset(p.wildcards) for p in self.output_patterns}
         if len(sets) > 1:

@@ -1,7 +1,8 @@
 """flowmake.toml: which backend to use and each backend's settings.
 
 Looked up in the workdir, then in ``$XDG_CONFIG_HOME/flowmake/`` (``~/.config/flowmake/``);
-``--profile FILE`` picks another file. Settings for backend NAME live under ``[backends.NAME]``.
+``--profile FILE.toml`` picks another file (any other ``--profile`` is a Snakemake profile: see
+``profiles``). Settings for backend NAME live under ``[backends.NAME]``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+
+
+CLUSTER_BACKENDS = ("slurm",)  # -j counts jobs there; Snakemake's default resources apply (overrides)
 
 
 def available_cores() -> int:
@@ -66,3 +70,15 @@ def _read(path: str) -> Settings:
         raise ConfigError("storage settings must be [storage.NAME] tables", location=Location(path))
     return Settings(backend=backend, backends={k: dict(v) for k, v in backends.items()}, source=path,
                     storage={k: dict(v) for k, v in storage.items()})
+
+
+def backend_settings(settings: Settings, name: str, opts: Any) -> dict[str, Any]:
+    """A backend's settings plus, for a cluster backend, what flags set for it (``api.Options``)."""
+    out = settings.for_backend(name)
+    if name not in CLUSTER_BACKENDS:  # elsewhere outputs are local and submitting costs nothing
+        return out
+    for key, value in (("latency_wait", opts.latency_wait), ("max_jobs_per_timespan", opts.max_jobs_per_timespan),
+                       ("verbose", opts.verbose or None)):
+        if value is not None:
+            out[key] = value
+    return out

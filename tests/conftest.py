@@ -40,7 +40,8 @@ class Flow:
         return (self.root / name).exists()
 
     def env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith("FLOWMAKE_")}
+        # $SNAKEMAKE_PROFILE names a profile every run would read (see flowmake/profiles.py).
+        return {k: v for k, v in os.environ.items() if not k.startswith("FLOWMAKE_") and k != "SNAKEMAKE_PROFILE"}
 
     def run(self, *args: str, timeout: float = 60) -> tuple[int, str, str]:
         res = subprocess.run([sys.executable, "-m", "flowmake", *args], cwd=self.root, capture_output=True,

@@ -162,3 +162,41 @@ def test_job_gone_from_squeue_is_looked_up_once_then_lost(make_backend, tmp_path
     assert {e.state for e in events} == {JobState.LOST}
     assert "sacct" in events[0].message
     assert b.queries == 2  # one squeue for all, one sacct for all
+
+
+def test_snakemake_plugin_resource_names_reach_sbatch(make_backend, slurm_cluster, tmp_path):
+    # The names Snakemake's SLURM executor plugin reads: cpus_per_task over threads, tasks,
+    # mem_mb_per_cpu instead of mem_mb, runtime as a timespan, slurm_extra with several flags.
+    b = make_backend()
+    h = b.submit(spec(tmp_path, "names", "sleep 30", rule="names", threads=1, mem_mb=900,
+                      runtime_min=90, extra={"cpus_per_task": 2, "tasks": 1, "mem_mb_per_cpu": 200,
+                                             "nodes": 1, "slurm_partition": "debug",
+                                             "slurm_extra": "--comment=from-profile --nice=7"}))
+    info = _show(slurm_cluster, h.native_id)
+    assert info["CPUs/Task"] == "2" and info["NumTasks"] == "1" and info["NumNodes"] in ("1", "1-1")
+    assert info["MinMemoryCPU"] == "200M"  # --mem-per-cpu wins over --mem, as in the plugin
+    assert info["TimeLimit"] == "01:30:00"
+    assert info["Partition"] == "debug" and info["Nice"] == "7"
+    assert "from-profile" in slurm_cluster.cmd("squeue", "-h", "-j", h.native_id, "-o", "%k")
+    b.cancel(h)
+    assert wait_one(b, h).state is JobState.CANCELLED
+
+
+def test_latency_wait_holds_success_until_outputs_appear(make_backend, tmp_path):
+    # A shared filesystem may show a job's outputs late: the success is reported once they are
+    # visible, or after latency_wait, when the scheduler names what is missing.
+    b = make_backend(latency_wait=3)
+    late = b.submit(spec(tmp_path, "late", "true", outputs=["late.txt"]))
+    t0 = time.monotonic()
+    ev = wait_one(b, late, timeout=60)
+    assert ev.state is JobState.SUCCEEDED and time.monotonic() - t0 >= 3
+    ok = b.submit(spec(tmp_path, "ok2", "echo x > ok2.txt", outputs=["ok2.txt"]))
+    assert wait_one(b, ok, timeout=60).state is JobState.SUCCEEDED
+
+
+def test_max_jobs_per_timespan_spaces_submissions(make_backend, tmp_path):
+    b = make_backend(max_jobs_per_timespan="2/1s")
+    t0 = time.monotonic()
+    handles = [b.submit(spec(tmp_path, f"t{i}", "true")) for i in range(5)]
+    assert time.monotonic() - t0 >= 2.0  # 5 submissions at 2 per second: two full waits
+    wait_for(b, handles, timeout=60)

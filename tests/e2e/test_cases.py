@@ -77,7 +77,7 @@ def params() -> list[Any]:
 
 def run_flowmake(args: list[str], cwd: Path,
                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWMAKE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWMAKE_") and k != "SNAKEMAKE_PROFILE"}
     try:
         return subprocess.run([sys.executable, "-m", "flowmake", *args], cwd=cwd,
                               capture_output=True, text=True, timeout=timeout, env=env)
