@@ -148,7 +148,6 @@ def test_flags_flowmake_does_not_need_are_accepted(flow: Flow) -> None:
             shell: "echo done > {output}"
     """)
     err = flow.ok("--show-failed-logs", "--local-cores", "1", "--verbose", "--wrapper-prefix", "file:///w/",
-                  "--default-storage-provider", "fs", "--default-storage-prefix", "remote/",
                   "--max-jobs-per-timespan", "10/1s", "--latency-wait", "1", "-e", "local")
     assert "    echo done > a.txt\n" in err  # --verbose prints the commands, like -p
     assert flow.read("a.txt") == "done\n"
