@@ -22,7 +22,7 @@ from flowmake.jobs import JobContext
 from flowmake.namedlist import Flag
 from flowmake import graph_memo
 from flowmake.graph_memo import ExistsLog, GraphMemo, KnownKeys
-from flowmake.planner import Decision, Facts, Plan, StepPlan, converge
+from flowmake.planner import Decision, Facts, Plan, converge
 from flowmake.progress import Progress
 from flowmake.settings import available_cores, load_settings
 from flowmake.store import Store
@@ -228,8 +228,7 @@ def build(opts: Options) -> int:
         try:
             from flowmake.explain import print_plan
 
-            steps = _selected_steps(session)
-            print_plan(session, steps, dry_run(session, steps), as_json=opts.json)
+            print_plan(session, _selected_steps(session), as_json=opts.json)
             return 0
         finally:
             session.close()
@@ -280,23 +279,6 @@ def _image_resolver(opts: Options) -> Callable[[str], str] | None:
         return None
     backend = cls(settings=settings.for_backend(name), cores=1)
     return backend.image_digest
-
-
-def dry_run(session: Session, steps: list[Step]) -> list[StepPlan]:
-    """``-n``: the plan through the scheduler with a backend that runs nothing (ninja's
-    ``DryRunCommandRunner``); the plans of the steps it would start, in the order it would."""
-    from flowmake.backend import DryRunBackend
-    from flowmake.scheduler import Scheduler, SchedulerOptions
-
-    backend = DryRunBackend()
-    cores = session.opts.cores or available_cores()
-    ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, cores=cores)
-    opts = session.opts
-    sched = Scheduler(session.graph, session.plan, store=session.store, digest=session.digester.digest,
-                      backend=backend, local=backend, ctx=ctx, progress=Progress(quiet=True),
-                      options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources,
-                                               retries=opts.retries, dry_run=True))
-    return sched.run(steps).would_run
 
 
 def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: int) -> int:

@@ -12,7 +12,6 @@ import enum
 import importlib.metadata
 import os
 import queue
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
@@ -109,40 +108,6 @@ class Backend(Protocol):
     def cancel(self, handle: JobHandle) -> None: ...
 
     def close(self) -> None: ...
-
-
-class DryRunBackend:
-    """``-n``: runs nothing, and every job it is given has succeeded by the next poll (ninja's
-    ``DryRunCommandRunner``). The scheduler drives it like any backend, so a dry run goes through the
-    same admission, ordering, resources and checkpoint waits as a real one.
-
-    It lives here, beside the contract, and not in ``backends/``: it is no place jobs run, so it is
-    not registered, not selectable with ``--backend``, and not held to the contract suite (which
-    checks that commands run and write their outputs).
-    """
-
-    name = "dry-run"
-
-    def __init__(self) -> None:
-        self._submitted: list[JobHandle] = []
-
-    def capacity(self) -> int:
-        return sys.maxsize  # ninja: CanRunMore() is always true; only the run's cores and limits bound it
-
-    def submit(self, spec: JobSpec) -> JobHandle:
-        handle = JobHandle(spec)
-        self._submitted.append(handle)
-        return handle
-
-    def poll(self, timeout: float) -> list[JobEvent]:
-        done, self._submitted = self._submitted, []
-        return [JobEvent(h, JobState.SUCCEEDED, exit_code=0, runtime_s=0.0) for h in done]
-
-    def cancel(self, handle: JobHandle) -> None:
-        self._submitted = [h for h in self._submitted if h is not handle]
-
-    def close(self) -> None:
-        self._submitted.clear()
 
 
 def drain(events: "queue.Queue[JobEvent]", timeout: float) -> list[JobEvent]:

@@ -7,10 +7,10 @@ import collections
 import datetime
 import json
 import sys
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 from flowmake.graph import Step
-from flowmake.planner import Decision, ReasonKind, StepPlan, plan_step, unsettled_in
+from flowmake.planner import Decision, ReasonKind, plan_step, unsettled_in
 from flowmake.rules import RuleKind
 
 
@@ -21,12 +21,9 @@ def _wildcards(step: Step) -> dict[str, str]:
     return {n: b.raw(n) for n in b}
 
 
-def print_plan(session: Any, steps: list[Step], would_run: Sequence[StepPlan], *, as_json: bool,
-               out: TextIO = sys.stdout) -> None:
-    """``steps``: what the run took in; ``would_run``: the dry run's jobs (``api.dry_run``), listed
-    here in the plan's order (dependencies first, as the rule file's targets lead to them)."""
-    started = {id(sp.step): sp for sp in would_run}
-    todo = [started[id(sp.step)] for sp in session.plan.steps if id(sp.step) in started]
+def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    chosen = {id(s) for s in steps}
+    todo = [sp for sp in session.plan.steps if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING)]
     if as_json:
         doc = {
             "steps": [

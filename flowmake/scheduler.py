@@ -16,11 +16,10 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any, Callable, Mapping
 
-from flowmake.backend import Backend, JobEvent, JobSpec, JobState
-from flowmake.capacity import NOTHING, Capacity, Need
+from flowmake.backend import Backend, JobEvent, JobState
+from flowmake.capacity import NOTHING, Capacity
 from flowmake.graph import Graph, Step
 from flowmake.jobs import JobContext, job_spec
 from flowmake.locks import OutputLocks
@@ -45,11 +44,6 @@ class SchedulerOptions:
     notemp: bool = False
     printshellcmds: bool = False
     lock_wait_s: float = 0.2
-    # -n: the backend is a ``backend.DryRunBackend``. Order, resources, --until/--omit-from and
-    # checkpoint waits are this run's; no lock, marker, trace, history, output or temp file is
-    # touched, a pending step stays pending (its upstream changed nothing), and a step waiting on a
-    # checkpoint is not expanded (the checkpoint made nothing).
-    dry_run: bool = False
 
 
 @dataclass
@@ -60,7 +54,6 @@ class RunResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (step id, why)
     inputs_changed: list[tuple[str, list[str]]] = field(default_factory=list)  # (step id, paths)
     interrupted: bool = False
-    would_run: list[StepPlan] = field(default_factory=list)  # a dry run's jobs, in the order it started them
 
 
 class Scheduler:
@@ -76,6 +69,7 @@ class Scheduler:
         self.ctx = ctx
         self.opt = options
         self.progress = progress
+        self.locks = OutputLocks(os.path.join(ctx.workdir, ".flowmake"))
         self.result = RunResult()
         self._records: dict[int, StepRecord | UpToDate] = {}  # id(step) -> its record
         self._ready: list[tuple[int, int, int, StepRecord]] = []  # (-priority, -depth, seq, record)
@@ -88,17 +82,8 @@ class Scheduler:
         self._interrupt = False
         self._t0_ns = time.time_ns()
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
+        self.peers = Peers(store, ctx.workdir)  # what concurrent runs recorded, and dead runs' jobs
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
-        self._dry = options.dry_run
-
-    # Made when first used: a dry run uses neither (the lock file's folder is not even created).
-    @cached_property
-    def locks(self) -> OutputLocks:
-        return OutputLocks(os.path.join(self.ctx.workdir, ".flowmake"))
-
-    @cached_property
-    def peers(self) -> Peers:  # what concurrent runs recorded, and dead runs' jobs
-        return Peers(self.store, self.ctx.workdir)
 
     # ---- what the run leaves -----------------------------------------------------------------
 
@@ -123,11 +108,11 @@ class Scheduler:
             sp = by_id.get(id(step))
             if sp is None:  # new with a checkpoint's outputs: decide it against this run's state
                 sp = plan_step(step, self._unsettled, self.plan.facts)
-            if sp.decision is Decision.ADOPT and not self._dry and not self.peers.may_adopt(self.locks, step.id, step.outputs,
+            if sp.decision is Decision.ADOPT and not self.peers.may_adopt(self.locks, step.id, step.outputs,
                                                                            self.progress.note):
                 sp = replace(sp, decision=Decision.RUN, reasons=[Reason(ReasonKind.NO_TRACE)])  # through the lock
             if sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT:
-                if sp.decision is Decision.ADOPT and not self._dry:
+                if sp.decision is Decision.ADOPT:
                     self._record_traces(step, sp)
                     self._unlock.append(step.id)  # once the traces are flushed
                 if not isinstance(records.get(id(step)), StepRecord):
@@ -153,7 +138,7 @@ class Scheduler:
             if step.outputs or rec.plan.decision is Decision.RUN:  # a pure target rule is no work to count
                 self._count(rec)
             inst = step.instance
-            if inst is not None and not self._dry:  # a dry run deletes no temp file
+            if inst is not None:
                 for path in inst.input:
                     if self._is_temp(path):
                         self._temp_consumers[path] = self._temp_consumers.get(path, 0) + 1
@@ -191,12 +176,9 @@ class Scheduler:
         """All of a step's upstream is done: decide it now with real digests."""
         step = rec.step
         if step.pending:
-            if self._dry:  # the checkpoint made nothing: shown waiting on it
-                self._push(rec)
-                return
             self._expand(rec)
             return
-        if rec.plan.decision is Decision.PENDING and not self._dry:  # dry: its upstream changed nothing
+        if rec.plan.decision is Decision.PENDING:
             cutoff, rec.plan = replan(step, self.plan.facts)
             if cutoff is Cutoff.SAME:
                 if step.outputs:  # a target rule without outputs has nothing to cut off
@@ -231,9 +213,8 @@ class Scheduler:
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
-            if not self._dry:
-                self.store.flush()  # before the locks go: a waiting invocation reads our traces
-                self.locks.release_all()
+            self.store.flush()  # before the locks go: a waiting invocation reads our traces
+            self.locks.release_all()
         self.result.interrupted = self._interrupt
         return self.result
 
@@ -242,16 +223,11 @@ class Scheduler:
 
     def _fits(self, rec: StepRecord, backend: Backend) -> bool:
         local = backend is self.local or getattr(backend, "name", "") == "local"
-        if not self.capacity.fits(self._need(rec), local=local):
+        if not self.capacity.fits(self.capacity.need_of(rec.step.instance), local=local):
             return False
         running_here = sum(1 for r in self._running.values() if r.backend is backend)
         cap = self.opt.jobs if (self.opt.jobs and backend is not self.local) else backend.capacity()
         return running_here < cap
-
-    def _need(self, rec: StepRecord) -> Need:
-        if rec.need is None:
-            rec.need = self.capacity.need_of(rec.step.instance)
-        return rec.need
 
     def _backend_for(self, step: Step) -> Backend:
         return self.local if step.rule.localrule else self.backend
@@ -278,9 +254,6 @@ class Scheduler:
 
     def _try_lock_and_start(self, rec: StepRecord) -> None:
         step = rec.step
-        if self._dry:
-            self._start_dry(rec)
-            return
         if not self.locks.try_acquire(step.id, step.outputs):
             if not rec.lock_waited:
                 rec.lock_waited = True
@@ -343,19 +316,9 @@ class Scheduler:
         pgid = getattr(backend, "pgid", None)
         if pgid is not None:
             self.store.begin(step.id, list(step.outputs), pgid(handle))
-        rec.held = self._need(rec)
+        rec.held = self.capacity.need_of(step.instance)
         self.capacity.take(rec.held)
         rec.state, rec.handle, rec.backend, rec.start = StepState.RUNNING, handle, backend, time.time()
-        self._running[id(handle)] = rec
-
-    def _start_dry(self, rec: StepRecord) -> None:
-        """Hand the step to the dry-run backend: no key, job script, clean slate or marker."""
-        step = rec.step
-        backend = self._backend_for(step)
-        handle = backend.submit(JobSpec(step.id, step.rule.name, "", self.ctx.workdir, outputs=step.outputs))
-        rec.held = self._need(rec)
-        self.capacity.take(rec.held)
-        rec.state, rec.handle, rec.backend = StepState.RUNNING, handle, backend
         self._running[id(handle)] = rec
 
     def _poll(self) -> None:
@@ -389,10 +352,6 @@ class Scheduler:
             return
         self._release(rec)
         step = rec.step
-        if self._dry:  # a dry-run backend's jobs all succeed, having done nothing
-            self.result.would_run.append(rec.plan)
-            self._complete(rec, StepState.DONE)
-            return
         if ev.state is JobState.SUCCEEDED:
             missing = finish_outputs(step, self.ctx.workdir)
             if missing:
@@ -443,7 +402,6 @@ class Scheduler:
             self.progress.note(f"{step.id}: {why}; retry {rec.attempts} of {allowed}")
             self.progress.requeued()
             self._reinstantiate(step, rec.attempts + 1)
-            rec.need = None
             self._push(rec)
             return
         rec.state = StepState.FAILED
@@ -464,10 +422,10 @@ class Scheduler:
     def _complete(self, rec: StepRecord, state: StepState) -> None:
         rec.state = state
         step = rec.step
-        if step.rule.is_checkpoint and not self._dry:
+        if step.rule.is_checkpoint:
             self.graph.checkpoint_finished(step)
         inst = step.instance
-        if inst is not None and not self.opt.notemp and not self._dry:
+        if inst is not None and not self.opt.notemp:
             for path in inst.input:
                 if path in self._temp_consumers:
                     self._temp_consumers[path] -= 1

@@ -47,7 +47,6 @@ class StepRecord:
     backend: Backend | None = None
     start: float = 0.0
     held: Need = NOTHING  # of the cores and --resources limits
-    need: Need | None = None  # what it will hold, once asked (again after a retry re-instantiates it)
 
 
 class UpToDate:

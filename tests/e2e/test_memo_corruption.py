@@ -53,8 +53,7 @@ def dry_run() -> str:
     session = api.open_session(api.Options(dry_run=True, json=True), readonly=True)
     try:
         out = io.StringIO()
-        steps = api._selected_steps(session)
-        print_plan(session, steps, api.dry_run(session, steps), as_json=True, out=out)
+        print_plan(session, api._selected_steps(session), as_json=True, out=out)
         return out.getvalue()
     finally:
         session.close()
