@@ -378,7 +378,7 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
     virtual = _absent_temps(steps, facts)
     if virtual:
         real = facts.digest
-        facts = replace(facts, digest=lambda p: virtual.get(p) or real(p))
+        facts = replace(facts, digest=lambda p: real(p) or virtual.get(p))  # remade by now: its own digest
     out: list[StepPlan] = []
     by_id: dict[int, StepPlan] = {}
     unsettled = unsettled_in(by_id)
