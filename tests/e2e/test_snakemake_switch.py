@@ -200,6 +200,14 @@ def test_a_command_edited_since_snakemake_ran_reruns_its_rule(work: Path) -> Non
             for s in _plan(work)} == {"plots/quals.txt": ["command-changed"], "all": ["upstream-changed"]}
 
 
+@pytest.mark.slow
+def test_a_params_value_edited_since_snakemake_ran_reruns_its_rule(work: Path) -> None:
+    (work / "Snakefile").write_text((work / "Snakefile").read_text().replace("depth=10", "depth=20"))
+    assert {s["outputs"][0] if s["outputs"] else s["rule"]: [r["kind"] for r in s["reasons"]]
+            for s in _plan(work)} == {"calls/all.vcf": ["params-changed"], "plots/quals.txt": ["upstream-changed"],
+                                      "all": ["upstream-changed"]}
+
+
 def _plan(work: Path) -> list[dict[str, object]]:
     import json
 
