@@ -224,12 +224,12 @@ def run_args(dry: bool = False) -> list[str]:
 
 
 def bench_workload(w: Workload, tools: list[Tool], base: Path, reps: int, full_run: bool,
-                   timeout: float) -> dict[str, dict[str, Cell]]:
+                   timeout: float, dry_only: bool = False) -> dict[str, dict[str, Cell]]:
     """Returns measurement -> tool name -> Cell."""
     roots = {t.name: base / w.name / t.slug for t in tools}
     for r in roots.values():
         materialise(w, r)
-    kinds = ["full run -c 2"] if full_run else ["dry-run -n", "no-op", "no-op after touch"]
+    kinds = ["full run -c 2"] if full_run else ["dry-run -n"] if dry_only else ["dry-run -n", "no-op", "no-op after touch"]
     cells = {k: {t.name: Cell() for t in tools} for k in kinds}
     log_msg(f"{w.name}: {w.jobs} jobs, tools {', '.join(roots)}")
 
@@ -254,6 +254,8 @@ def bench_workload(w: Workload, tools: list[Tool], base: Path, reps: int, full_r
         each("full run -c 2", wipe, run_args())
         return cells
     each("dry-run -n", wipe, run_args(dry=True))
+    if dry_only:
+        return cells
     for t in tools:  # the build the no-op runs start from; timed only for the log
         wipe(roots[t.name])
         build = Cell()
@@ -387,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                         "tool flowmake@REF, alternating with the current code")
     p.add_argument("--only", default="",
                    help="comma list of workload kinds: chains,fanin,deep,run,micro")
+    p.add_argument("--dry-only", action="store_true",
+                   help="measure only the dry-run -n (no setup build, no no-op runs)")
     p.add_argument("--timeout", type=float, default=3600, help="per command, seconds")
     p.add_argument("--workdir", help="where to generate workflows (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the generated workflows")
@@ -431,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             write()
         for w, full_run in plan:
             active = [t for t in tools if t.name != "snakemake" or w.jobs <= smk_max + 1]
-            results.append((w, bench_workload(w, active, base, args.reps, full_run, args.timeout)))
+            results.append((w, bench_workload(w, active, base, args.reps, full_run, args.timeout,
+                                                       args.dry_only)))
             write()
     finally:
         if not args.keep and not args.workdir:

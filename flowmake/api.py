@@ -281,7 +281,16 @@ def _facts(session: Session, forced: Callable[[Step], bool]) -> Facts:
         known_key=session.known_keys.get,
         in_flight=in_flight.__contains__,
         ignored=frozenset(ALL_TRIGGERS) - set(session.opts.rerun_triggers),
+        **_snakemake_provenance(session.workdir),
     )
+
+
+def _snakemake_provenance(workdir: str) -> dict[str, Any]:
+    """A directory Snakemake built: its records decide how its untraced outputs are adopted."""
+    from flowmake.snakemake_metadata import SnakemakeMetadata
+
+    meta = SnakemakeMetadata(workdir)
+    return {"provenance": meta.provenance} if meta.present else {}
 
 
 def _memoised(fn: Callable[[str], str]) -> Callable[[str], str]:

@@ -23,6 +23,7 @@ from flowmake.keys import FIELDS, canonical, diff_fields, diff_inputs, digests_o
 from flowmake.namedlist import Flag
 from flowmake.pipes import PipeGroup, find_groups, real_outputs, streams_rule
 from flowmake.rules import RuleKind
+from flowmake.temps import absent_temps
 
 
 class Decision(enum.Enum):
@@ -138,6 +139,21 @@ class StepPlan:
         return digests_of(self.texts) if self.texts is not None else None
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What another tool recorded of how a step's untraced outputs were made (Snakemake's
+    ``.snakemake/metadata``, read by ``snakemake_metadata``): the ways the step differs now from what
+    made them (none: this rule's code and params made them from these very input contents), and
+    the inputs whose contents no record vouches for (their mtimes decide, as without a record)."""
+
+    reasons: tuple[Reason, ...] = ()
+    unchecked: tuple[str, ...] = ()
+
+
+def _no_provenance(step: Step) -> Provenance | None:
+    return None
+
+
 KnownKey = tuple[str, tuple[tuple[str, str], ...]]  # a step key and the (path, digest) inputs it is of
 _NO_KNOWN_KEYS: Mapping[Step, KnownKey] = {}
 
@@ -164,6 +180,8 @@ class Facts:
     # --rerun-triggers left out ("code", "params", "software-env"): changes of only these kinds
     # leave a step as it is, as in Snakemake. Inputs always count: they are what a step is made of.
     ignored: frozenset[str] = frozenset()
+    # What another tool recorded of an untraced step's outputs; None: nothing (adoption by mtime).
+    provenance: Callable[[Step], Provenance | None] = _no_provenance
 
     def __post_init__(self) -> None:
         if self.trace_head is None:
@@ -300,9 +318,15 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
     head_of = facts.trace_head
     heads = [head_of(o) for o in outputs]
     if None in heads:
-        if heads.count(None) == len(heads) and facts.newer_than(outputs, [p for p, _ in inputs]):
-            return StepPlan(step, Decision.ADOPT, [], key, inputs, dict(zip(FIELDS, values)))
-        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, dict(zip(FIELDS, values)))
+        texts = dict(zip(FIELDS, values))
+        if heads.count(None) == len(heads):
+            prov = facts.provenance(step)
+            if prov is not None and prov.reasons:  # made otherwise than this step would make them now
+                return StepPlan(step, Decision.RUN, list(prov.reasons), key, inputs, texts)
+            checked_by_mtime = [p for p, _ in inputs] if prov is None else prov.unchecked
+            if not checked_by_mtime or facts.newer_than(outputs, checked_by_mtime):
+                return StepPlan(step, Decision.ADOPT, [], key, inputs, texts)
+        return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, texts)
     for out, head in zip(outputs, heads):
         if head[0] != key:  # type: ignore[index]  # None in heads was ruled out above
             texts = dict(zip(FIELDS, values))
@@ -396,10 +420,18 @@ def plan(steps: Iterable[Step], facts: Facts) -> Plan:
     with its recorded digest. Only when a consumer runs anyway is its producer run again to remake it.
     """
     steps = list(steps)
-    virtual = _absent_temps(steps, facts)
+    virtual, stand_ins = absent_temps(steps, facts)
     if virtual:
         real = facts.digest
-        facts = replace(facts, digest=lambda p: virtual.get(p) or real(p))
+        facts = replace(facts, digest=lambda p: real(p) or virtual.get(p))  # remade by now: its own digest
+    if stand_ins:  # its consumers' outputs already vouched for its time
+        real_newer = facts.newer_than
+
+        def newer_than(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
+            rest = [o for o in outputs if o not in stand_ins]
+            return real_newer(rest, inputs) if rest else True
+
+        facts = replace(facts, newer_than=newer_than)
     groups = find_groups(steps)
     if groups:
         from flowmake.pipe_plan import align_groups, with_streams  # it builds on this module
@@ -467,22 +499,6 @@ def converge(graph: Any, steps: list[Step], facts: Callable[[], Facts]) -> tuple
             return p, steps
         graph.invalidate(stale, rerun)
         steps = graph.walk()
-
-
-def _absent_temps(steps: list[Step], facts: Facts) -> dict[str, str]:
-    virtual: dict[str, str] = {}
-    for step in steps:
-        if not step.rule.may_flag or step.pending:  # most steps flag nothing
-            continue
-        inst = step.instance
-        if inst is None or not inst.flags:
-            continue
-        for out in step.outputs:
-            if Flag.TEMP in inst.flags.get(out, ()) and not facts.incomplete(out) and facts.digest(out) is None:
-                head = facts.trace_head(out)
-                if head is not None:
-                    virtual[out] = head[1]
-    return virtual
 
 
 def _remake_needed_temps(out: list[StepPlan], by_id: dict[int, StepPlan], virtual: dict[str, str]) -> None:

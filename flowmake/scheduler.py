@@ -490,7 +490,9 @@ class Scheduler(GroupRuns):
     # ---- records ------------------------------------------------------------------------------
 
     def _record_traces(self, step: Step, sp: StepPlan) -> None:
-        record_traces(self.store, step, sp, self.digest, self.plan.facts)
+        # An adopted step's outputs as the plan saw them: a deleted temp() output that stands in is
+        # recorded with the digest it stood in with (planner.ABSENT_TEMP).
+        record_traces(self.store, step, sp, self.plan.facts.digest, self.plan.facts)
 
     def _history(self, rec: StepRecord, ev: JobEvent) -> None:
         step, inst, handle = rec.step, rec.step.instance, rec.handle

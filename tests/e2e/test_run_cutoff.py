@@ -40,3 +40,27 @@ def test_rerun_with_different_output_runs_the_dependants(flow: Flow) -> None:
     assert flow.read("runs.log").split() == ["count", "report", "count", "report"]
     assert flow.read("report") == "lines=3\n"
     assert "early cutoff" not in err
+
+
+def test_a_remade_temp_output_with_new_content_runs_its_consumer(flow: Flow) -> None:
+    # The deleted temp output stands in with its recorded digest only while it is absent: once its
+    # producer has remade it, its consumer is keyed from what is on disk, not from the old record.
+    flow.write("""
+        rule all:
+            input: "d.txt"
+        rule b:
+            input: "in.txt"
+            output: temp("b.txt")
+            shell: "cp {input} {output}"
+        rule d:
+            input: "b.txt"
+            output: "d.txt"
+            shell: "cp {input} {output}"
+    """)
+    flow.file("in.txt", "one\n")
+    flow.ok("-c1")
+    assert not flow.exists("b.txt")
+    flow.file("in.txt", "two\n")
+    err = flow.ok("-c1")
+    assert "early cutoff" not in err
+    assert flow.read("d.txt") == "two\n"

@@ -8,7 +8,9 @@ from typing import Any
 
 from flowmake.namedlist import Flag
 from flowmake.outputs import CHANGED_WHILE_RUNNING, record_traces
-from flowmake.planner import Decision, Facts, ReasonKind, StepPlan, plan, reread, with_current_key
+from flowmake.planner import (Decision, Facts, Provenance, Reason, ReasonKind, StepPlan, plan, reread,
+                              with_current_key)
+from flowmake.temps import ABSENT_TEMP
 from flowmake.rules import RuleKind
 from flowmake.store import Store, Trace
 
@@ -179,6 +181,37 @@ def test_deleted_temp_output_does_not_rerun_its_producer_unless_a_consumer_runs(
     p = plan([a, b], facts(files, traces))
     assert [sp.decision for sp in p.steps] == [Decision.RUN, Decision.RUN]
     assert p.steps[0].reasons[0].kind is ReasonKind.MISSING
+
+
+def test_an_untraced_deleted_temp_output_stands_in_while_what_its_consumers_made_is_newer():
+    a = FakeStep("a", ["in.txt"], ["tmp.txt"], flags={"tmp.txt": frozenset({Flag.TEMP})})
+    b = FakeStep("b", ["tmp.txt"], ["out.txt"], deps=[a])
+    files = {"in.txt": "1", "out.txt": "3"}  # made by another tool, which deleted tmp.txt
+    p = plan([a, b], facts(files, {}, newer=True))
+    assert [sp.decision for sp in p.steps] == [Decision.ADOPT, Decision.ADOPT]
+    assert p.steps[1].inputs == (("tmp.txt", ABSENT_TEMP),)
+    p = plan([a, b], facts(files, {}, newer=False))  # in.txt edited since out.txt was made
+    assert [sp.decision for sp in p.steps] == [Decision.RUN, Decision.PENDING]
+    assert p.steps[0].reasons[0].kind is ReasonKind.MISSING
+
+
+def test_another_tools_record_decides_adoption_where_it_has_one():
+    s = FakeStep("a", ["in.txt", "big.txt"], ["out.txt"])
+    files = {"in.txt": "1", "big.txt": "2", "out.txt": "3"}
+    asked: list[list[str]] = []
+
+    def with_record(prov: Provenance | None, newer: bool) -> Facts:
+        def newer_than(outs, ins):
+            asked.append(list(ins))
+            return newer
+        return replace(facts(files, {}), newer_than=newer_than, provenance=lambda step: prov)
+
+    sp = plan([s], with_record(Provenance((Reason(ReasonKind.COMMAND_CHANGED),)), True)).steps[0]
+    assert sp.decision is Decision.RUN and [r.kind for r in sp.reasons] == [ReasonKind.COMMAND_CHANGED]
+    # in.txt's checksum matched the record; only big.txt, which it does not vouch for, is asked by mtime
+    assert plan([s], with_record(Provenance((), ("big.txt",)), True)).steps[0].decision is Decision.ADOPT
+    assert asked == [["big.txt"]]
+    assert plan([s], with_record(Provenance((), ()), False)).steps[0].decision is Decision.ADOPT
 
 
 def test_reasons_serialise_with_hyphenated_kinds():
