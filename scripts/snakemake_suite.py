@@ -394,13 +394,21 @@ def compare(results: Path, workdir: Path, check_md5: bool) -> str | None:
 
 
 def first_error(text: str) -> str:
+    """The line that says best why a run failed."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if any("this is a bug" in ln or ln.startswith("Traceback") for ln in lines):
         last = next((ln for ln in reversed(lines) if re.match(r"^\w[\w.]*(Error|Exception)", ln)),
                     lines[-1])
         return f"{INTERNAL}: {last}"
+    for i, ln in enumerate(lines):
+        if ln.startswith("FAILED "):
+            log = next((x for x in lines[i + 1:] if x.startswith("| ")), "")
+            return f"{ln} {log}".strip()
     for ln in lines:
-        if re.search(r"error|exception|unrecognized|invalid", ln, re.I):
+        if re.match(r"^(\S+:\d+: |[\w ]*error\b|flowmake: error)", ln):
+            return ln
+    for ln in lines:
+        if re.search(r"\berror\b|Error\b|exception|unrecognized|invalid", ln, re.I):
             return ln
     return lines[-1] if lines else "(no output)"
 
@@ -443,6 +451,8 @@ def run_case(case: Case, tests: Path, python: str, timeout: float) -> Case:
     import time
     start = time.monotonic()
     env = dict(os.environ)
+    # Workflows that call python or snakemake in their commands get the same environment.
+    env["PATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(python)), env.get("PATH", "")])
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     kept: dict[str, Path] = {}
     made: list[Path] = []
@@ -456,7 +466,7 @@ def run_case(case: Case, tests: Path, python: str, timeout: float) -> Case:
             if call.reuse and call.reuse in kept:
                 workdir = kept[call.reuse]
             else:
-                workdir = Path(tempfile.mkdtemp(prefix=f"smk-{call.name}-"))
+                workdir = Path(tempfile.mkdtemp(prefix=f"smk-{call.name.replace('/', '_')}-"))
                 made.append(workdir)
                 for entry in src.iterdir():
                     dst = workdir / entry.name
@@ -466,7 +476,10 @@ def run_case(case: Case, tests: Path, python: str, timeout: float) -> Case:
                         shutil.copy(entry, dst, follow_symlinks=False)
             if call.keep_as:
                 kept[call.keep_as] = workdir
-            why = run_call(call, tests, workdir, python, timeout, env)
+            try:
+                why = run_call(call, tests, workdir, python, timeout, env)
+            except OSError as e:
+                why = f"harness: {e}"
             if why:
                 case.outcome, case.detail = "fail", why
                 return case
