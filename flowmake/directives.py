@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import inspect
 import os
+import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from flowmake.errors import FlowmakeError
@@ -209,12 +210,12 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
             if e.unpack and isinstance(result, dict):
                 for k, v in result.items():
                     s = len(items)
-                    one = extend(rule, items, v, flags_of(e.func), flags)
+                    one = extend(rule, items, v, flags_of(e.func), flags, b)
                     names[k] = (s, len(items))
                     if one:
                         single.add(k)
                 continue
-            is_single = extend(rule, items, result, flags_of(e.func), flags)
+            is_single = extend(rule, items, result, flags_of(e.func), flags, b)
         if e.name is not None:
             names[e.name] = (start, len(items))
             if is_single:
@@ -239,8 +240,10 @@ def add(path: str, f: frozenset[Flag], flags: Flags) -> str:
     return path
 
 
-def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags) -> bool:
-    """Append an input function's result; True if it was a single path."""
+def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], flags: Flags,
+           b: Bindings | None = None) -> bool:
+    """Append an input function's result; True if it was a single path. Like Snakemake, a
+    returned path's ``{wildcard}`` fields are filled from the step's wildcards."""
     if isinstance(result, dict):
         raise rule.error("input function returned a dict; wrap the function with unpack()")
     try:
@@ -248,8 +251,25 @@ def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], fl
     except ValueError as e:
         raise rule.error(str(e)) from None
     for v in values:
-        items.append(add(os.fspath(v), flags_of(v) | extra, flags))
+        path = os.fspath(v)
+        if b is not None and "{" in path:
+            path = _fill_wildcards(rule, path, b)
+        items.append(add(path, flags_of(v) | extra, flags))
     return isinstance(result, (str, os.PathLike))
+
+
+# A wildcard field as Snakemake's apply_wildcards finds it: {name} or {name,regex}.
+_FIELD = re.compile(r"\{\s*(\w+?)(?:\s*,\s*(?:[^{}]+|\{\d+(?:,\d+)?\})*)?\s*\}")
+
+
+def _fill_wildcards(rule: Rule, path: str, b: Bindings) -> str:
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in b:
+            raise rule.error(f"input function returned {path!r}: {{{name}}} is not a wildcard "
+                             f"of rule '{rule.name}'")
+        return b.raw(name)
+    return _FIELD.sub(value, path)
 
 # The three below are called by Rule._build only when the rule needs them evaluated (threads
 # a function, some resources, some params); _build handles the constant and empty cases inline.

@@ -359,12 +359,28 @@ _DERIVED = frozenset({
 })
 
 
+class CheckpointPath(str):
+    """A finished checkpoint's output path. Input functions read it in place
+    (``checkpoints.x.get(**wc).output[0].open()``, as in Snakemake); it is the path otherwise."""
+
+    __slots__ = ()
+
+    def open(self, mode: str = "r", buffering: int = -1, encoding: str | None = None,
+             errors: str | None = None, newline: str | None = None) -> Any:
+        return open(self, mode, buffering, encoding, errors, newline)
+
+    @property
+    def exists(self) -> bool:
+        return os.path.exists(self)
+
+
 class CheckpointJob:
     """What ``checkpoints.NAME.get(**wildcards)`` returns once the checkpoint has finished."""
 
     def __init__(self, rule: Rule, output: NamedList, wildcards: Mapping[str, Any]) -> None:
         self.rule = rule
-        self.output = output
+        self.output = NamedList([CheckpointPath(p) for p in output], output._names,
+                                output._single)
         self.wildcards = wildcards
 
 
