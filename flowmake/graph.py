@@ -256,7 +256,10 @@ class Graph:
             step = self._step_for(*candidates[0], path)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
-                return SOURCE if result.kind is not _FailureKind.CYCLE and self.exists(path) else result
+                # An existing file is a source even when its rule would close a cycle (Snakemake:
+                # the cycle is reported only for a file that must be made, or was asked for).
+                ok = result.kind is not _FailureKind.CYCLE or not requested
+                return SOURCE if ok and self.exists(path) else result
             for out in step.outputs:
                 self.producer.setdefault(out, step)
             return step
@@ -289,7 +292,9 @@ class Graph:
                     self.producer.setdefault(out, winners[0])
                 return winners[0]
         # Every candidate failed: a file that exists is a source after all (Snakemake does this).
-        if self.exists(path) and all(f.kind is not _FailureKind.CYCLE for f in failures) and not (requested and unsafe):
+        if self.exists(path) and not requested:
+            return SOURCE
+        if self.exists(path) and all(f.kind is not _FailureKind.CYCLE for f in failures) and not unsafe:
             return SOURCE
         return _pick_failure(failures + unsafe)
 
