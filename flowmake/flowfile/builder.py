@@ -10,8 +10,14 @@ one process share nothing. Custom wildcard types are declared with::
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
+import platform
 import re
+import subprocess
+import sys
+import tempfile
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -39,6 +45,12 @@ class _Args:
     kwargs: dict[str, Any]
 
 
+# Snakemake runs a Snakefile in its workflow module's globals, so rule files use these modules
+# without importing them (``os.path.join`` in an input function, ``sys.exit`` in onerror).
+_SNAKEFILE_MODULES = {m.__name__: m for m in (os, sys, re, subprocess, platform, copy, tempfile,
+                                               hashlib)}
+
+
 class Builder:
     def __init__(self, workflow: Workflow, command_line_config: dict[str, Any]) -> None:
         self.workflow = workflow
@@ -61,6 +73,7 @@ class Builder:
             "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
         }
         ns.update(helpers)
+        ns.update(_SNAKEFILE_MODULES)
         return ns
 
     # -- executing files ---------------------------------------------------------------------
