@@ -199,9 +199,12 @@ def test_config_precedence(tmp_path: Path) -> None:
     assert wf.rule("a")._params == [("v", 3)]
 
 
-def test_parse_overrides_yaml_scalars() -> None:
-    assert parse_overrides(["n=3", "f=0.5", "t=true", "s=abc", "e=", "l=[1, 2]"]) == {
-        "n": 3, "f": 0.5, "t": True, "s": "abc", "e": None, "l": [1, 2]}
+def test_parse_overrides_like_snakemake() -> None:
+    # Snakemake's parse_config: int, float, True/False, then YAML whose scalars stay strings.
+    assert parse_overrides(["n=3", "f=0.5", "t=True", "y=true", "s=abc", "e=", "l=[1, 2]"]) == {
+        "n": 3, "f": 0.5, "t": True, "y": "true", "s": "abc", "e": None, "l": ["1", "2"]}
+    # A key given twice merges, as config files do.
+    assert parse_overrides(["b={x: one}", "b={y: two}"]) == {"b": {"x": "one", "y": "two"}}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
 
