@@ -445,3 +445,16 @@ def test_common_snakefile_headers_load_with_or_without_snakemake(tmp_path: Path)
     """)
     inst = wf.rule("a").instantiate(wf.rule("a").bindings_from_raw({}), AllDone())
     assert list(inst.output) == ["o1.txt"] and inst.benchmark == "bench/a.tsv"
+
+
+def test_one_line_rules(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule all: input: "b.txt"
+        rule b: output: "b.txt"
+        checkpoint c: output: directory("d")
+    """)
+    assert [r.name for r in wf.rules] == ["all", "b", "c"]
+    assert wf.rule("b").output_patterns[0].text == "b.txt"
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, 'rule x: "b.txt"\n')
+    assert "unexpected text after 'rule' header" in str(e.value)
