@@ -163,12 +163,9 @@ class Graph:
     def add_rule_target(self, rule: Rule) -> Step:
         """A rule name as target: the rule must have no wildcards, like in Snakemake."""
         if rule.has_wildcards:
-            raise FlowmakeError(
-                f"rule {rule.name!r} has wildcards and cannot be a target",
-                location=rule.location,
-                rule=rule.name,
-                hint="request one of its output files instead",
-            )
+            raise FlowmakeError(f"rule {rule.name!r} has wildcards and cannot be a target",
+                                location=rule.location, rule=rule.name,
+                                hint="request one of its output files instead")
         step = self._step_for(rule, rule.bindings_from_raw({}))
         result = self._drive_step(step)
         if isinstance(result, _Failure):
@@ -260,9 +257,7 @@ class Graph:
                 # the cycle is reported only for a file that must be made, or was asked for).
                 ok = result.kind is not _FailureKind.CYCLE or not requested
                 return SOURCE if ok and self.exists(path) else result
-            for out in step.outputs:
-                self.producer.setdefault(out, step)
-            return step
+            return self._claim(step)
         groups = self._preference_groups(candidates)
         failures: list[_Failure] = []
         for group in groups:
@@ -288,15 +283,23 @@ class Graph:
                     ),
                 )
             if winners:
-                for out in winners[0].outputs:
-                    self.producer.setdefault(out, winners[0])
-                return winners[0]
+                return self._claim(winners[0])
         # Every candidate failed: a file that exists is a source after all (Snakemake does this).
         if self.exists(path) and not requested:
             return SOURCE
         if self.exists(path) and all(f.kind is not _FailureKind.CYCLE for f in failures) and not unsafe:
             return SOURCE
         return _pick_failure(failures + unsafe)
+
+    def _claim(self, step: Step) -> Step | _Failure:
+        """Record the producer of the step's outputs: two steps that write one file conflict."""
+        for out in step.outputs:
+            other = self.producer.setdefault(out, step)
+            if isinstance(other, Step) and other is not step:
+                return _Failure(_FailureKind.AMBIGUOUS, out, error=AmbiguousRuleError(
+                    f"two steps would write {out!r}: " + " and ".join(f"rule {s.rule.name!r} (for "
+                    f"{s.outputs[0]!r})" for s in (other, step)), location=step.rule.location))
+        return step
 
     def _preference_groups(self, candidates: list[tuple[Rule, Bindings]]) -> list[list[tuple[Rule, Bindings]]]:
         """Candidates in preference order, equally preferred ones grouped together."""
@@ -343,11 +346,8 @@ class Graph:
             needed = step.waits_on
         for o in step.outputs:
             if o[:1] == "/" or o[:2] == ".." and (o == ".." or o[2] == "/") or "/../" in o:
-                raise UnsafePathError(
-                    f"output {o!r} would leave the working directory",
-                    location=step.rule.location,
-                    rule=step.rule.name,
-                )
+                raise UnsafePathError(f"output {o!r} would leave the working directory",
+                                      location=step.rule.location, rule=step.rule.name)
         deps: list[Step] = []
         seen: set[int] = set()
         for inp in needed:
@@ -474,13 +474,10 @@ class Graph:
                 hint=hint,
             )
         rule = failure.rule
-        return MissingInputError(
-            f"{failure.path!r} does not exist and no rule can produce it",
-            location=rule.location if rule else None,
-            rule=rule.name if rule else None,
-            target=target,
-            details=failure.chain,
-        )
+        return MissingInputError(f"{failure.path!r} does not exist and no rule can produce it",
+                                 location=rule.location if rule else None,
+                                 rule=rule.name if rule else None, target=target,
+                                 details=failure.chain)
 
     def _known_names(self, target: str) -> list[str]:
         """What a mistyped target may have meant: rule names, files beside it, output patterns."""
