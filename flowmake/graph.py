@@ -253,8 +253,7 @@ class Graph:
             step = self._step_for(*candidates[0], path)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
-                # An existing file is a source even when its rule would close a cycle (Snakemake:
-                # the cycle is reported only for a file that must be made, or was asked for).
+                # An existing file is a source even if its rule closes a cycle (as in Snakemake).
                 ok = result.kind is not _FailureKind.CYCLE or not requested
                 return SOURCE if ok and self.exists(path) else result
             return self._claim(step)
@@ -294,8 +293,7 @@ class Graph:
     def _claim(self, step: Step) -> Step | _Failure:
         """Record the producer of the step's outputs: two steps that write one file conflict."""
         for out in step.outputs:
-            other = self.producer.setdefault(out, step)
-            if isinstance(other, Step) and other is not step:
+            if isinstance(other := self.producer.setdefault(out, step), Step) and other is not step:
                 return _Failure(_FailureKind.AMBIGUOUS, out, error=AmbiguousRuleError(
                     f"two steps would write {out!r}: " + " and ".join(f"rule {s.rule.name!r} (for "
                     f"{s.outputs[0]!r})" for s in (other, step)), location=step.rule.location))
@@ -336,6 +334,8 @@ class Graph:
         if step.resolved:
             return step
         self._instantiate(step)
+        if step.rule.input_rules:
+            self._index.wanted.update(step.rule.wanted_inputs(step.bindings))
         inst = step.instance
         if inst is not None:
             # A checkpoint's outputs that the input function read are dependencies too: the step

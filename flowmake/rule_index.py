@@ -21,6 +21,9 @@ class RuleIndex:
         self._rules = list(workflow.rules)
         self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
         self._by_shape: dict[tuple[str, str], list[Rule]] = {}
+        # path -> the rule an input named it through (``input: rules.b.output``): like
+        # Snakemake, only that rule is a candidate for it, if it matches.
+        self.wanted: dict[str, str] = {}
 
     def candidates(self, path: str,
                    refused: list[UnsafeWildcardError] | None = None) -> list[tuple[Rule, Bindings]]:
@@ -42,6 +45,9 @@ class RuleIndex:
                 continue
             if b is not None:
                 found.append((rule, b))
+        only = self.wanted.get(path) if self.wanted and len(found) > 1 else None
+        if only is not None and any(r.name == only for r, _ in found):
+            return [(r, b) for r, b in found if r.name == only]
         return found
 
     def _may_make(self, rule: Rule, shape: tuple[str, str]) -> bool:

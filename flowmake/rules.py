@@ -159,6 +159,9 @@ class Rule:
             self._log = [Entry(n, v, "log", False) for n, v in log]
         except ValueError as e:
             raise self.error(str(e)) from None
+        # Inputs given as another rule's output (rules.NAME.output): pattern text -> that rule.
+        self.input_rules = {str(t): t.rule_name for e in self._input for t in e.texts
+                            if isinstance(t, RuleOutput)}
         self._params = list(params)
         self._resources = list(resources)
         self._benchmark_text = os.fspath(benchmark) if benchmark is not None else None
@@ -288,6 +291,11 @@ class Rule:
             names = sorted(shellfmt.field_names(self.shell) - JobNamespace.FIELDS)
             data.append(["globals", [[n, self.workflow.globals.get(n)] for n in names]])
         return data
+
+    def wanted_inputs(self, b: Bindings) -> dict[str, str]:
+        """Input paths of a step that name the rule meant to make them (see ``input_rules``)."""
+        return {p.format(b): self.input_rules[p.text] for e in self._input for p in e.patterns
+                if p.text in self.input_rules and all(n in b for n in wildcard_names(p.text))}
 
     def match_output(self, path: str) -> Bindings | None:
         for pattern in self.output_patterns:
@@ -419,6 +427,18 @@ class Checkpoints:
         return _CheckpointHandle(wf.rule(name))
 
 
+class RuleOutput(str):
+    """An output pattern of ``rules.NAME.output``: the path, remembering which rule makes it."""
+
+    def __new__(cls, text: str, rule_name: str) -> RuleOutput:
+        self = super().__new__(cls, text)
+        self.rule_name = rule_name
+        return self
+
+    def __reduce__(self) -> Any:
+        return (RuleOutput, (str(self), self.rule_name))
+
+
 class RuleProxy:
     """``rules.NAME``: a rule's declared input/output/log patterns, for use in later rules."""
 
@@ -432,7 +452,9 @@ class RuleProxy:
 
     @property
     def output(self) -> NamedList:
-        return _declared(self.rule._output)
+        out = _declared(self.rule._output)
+        return NamedList([RuleOutput(p, self.name) if isinstance(p, str) else p for p in out],
+                         out._names, out._single)
 
     @property
     def log(self) -> NamedList:
