@@ -387,8 +387,8 @@ class CheckpointJob:
 
     def __init__(self, rule: Rule, output: NamedList, wildcards: Mapping[str, Any]) -> None:
         self.rule = rule
-        self.output = NamedList([CheckpointPath(p) for p in output], output._names,
-                                output._single)
+        self.output = NamedList._make([CheckpointPath(p) for p in output], output._names,
+                                      output._single)
         self.wildcards = wildcards
 
 
@@ -430,6 +430,8 @@ class Checkpoints:
 class RuleOutput(str):
     """An output pattern of ``rules.NAME.output``: the path, remembering which rule makes it."""
 
+    rule_name: str
+
     def __new__(cls, text: str, rule_name: str) -> RuleOutput:
         self = super().__new__(cls, text)
         self.rule_name = rule_name
@@ -453,8 +455,8 @@ class RuleProxy:
     @property
     def output(self) -> NamedList:
         out = _declared(self.rule._output)
-        return NamedList([RuleOutput(p, self.name) if isinstance(p, str) else p for p in out],
-                         out._names, out._single)
+        return NamedList._make([RuleOutput(p, self.name) if isinstance(p, str) else p for p in out],
+                               out._names, out._single)
 
     @property
     def log(self) -> NamedList:
