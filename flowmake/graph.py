@@ -174,9 +174,9 @@ class Graph:
         return step
 
     def _step_for(self, rule: Rule, bindings: Bindings, path: str | None = None) -> Step:
-        pats = rule.output_patterns
-        # One output pattern: the path it matched is the output (and keeps its spelling).
-        outputs = (path,) if path is not None and len(pats) == 1 else tuple(p.format(bindings) for p in pats)
+        pats = rule.output_patterns  # one: the path it matched is the output (unless a log did)
+        outputs = (path,) if path is not None and len(pats) == 1 and not rule.log_patterns else tuple(
+            p.format(bindings) for p in pats)
         key = _graph_key(rule, outputs, bindings)
         step = self.steps.get(key)
         if step is None:

@@ -66,7 +66,7 @@ def _shape(path: str) -> tuple[str, str]:
 def _heads(rule: Rule) -> frozenset[str] | None:
     """First path segments every output of the rule starts with; None when one can be anything."""
     heads = set()
-    for p in rule.output_patterns:
+    for p in [*rule.output_patterns, *rule.log_patterns]:
         prefix = p.literal_prefix
         slash = prefix.find("/")
         if slash <= 0:
@@ -78,7 +78,7 @@ def _heads(rule: Rule) -> frozenset[str] | None:
 def _extensions(rule: Rule) -> frozenset[str] | None:
     """Extensions (in ``_shape``'s sense) every output of the rule has; None when one can be any."""
     exts = set()
-    for p in rule.output_patterns:
+    for p in [*rule.output_patterns, *rule.log_patterns]:
         ext = _pattern_extension(p)
         if ext is None:
             return None

@@ -179,6 +179,7 @@ class Rule:
             callable(v) for _, v in [*self._params, *self._resources]) or callable(threads)
         self._plans: dict[int, list[tuple[str, str]] | None] = {}
         self.output_patterns: list[Pattern] = []
+        self.log_patterns: list[Pattern] = []
         self.wildcard_names: tuple[str, ...] = ()
 
     def error(self, message: str, **kw: Any) -> FlowfileError:
@@ -203,6 +204,10 @@ class Rule:
         except FlowmakeError as e:
             raise self.error(e.message, hint=e.hint) from None
         self.output_patterns = [p for e in self._output for p in e.patterns]
+        # Log files are products too: another rule may need one, or a target name it
+        # (Snakemake matches them with the rule's and the workflow's wildcard constraints).
+        self.log_patterns = [Pattern(t, constraints, wf.wildcard_types)
+                             for e in self._log for t in e.texts] if self._log else []
         self._check_wildcards()
         self._out_layout = Layout(self._output)
         self._log_layout = Layout(self._log)
@@ -295,10 +300,14 @@ class Rule:
     def wanted_inputs(self, b: Bindings) -> dict[str, str]:
         """Input paths of a step that name the rule meant to make them (see ``input_rules``)."""
         return {p.format(b): self.input_rules[p.text] for e in self._input for p in e.patterns
-                if p.text in self.input_rules and all(n in b for n in wildcard_names(p.text))}
+                if p.text in self.input_rules and all(n in b for n in p.wildcards)}
 
     def match_output(self, path: str) -> Bindings | None:
         for pattern in self.output_patterns:
+            b = pattern.match(path)
+            if b is not None:
+                return b
+        for pattern in self.log_patterns:
             b = pattern.match(path)
             if b is not None:
                 return b
@@ -361,7 +370,7 @@ class Rule:
 # rather than what it does: not part of ``Rule.as_data``. Any other attribute is (a test checks
 # that every attribute is one or the other, so a new directive cannot be forgotten).
 _DERIVED = frozenset({
-    "workflow", "location", "output_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
+    "workflow", "location", "output_patterns", "log_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
     "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions",
     "run",  # the compiled run block; run_source is what it is
 })
