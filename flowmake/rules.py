@@ -204,6 +204,8 @@ class Rule:
         except FlowmakeError as e:
             raise self.error(e.message, hint=e.hint) from None
         self.output_patterns = [p for e in self._output for p in e.patterns]
+        if len(set(texts := [p.text for p in self.output_patterns])) < len(texts):
+            raise self.error(f"output '{next(t for i, t in enumerate(texts) if t in texts[:i])}' is given twice")
         # Log files are products too: another rule may need one, or a target name it
         # (Snakemake matches them with the rule's and the workflow's wildcard constraints).
         self.log_patterns = [Pattern(t, constraints, wf.wildcard_types)
@@ -377,18 +379,14 @@ _DERIVED = frozenset({
 
 
 class CheckpointPath(str):
-    """A finished checkpoint's output path. Input functions read it in place
-    (``checkpoints.x.get(**wc).output[0].open()``, as in Snakemake); it is the path otherwise."""
+    """A finished checkpoint's output path, which input functions may open in place
+    (``checkpoints.x.get(**wc).output[0].open()``, as in Snakemake)."""
 
     __slots__ = ()
 
     def open(self, mode: str = "r", buffering: int = -1, encoding: str | None = None,
              errors: str | None = None, newline: str | None = None) -> Any:
         return open(self, mode, buffering, encoding, errors, newline)
-
-    @property
-    def exists(self) -> bool:
-        return os.path.exists(self)
 
 
 class CheckpointJob:
@@ -441,13 +439,10 @@ class RuleOutput(str):
 
     rule_name: str
 
-    def __new__(cls, text: str, rule_name: str) -> RuleOutput:
+    def __new__(cls, text: str, rule_name: str = "") -> RuleOutput:  # unpickling passes text only
         self = super().__new__(cls, text)
         self.rule_name = rule_name
         return self
-
-    def __reduce__(self) -> Any:
-        return (RuleOutput, (str(self), self.rule_name))
 
 
 class RuleProxy:

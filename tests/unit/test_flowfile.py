@@ -458,3 +458,13 @@ def test_one_line_rules(tmp_path: Path) -> None:
     with pytest.raises(FlowfileError) as e:
         load(tmp_path, 'rule x: "b.txt"\n')
     assert "unexpected text after 'rule' header" in str(e.value)
+
+
+def test_output_given_twice_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, """
+            rule a:
+                output: "{name}.txt", "{name}.txt"
+                shell: "touch {output}"
+        """)
+    assert "output '{name}.txt' is given twice" in str(e.value)
