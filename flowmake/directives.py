@@ -280,7 +280,12 @@ def eval_threads(rule: Rule, wc: Wildcards, input: NamedList, attempt: int) -> i
     if callable(threads):
         threads = call(rule, "threads", threads,
                        {"wildcards": wc, "input": input, "attempt": attempt}, _THREADS_ARGS)
-    return as_int(rule, "threads", threads)
+    return as_threads(rule, threads)
+
+
+def as_threads(rule: Rule, value: Any) -> int:
+    """Threads as Snakemake takes them: a float is rounded (``workflow.cores * 0.75``)."""
+    return as_int(rule, "threads", round(value) if isinstance(value, float) else value)
 
 
 def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,

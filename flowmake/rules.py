@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
 from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, Layout, RuleKind,
-                                 as_int, eval_io, eval_params, eval_resources, eval_threads)
+                                 as_int, as_threads, eval_io, eval_params, eval_resources, eval_threads)
 from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
                              WildcardError, did_you_mean, printable)
 from flowmake.instance import Instance, JobNamespace
@@ -218,7 +218,7 @@ class Rule:
         # Input functions may return flagged paths; otherwise only declared flags exist.
         self._may_flag = self._in_layout is None or any(
             lay.flagged for lay in (self._in_layout, self._out_layout, self._log_layout))
-        self._threads_value = None if callable(self._threads) else as_int(self, "threads", self._threads)
+        self._threads_value = None if callable(self._threads) else as_threads(self, self._threads)
         self._param_strs = {i: Pattern(v, None, wf.wildcard_types)
                             for i, (_, v) in enumerate(self._params)
                             if isinstance(v, str) and wildcard_names(v)}
