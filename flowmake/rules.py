@@ -143,7 +143,7 @@ class Rule:
                  log: Iterable[tuple[str | None, Any]] = (),
                  params: Iterable[tuple[str | None, Any]] = (),
                  resources: Iterable[tuple[str | None, Any]] = (), benchmark: Any = None,
-                 threads: Any = 1, message: str | None = None, priority: int = 0, retries: int = 0,
+                 threads: Any = 1, message: str | None = None, priority: int = 0, retries: int | None = None,
                  shell: str | None = None, run: Callable[..., Any] | None = None,
                  run_source: str | None = None, script: str | None = None,
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
@@ -168,7 +168,8 @@ class Rule:
         self._threads = threads
         self.message = message
         self.priority = as_int(self, "priority", priority)
-        self.retries = as_int(self, "retries", retries)
+        # None: --retries decides; a rule's own value wins over it, as in Snakemake.
+        self.retries = as_int(self, "retries", retries) if retries is not None else None
         self.shell, self.run, self.run_source, self.script = shell, run, run_source, script
         self.container = container if container is not None else workflow.container
         self.wildcard_constraints = dict(wildcard_constraints or {})

@@ -395,7 +395,7 @@ class Scheduler:
             self._push(rec)
             return
         rec.attempts += 1
-        allowed = max(step.rule.retries or 0, self.opt.retries)
+        allowed = step.rule.retries if step.rule.retries is not None else self.opt.retries
         if rec.attempts <= allowed and not self._interrupt:
             if ev.state is JobState.OOM:
                 rec.mem_scale *= 1.5
