@@ -83,7 +83,7 @@ class Scheduler:
         self._t0_ns = time.time_ns()
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
         # The inputs of a target without outputs (rule all) are asked for too (as in Snakemake).
-        self._target_paths = {p for t in graph.targets if isinstance(t, Step) and not t.outputs for p in t.inputs}
+        self._bare_targets = [t for t in graph.targets if isinstance(t, Step) and not t.outputs]
         self.peers = Peers(store, ctx.workdir)  # what concurrent runs recorded, and dead runs' jobs
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
 
@@ -170,7 +170,9 @@ class Scheduler:
         if (not isinstance(prod, Step) or not prod.rule.may_flag or prod.pending
                 or Flag.TEMP not in prod.instance.flags.get(path, ())):  # type: ignore[union-attr]  # not pending: instantiated
             return False
-        return id(prod) not in self._target_ids and path not in self._target_paths
+        # Asked when the temp file's consumers are counted: a target waiting on a checkpoint
+        # knows its inputs by then.
+        return id(prod) not in self._target_ids and not any(path in t.inputs for t in self._bare_targets)
 
     # ---- deciding ----------------------------------------------------------------------------
 
