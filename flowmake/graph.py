@@ -334,8 +334,6 @@ class Graph:
         if step.resolved:
             return step
         self._instantiate(step)
-        if step.rule.input_rules:
-            self._index.wanted.update(step.rule.wanted_inputs(step.bindings))
         inst = step.instance
         if inst is not None:
             # A checkpoint's outputs that the input function read are dependencies too: the step
@@ -360,6 +358,7 @@ class Graph:
                     location=step.rule.location, rule=step.rule.name,
                     hint="constrain the wildcard, e.g. {a,[^.]+}, or give the input another name",
                 )
+            self._index.hint = (step.rule, step.bindings)  # see RuleIndex.hint
             result = yield inp
             if isinstance(result, _Failure):
                 chained = _Failure(result.kind, result.path, list(result.chain), result.rule or step.rule, result.error)

@@ -21,14 +21,16 @@ class RuleIndex:
         self._rules = list(workflow.rules)
         self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
         self._by_shape: dict[tuple[str, str], list[Rule]] = {}
-        # path -> the rule an input named it through (``input: rules.b.output``): like
-        # Snakemake, only that rule is a candidate for it, if it matches.
-        self.wanted: dict[str, str] = {}
+        # The rule and wildcards of the step whose input is resolved next, set by the graph just
+        # before it asks. As in Snakemake, an input named through ``rules.NAME.output`` is made
+        # by that rule, and the consumer's own wildcard values are tried first (``_by_names``).
+        self.hint: tuple[Rule, Bindings] | None = None
 
     def candidates(self, path: str,
                    refused: list[UnsafeWildcardError] | None = None) -> list[tuple[Rule, Bindings]]:
         """``refused``, when given, collects the rules that match only with an unsafe wildcard
         value (see ``patterns``); otherwise the first such refusal is raised."""
+        hint, self.hint = self.hint, None
         shape = _shape(path)
         rules = self._by_shape.get(shape)
         if rules is None:
@@ -44,15 +46,31 @@ class RuleIndex:
                 refused.append(e)
                 continue
             if b is not None:
-                found.append((rule, b))
-        only = self.wanted.get(path) if self.wanted and len(found) > 1 else None
-        if only is not None and any(r.name == only for r, _ in found):
-            return [(r, b) for r, b in found if r.name == only]
+                found.append((rule, b if hint is None else _by_names(rule, path, b, hint[1])))
+        if hint is not None and hint[0].input_rules and len(found) > 1:
+            only = hint[0].wanted_inputs(hint[1]).get(path)
+            if any(r.name == only for r, _ in found):
+                return [(r, b) for r, b in found if r.name == only]
         return found
 
     def _may_make(self, rule: Rule, shape: tuple[str, str]) -> bool:
         heads, exts = self._shapes[id(rule)]
         return (heads is None or shape[0] in heads) and (exts is None or shape[1] in exts)
+
+
+def _by_names(rule: Rule, path: str, b: Bindings, hint: Bindings) -> Bindings:
+    """``foo.{sample}{read}.fq`` matches ``foo.ar1.fq`` as sample=ar, read=1 or sample=a,
+    read=r1: when the consumer has wildcards of the same names whose values make the path, those
+    win (as in Snakemake). Untyped wildcards only; otherwise the match stands."""
+    raw = hint._raw
+    if all(raw.get(n, v) == v for n, v in b._raw.items()) or b._values != b._raw \
+            or any(n not in raw for n in b._raw):
+        return b
+    mine = {n: raw[n] for n in b._raw}
+    alt = Bindings._fast(mine, dict(mine))
+    if any(p.format(alt) == path for p in [*rule.output_patterns, *rule.log_patterns]):
+        return alt
+    return b
 
 
 def _shape(path: str) -> tuple[str, str]:
