@@ -82,6 +82,8 @@ def run_script(inst: Instance) -> None:
     old_argv = sys.argv
     sys.argv = [path]
     try:
-        runpy.run_path(path, init_globals={"snakemake": ScriptContext(inst)}, run_name="__main__")
+        # Snakemake's scripts also see __real_file__ (the file that runs; here the script itself).
+        runpy.run_path(path, init_globals={"snakemake": ScriptContext(inst), "__real_file__": path},
+                       run_name="__main__")
     finally:
         sys.argv = old_argv
