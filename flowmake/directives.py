@@ -17,6 +17,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from flowmake import resource_units
 from flowmake.errors import FlowmakeError
 from flowmake.namedlist import EMPTY, Flag, FlaggedFunction, NamedList, Wildcards, flags_of
 from flowmake.patterns import Bindings, Pattern
@@ -298,7 +299,10 @@ def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,
                                       "attempt": attempt}
             v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS)
         values.append((name, v))
-    return NamedList.from_pairs(values)
+    try:
+        return NamedList.from_pairs(resource_units.normalize(values))
+    except resource_units.UnitError as e:
+        raise rule.error(f"resources: {e}") from None
 
 
 def eval_params(rule: Rule, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:
