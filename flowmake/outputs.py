@@ -65,10 +65,16 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
         full = os.path.join(workdir, out)
         flags = inst.flags.get(out, ()) if inst is not None else ()
         if Flag.TOUCH in flags:
-            with open(full, "a"):
-                os.utime(full)
+            if Flag.DIRECTORY in flags:  # touch(directory(...)): a directory, as in Snakemake
+                os.makedirs(full, exist_ok=True)
+            else:
+                open(full, "a").close()
+            os.utime(full)
         if not os.path.lexists(full):
             missing.append(out)
+        elif (Flag.DIRECTORY in flags) != os.path.isdir(full):  # Snakemake checks this too
+            missing.append(f"{out} (a directory: declare it with directory())" if os.path.isdir(full)
+                           else f"{out} (a file, not the directory() it is declared as)")
         elif Flag.PROTECTED in flags:
             mode = os.stat(full).st_mode
             os.chmod(full, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
