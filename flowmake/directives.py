@@ -171,6 +171,20 @@ def call_plan(func: Callable[..., Any], available: Iterable[str]) -> list[tuple[
 _PARAMS_ARGS = ("wildcards", "input", "output", "threads", "resources")
 _THREADS_ARGS = ("wildcards", "input", "attempt")
 _RESOURCES_ARGS = ("wildcards", "input", "threads", "attempt")
+_PRIORITY_ARGS = ("wildcards", "input", "attempt", "rulename")
+
+
+def as_priority(rule: Rule, value: Any) -> float:
+    """A priority: a number (an int or a float, as Snakemake allows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise rule.error(f"priority must be a number, got {value!r}")
+    return value
+
+
+def eval_priority(rule: Rule, func: Callable[..., Any], wc: Wildcards, input: NamedList,
+                  attempt: int) -> float:
+    available = {"wildcards": wc, "input": input, "attempt": attempt, "rulename": rule.name}
+    return as_priority(rule, call(rule, "priority", func, available, _PRIORITY_ARGS))
 
 
 def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],

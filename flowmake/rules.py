@@ -17,11 +17,13 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake import shellfmt
 from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, Layout, RuleKind,
-                                 as_int, as_threads, eval_io, eval_params, eval_resources, eval_threads)
+                                 as_int, as_priority, as_threads, eval_io, eval_params, eval_priority,
+                                 eval_resources, eval_threads)
 from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
                              WildcardError, did_you_mean, printable)
 from flowmake.instance import Instance, JobNamespace
 from flowmake.namedlist import EMPTY, NamedList, Wildcards
+from flowmake.rule_paths import CheckpointPath, RuleOutput
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
@@ -143,7 +145,7 @@ class Rule:
                  log: Iterable[tuple[str | None, Any]] = (),
                  params: Iterable[tuple[str | None, Any]] = (),
                  resources: Iterable[tuple[str | None, Any]] = (), benchmark: Any = None,
-                 threads: Any = 1, message: str | None = None, priority: int = 0, retries: int | None = None,
+                 threads: Any = 1, message: str | None = None, priority: Any = 0, retries: int | None = None,
                  shell: str | None = None, run: Callable[..., Any] | None = None,
                  run_source: str | None = None, script: str | None = None,
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
@@ -167,7 +169,9 @@ class Rule:
         self._benchmark_text = os.fspath(benchmark) if benchmark is not None else None
         self._threads = threads
         self.message = message
-        self.priority = as_int(self, "priority", priority)
+        # A function is asked per step (priority_of); the number stands for the rule otherwise.
+        self._priority = priority if callable(priority) else None
+        self.priority = 0 if callable(priority) else as_priority(self, priority)
         # None: --retries decides; a rule's own value wins over it, as in Snakemake.
         self.retries = as_int(self, "retries", retries) if retries is not None else None
         self.shell, self.run, self.run_source, self.script = shell, run, run_source, script
@@ -177,7 +181,7 @@ class Rule:
         self.default_target = bool(default_target)
         self.cache = bool(cache)
         self.has_functions = any(e.func is not None for e in self._input) or any(
-            callable(v) for _, v in [*self._params, *self._resources]) or callable(threads)
+            callable(v) for _, v in [*self._params, *self._resources]) or callable(threads) or callable(priority)
         self._plans: dict[int, list[tuple[str, str]] | None] = {}
         self.output_patterns: list[Pattern] = []
         self.log_patterns: list[Pattern] = []
@@ -300,6 +304,11 @@ class Rule:
             data.append(["globals", [[n, self.workflow.globals.get(n)] for n in names]])
         return data
 
+    def priority_of(self, inst: Instance | None) -> float:
+        if self._priority is None or inst is None:
+            return self.priority
+        return eval_priority(self, self._priority, inst.wildcards, inst.input, inst.attempt)
+
     def wanted_inputs(self, b: Bindings) -> dict[str, str]:
         """Input paths of a step that name the rule meant to make them (see ``input_rules``)."""
         return {p.format(b): self.input_rules[p.text] for e in self._input for p in e.patterns
@@ -379,17 +388,6 @@ _DERIVED = frozenset({
 })
 
 
-class CheckpointPath(str):
-    """A finished checkpoint's output path, which input functions may open in place
-    (``checkpoints.x.get(**wc).output[0].open()``, as in Snakemake)."""
-
-    __slots__ = ()
-
-    def open(self, mode: str = "r", buffering: int = -1, encoding: str | None = None,
-             errors: str | None = None, newline: str | None = None) -> Any:
-        return open(self, mode, buffering, encoding, errors, newline)
-
-
 class CheckpointJob:
     """What ``checkpoints.NAME.get(**wildcards)`` returns once the checkpoint has finished."""
 
@@ -433,17 +431,6 @@ class Checkpoints:
         if not wf.has_rule(name) or not wf.rule(name).is_checkpoint:
             raise FlowfileError(f"no checkpoint named '{name}'", hint=did_you_mean(name, checkpoints))
         return _CheckpointHandle(wf.rule(name))
-
-
-class RuleOutput(str):
-    """An output pattern of ``rules.NAME.output``: the path, remembering which rule makes it."""
-
-    rule_name: str
-
-    def __new__(cls, text: str, rule_name: str = "") -> RuleOutput:  # unpickling passes text only
-        self = super().__new__(cls, text)
-        self.rule_name = rule_name
-        return self
 
 
 class RuleProxy:

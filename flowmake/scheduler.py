@@ -72,7 +72,7 @@ class Scheduler:
         self.locks = OutputLocks(os.path.join(ctx.workdir, ".flowmake"))
         self.result = RunResult()
         self._records: dict[int, StepRecord | UpToDate] = {}  # id(step) -> its record
-        self._ready: list[tuple[int, int, int, StepRecord]] = []  # (-priority, -depth, seq, record)
+        self._ready: list[tuple[float, int, int, StepRecord]] = []  # (-priority, -depth, seq, record)
         self._seq = 0
         self._running: dict[int, StepRecord] = {}  # id(handle) -> record
         self._locked: list[StepRecord] = []  # ready, but another invocation holds an output's lock
@@ -196,7 +196,7 @@ class Scheduler:
         self._count(rec)
         rec.state = StepState.READY
         self._seq += 1
-        heapq.heappush(self._ready, (-rec.step.rule.priority, -rec.depth, self._seq, rec))
+        heapq.heappush(self._ready, (-rec.step.rule.priority_of(rec.step.instance), -rec.depth, self._seq, rec))
 
     def _expand(self, rec: StepRecord) -> None:
         """A checkpoint this step waited on is done: instantiate it and admit its new upstream."""
