@@ -148,6 +148,16 @@ class Scheduler:
             if rec.waiting_on == 0:
                 self._settle(rec)
 
+    def _drop_unread_temps(self, step: Step) -> None:
+        """A temp() output no step of this run reads goes once recorded, as in Snakemake (not
+        while a checkpoint may still bring in a step that reads it)."""
+        if self.opt.notemp or not step.rule.may_flag:
+            return
+        unread = [o for o in step.outputs if o not in self._temp_consumers and self._is_temp(o)]
+        if unread and not any(s.pending for s in self.graph.steps.values()):
+            for out in unread:
+                remove_path(os.path.join(self.ctx.workdir, out))
+
     def _upstream(self, step: Step) -> list[Step]:
         """The steps this one waits for, each once (two outputs of one checkpoint are one wait)."""
         edges = self.graph.deps(step)
@@ -371,6 +381,7 @@ class Scheduler:
             self._unlock.append(step.id)
             self.result.ran.append(step.id)
             self.progress.finished(step, ok=True)
+            self._drop_unread_temps(step)
             self._complete(rec, StepState.DONE)
             return
         if ev.state is JobState.CANCELLED:
