@@ -58,9 +58,14 @@ def prepare_outputs(step: Step, workdir: str) -> None:
 
 
 def finish_outputs(step: Step, workdir: str) -> list[str]:
-    """Touch ``touch()`` outputs, protect ``protected()`` ones; return declared outputs still missing."""
+    """Create missing log files, touch ``touch()`` outputs, protect ``protected()`` ones; return
+    declared outputs still missing (or of the wrong kind)."""
     inst = step.instance
     missing = []
+    for log in inst.log if inst is not None else ():
+        full = os.path.join(workdir, log)
+        if not os.path.lexists(full):  # a job that wrote no log still leaves one, as in Snakemake
+            open(full, "a").close()
     for out in step.outputs:
         full = os.path.join(workdir, out)
         flags = inst.flags.get(out, ()) if inst is not None else ()
