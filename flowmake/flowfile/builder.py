@@ -73,7 +73,7 @@ class Builder:
             "wildcard_type": self.wildcard_type, "workflow": _WorkflowInfo(self),
         }
         ns.update(helpers)
-        ns.update(_SNAKEFILE_MODULES)
+        ns.update(_SNAKEFILE_MODULES, temporary=helpers["temp"])  # Snakemake's alias of temp()
         return ns
 
     # -- executing files ---------------------------------------------------------------------
