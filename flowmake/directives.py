@@ -311,7 +311,12 @@ def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,
         if callable(v):
             available = available or {"wildcards": wc, "input": input, "threads": threads,
                                       "attempt": attempt}
-            v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS)
+            try:
+                v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS)
+            except FlowmakeError:
+                if all(os.path.exists(p) for p in input):
+                    raise
+                v = resource_units.TBD  # it may read an input not made yet: asked again later
         values.append((name, v))
     try:
         return NamedList.from_pairs(resource_units.normalize(values))

@@ -27,6 +27,15 @@ class UnitError(ValueError):
     pass
 
 
+class _Deferred(str):
+    __slots__ = ()
+
+
+# A resource function that failed while an input of its step was still to be made: the scheduler
+# asks it again once the step is ready (Snakemake evaluates resources just before the job, too).
+TBD = _Deferred("<TBD>")
+
+
 def size_mb(text: str) -> int:
     """"5GB" → 5000, "1 GiB" → 1074 (MB, rounded up, at least 1); a bare number is MB already."""
     stripped = text.strip("'\" ")
@@ -63,6 +72,9 @@ def normalize(pairs: Iterable[tuple[str | None, Any]]) -> list[tuple[str | None,
     given = {name for name, _ in pairs}
     out: list[tuple[str | None, Any]] = []
     for name, value in pairs:
+        if value is TBD:
+            out.append((name, value))
+            continue
         if isinstance(value, float):
             value = round(value)
         if name in SIZED:  # the rule's own spelling stays; the scheduler reads NAME_mb

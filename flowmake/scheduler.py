@@ -30,6 +30,7 @@ from flowmake.peers import Peers
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
                               with_current_key)
 from flowmake.progress import Progress
+from flowmake.resource_units import TBD
 from flowmake.step_state import SETTLED, UP_TO_DATE, StepRecord, StepState, UpToDate
 from flowmake.store import HistoryRecord, Store
 
@@ -203,6 +204,10 @@ class Scheduler:
         self._push(rec)
 
     def _push(self, rec: StepRecord) -> None:
+        inst = rec.step.instance
+        if inst is not None and TBD in inst.resources:  # its inputs exist now: ask again
+            rec.step.instance = rec.step.rule.instantiate(rec.step.bindings, self.graph.checkpoint_view,
+                                                          attempt=rec.attempts + 1)
         self._count(rec)
         rec.state = StepState.READY
         self._seq += 1
