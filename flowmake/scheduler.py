@@ -142,6 +142,7 @@ class Scheduler:
                 self._count(rec)
             inst = step.instance
             if inst is not None:
+                self.capacity.check(inst)
                 for path in inst.input:
                     if self._is_temp(path):
                         self._temp_consumers[path] = self._temp_consumers.get(path, 0) + 1
