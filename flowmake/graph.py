@@ -22,6 +22,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Sequence, TypeV
 from flowmake.errors import (AmbiguousRuleError, CycleError, FlowmakeError, MissingInputError,
                              NoRuleError, UnsafePathError, UnsafeWildcardError, WildcardError,
                              did_you_mean)
+from flowmake.output_claims import claim
 from flowmake.patterns import Bindings
 from flowmake.rule_index import RuleIndex
 from flowmake.rules import CheckpointView, IncompleteCheckpoint, Instance, Rule, Workflow
@@ -168,6 +169,7 @@ class Graph:
                                 hint="request one of its output files instead")
         step = self._step_for(rule, rule.bindings_from_raw({}))
         result = self._drive_step(step)
+        result = self._claim(result) if isinstance(result, Step) else result
         if isinstance(result, _Failure):
             raise self._error_for(result, rule.name)
         self.targets.append(step)
@@ -291,12 +293,11 @@ class Graph:
         return _pick_failure(failures + unsafe)
 
     def _claim(self, step: Step) -> Step | _Failure:
-        """Record the producer of the step's outputs: two steps that write one file conflict."""
+        """Record the producer of the step's outputs; a conflict (see ``output_claims``) fails."""
         for out in step.outputs:
-            if isinstance(other := self.producer.setdefault(out, step), Step) and other is not step:
-                return _Failure(_FailureKind.AMBIGUOUS, out, error=AmbiguousRuleError(
-                    f"two steps would write {out!r}: " + " and ".join(f"rule {s.rule.name!r} (for "
-                    f"{s.outputs[0]!r})" for s in (other, step)), location=step.rule.location))
+            error = claim(self.producer, step, out, Step)
+            if error is not None:
+                return _Failure(_FailureKind.AMBIGUOUS, out, error=error)
         return step
 
     def _preference_groups(self, candidates: list[tuple[Rule, Bindings]]) -> list[list[tuple[Rule, Bindings]]]:
@@ -492,8 +493,7 @@ class Graph:
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:
-    for kind in _FailureKind:  # in the order of preference the enum declares
-        for f in failures:
-            if f.kind is kind:
-                return f
-    return failures[0]
+    return min(failures, key=lambda f: _KIND_ORDER[f.kind])  # the first of the most preferred kind
+
+
+_KIND_ORDER = {kind: i for i, kind in enumerate(_FailureKind)}  # the order the enum declares
