@@ -39,7 +39,7 @@ RULE_DIRECTIVES = (
 TOP_DIRECTIVES = (
     "include", "configfile", "localrules", "ruleorder", "wildcard_constraints", "workdir",
     "onstart", "onsuccess", "onerror", "container", "singularity", "containerized", "conda",
-    "envvars", "report",
+    "envvars", "report", "resource_scopes",
 )
 HOOKS = ("onstart", "onsuccess", "onerror")
 RUN_ARGS = "input, output, params, wildcards, threads, resources, log, rule, config, shell"

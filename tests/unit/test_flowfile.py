@@ -468,3 +468,16 @@ def test_output_given_twice_is_an_error(tmp_path: Path) -> None:
                 shell: "touch {output}"
         """)
     assert "output '{name}.txt' is given twice" in str(e.value)
+
+
+def test_resource_scopes_are_accepted(tmp_path: Path) -> None:
+    # Snakemake's resource_scopes: only cluster group jobs use them; a rule file with it loads.
+    wf = load(tmp_path, """
+        resource_scopes:
+            mem_mb="global",
+            gpus="local",
+        rule a:
+            output: "a"
+            shell: "touch a"
+    """)
+    assert [r.name for r in wf.rules] == ["a"]
