@@ -1,7 +1,8 @@
 """Which step writes which path, as the graph resolves them: conflicts are errors.
 
 Two steps that would write one file conflict (the first used to win silently), and so does a file
-inside another step's ``directory()`` output (Snakemake's ChildIOException). Resolution records
+inside another step's ``directory()`` output (Snakemake's ChildIOException), unless that step is a
+checkpoint. Resolution records
 every step's outputs here through ``claim``, in the order it finishes resolving them.
 """
 
@@ -27,8 +28,10 @@ def claim(producer: MutableMapping[str, Any], step: Any, out: str,
     parent = posixpath.dirname(out)
     while parent:
         up = producer.get(parent)
+        # Not a checkpoint's directory: what later steps find among its files is looked at
+        # after it ran (Snakemake, too, checks only the graph it starts with).
         if isinstance(up, step_type) and up is not step and up.instance is not None \
-                and Flag.DIRECTORY in up.instance.flags.get(parent, ()):
+                and not up.rule.is_checkpoint and Flag.DIRECTORY in up.instance.flags.get(parent, ()):
             return AmbiguousRuleError(
                 f"{out!r} of rule {step.rule.name!r} is inside {parent!r}, the directory() output "
                 f"of rule {up.rule.name!r}", location=step.rule.location)
