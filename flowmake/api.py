@@ -119,16 +119,10 @@ def find_flowfile(given: str | None) -> str:
 
 
 def _parse_config(pairs: dict[str, str]) -> dict[str, Any]:
-    import yaml
+    from flowmake.flowfile.config import parse_value
 
-    out: dict[str, Any] = {}
-    for key, text in pairs.items():
-        try:
-            value = yaml.safe_load(text) if text != "" else ""
-        except yaml.YAMLError:
-            value = text
-        out[key] = value
-    return out
+    # Values are read as Snakemake reads them (``true`` stays a string; see parse_value).
+    return {key: parse_value(text) for key, text in pairs.items()}
 
 
 def enter_directory(opts: Options) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from flowmake.resource_units import TBD
+
 
 @dataclass(frozen=True)
 class Need:
@@ -53,6 +55,15 @@ class Capacity:
         other = {k: int(v) for k, v in resources.items()
                  if k in self.limits and k != "mem_mb" and isinstance(v, (int, float))}
         return Need(threads, mem, other)
+
+    def check(self, inst: Any) -> None:
+        """A resource that ``--resources`` limits must be a number in every step (Snakemake
+        refuses a string there, e.g. foo="bar" with --resources foo=4)."""
+        for name, value in inst.resources.items() if inst is not None and inst.resources else ():
+            if name in self.limits and (isinstance(value, bool) or not isinstance(value, (int, float))) \
+                    and value is not TBD:
+                raise inst.rule.error(f"resources: {name}={value!r}, but --resources {name}="
+                                      f"{self.limits[name]} limits it: it must be a number")
 
     def fits(self, need: Need, *, local: bool) -> bool:
         """Whether ``need`` fits beside what runs now (cores count only for jobs on this machine)."""

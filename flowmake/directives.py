@@ -14,8 +14,10 @@ from __future__ import annotations
 import enum
 import inspect
 import os
+import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from flowmake import resource_units
 from flowmake.errors import FlowmakeError, Location
 from flowmake.namedlist import EMPTY, Flag, FlaggedFunction, NamedList, Wildcards, flags_of
 from flowmake.patterns import Bindings, Pattern
@@ -59,21 +61,15 @@ class IncompleteCheckpoint(Exception):
         self.outputs = outputs
 
 
-class Pending(str):
-    """A resource whose function read an input that does not exist yet (``input.size_mb`` before
-    the upstream step ran): Snakemake's ``<TBD>``. The scheduler evaluates the step's resources
-    again when it is about to start it, when its inputs exist."""
-
-    def __new__(cls) -> Pending:
-        return str.__new__(cls, "<TBD>")
-
-
-PENDING = Pending()
+# A resource whose function read an input that does not exist yet (``input.size_mb`` before the
+# upstream step ran): Snakemake's ``<TBD>``. The scheduler evaluates the step's resources again
+# when it is about to start it, when its inputs exist.
+PENDING = resource_units.TBD
 
 
 def has_pending(inst: Any) -> bool:
     res = getattr(inst, "resources", None) or ()
-    return any(isinstance(v, Pending) for v in res)
+    return any(v is PENDING for v in res)
 
 
 class Entry:
@@ -190,6 +186,20 @@ def call_plan(func: Callable[..., Any], available: Iterable[str]) -> list[tuple[
 _PARAMS_ARGS = ("wildcards", "input", "output", "threads", "resources")
 _THREADS_ARGS = ("wildcards", "input", "attempt")
 _RESOURCES_ARGS = ("wildcards", "input", "threads", "attempt")
+_PRIORITY_ARGS = ("wildcards", "input", "attempt", "rulename")
+
+
+def as_priority(rule: Rule, value: Any) -> float:
+    """A priority: a number (an int or a float, as Snakemake allows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise rule.error(f"priority must be a number, got {value!r}")
+    return value
+
+
+def eval_priority(rule: Rule, func: Callable[..., Any], wc: Wildcards, input: NamedList,
+                  attempt: int) -> float:
+    available = {"wildcards": wc, "input": input, "attempt": attempt, "rulename": rule.name}
+    return as_priority(rule, call(rule, "priority", func, available, _PRIORITY_ARGS))
 
 
 def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
@@ -293,9 +303,23 @@ def extend(rule: Rule, items: list[str], result: Any, extra: frozenset[Flag], fl
     for v in values:
         path = os.fspath(v)
         if b is not None and "{" in path:
-            path = Pattern(path, None, rule.workflow.wildcard_types).format(b)
+            path = _fill_wildcards(rule, path, b)
         items.append(add(path, flags_of(v) | extra, flags))
     return isinstance(result, (str, os.PathLike))
+
+
+# A wildcard field as Snakemake's apply_wildcards finds it: {name} or {name,regex}.
+_FIELD = re.compile(r"\{\s*(\w+?)(?:\s*,\s*(?:[^{}]+|\{\d+(?:,\d+)?\})*)?\s*\}")
+
+
+def _fill_wildcards(rule: Rule, path: str, b: Bindings) -> str:
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in b:
+            raise rule.error(f"input function returned {path!r}: {{{name}}} is not a wildcard "
+                             f"of rule '{rule.name}'")
+        return b.raw(name)
+    return _FIELD.sub(value, path)
 
 # The three below are called by Rule._build only when the rule needs them evaluated (threads
 # a function, some resources, some params); _build handles the constant and empty cases inline.
@@ -306,7 +330,12 @@ def eval_threads(rule: Rule, wc: Wildcards, input: NamedList, attempt: int) -> i
     if callable(threads):
         threads = call(rule, "threads", threads,
                        {"wildcards": wc, "input": input, "attempt": attempt}, _THREADS_ARGS)
-    return as_int(rule, "threads", threads)
+    return as_threads(rule, threads)
+
+
+def as_threads(rule: Rule, value: Any) -> int:
+    """Threads as Snakemake takes them: a float is rounded (``workflow.cores * 0.75``)."""
+    return as_int(rule, "threads", round(value) if isinstance(value, float) else value)
 
 
 def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,
@@ -319,7 +348,10 @@ def eval_resources(rule: Rule, wc: Wildcards, input: NamedList, threads: int,
                                       "attempt": attempt}
             v = call(rule, f"resources '{name}'", v, available, _RESOURCES_ARGS, pending_ok=True)
         values.append((name, v))
-    return NamedList.from_pairs(values)
+    try:
+        return NamedList.from_pairs(resource_units.normalize(values))
+    except resource_units.UnitError as e:
+        raise rule.error(f"resources: {e}") from None
 
 
 def eval_params(rule: Rule, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Sequence, TypeV
 from flowmake.errors import (AmbiguousRuleError, CycleError, FlowmakeError, MissingInputError,
                              NoRuleError, UnsafePathError, UnsafeWildcardError, WildcardError,
                              did_you_mean)
+from flowmake.output_claims import claim
 from flowmake.patterns import Bindings
 from flowmake.rule_index import RuleIndex
 from flowmake.rules import CheckpointView, IncompleteCheckpoint, Instance, Rule, Workflow
@@ -161,23 +162,21 @@ class Graph:
     def add_rule_target(self, rule: Rule) -> Step:
         """A rule name as target: the rule must have no wildcards, like in Snakemake."""
         if rule.has_wildcards:
-            raise FlowmakeError(
-                f"rule {rule.name!r} has wildcards and cannot be a target",
-                location=rule.location,
-                rule=rule.name,
-                hint="request one of its output files instead",
-            )
+            raise FlowmakeError(f"rule {rule.name!r} has wildcards and cannot be a target",
+                                location=rule.location, rule=rule.name,
+                                hint="request one of its output files instead")
         step = self._step_for(rule, rule.bindings_from_raw({}))
         result = self._drive_step(step)
+        result = self._claim(result) if isinstance(result, Step) else result
         if isinstance(result, _Failure):
             raise self._error_for(result, rule.name)
         self.targets.append(step)
         return step
 
     def _step_for(self, rule: Rule, bindings: Bindings, path: str | None = None) -> Step:
-        pats = rule.output_patterns
-        # One output pattern: the path it matched is the output (and keeps its spelling).
-        outputs = (path,) if path is not None and len(pats) == 1 else tuple(p.format(bindings) for p in pats)
+        pats = rule.output_patterns  # one: the path it matched is the output (unless a log did)
+        outputs = (path,) if path is not None and len(pats) == 1 and not rule.log_patterns else tuple(
+            p.format(bindings) for p in pats)
         key = _graph_key(rule, outputs, bindings)
         step = self.steps.get(key)
         if step is None:
@@ -257,10 +256,10 @@ class Graph:
             step = self._step_for(*candidates[0], spelt)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
-                return SOURCE if result.kind is not _FailureKind.CYCLE and self.exists(path) else result
-            for out in step.outputs:
-                self.producer.setdefault(out, step)
-            return step
+                # An existing file is a source even if its rule closes a cycle (as in Snakemake).
+                ok = result.kind is not _FailureKind.CYCLE or not requested
+                return SOURCE if ok and self.exists(path) else result
+            return self._claim(step)
         groups = self._preference_groups(candidates)
         failures: list[_Failure] = []
         for group in groups:
@@ -286,13 +285,21 @@ class Graph:
                     ),
                 )
             if winners:
-                for out in winners[0].outputs:
-                    self.producer.setdefault(out, winners[0])
-                return winners[0]
+                return self._claim(winners[0])
         # Every candidate failed: a file that exists is a source after all (Snakemake does this).
-        if self.exists(path) and all(f.kind is not _FailureKind.CYCLE for f in failures) and not (requested and unsafe):
+        if self.exists(path) and not requested:
+            return SOURCE
+        if self.exists(path) and all(f.kind is not _FailureKind.CYCLE for f in failures) and not unsafe:
             return SOURCE
         return _pick_failure(failures + unsafe)
+
+    def _claim(self, step: Step) -> Step | _Failure:
+        """Record the producer of the step's outputs; a conflict (see ``output_claims``) fails."""
+        for out in step.outputs:
+            error = claim(self.producer, step, out, Step)
+            if error is not None:
+                return _Failure(_FailureKind.AMBIGUOUS, out, error=error)
+        return step
 
     def _preference_groups(self, candidates: list[tuple[Rule, Bindings]]) -> list[list[tuple[Rule, Bindings]]]:
         """Candidates in preference order, equally preferred ones grouped together."""
@@ -339,11 +346,8 @@ class Graph:
             needed = step.waits_on
         for o in step.outputs:
             if o[:1] == "/" or o[:2] == ".." and (o == ".." or o[2] == "/") or "/../" in o:
-                raise UnsafePathError(
-                    f"output {o!r} would leave the working directory",
-                    location=step.rule.location,
-                    rule=step.rule.name,
-                )
+                raise UnsafePathError(f"output {o!r} would leave the working directory",
+                                      location=step.rule.location, rule=step.rule.name)
         deps: list[Step] = []
         seen: set[int] = set()
         for inp in needed:
@@ -356,6 +360,7 @@ class Graph:
                     location=step.rule.location, rule=step.rule.name,
                     hint="constrain the wildcard, e.g. {a,[^.]+}, or give the input another name",
                 )
+            self._index.hint = (step.rule, step.bindings)  # see RuleIndex.hint
             result = yield inp
             if isinstance(result, _Failure):
                 chained = _Failure(result.kind, result.path, list(result.chain), result.rule or step.rule, result.error)
@@ -470,18 +475,14 @@ class Graph:
                 hint=hint,
             )
         rule = failure.rule
-        return MissingInputError(
-            f"{failure.path!r} does not exist and no rule can produce it",
-            location=rule.location if rule else None,
-            rule=rule.name if rule else None,
-            target=target,
-            details=failure.chain,
-        )
+        return MissingInputError(f"{failure.path!r} does not exist and no rule can produce it",
+                                 location=rule.location if rule else None,
+                                 rule=rule.name if rule else None, target=target,
+                                 details=failure.chain)
 
 
 def _pick_failure(failures: list[_Failure]) -> _Failure:
-    for kind in _FailureKind:  # in the order of preference the enum declares
-        for f in failures:
-            if f.kind is kind:
-                return f
-    return failures[0]
+    return min(failures, key=lambda f: _KIND_ORDER[f.kind])  # the first of the most preferred kind
+
+
+_KIND_ORDER = {kind: i for i, kind in enumerate(_FailureKind)}  # the order the enum declares

@@ -59,9 +59,14 @@ def prepare_outputs(step: Step, workdir: str) -> None:
 
 
 def finish_outputs(step: Step, workdir: str) -> list[str]:
-    """Touch ``touch()`` outputs, protect ``protected()`` ones; return declared outputs still missing."""
+    """Create missing log files, touch ``touch()`` outputs, protect ``protected()`` ones; return
+    declared outputs still missing (or of the wrong kind)."""
     inst = step.instance
     missing = []
+    for log in inst.log if inst is not None else ():
+        full = os.path.join(workdir, log)
+        if not os.path.lexists(full):  # a job that wrote no log still leaves one, as in Snakemake
+            open(full, "a").close()
     files = real_outputs(step)
     for out in step.outputs:
         full = os.path.join(workdir, out)
@@ -70,10 +75,16 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
             continue
         flags = inst.flags.get(out, ()) if inst is not None else ()
         if Flag.TOUCH in flags:
-            with open(full, "a"):
-                os.utime(full)
+            if Flag.DIRECTORY in flags:  # touch(directory(...)): a directory, as in Snakemake
+                os.makedirs(full, exist_ok=True)
+            else:
+                open(full, "a").close()
+            os.utime(full)
         if not os.path.lexists(full):
             missing.append(out)
+        elif (Flag.DIRECTORY in flags) != os.path.isdir(full):  # Snakemake checks this too
+            missing.append(f"{out} (a directory: declare it with directory())" if os.path.isdir(full)
+                           else f"{out} (a file, not the directory() it is declared as)")
         elif Flag.PROTECTED in flags:
             mode = os.stat(full).st_mode
             os.chmod(full, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))

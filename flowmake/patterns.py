@@ -370,6 +370,9 @@ class Pattern:
             raise WildcardError(
                 f"wildcard values {raw!r} do not fit pattern '{self.text}'",
             )
+        if b._values == b._raw and any(b._raw[n] != raw[n] for n in b._raw):
+            # An ambiguous pattern ({a}{b}) that parses the probe another way: keep the given split.
+            return Bindings._fast(dict(raw), dict(raw))
         values = dict(raw)
         values.update(b._values)
         return Bindings._fast(values, {**raw, **b._raw})

@@ -25,11 +25,16 @@ class RuleIndex:
         self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
         self._by_shape: dict[tuple[str, str], list[Rule]] = {}
         self._products: list[tuple[Rule, list[Pattern]]] | None = None  # rules with log/benchmark
+        # The rule and wildcards of the step whose input is resolved next, set by the graph just
+        # before it asks. As in Snakemake, an input named through ``rules.NAME.output`` is made
+        # by that rule, and the consumer's own wildcard values are tried first (``_by_names``).
+        self.hint: tuple[Rule, Bindings] | None = None
 
     def candidates(self, path: str,
                    refused: list[UnsafeWildcardError] | None = None) -> list[tuple[Rule, Bindings]]:
         """``refused``, when given, collects the rules that match only with an unsafe wildcard
         value (see ``patterns``); otherwise the first such refusal is raised."""
+        hint, self.hint = self.hint, None
         shape = _shape(path)
         rules = self._by_shape.get(shape)
         if rules is None:
@@ -45,7 +50,11 @@ class RuleIndex:
                 refused.append(e)
                 continue
             if b is not None:
-                found.append((rule, b))
+                found.append((rule, b if hint is None else _by_names(rule, path, b, hint[1])))
+        if hint is not None and hint[0].input_rules and len(found) > 1:
+            only = hint[0].wanted_inputs(hint[1]).get(path)
+            if any(r.name == only for r, _ in found):
+                return [(r, b) for r, b in found if r.name == only]
         return found
 
     def product_candidates(self, path: str) -> list[tuple[Rule, Bindings]]:
@@ -91,6 +100,21 @@ class RuleIndex:
         return (heads is None or shape[0] in heads) and (exts is None or shape[1] in exts)
 
 
+def _by_names(rule: Rule, path: str, b: Bindings, hint: Bindings) -> Bindings:
+    """``foo.{sample}{read}.fq`` matches ``foo.ar1.fq`` as sample=ar, read=1 or sample=a,
+    read=r1: when the consumer has wildcards of the same names whose values make the path, those
+    win (as in Snakemake). Untyped wildcards only; otherwise the match stands."""
+    raw = hint._raw
+    if all(raw.get(n, v) == v for n, v in b._raw.items()) or b._values != b._raw \
+            or any(n not in raw for n in b._raw):
+        return b
+    mine = {n: raw[n] for n in b._raw}
+    alt = Bindings._fast(mine, dict(mine))
+    if any(p.format(alt) == path for p in [*rule.output_patterns, *rule.log_patterns]):
+        return alt
+    return b
+
+
 def _shape(path: str) -> tuple[str, str]:
     """(first path segment, extension of the last; "" for none)."""
     slash = path.find("/")
@@ -102,7 +126,7 @@ def _shape(path: str) -> tuple[str, str]:
 def _heads(rule: Rule) -> frozenset[str] | None:
     """First path segments every output of the rule starts with; None when one can be anything."""
     heads = set()
-    for p in rule.output_patterns:
+    for p in [*rule.output_patterns, *rule.log_patterns]:
         prefix = p.literal_prefix
         slash = prefix.find("/")
         if slash <= 0:
@@ -114,7 +138,7 @@ def _heads(rule: Rule) -> frozenset[str] | None:
 def _extensions(rule: Rule) -> frozenset[str] | None:
     """Extensions (in ``_shape``'s sense) every output of the rule has; None when one can be any."""
     exts = set()
-    for p in rule.output_patterns:
+    for p in [*rule.output_patterns, *rule.log_patterns]:
         ext = _pattern_extension(p)
         if ext is None:
             return None

@@ -18,11 +18,13 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from flowmake import shellfmt
 from flowmake.envs import Deployment
 from flowmake.directives import (NO_FLAGS, Entry, Flags, IncompleteCheckpoint, Layout, RuleKind,
-                                 as_int, eval_io, eval_params, eval_resources, eval_threads)
+                                 as_int, as_priority, as_threads, eval_io, eval_params, eval_priority,
+                                 eval_resources, eval_threads)
 from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildcardError, UsageError,
                              WildcardError, did_you_mean, printable)
 from flowmake.instance import Instance, JobNamespace
 from flowmake.namedlist import EMPTY, Flag, NamedList, Wildcards
+from flowmake.rule_paths import CheckpointPath, RuleOutput
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
@@ -155,7 +157,7 @@ class Rule:
                  log: Iterable[tuple[str | None, Any]] = (),
                  params: Iterable[tuple[str | None, Any]] = (),
                  resources: Iterable[tuple[str | None, Any]] = (), benchmark: Any = None,
-                 threads: Any = 1, message: str | None = None, priority: int = 0, retries: int = 0,
+                 threads: Any = 1, message: str | None = None, priority: Any = 0, retries: int | None = None,
                  shell: str | None = None, run: Callable[..., Any] | None = None,
                  run_source: str | None = None, script: str | None = None,
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
@@ -173,13 +175,19 @@ class Rule:
             self._log = [Entry(n, v, "log", False) for n, v in log]
         except ValueError as e:
             raise self.error(str(e)) from None
+        # Inputs given as another rule's output (rules.NAME.output): pattern text -> that rule.
+        self.input_rules = {str(t): t.rule_name for e in self._input for t in e.texts
+                            if isinstance(t, RuleOutput)}
         self._params = list(params)
         self._resources = list(resources)
         self._benchmark_text = os.fspath(benchmark) if benchmark is not None else None
         self._threads = threads
         self.message = message
-        self.priority = as_int(self, "priority", priority)
-        self.retries = as_int(self, "retries", retries)
+        # A function is asked per step (priority_of); the number stands for the rule otherwise.
+        self._priority = priority if callable(priority) else None
+        self.priority = 0 if callable(priority) else as_priority(self, priority)
+        # None: --retries decides; a rule's own value wins over it, as in Snakemake.
+        self.retries = as_int(self, "retries", retries) if retries is not None else None
         self.shell, self.run, self.run_source, self.script = shell, run, run_source, script
         self.wrapper, self.notebook = wrapper, notebook
         # Used only under --use-conda / --use-envmodules (``envs``); ignored otherwise, as in Snakemake.
@@ -190,7 +198,7 @@ class Rule:
         self.default_target = bool(default_target)
         self.cache = bool(cache)
         self.has_functions = any(e.func is not None for e in self._input) or any(
-            callable(v) for _, v in [*self._params, *self._resources]) or callable(threads)
+            callable(v) for _, v in [*self._params, *self._resources]) or callable(threads) or callable(priority)
         self._plans: dict[int, list[tuple[str, str]] | None] = {}
         # Set by flowfile.modules for a rule a module wrote: its module's name, namespace and
         # global wildcard_constraints (the workflow's do not apply to it, as in Snakemake).
@@ -199,6 +207,7 @@ class Rule:
         self.scope_constraints: dict[str, str] | None = None
         self.used_at: Location | None = None  # the main file's `use rule` that made this rule
         self.output_patterns: list[Pattern] = []
+        self.log_patterns: list[Pattern] = []
         self.wildcard_names: tuple[str, ...] = ()
         self.streams = False
 
@@ -225,6 +234,12 @@ class Rule:
         except FlowmakeError as e:
             raise self.error(e.message, hint=e.hint) from None
         self.output_patterns = [p for e in self._output for p in e.patterns]
+        if len(set(texts := [p.text for p in self.output_patterns])) < len(texts):
+            raise self.error(f"output '{next(t for i, t in enumerate(texts) if t in texts[:i])}' is given twice")
+        # Log files are products too: another rule may need one, or a target name it
+        # (Snakemake matches them with the rule's and the workflow's wildcard constraints).
+        self.log_patterns = [Pattern(t, constraints, wf.wildcard_types)
+                             for e in self._log for t in e.texts] if self._log else []
         self._check_wildcards()
         self._out_layout = Layout(self._output)
         self._log_layout = Layout(self._log)
@@ -233,7 +248,7 @@ class Rule:
         # Input functions may return flagged paths; otherwise only declared flags exist.
         self._may_flag = self._in_layout is None or any(
             lay.flagged for lay in (self._in_layout, self._out_layout, self._log_layout))
-        self._threads_value = None if callable(self._threads) else as_int(self, "threads", self._threads)
+        self._threads_value = None if callable(self._threads) else as_threads(self, self._threads)
         # pipe() or service() outputs (pipes.py); outputs are never functions, so this is exact.
         self.streams = any(f in (Flag.PIPE, Flag.SERVICE) for e in self._output for fl in e.flags for f in fl)
         self._param_strs = {i: Pattern(v, None, wf.wildcard_types)
@@ -364,9 +379,22 @@ class Rule:
         which another rule may read (Snakemake's ``products``)."""
         pats = [p for e in self._log for p in e.patterns]
         return pats + [self._benchmark] if self._benchmark is not None else pats
+    def priority_of(self, inst: Instance | None) -> float:
+        if self._priority is None or inst is None:
+            return self.priority
+        return eval_priority(self, self._priority, inst.wildcards, inst.input, inst.attempt)
+
+    def wanted_inputs(self, b: Bindings) -> dict[str, str]:
+        """Input paths of a step that name the rule meant to make them (see ``input_rules``)."""
+        return {p.format(b): self.input_rules[p.text] for e in self._input for p in e.patterns
+                if p.text in self.input_rules and all(n in b for n in p.wildcards)}
 
     def match_output(self, path: str) -> Bindings | None:
         for pattern in self.output_patterns:
+            b = pattern.match(path)
+            if b is not None:
+                return b
+        for pattern in self.log_patterns:
             b = pattern.match(path)
             if b is not None:
                 return b
@@ -431,7 +459,7 @@ _FILE_KINDS = frozenset({RuleKind.SCRIPT, RuleKind.WRAPPER, RuleKind.NOTEBOOK})
 # rather than what it does: not part of ``Rule.as_data``. Any other attribute is (a test checks
 # that every attribute is one or the other, so a new directive cannot be forgotten).
 _DERIVED = frozenset({
-    "workflow", "location", "output_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
+    "workflow", "location", "output_patterns", "log_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
     "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions", "streams",
     "run",  # the compiled run block; run_source is what it is
     "module_globals", "used_at",  # a namespace (the names a command uses are in "globals"); where
@@ -443,7 +471,8 @@ class CheckpointJob:
 
     def __init__(self, rule: Rule, output: NamedList, wildcards: Mapping[str, Any]) -> None:
         self.rule = rule
-        self.output = output
+        self.output = NamedList._make([CheckpointPath(p) for p in output], output._names,
+                                      output._single)
         self.wildcards = wildcards
 
 
@@ -495,7 +524,9 @@ class RuleProxy:
 
     @property
     def output(self) -> NamedList:
-        return _declared(self.rule._output)
+        out = _declared(self.rule._output)
+        return NamedList._make([RuleOutput(p, self.name) if isinstance(p, str) else p for p in out],
+                               out._names, out._single)
 
     @property
     def log(self) -> NamedList:

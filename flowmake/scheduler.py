@@ -76,7 +76,7 @@ class Scheduler(GroupRuns):
         self.locks = OutputLocks(os.path.join(ctx.workdir, ".flowmake"))
         self.result = RunResult()
         self._records: dict[int, StepRecord | UpToDate] = {}  # id(step) -> its record
-        self._ready: list[tuple[int, int, int, StepRecord]] = []  # (-priority, -depth, seq, record)
+        self._ready: list[tuple[float, int, int, StepRecord]] = []  # (-priority, -depth, seq, record)
         self._seq = 0
         self._running: dict[int, StepRecord] = {}  # id(handle) -> record
         self._locked: list[StepRecord] = []  # ready, but another invocation holds an output's lock
@@ -86,6 +86,8 @@ class Scheduler(GroupRuns):
         self._interrupt = False
         self._t0_ns = time.time_ns()
         self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
+        # The inputs of a target without outputs (rule all) are asked for too (as in Snakemake).
+        self._bare_targets = [t for t in graph.targets if isinstance(t, Step) and not t.outputs]
         self.peers = Peers(store, ctx.workdir)  # what concurrent runs recorded, and dead runs' jobs
         self._unlock: list[str] = []  # step ids whose locks go after the next store flush
         self._groups = plan.groups  # pipe groups (pipes.py): their steps run as one job
@@ -146,12 +148,23 @@ class Scheduler(GroupRuns):
                 self._count(rec)
             inst = step.instance
             if inst is not None:
+                self.capacity.check(inst)
                 for path in inst.input:
                     if self._is_temp(path):
                         self._temp_consumers[path] = self._temp_consumers.get(path, 0) + 1
             rec.waiting_on = sum(1 for d in self._upstream(step) if self._unsettled(d))
             if rec.waiting_on == 0:
                 self._settle(rec)
+
+    def _drop_unread_temps(self, step: Step) -> None:
+        """A temp() output no step of this run reads goes once recorded, as in Snakemake (not
+        while a checkpoint may still bring in a step that reads it)."""
+        if self.opt.notemp or not step.rule.may_flag:
+            return
+        unread = [o for o in step.outputs if o not in self._temp_consumers and self._is_temp(o)]
+        if unread and not any(s.pending for s in self.graph.steps.values()):
+            for out in unread:
+                remove_path(os.path.join(self.ctx.workdir, out))
 
     def _upstream(self, step: Step) -> list[Step]:
         """The steps this one waits for, each once (two outputs of one checkpoint are one wait)."""
@@ -178,7 +191,9 @@ class Scheduler(GroupRuns):
         if (not isinstance(prod, Step) or not prod.rule.may_flag or prod.pending
                 or Flag.TEMP not in prod.instance.flags.get(path, ())):  # type: ignore[union-attr]  # not pending: instantiated
             return False
-        return id(prod) not in self._target_ids
+        # Asked when the temp file's consumers are counted: a target waiting on a checkpoint
+        # knows its inputs by then.
+        return id(prod) not in self._target_ids and not any(path in t.inputs for t in self._bare_targets)
 
     # ---- deciding ----------------------------------------------------------------------------
 
@@ -205,7 +220,7 @@ class Scheduler(GroupRuns):
         self._count(rec)
         rec.state = StepState.READY
         self._seq += 1
-        heapq.heappush(self._ready, (-rec.step.rule.priority, -rec.depth, self._seq, rec))
+        heapq.heappush(self._ready, (-rec.step.rule.priority_of(rec.step.instance), -rec.depth, self._seq, rec))
 
     def _expand(self, rec: StepRecord) -> None:
         """A checkpoint this step waited on is done: instantiate it and admit its new upstream."""
@@ -390,6 +405,7 @@ class Scheduler(GroupRuns):
                     return
             for r in recs:
                 self._succeeded(r, ev)
+                self._drop_unread_temps(r.step)
             for r in recs:
                 self._complete(r, StepState.DONE)
             return
@@ -436,7 +452,8 @@ class Scheduler(GroupRuns):
             self._requeue(recs)
             return
         rec.attempts += 1
-        allowed = max(max(r.step.rule.retries or 0 for r in recs), self.opt.retries)
+        own = [r.step.rule.retries for r in recs if r.step.rule.retries is not None]
+        allowed = max(own) if own else self.opt.retries  # a rule's own retries: wins, as in Snakemake
         if rec.attempts <= allowed and not self._interrupt:
             if ev.state is JobState.OOM:
                 rec.mem_scale *= 1.5

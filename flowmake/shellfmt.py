@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from flowmake.backend import INLINE_MAX
+from flowmake.namedlist import Wildcards
 
 _SAFE = re.compile(r"[\w@%+=:,./-]+")
 STRICT_MODE = "set -euo pipefail; "
@@ -108,6 +109,8 @@ def render(template: str, namespace: Mapping[str, Any], args: tuple[Any, ...] = 
             if tainted is None or field not in VERBATIM:
                 if type(value) is str:
                     out.append(value if value == "" or _SAFE.fullmatch(value) else shlex.quote(value))
+                elif type(value) is Wildcards:  # "{wildcards}": "a=1,b=x", sorted, as Snakemake
+                    out.append(safe_word(",".join(f"{k}={v}" for k, v in sorted(value.items()))))
                 elif isinstance(value, list):  # input, output, log: space-separated words
                     if len(value) == 1:  # most often one path: no list to build and join
                         (v,) = value

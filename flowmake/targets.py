@@ -27,9 +27,9 @@ def target_spec(workflow: Any, targets: list[str], workdir: str) -> list[tuple[s
     """("rule", name) or ("path", workdir-relative path) for each target; the default rule if none."""
     if not targets:
         rule = workflow.default_rule
-        if rule is None:
-            raise UsageError("the rule file has no rules", hint="add a rule or name a target")
-        return [("rule", rule.name)]
+        # A rule file without rules (only includes that define none, or only Python) has
+        # nothing to do, as in Snakemake.
+        return [("rule", rule.name)] if rule is not None else []
     rule_names = {r.name for r in workflow.rules}
     return [("rule", t) if t in rule_names and not os.path.exists(t) else ("path", normalize_target(t, workdir))
             for t in targets]

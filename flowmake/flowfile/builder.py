@@ -303,9 +303,10 @@ class Builder:
     singularity = container
 
     def _ignore(self, line: int, *args: Any, **kwargs: Any) -> None:
-        """conda/envvars/report/containerized at top level: accepted, no effect."""
+        """conda/envvars/report/containerized/resource_scopes at top level: accepted, no effect
+        (resource scopes matter only to cluster group jobs)."""
 
-    conda = envvars = report = containerized = _ignore
+    conda = envvars = report = containerized = resource_scopes = _ignore
 
     def scattergather(self, line: int, **counts: Any) -> None:
         self.scatter.declare(counts)

@@ -56,24 +56,34 @@ def _one_line(e: Exception) -> str:
 
 
 def parse_value(text: str) -> Any:
-    """A ``--config`` value, read like a YAML scalar (``3`` → 3, ``true`` → True, ``a`` → "a")."""
+    """A ``--config`` value, read as Snakemake reads it: an int, a float, ``True``/``False``,
+    else YAML whose scalars stay strings (``true`` → "true", ``{a: 1}`` → {"a": "1"}), else the
+    text. An empty value is None."""
+    if text == "":
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=yaml.BaseLoader)
     except yaml.YAMLError:
         return text
-    if value is None and text.strip() not in ("null", "~", ""):
-        return text
-    return value
+    return text if value is None else value
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}``; ConfigError for an item without ``=``."""
+    """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}``; ConfigError for an item without ``=``.
+    A key given twice merges like config files do (``b={x: 1}`` then ``b={y: 2}``)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"invalid --config item '{item}'", hint="use key=value")
-        out[key.strip()] = parse_value(value)
+        merge(out, {key.strip(): parse_value(value)})
     return out
 
 

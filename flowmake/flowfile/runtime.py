@@ -99,7 +99,8 @@ def run_script(inst: Instance, path: str | None = None) -> None:
     sys.argv = [path]
     # The rule file's builtins: `from snakemake.shell import shell` in a script gets the same
     # stand-ins as the rule file (Snakemake installed or not); modules beside it import.
-    init = {"snakemake": ScriptContext(inst, os.path.dirname(os.path.abspath(path))),
+    # Snakemake's scripts also see __real_file__ (the file that runs; here the script itself).
+    init = {"snakemake": ScriptContext(inst, os.path.dirname(os.path.abspath(path))), "__real_file__": path,
             "__builtins__": rule.workflow.globals.get("__builtins__", builtins)}
     try:
         with import_path([os.path.dirname(os.path.abspath(path)), rule.basedir]), \

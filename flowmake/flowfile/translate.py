@@ -45,7 +45,7 @@ TOP_DIRECTIVES = (
     "include", "configfile", "localrules", "ruleorder", "wildcard_constraints", "workdir",
     "onstart", "onsuccess", "onerror", "container", "singularity", "containerized", "conda",
     "envvars", "report", "inputflags", "outputflags", "pepfile", "pepschema",
-    "storage", "scattergather",
+    "storage", "scattergather", "resource_scopes",
 )
 HOOKS = ("onstart", "onsuccess", "onerror")
 MODULE_KEYS = ("name", "snakefile", "meta_wrapper", "config", "skip_validation", "replace_prefix",
@@ -159,7 +159,13 @@ class _Translator:
         name = toks[1].string if toks[1].type == tokenize.NAME else None
         colon = toks[2] if name else toks[1]
         if len(toks) > (3 if name else 2):
-            raise self.error(f"unexpected text after '{kw.string}' header", row)
+            rest = toks[3 if name else 2:]
+            if not (len(rest) > 2 and rest[0].type == tokenize.NAME and rest[1].string == ":"
+                    and rest[0].string in RULE_DIRECTIVES and rest[0].string != "run"):
+                raise self.error(f"unexpected text after '{kw.string}' header", row)
+            # A one-line rule (`rule all: input: "x"`): the directive becomes a line of its own,
+            # deeper than the header, and Python takes `class ___(...): stmt` on one line.
+            self.lines[i:i + 1] = [_Line(toks[:len(toks) - len(rest)]), _Line(rest)]
         end = self._block_end(i)
         if end == i + 1:
             raise self.error(f"{kw.string} '{name or ''}' has no directives", row)

@@ -199,9 +199,12 @@ def test_config_precedence(tmp_path: Path) -> None:
     assert wf.rule("a")._params == [("v", 3)]
 
 
-def test_parse_overrides_yaml_scalars() -> None:
-    assert parse_overrides(["n=3", "f=0.5", "t=true", "s=abc", "e=", "l=[1, 2]"]) == {
-        "n": 3, "f": 0.5, "t": True, "s": "abc", "e": None, "l": [1, 2]}
+def test_parse_overrides_like_snakemake() -> None:
+    # Snakemake's parse_config: int, float, True/False, then YAML whose scalars stay strings.
+    assert parse_overrides(["n=3", "f=0.5", "t=True", "y=true", "s=abc", "e=", "l=[1, 2]"]) == {
+        "n": 3, "f": 0.5, "t": True, "y": "true", "s": "abc", "e": None, "l": ["1", "2"]}
+    # A key given twice merges, as config files do.
+    assert parse_overrides(["b={x: one}", "b={y: two}"]) == {"b": {"x": "one", "y": "two"}}
     with pytest.raises(ConfigError):
         parse_overrides(["novalue"])
 
@@ -442,3 +445,39 @@ def test_common_snakefile_headers_load_with_or_without_snakemake(tmp_path: Path)
     """)
     inst = wf.rule("a").instantiate(wf.rule("a").bindings_from_raw({}), AllDone())
     assert list(inst.output) == ["o1.txt"] and inst.benchmark == "bench/a.tsv"
+
+
+def test_one_line_rules(tmp_path: Path) -> None:
+    wf = load(tmp_path, """
+        rule all: input: "b.txt"
+        rule b: output: "b.txt"
+        checkpoint c: output: directory("d")
+    """)
+    assert [r.name for r in wf.rules] == ["all", "b", "c"]
+    assert wf.rule("b").output_patterns[0].text == "b.txt"
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, 'rule x: "b.txt"\n')
+    assert "unexpected text after 'rule' header" in str(e.value)
+
+
+def test_output_given_twice_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FlowfileError) as e:
+        load(tmp_path, """
+            rule a:
+                output: "{name}.txt", "{name}.txt"
+                shell: "touch {output}"
+        """)
+    assert "output '{name}.txt' is given twice" in str(e.value)
+
+
+def test_resource_scopes_are_accepted(tmp_path: Path) -> None:
+    # Snakemake's resource_scopes: only cluster group jobs use them; a rule file with it loads.
+    wf = load(tmp_path, """
+        resource_scopes:
+            mem_mb="global",
+            gpus="local",
+        rule a:
+            output: "a"
+            shell: "touch a"
+    """)
+    assert [r.name for r in wf.rules] == ["a"]

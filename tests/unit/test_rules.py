@@ -84,7 +84,7 @@ def test_rule_properties(tmp_path: Path) -> None:
     c = wf.rule("c")
     assert c.is_checkpoint and c.kind is RuleKind.RUN and not c.has_wildcards
     assert wf.rule("s").kind is RuleKind.SCRIPT and wf.rule("n").kind is RuleKind.NONE
-    assert a.priority == 5 and wf.rule("n").priority == 0 and wf.rule("n").retries == 0
+    assert a.priority == 5 and wf.rule("n").priority == 0 and wf.rule("n").retries is None
 
 
 def test_instantiate_plain(tmp_path: Path) -> None:

@@ -1,0 +1,6 @@
+import os
+
+here = os.path.dirname(os.path.abspath(__real_file__))
+with open(os.path.join(here, "data.txt")) as src, open(snakemake.output[0], "w") as out:
+    out.write(src.read())
+    out.write(f"{os.path.basename(__file__)}\n")
