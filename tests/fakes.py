@@ -183,7 +183,7 @@ def run_in_process(workdir: Path, *targets: str, backend: FakeBackend | None = N
                 ctx=JobContext(workdir=session.workdir, flowfile=session.flowfile, cores=cores),
                 options=SchedulerOptions(cores=cores, lock_wait_s=0.0, **options),
             )
-            result = sched.run(api._selected_steps(session))
+            result = sched.run(api.selected(session))
             if not result.interrupted:
                 graph_memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
                           session.steps, sched.current, session.known_keys)

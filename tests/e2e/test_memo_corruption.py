@@ -53,7 +53,7 @@ def dry_run() -> str:
     session = api.open_session(api.Options(dry_run=True, json=True), readonly=True)
     try:
         out = io.StringIO()
-        print_plan(session, api._selected_steps(session), as_json=True, out=out)
+        print_plan(session, api.selected(session), as_json=True, out=out)
         return out.getvalue()
     finally:
         session.close()
