@@ -29,6 +29,7 @@ from flowmake.outputs import (finish_outputs, inputs_changed_warning, prepare_ou
                               record_traces, remove_outputs, remove_path, write_benchmark)
 from flowmake.namedlist import Flag
 from flowmake.peers import Peers
+from flowmake.other_runs import OtherRuns
 from flowmake.pipe_runs import GroupRuns, refuse_streams
 from flowmake.planner import (Cutoff, Decision, Plan, Reason, ReasonKind, StepPlan, plan_step, replan, reread,
                               with_current_key)
@@ -59,7 +60,7 @@ class RunResult:
     interrupted: bool = False
 
 
-class Scheduler(GroupRuns):
+class Scheduler(OtherRuns, GroupRuns):
     def __init__(self, graph: Graph, plan: Plan, *, store: Store, digest: Callable[[str], str | None],
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
                  progress: Progress, storage: Any = None) -> None:
@@ -280,57 +281,6 @@ class Scheduler(GroupRuns):
             self._try_lock_and_start(rec)
         for entry in deferred:
             heapq.heappush(self._ready, entry)
-
-    def _try_lock_and_start(self, rec: StepRecord) -> None:
-        recs = self._members(rec)
-        if not self._lock_all(recs):
-            self._locked.append(rec)
-            return
-        if len(recs) > 1:  # a pipe group: what another run made of it is not reused, it is rebuilt whole
-            return self._take_over_and_start(recs)
-        step = rec.step
-        in_flight = any(map(self.plan.facts.in_flight, step.outputs))  # then its run may be gone unseen
-        if self.peers.take_over(step.outputs, in_flight, self.progress.note):
-            self._start(rec)  # a dead run left it half written: rebuilt from a clean output
-            return
-        if self._was_built_meanwhile(rec):
-            self.locks.release(step.id)
-            self.result.built_elsewhere.append(step.id)
-            self.progress.skipped(step, "built meanwhile by another flowmake, skipped")
-            self._complete(rec, StepState.SKIPPED)
-            return
-        self._start(rec)
-
-    def _touched_by_another_run(self, step: Step) -> bool:
-        # Nothing of ours writes a step's outputs before we start it, so an output changed since this
-        # run began was written by another invocation (which then released the lock we now hold).
-        for out in step.outputs:
-            try:
-                st = os.lstat(os.path.join(self.ctx.workdir, out))
-            except OSError:
-                continue
-            if st.st_ctime_ns >= self._t0_ns:
-                return True
-        return False
-
-    def _was_built_meanwhile(self, rec: StepRecord) -> bool:
-        """Another invocation may have built this step while we waited for, or before we took, its lock."""
-        step = rec.step
-        # Another run held its lock, or had its outputs in flight when we loaded the store.
-        contended = rec.lock_waited or any(map(self.plan.facts.in_flight, step.outputs))
-        if not contended and not self._touched_by_another_run(step):
-            return False
-        traces = self.peers.finished_traces(step.outputs)
-        if traces is None:
-            return False
-        for out in step.outputs:
-            self.digest(out)  # refresh the memoised stat: the file was rewritten by the other run
-        self.store.put_traces(traces)
-        _, sp = replan(step, reread(self.plan.facts))  # we hold its locks
-        if sp.decision is Decision.SKIP:
-            rec.plan = sp
-            return True
-        return False
 
     def _start(self, rec: StepRecord) -> None:
         step, recs = rec.step, self._members(rec)
