@@ -109,7 +109,8 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
         session.graph, session.plan, store=session.store, digest=_fresh_digest(session.digester, session.storage),
         backend=backend, local=local, ctx=ctx, progress=progress, storage=session.storage,
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
-                                 retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds),
+                                 retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds,
+                                 keep_target_temps=bool(opts.targets)),
     )
     run_hook(session.workflow, "onstart")
     try:

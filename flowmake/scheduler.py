@@ -46,6 +46,9 @@ class SchedulerOptions:
     keep_going: bool = False
     retries: int = 0
     notemp: bool = False
+    # False when no target was named: the default rule's own temp() outputs may go, as in
+    # Snakemake (a named file or rule keeps them).
+    keep_target_temps: bool = True
     printshellcmds: bool = False
     lock_wait_s: float = 0.2
 
@@ -86,7 +89,7 @@ class Scheduler(OtherRuns, GroupRuns):
         self._stop = False
         self._interrupt = False
         self._t0_ns = time.time_ns()
-        self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step)}
+        self._target_ids = {id(t) for t in graph.targets if isinstance(t, Step) and options.keep_target_temps}
         # The inputs of a target without outputs (rule all) are asked for too (as in Snakemake).
         self._bare_targets = [t for t in graph.targets if isinstance(t, Step) and not t.outputs]
         self.peers = Peers(store, ctx.workdir)  # what concurrent runs recorded, and dead runs' jobs
