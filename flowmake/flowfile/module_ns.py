@@ -18,7 +18,7 @@ import flowmake.flowfile.modules as modules_mod
 from flowmake.errors import FlowfileError, _shown, did_you_mean
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile import sources
-from flowmake.rules import Checkpoints, RuleProxy
+from flowmake.rule_refs import Checkpoints, RuleProxy
 
 if TYPE_CHECKING:
     from flowmake.flowfile.modules import Scope

@@ -31,7 +31,8 @@ from flowmake.flowfile import compat
 from flowmake.flowfile.helpers import namespace_helpers
 from flowmake.flowfile.paramspace import Paramspace
 from flowmake.flowfile.validate import validate_in
-from flowmake.rules import Checkpoints, Rule, Rules
+from flowmake.rule_refs import Checkpoints, Rules
+from flowmake.rules import Rule
 from flowmake.settings import available_cores
 from flowmake.shellfmt import Shell
 
