@@ -207,11 +207,12 @@ def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
             print(f"flowmake: using profile{'s' if len(profiles.used) > 1 else ''} "
                   + " and ".join(profiles.used) + " for default flags", file=sys.stderr)
     resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
+    _pairs(args.config, "--config")  # each item is KEY=VALUE; a repeated KEY merges (parse_config)
     return api.Options(
         targets=list(args.targets), flowfile=args.flowfile, directory=args.directory,
         dry_run=args.dry_run, json=args.json, printshellcmds=args.printshellcmds or args.verbose,
         cores=args.cores, jobs=args.jobs, quiet=args.quiet, keep_going=args.keep_going,
-        config=_pairs(args.config, "--config"), configfiles=list(args.configfile),
+        config=list(args.config), configfiles=list(args.configfile),
         forceall=args.forceall, force=args.force, forcerun=list(args.forcerun),
         until=list(args.until), omit_from=list(args.omit_from), notemp=args.notemp,
         retries=args.retries, resources=resources, backend=args.backend, profile=toml,

@@ -40,7 +40,7 @@ class Options:
     jobs: int | None = None
     quiet: bool = False
     keep_going: bool = False
-    config: dict[str, str] = field(default_factory=dict)
+    config: list[str] = field(default_factory=list)  # --config KEY=VALUE items, in order
     configfiles: list[str] = field(default_factory=list)
     forceall: bool = False
     force: bool = False
@@ -113,11 +113,12 @@ def find_flowfile(given: str | None) -> str:
     )
 
 
-def parse_config(pairs: dict[str, str]) -> dict[str, Any]:
-    from flowmake.flowfile.config import parse_value
+def parse_config(items: list[str]) -> dict[str, Any]:
+    from flowmake.flowfile.config import parse_overrides
 
-    # Values are read as Snakemake reads them (``true`` stays a string; see parse_value).
-    return {key: parse_value(text) for key, text in pairs.items()}
+    # Values are read as Snakemake reads them (``true`` stays a string; see parse_value), and a key
+    # given twice merges (``block={a: 1}`` then ``block={b: 2}``), as Snakemake does.
+    return parse_overrides(items)
 
 
 def enter_directory(opts: Options) -> None:
