@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -241,6 +242,16 @@ def test_hostile_targets_are_refused(template: Path, tmp_path: Path, directive: 
                                        f"  rule: {directive}\n", f"  target: {shown(target)}\n"])
 
 
+def _has_field(value: str) -> bool:
+    return re.search(r"\{\w+\}", value) is not None
+
+
+def _field(value: str) -> str:
+    m = re.search(r"\{(\w+)\}", value)
+    assert m is not None
+    return m.group(1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("directive", DIRECTIVES)
 def test_hostile_values_needed_as_inputs_are_refused(template: Path, tmp_path: Path,
@@ -249,6 +260,11 @@ def test_hostile_values_needed_as_inputs_are_refused(template: Path, tmp_path: P
                "files": {"values.json": json.dumps([v])}} for v in HOSTILE + ESCAPES]
     values = HOSTILE + ESCAPES
     for v, trial, result in zip(values, trials, run_trials(template, tmp_path, trials)):
+        if _has_field(v):
+            # Like Snakemake, a {name} in a path an input function returns is a wildcard to fill
+            # in: one the rule does not have is refused there, before the value is ever matched.
+            assert_refused(trial, result, [f"{{{_field(v)}}} is not a wildcard of rule 'agg'", "  rule: agg\n"])
+            continue
         assert_refused(trial, result, ["unsafe wildcard value: wildcard 'x' would be", "  target: agg.txt\n",
                                        f"  path: {shown(directive + '/' + v + '.txt')}\n"])
 
@@ -272,6 +288,10 @@ def test_hostile_names_a_checkpoint_discovers_are_refused(template: Path, tmp_pa
         # The checkpoint ran and wrote the names (copied from seed/); nothing after it did.
         names = ([f"file {'found/' + v + '.txt'!r} found by glob_wildcards(", f"  rule: {route}\n"]
                  if route == "after_glob" else [f"  path: {shown('shell_wc/' + v + '.txt')}\n"])
+        if route == "after_list" and _has_field(v):  # see test_hostile_values_needed_as_inputs_are_refused
+            assert_refused(trial, result, [f"{{{_field(v)}}} is not a wildcard of rule '{route}'", f"  rule: {route}\n"],
+                           allowed_new=("w/found/",))
+            continue
         assert_refused(trial, result, ["unsafe wildcard value", "wildcard 'x' would be",
                                        f"  target: {route}.txt\n", *names],
                        allowed_new=("w/found/",))
