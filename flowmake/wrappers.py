@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 import blake3
@@ -163,6 +162,7 @@ class _Missing(Exception):
 
 def _download(url: str, dest: str) -> None:
     """``url`` into ``dest``, whole or not at all."""
+    import urllib.request  # http, ssl, email: imported only when fetching
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
             data = resp.read()
@@ -179,6 +179,7 @@ def _download(url: str, dest: str) -> None:
 
 def _fetch_wrapper(name: str, where: str, directory: str, rule: str | None,
                    location: Location | None) -> None:
+    import urllib.request  # http, ssl, email: imported only when fetching
     base = where.rstrip("/")
     if _names_script(base):
         base = base.rsplit("/", 1)[0]

@@ -100,6 +100,8 @@ class _Standin(types.ModuleType):
         self.__fallback = dict(fallback)
 
     def __getattr__(self, attr: str) -> Any:
+        if attr == "__version__" and self.__name__ in ("snakemake", "snakemake.common"):
+            return _version()  # asked for rarely; reading package metadata costs every load ~50 ms
         if attr.startswith("__"):
             raise AttributeError(attr)
         real = _real(self.__name__)
@@ -175,7 +177,6 @@ def snakemake_modules(io_names: Mapping[str, Any], utils_names: Mapping[str, Any
                       shell: Any) -> dict[str, types.ModuleType]:
     """The stand-in modules of one workflow: ``io_names`` are its rule-file helpers,
     ``utils_names`` its ``validate`` and ``Paramspace``, ``shell`` its ``shell``."""
-    version = _version()
     utils = _Standin("snakemake.utils", {
         "min_version": _min_version, "available_cpu_count": available_cores,
         "makedirs": _makedirs, "update_config": update_config, "linecount": _linecount,
@@ -185,13 +186,11 @@ def snakemake_modules(io_names: Mapping[str, Any], utils_names: Mapping[str, Any
         "snakemake.io": _Standin("snakemake.io", io_names, {}),
         "snakemake.shell": _Standin("snakemake.shell", {"shell": shell}, {}),
         "snakemake.logging": _Standin("snakemake.logging", {"logger": logger}, {}),
-        "snakemake.common": _Standin("snakemake.common", {"__version__": version},
-                                     {"ON_WINDOWS": os.name == "nt"}),
+        "snakemake.common": _Standin("snakemake.common", {}, {"ON_WINDOWS": os.name == "nt"}),
         "snakemake.exceptions": _Standin("snakemake.exceptions", {},
                                          {"WorkflowError": WorkflowError}),
     }
-    root = _Standin("snakemake", {"__version__": version,
-                                  **{n.split(".")[1]: m for n, m in mods.items()}}, {})
+    root = _Standin("snakemake", {n.split(".")[1]: m for n, m in mods.items()}, {})
     mods["snakemake"] = root
     return mods
 

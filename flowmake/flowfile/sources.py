@@ -17,7 +17,6 @@ import re
 import subprocess
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 from flowmake.errors import FlowfileError, Location
@@ -151,6 +150,7 @@ def _git_show(source: HostedFile, target: str, what: str, where: Location) -> No
 
 
 def _download(url: str, target: str, what: str, where: Location) -> None:
+    import urllib.request  # http, ssl, email: imported only when fetching
     request = urllib.request.Request(url)
     token = os.environ.get("GITHUB_TOKEN" if "github" in url else "GITLAB_TOKEN")
     if token:
