@@ -219,10 +219,19 @@ def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str
     except (FlowmakeError, IncompleteCheckpoint):
         raise
     except Exception as e:  # user code: report without a traceback, at the rule
-        if pending_ok and isinstance(e, FileNotFoundError) and e.filename is not None \
-                and os.path.normpath(os.fspath(e.filename)) in map(os.path.normpath, available.get("input") or ()):
+        if pending_ok and _input_missing(e, available.get("input") or ()):
             return PENDING
         raise rule.error(f"{what} function raised {type(e).__name__}: {e}") from None
+
+
+def _input_missing(e: Exception, inputs: Any) -> bool:
+    """Whether a function may have failed for want of an input still to be made (then it is
+    asked again just before the job, as Snakemake evaluates resources lazily): the file it could
+    not open is an input, or whatever it raised, one of the step's inputs does not exist yet."""
+    if isinstance(e, FileNotFoundError) and e.filename is not None \
+            and os.path.normpath(os.fspath(e.filename)) in map(os.path.normpath, inputs):
+        return True
+    return any(not os.path.lexists(p) for p in inputs)
 
 
 def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags: Flags,
