@@ -68,8 +68,11 @@ PENDING = resource_units.TBD
 
 
 def has_pending(inst: Any) -> bool:
-    res = getattr(inst, "resources", None) or ()
-    return any(v is PENDING for v in res)
+    """Whether a resource or a param waits for an input still to be made (evaluated again then)."""
+    for values in (getattr(inst, "resources", None) or (), getattr(inst, "params", None) or ()):
+        if any(v is PENDING for v in values):
+            return True
+    return False
 
 
 class Entry:
@@ -371,7 +374,9 @@ def eval_params(rule: Rule, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:
             available = available or {"wildcards": wc, "input": inst.input,
                                       "output": inst.output, "threads": inst.threads,
                                       "resources": inst.resources}
-            v = call(rule, f"params '{name}'", v, available, _PARAMS_ARGS)
+            # Like resources: a function that reads an input made in this run waits for it; the
+            # step's key (params included) is taken when it starts, so it holds the real value.
+            v = call(rule, f"params '{name}'", v, available, _PARAMS_ARGS, pending_ok=True)
         elif i in rule._param_strs:
             v = rule._param_strs[i].format(b)
         values.append((name, v))
