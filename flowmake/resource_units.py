@@ -31,7 +31,7 @@ class _Deferred(str):
     __slots__ = ()
 
     # `{params.x[foo]}` in a dry run's shown command reads <TBD>, as the whole value does.
-    def __getitem__(self, key: Any) -> _Deferred:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> _Deferred:
         return self
 
 
