@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from flowmake.backend import INLINE_MAX
 from flowmake.namedlist import Wildcards
@@ -41,6 +41,27 @@ class ShellSettings:
     executable: str = "bash"
     prefix: str = ""
     suffix: str = ""
+
+
+# The names an f-string ``shell:`` command sees as the job's (Snakemake's run-function arguments).
+FSTRING_FIELDS = ("input", "output", "params", "wildcards", "threads", "resources", "log", "rule")
+
+
+class DeferredCommand(str):
+    """A ``shell:`` command given as an f-string: Snakemake evaluates it in the job's function,
+    where ``input``, ``output``, ... are the job's, so ``func`` takes them and gives the command
+    template (formatted as any other). The string itself is the f-string's source: what the rule's
+    fingerprint and error messages show."""
+
+    func: Callable[..., str]
+
+    def __new__(cls, source: str, func: Callable[..., str]) -> DeferredCommand:
+        s = str.__new__(cls, source)
+        s.func = func
+        return s
+
+    def __reduce__(self) -> Any:
+        return (str, (str(self),))
 
 
 def _elements(value: Any) -> list[Any]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
+from flowmake import shellfmt
 from flowmake.flowfile import compat
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile import modules
@@ -129,6 +130,10 @@ class Builder:
 
     def args(self, line: int, *args: Any, **kwargs: Any) -> _Args:
         return _Args(line, args, kwargs)
+
+    def fshell(self, source: str, func: Callable[..., str]) -> shellfmt.DeferredCommand:
+        """A ``shell:`` f-string, formatted for each step (see ``shellfmt.DeferredCommand``)."""
+        return shellfmt.DeferredCommand(source, func)
 
     def rule(self, name: str | None, line: int, is_checkpoint: bool,
              file_id: int) -> Callable[..., None]:
