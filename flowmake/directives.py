@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from flowmake import resource_units
 from flowmake.errors import FlowmakeError, Location
-from flowmake.namedlist import EMPTY, Flag, FlaggedFunction, NamedList, Wildcards, flags_of
+from flowmake.namedlist import EMPTY, Flag, Flagged, FlaggedFunction, NamedList, Wildcards, flags_of
 from flowmake.patterns import Bindings, Pattern
 
 if TYPE_CHECKING:
@@ -68,8 +68,11 @@ PENDING = resource_units.TBD
 
 
 def has_pending(inst: Any) -> bool:
-    res = getattr(inst, "resources", None) or ()
-    return any(v is PENDING for v in res)
+    """Whether a resource or a param waits for an input still to be made (evaluated again then)."""
+    for values in (getattr(inst, "resources", None) or (), getattr(inst, "params", None) or ()):
+        if any(v is PENDING for v in values):
+            return True
+    return False
 
 
 class Entry:
@@ -95,12 +98,63 @@ class Entry:
                 raise ValueError(f"a named {directive} ({name}=) cannot be unpack()ed")
             return
         self.single = isinstance(value, (str, os.PathLike))
+        if allow_functions and not self.single and isinstance(value, Iterable) \
+                and not isinstance(value, dict):
+            parts = _flatten_keeping_functions(value)
+            if any(callable(p) and not isinstance(p, (str, os.PathLike)) for p in parts):
+                # Snakemake: a function inside an input list is an input function of its own
+                # (``rules.other.input`` of a rule whose input is a function, say).
+                self.func = _MixedItems(parts)
+                return
         for item in flatten(value, directive):
             self.texts.append(os.fspath(item))
             self.flags.append(flags_of(item))
 
     def declared(self) -> list[Any]:
         return [self.func] if self.func is not None else list(self.texts)
+
+
+def _flatten_keeping_functions(value: Any) -> list[Any]:
+    if isinstance(value, (str, os.PathLike)) or callable(value) or not isinstance(value, Iterable) \
+            or isinstance(value, dict):
+        return [value]
+    return [p for v in value for p in _flatten_keeping_functions(v)]
+
+
+class _MixedItems:
+    """An input list holding paths and functions: called with the wildcards, it gives the paths
+    with each function's results in its place (flagged as that function is)."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def __call__(self, wc: Any) -> list[Any]:
+        out: list[Any] = []
+        for p in self.parts:
+            if not callable(p) or isinstance(p, (str, os.PathLike)):
+                out.append(p)
+                continue
+            if isinstance(p, FlaggedFunction) and p.unpack:
+                raise ValueError("an unpack() input function cannot be an item of an input list")
+            extra = flags_of(p)
+            for v in flatten(_applied(p, wc), "input function result"):
+                out.append(Flagged(os.fspath(v), flags_of(v) | extra) if extra else v)
+        return out
+
+
+# Snakemake applies a function an input function returns (``expand()`` over a function's
+# values), up to ten times.
+_MAX_NESTED = 10
+
+
+def _applied(func: Callable[..., Any], wc: Any) -> Any:
+    result: Any = func
+    for _ in range(_MAX_NESTED):
+        result = result(wc)
+        if not callable(result) or isinstance(result, (str, os.PathLike)):
+            return result
+    raise ValueError(f"input functions returned functions {_MAX_NESTED} times over; "
+                     "does one return a function instead of calling it?")
 
 
 def flatten(value: Any, directive: str) -> list[Any]:
@@ -219,10 +273,19 @@ def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str
     except (FlowmakeError, IncompleteCheckpoint):
         raise
     except Exception as e:  # user code: report without a traceback, at the rule
-        if pending_ok and isinstance(e, FileNotFoundError) and e.filename is not None \
-                and os.path.normpath(os.fspath(e.filename)) in map(os.path.normpath, available.get("input") or ()):
+        if pending_ok and _input_missing(e, available.get("input") or ()):
             return PENDING
         raise rule.error(f"{what} function raised {type(e).__name__}: {e}") from None
+
+
+def _input_missing(e: Exception, inputs: Any) -> bool:
+    """Whether a function may have failed for want of an input still to be made (then it is
+    asked again just before the job, as Snakemake evaluates resources lazily): the file it could
+    not open is an input, or whatever it raised, one of the step's inputs does not exist yet."""
+    if isinstance(e, FileNotFoundError) and e.filename is not None \
+            and os.path.normpath(os.fspath(e.filename)) in map(os.path.normpath, inputs):
+        return True
+    return any(not os.path.lexists(p) for p in inputs)
 
 
 def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags: Flags,
@@ -263,7 +326,7 @@ def call_input(rule: Rule, func: Callable[..., Any], wc: Wildcards) -> Any:
     if isinstance(func, FlaggedFunction):
         func = func.func
     try:
-        return func(wc)
+        return _applied(func, wc)
     except FlowmakeError as e:
         if e.location is None:  # e.g. a bad storage URL the function built: at its line
             e.location, e.rule = Location(rule.location.file, _line_in(e, rule.location)), e.rule or rule.name
@@ -362,7 +425,9 @@ def eval_params(rule: Rule, b: Bindings, wc: Wildcards, inst: Any) -> NamedList:
             available = available or {"wildcards": wc, "input": inst.input,
                                       "output": inst.output, "threads": inst.threads,
                                       "resources": inst.resources}
-            v = call(rule, f"params '{name}'", v, available, _PARAMS_ARGS)
+            # Like resources: a function that reads an input made in this run waits for it; the
+            # step's key (params included) is taken when it starts, so it holds the real value.
+            v = call(rule, f"params '{name}'", v, available, _PARAMS_ARGS, pending_ok=True)
         elif i in rule._param_strs:
             v = rule._param_strs[i].format(b)
         values.append((name, v))

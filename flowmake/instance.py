@@ -59,7 +59,15 @@ class Instance:
         if self.rule.shell is None:
             return ""
         settings = self.rule.workflow.shell_settings
-        return settings.prefix + self._render(self.rule.shell, "shell command", True) + settings.suffix
+        template = self.rule.shell
+        if isinstance(template, shellfmt.DeferredCommand):
+            ns = self._namespace()
+            try:
+                template = template.func(**{k: ns[k] for k in shellfmt.FSTRING_FIELDS})
+            except Exception as e:  # the user's f-string: at the rule, no traceback
+                raise FlowfileError(f"cannot format shell command: {type(e).__name__}: {e}",
+                                    location=self.rule.location, rule=self.rule.name) from None
+        return settings.prefix + self._render(template, "shell command", True) + settings.suffix
 
     def message(self) -> str | None:
         if self.rule.message is None:

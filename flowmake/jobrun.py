@@ -27,14 +27,16 @@ def main(argv: list[str]) -> int:
     from flowmake.flowfile import load_workflow
     from flowmake.flowfile.runtime import _shell_of, instantiate, run_script
     from flowmake.rules import RuleKind
+    from flowmake.shellfmt import reloading
 
     os.chdir(job["workdir"])
     try:
-        workflow = load_workflow(job["flowfile"], config_overrides=job.get("config") or {},
-                                 configfiles=job.get("configfiles") or [], workdir=job["workdir"],
-                                 deployment=Deployment.from_payload(job.get("deployment")),
-                                 default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None,
-                                 scatter=job.get("scatter"))
+        with reloading():  # the run did the rule file's load-time shell() commands already
+            workflow = load_workflow(job["flowfile"], config_overrides=job.get("config") or {},
+                                     configfiles=job.get("configfiles") or [], workdir=job["workdir"],
+                                     deployment=Deployment.from_payload(job.get("deployment")),
+                                     default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None,
+                                     scatter=job.get("scatter"))
         if job.get("resource_args"):
             from flowmake.overrides import from_args
 

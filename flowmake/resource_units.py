@@ -30,6 +30,10 @@ class UnitError(ValueError):
 class _Deferred(str):
     __slots__ = ()
 
+    # `{params.x[foo]}` in a dry run's shown command reads <TBD>, as the whole value does.
+    def __getitem__(self, key: Any) -> _Deferred:
+        return self
+
 
 # A resource function that failed while an input of its step was still to be made: the scheduler
 # asks it again once the step is ready (Snakemake evaluates resources just before the job, too).

@@ -431,7 +431,8 @@ class Scheduler(OtherRuns, GroupRuns):
         try:
             step.instance = step.rule.instantiate(step.bindings, self.graph.checkpoint_view, attempt=attempt)
         except Exception:  # the first attempt's instance stays valid; its resources are a fine retry
-            pass
+            if has_pending(step.instance):  # unless a function failed again, its inputs there
+                raise
 
     def _complete(self, rec: StepRecord, state: StepState) -> None:
         rec.state = state

@@ -18,6 +18,8 @@ instead, which keeps existing Snakefiles working and is just as safe.
 from __future__ import annotations
 
 import _string  # type: ignore[import-not-found]  # str.format's own "a.b[c]" parser; no stubs
+import contextlib
+import contextvars
 import functools
 import os
 import re
@@ -27,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from flowmake.backend import INLINE_MAX
 from flowmake.namedlist import Wildcards
@@ -41,6 +43,27 @@ class ShellSettings:
     executable: str = "bash"
     prefix: str = ""
     suffix: str = ""
+
+
+# The names an f-string ``shell:`` command sees as the job's (Snakemake's run-function arguments).
+FSTRING_FIELDS = ("input", "output", "params", "wildcards", "threads", "resources", "log", "rule")
+
+
+class DeferredCommand(str):
+    """A ``shell:`` command given as an f-string: Snakemake evaluates it in the job's function,
+    where ``input``, ``output``, ... are the job's, so ``func`` takes them and gives the command
+    template (formatted as any other). The string itself is the f-string's source: what the rule's
+    fingerprint and error messages show."""
+
+    func: Callable[..., str]
+
+    def __new__(cls, source: str, func: Callable[..., str]) -> DeferredCommand:
+        s = str.__new__(cls, source)
+        s.func = func
+        return s
+
+    def __reduce__(self) -> Any:
+        return (str, (str(self),))
 
 
 def _elements(value: Any) -> list[Any]:
@@ -222,11 +245,29 @@ class Shell:
 
     def __call__(self, cmd: str, *args: Any, read: bool = False, iterable: bool = False,
                  **kwargs: Any) -> Any:
+        if _RELOADING.get() and not (read or iterable):
+            return None  # the run did it while loading (see ``reloading``)
         # Like Snakemake: the caller's globals and locals (run-block variables) are the namespace.
         frame = sys._getframe(1)
         namespace = {**frame.f_globals, **frame.f_locals, **kwargs}
         text = render(cmd, namespace, args)
         return run_command(text, self._settings, read=read, iterable=iterable)
+
+
+_RELOADING: contextvars.ContextVar[bool] = contextvars.ContextVar("reloading", default=False)
+
+
+@contextlib.contextmanager
+def reloading() -> Iterator[None]:
+    """A job process loading the rule file again: its load-time ``shell()`` commands are not
+    run a second time. Snakemake loads the file once for a local run, so setup commands there
+    (``shell("touch -t ... x")``) happen once, before any job; a job must not redo them, undoing
+    what the run prepared (its outputs removed). Commands whose output is read still run."""
+    token = _RELOADING.set(True)
+    try:
+        yield
+    finally:
+        _RELOADING.reset(token)
 
 
 def full_script(command: str, settings: ShellSettings) -> str:

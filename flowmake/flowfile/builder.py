@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
+from flowmake import shellfmt
 from flowmake.flowfile import compat
 from flowmake.flowfile import config as configmod
 from flowmake.flowfile import modules
@@ -129,6 +130,10 @@ class Builder:
 
     def args(self, line: int, *args: Any, **kwargs: Any) -> _Args:
         return _Args(line, args, kwargs)
+
+    def fshell(self, source: str, func: Callable[..., str]) -> shellfmt.DeferredCommand:
+        """A ``shell:`` f-string, formatted for each step (see ``shellfmt.DeferredCommand``)."""
+        return shellfmt.DeferredCommand(source, func)
 
     def rule(self, name: str | None, line: int, is_checkpoint: bool,
              file_id: int) -> Callable[..., None]:
@@ -241,11 +246,12 @@ class Builder:
             found.append((f, sets))
         self._default_flags[what] = found
 
-    def pepfile(self, line: int, path: Any) -> None:
+    def pepfile(self, line: int, path: Any, namespace: dict[str, Any] | None = None) -> None:
+        """``pep`` in the rule file's namespace (``namespace``: a module's, which gets its own)."""
         peppy = _optional("peppy", "pepfile:", self._here(line))
         target = self._resolve(path, self.workflow.workdir)
         try:
-            self.namespace["pep"] = peppy.Project(target)
+            (self.namespace if namespace is None else namespace)["pep"] = peppy.Project(target)
         except Exception as e:  # peppy's own errors: a bad or missing project file
             raise FlowfileError(f"pepfile '{_shown(target)}': {type(e).__name__}: {e}",
                                 location=self._here(line)) from None
@@ -253,13 +259,14 @@ class Builder:
         if target not in self.workflow.files:
             self.workflow.files.append(target)
 
-    def pepschema(self, line: int, schema: Any) -> None:
+    def pepschema(self, line: int, schema: Any, namespace: dict[str, Any] | None = None) -> None:
         eido = _optional("eido", "pepschema:", self._here(line))
-        if self._pepfile is None:
+        project = (self.namespace if namespace is None else namespace).get("pep")
+        if self._pepfile is None or project is None:
             raise FlowfileError("pepschema: needs a pepfile: before it", location=self._here(line))
         target = self._resolve(schema, os.path.dirname(os.path.abspath(self.current_file())))
         try:
-            eido.validate_project(project=self.namespace["pep"], schema=target)
+            eido.validate_project(project=project, schema=target)
         except Exception as e:  # eido's validation errors say which sample and attribute
             raise FlowfileError(f"the PEP does not match the schema '{_shown(target)}': "
                                 f"{type(e).__name__}: {e}", location=self._here(line)) from None

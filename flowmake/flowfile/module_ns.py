@@ -139,6 +139,12 @@ class ModuleBuilder:
         if target not in b.workflow.files:
             b.workflow.files.append(target)
 
+    def pepfile(self, line: int, path: Any) -> None:
+        self._builder.pepfile(line, path, self._scope.namespace)  # `pep` is the module's own
+
+    def pepschema(self, line: int, schema: Any) -> None:
+        self._builder.pepschema(line, schema, self._scope.namespace)
+
     def localrules(self, line: int, *names: str) -> None:
         self._scope.refs.append(("localrules", names, self._builder._here(line)))
 

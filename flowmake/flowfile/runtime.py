@@ -9,13 +9,50 @@ Every checkpoint counts as done there: the step only runs once its inputs exist.
 from __future__ import annotations
 
 import builtins
+import dataclasses
+import hashlib
 import os
-import runpy
+import shutil
 import sys
+import tempfile
+import urllib.parse
+from pathlib import Path
 from typing import Any, Mapping
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location
 from flowmake.rules import AllDone, Instance, Workflow
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportHref:
+    """A relative link into a Snakemake report: ``../<id>/<name>[?args][#anchor]``.
+
+    The report keeps each item under a folder named by the first 16 hex digits of the sha256 of
+    the path given to ``report()``, so the link is known before any report exists. A child of a
+    directory item keeps the directory's folder and its own relative path.
+    """
+
+    path: str
+    item: str = ""  # the path given to report(); "" for the item itself
+    args: tuple[tuple[str, str], ...] = ()
+    fragment: str = ""
+
+    def child_path(self, path: str | os.PathLike[str]) -> ReportHref:
+        return ReportHref(Path(path).as_posix(), self.item or self.path)
+
+    def url_args(self, **args: object) -> ReportHref:
+        return dataclasses.replace(self, args=tuple((k, str(v)) for k, v in args.items()))
+
+    def anchor(self, anchor: str) -> ReportHref:
+        return dataclasses.replace(self, fragment=anchor)
+
+    def __str__(self) -> str:
+        item = self.item or self.path
+        folder = hashlib.sha256(item.encode()).hexdigest()[:16]
+        name = self.path if self.item else os.path.basename(self.path)
+        query = "&".join(f"{k}={urllib.parse.quote(v)}" for k, v in self.args)
+        return (f"../{folder}/{name}" + (f"?{query}" if query else "")
+                + (f"#{urllib.parse.quote(self.fragment)}" if self.fragment else ""))
 
 
 class ScriptContext:
@@ -33,6 +70,10 @@ class ScriptContext:
         self.config = inst.rule.config  # a module's rule sees its module's config
         self.rule = inst.rule.name
         self.attempt = inst.attempt
+
+    def report_href(self, path: str | os.PathLike[str]) -> ReportHref:
+        """A link from this output to ``path`` (as given to ``report()``) inside Snakemake's report."""
+        return ReportHref(os.fspath(path))
 
     def log_fmt_shell(self, stdout: bool = True, stderr: bool = True, append: bool = False) -> str:
         """Snakemake's redirection of a ``shell()`` call to the rule's log ("" without a log)."""
@@ -97,14 +138,29 @@ def run_script(inst: Instance, path: str | None = None) -> None:
 
     old_argv = sys.argv
     sys.argv = [path]
+    # As Snakemake, the script runs from a copy under .snakemake/scripts/ in the working
+    # directory: __real_file__ names that copy, __file__ the script itself (scripts test both).
+    real = _script_copy(path)
     # The rule file's builtins: `from snakemake.shell import shell` in a script gets the same
     # stand-ins as the rule file (Snakemake installed or not); modules beside it import.
-    # Snakemake's scripts also see __real_file__ (the file that runs; here the script itself).
-    init = {"snakemake": ScriptContext(inst, os.path.dirname(os.path.abspath(path))), "__real_file__": path,
+    init = {"snakemake": ScriptContext(inst, os.path.dirname(os.path.abspath(path))),
+            "__real_file__": real, "__file__": os.path.realpath(path), "__name__": "__main__",
             "__builtins__": rule.workflow.globals.get("__builtins__", builtins)}
     try:
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec")  # tracebacks name the script, not the copy
         with import_path([os.path.dirname(os.path.abspath(path)), rule.basedir]), \
                 serving(standins_of(rule.workflow.globals)):
-            runpy.run_path(path, init_globals=init, run_name="__main__")
+            exec(code, init)
     finally:
         sys.argv = old_argv
+        os.remove(real)
+
+
+def _script_copy(path: str) -> str:
+    folder = os.path.join(".snakemake", "scripts")
+    os.makedirs(folder, exist_ok=True)
+    fd, real = tempfile.mkstemp(suffix="." + os.path.basename(path), dir=folder)
+    with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+        shutil.copyfileobj(src, out)
+    return real

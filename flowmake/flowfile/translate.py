@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from flowmake.errors import FlowfileError, Location, did_you_mean
+from flowmake.shellfmt import FSTRING_FIELDS
 
 ACTIONS = ("shell", "run", "script", "notebook", "wrapper", "cwl")
 UNSUPPORTED = ("cwl",)
@@ -50,6 +51,7 @@ TOP_DIRECTIVES = (
 HOOKS = ("onstart", "onsuccess", "onerror")
 MODULE_KEYS = ("name", "snakefile", "meta_wrapper", "config", "skip_validation", "replace_prefix",
                "prefix")
+FSHELL_ARGS = ", ".join(FSTRING_FIELDS)
 RUN_ARGS = "input, output, params, wildcards, threads, resources, log, rule, config, shell"
 _SKIP = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT,
          tokenize.ENDMARKER)
@@ -208,6 +210,16 @@ class _Translator:
         end = self._block_end(k)
         if d == "run":
             self._run(k, end, rule_row)
+        elif d == "shell" and _is_fstring(toks[2:] + [t for ln in self.lines[k + 1:end] for t in ln.tokens]):
+            # Snakemake formats an f-string command in the job's function, where input, output,
+            # ... are the job's: the lambda defers it to the step (``Instance.command``).
+            last = self.lines[end - 1].tokens[-1]
+            first = toks[2] if len(toks) > 2 else self.lines[k + 1].tokens[0]
+            text = "".join(self.src_lines[first.start[0] - 1:last.end[0]])
+            text = text[first.start[1]:len(text) - len(self.src_lines[last.end[0] - 1]) + last.end[1]]
+            self._call(k, end, f"__flow_shell__ = __flowmake__.args({row}, __flowmake__.fshell("
+                               f"{text!r}, lambda {FSHELL_ARGS}: ")
+            self.edits.append((last.end[0], last.end[1], last.end[1], ")"))
         else:
             self._call(k, end, f"__flow_{d}__ = __flowmake__.args({row}, ")
         return end, d
@@ -374,6 +386,15 @@ class _Translator:
             line = lines[row - 1]
             lines[row - 1] = line[:start] + text + line[end:]
         return "".join(lines)
+
+
+def _is_fstring(body: list[tokenize.TokenInfo]) -> bool:
+    if not body:
+        return False
+    t = body[0]
+    if getattr(tokenize, "FSTRING_START", None) == t.type:  # Python >= 3.12
+        return True
+    return t.type == tokenize.STRING and "f" in t.string[:3].split("'")[0].split('"')[0].lower()
 
 
 def _is_rule_header(toks: list[tokenize.TokenInfo]) -> bool:

@@ -546,6 +546,27 @@ def test_pepfile_and_pepschema(tmp_path: Path) -> None:
     assert wf.globals["SAMPLES"] == ["s1", "s2"]
 
 
+def test_pepfile_in_a_module_gives_the_module_its_pep(tmp_path: Path) -> None:
+    pytest.importorskip("peppy")
+    write(tmp_path, "sample_name\nm1\nm2\n", "pep/samples.csv")
+    write(tmp_path, 'pep_version: "2.1.0"\nsample_table: samples.csv\n', "pep/config.yaml")
+    write(tmp_path, """
+        pepfile: config["pep"]
+        SAMPLES = list(pep.sample_table["sample_name"])
+        rule a:
+            output: expand("res/{s}.txt", s=SAMPLES)
+            shell: "touch {output}"
+    """, "mod/Snakefile")
+    wf = load_workflow(write(tmp_path, """
+        module m:
+            snakefile: "mod/Snakefile"
+            config: {"pep": "pep/config.yaml"}
+        use rule * from m as m_*
+    """, "Snakefile"), workdir=str(tmp_path))
+    assert [str(p) for p in wf.rule("m_a")._output[0].texts] == ["res/m1.txt", "res/m2.txt"]
+    assert "pep" not in wf.globals  # the module's, not the main file's
+
+
 def test_subpath(tmp_path: Path) -> None:
     wf = load(tmp_path, """
         rule r:
