@@ -42,7 +42,8 @@ def main(argv: list[str]) -> int:
         inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
         if job.get("cores"):
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))
-        os.chdir(workflow.workdir)
+        # A shadow: step runs in its shadow folder (``flowmake.shadow``), with the paths unchanged.
+        os.chdir(os.environ.get("FLOWMAKE_SHADOW_DIR") or workflow.workdir)
         rule = inst.rule
         sys.path.extend(site_packages(rule, workflow.deployment, job["workdir"]))
         if rule.kind is RuleKind.RUN and rule.run is not None:

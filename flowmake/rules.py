@@ -25,6 +25,7 @@ from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildc
 from flowmake.instance import Instance, JobNamespace
 from flowmake.namedlist import EMPTY, Flag, NamedList, Wildcards
 from flowmake.rule_paths import RuleOutput
+from flowmake.shadow import DEPTHS as _SHADOW_DEPTHS
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
@@ -163,7 +164,7 @@ class Rule:
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
                  localrule: bool = False, default_target: bool = False, cache: bool = False,
                  wrapper: str | None = None, notebook: str | None = None, conda: Any = None,
-                 envmodules: tuple[str, ...] = ()) -> None:
+                 envmodules: tuple[str, ...] = (), shadow: Any = None, handover: Any = False) -> None:
         self.workflow = workflow
         self.name = name
         self.location = location
@@ -197,6 +198,10 @@ class Rule:
         self._localrule = bool(localrule)
         self.default_target = bool(default_target)
         self.cache = bool(cache)
+        if shadow is not None and shadow not in _SHADOW_DEPTHS:
+            raise self.error(f"shadow must be one of {', '.join(map(repr, _SHADOW_DEPTHS))}, not {shadow!r}")
+        self.shadow: str | None = shadow  # the job runs in a shadow folder (``flowmake.shadow``)
+        self.handover = bool(handover)  # the job gets all the run's cores and resources
         self.has_functions = any(e.func is not None for e in self._input) or any(
             callable(v) for _, v in [*self._params, *self._resources]) or callable(threads) or callable(priority)
         self._plans: dict[int, list[tuple[str, str]] | None] = {}

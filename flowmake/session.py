@@ -61,6 +61,7 @@ class Options:
     max_jobs_per_timespan: str | None = None  # cluster backends: "N/TIME" submissions
     verbose: bool = False
     wrapper_prefix: str | None = None
+    shadow_prefix: str | None = None  # --shadow-prefix (relative to the workdir)
     default_storage_provider: str | None = None
     default_storage_prefix: str | None = None
     sources: dict[str, str] = field(default_factory=dict)  # option → the profile that set it
