@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
                                  configfiles=job.get("configfiles") or [], workdir=job["workdir"],
                                  deployment=Deployment.from_payload(job.get("deployment")),
                                  default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None,
-                                 scatter=job.get("scatter"))
+                                 scatter=job.get("scatter"), cores=job.get("workflow_cores"))
         if job.get("resource_args"):
             from flowmake.overrides import from_args
 

@@ -40,6 +40,7 @@ class JobContext:
     default_storage: tuple[str, str] | None = None  # --default-storage-provider/-prefix: maps paths
     scatter: Mapping[str, int] = field(default_factory=dict)  # --set-scatter, for the job's own load
     resource_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # overrides.Overrides.args
+    workflow_cores: int | None = None  # -c as given: the job's load sees the same workflow.cores
     shadow_prefix: str | None = None  # --shadow-prefix: where shadow: jobs run (``shadow.root``)
 
 
@@ -85,6 +86,7 @@ def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
         "wildcards": raw,
         "outputs": list(step.outputs),
         "cores": ctx.cores,
+        **({"workflow_cores": ctx.workflow_cores} if ctx.workflow_cores else {}),
         "attempt": attempt,
         "deployment": ctx.deployment.as_payload(),
     }

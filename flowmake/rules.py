@@ -74,6 +74,7 @@ class Workflow:
         self.wildcard_types: dict[str, WildcardType] = dict(BUILTIN_TYPES)
         # --use-conda, --use-envmodules, --wrapper-prefix: set by whoever loaded the workflow.
         self.deployment = Deployment()
+        self.cores: int | None = None  # -c as the rule file's workflow.cores sees it (None: not given)
         self.storage: Any = None  # storage.StorageRegistry: the `storage` providers (set by the builder)
 
     def add_rule(self, rule: Rule) -> None:

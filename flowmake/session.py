@@ -160,7 +160,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     overrides = parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
                              deployment=deployment(opts), default_storage=default_storage_of(opts),
-                             scatter=opts.set_scatter)
+                             scatter=opts.set_scatter, cores=opts.cores)
     resource_args = _apply_resource_flags(opts, workflow)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
