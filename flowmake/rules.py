@@ -196,7 +196,7 @@ class Rule:
         self.conda, self.envmodules = conda, tuple(envmodules)
         self.container = container if container is not None else workflow.container
         self.wildcard_constraints = dict(wildcard_constraints or {})
-        self._localrule = bool(localrule)
+        self._localrule = bool(localrule) or bool(handover)  # a handover job runs here, as in Snakemake
         self.default_target = bool(default_target)
         self.cache = bool(cache)
         if shadow is not None and shadow not in _SHADOW_DEPTHS:

@@ -240,10 +240,21 @@ def _apply_resource_flags(opts: Options, workflow: Any) -> dict[str, list[str]]:
     """--default-resources, --set-resources, --set-threads (see ``overrides``); their text is
     returned for the job processes, which apply them again."""
     cluster = _backend_of(opts) in CLUSTER_BACKENDS
+    handover = [r.name for r in workflow.rules if r.handover and not r.resource_pairs()]
     if opts.default_resources is None and not opts.set_resources and not opts.set_threads and not cluster:
-        return {}
-    from flowmake.overrides import for_options
+        if not handover:
+            return {}
+    from dataclasses import replace
 
+    from flowmake.overrides import for_options
+    from flowmake.settings import available_cores
+
+    # A handover: rule with no resources of its own gets all of --resources and the cores, as
+    # Snakemake gives it the global resources; as flags, so its job process sees the same.
+    cores = opts.cores or available_cores()
+    opts = replace(opts, set_resources=[*(f"{n}:{k}={v}" for n in handover for k, v in opts.resources.items()
+                                          if not k.startswith("_")), *opts.set_resources],
+                   set_threads=[*(f"{n}={cores}" for n in handover), *opts.set_threads])
     flags = for_options(opts, cluster)
     flags.apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
     return flags.args
