@@ -259,11 +259,22 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
     return NamedList._make(items, names, single)
 
 
+def _names_groupid(func: Callable[..., Any]) -> bool:
+    try:
+        return "groupid" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def call_input(rule: Rule, func: Callable[..., Any], wc: Wildcards) -> Any:
     if isinstance(func, FlaggedFunction):
         func = func.func
+    key = ("input", id(func))
+    if key not in rule._plans:  # Snakemake also passes groupid= when the function names it
+        rule._plans[key] = [("groupid", "groupid")] if _names_groupid(func) else None
     try:
-        return func(wc)
+        # flowmake runs no group jobs: every job is Snakemake's "local" group.
+        return func(wc, groupid="local") if rule._plans[key] else func(wc)
     except FlowmakeError as e:
         if e.location is None:  # e.g. a bad storage URL the function built: at its line
             e.location, e.rule = Location(rule.location.file, _line_in(e, rule.location)), e.rule or rule.name

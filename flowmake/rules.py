@@ -205,7 +205,7 @@ class Rule:
         self.handover = bool(handover)  # the job gets all the run's cores and resources
         self.has_functions = any(e.func is not None for e in self._input) or any(
             callable(v) for _, v in [*self._params, *self._resources]) or callable(threads) or callable(priority)
-        self._plans: dict[int, list[tuple[str, str]] | None] = {}
+        self._plans: dict[Any, list[tuple[str, str]] | None] = {}
         # Set by flowfile.modules for a rule a module wrote: its module's name, namespace and
         # global wildcard_constraints (the workflow's do not apply to it, as in Snakemake).
         self.module: str | None = None
