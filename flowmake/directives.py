@@ -34,6 +34,7 @@ class RuleKind(enum.Enum):
     SCRIPT = "script"
     WRAPPER = "wrapper"
     NOTEBOOK = "notebook"
+    TEMPLATE = "template_engine"  # renders its one template input to its one output (``templates``)
     NONE = "none"  # no action: a rule that only gathers inputs, or whose outputs are made elsewhere
 
 

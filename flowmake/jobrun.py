@@ -54,6 +54,10 @@ def main(argv: list[str]) -> int:
             run_script(inst)
         elif rule.kind is RuleKind.WRAPPER:  # a wrapper is a script: with the snakemake object
             run_script(inst, workflow.deployment.wrapper(rule).script)
+        elif rule.kind is RuleKind.TEMPLATE:
+            from flowmake.templates import render
+
+            render(inst, workflow.config)
         elif rule.kind is RuleKind.NOTEBOOK:
             from flowmake.notebook import run_notebook
 

@@ -26,6 +26,7 @@ from flowmake.instance import Instance, JobNamespace
 from flowmake.namedlist import EMPTY, Flag, NamedList, Wildcards
 from flowmake.rule_paths import RuleOutput
 from flowmake.shadow import DEPTHS as _SHADOW_DEPTHS
+from flowmake.templates import check_engine
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
@@ -165,7 +166,8 @@ class Rule:
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
                  localrule: bool = False, default_target: bool = False, cache: bool = False,
                  wrapper: str | None = None, notebook: str | None = None, conda: Any = None,
-                 envmodules: tuple[str, ...] = (), shadow: Any = None, handover: Any = False) -> None:
+                 envmodules: tuple[str, ...] = (), shadow: Any = None, handover: Any = False,
+                 template_engine: Any = None) -> None:
         self.workflow = workflow
         self.name = name
         self.location = location
@@ -192,6 +194,7 @@ class Rule:
         self.retries = as_int(self, "retries", retries) if retries is not None else None
         self.shell, self.run, self.run_source, self.script = shell, run, run_source, script
         self.wrapper, self.notebook = wrapper, notebook
+        self.template_engine: str | None = check_engine(self, template_engine) if template_engine is not None else None
         # Used only under --use-conda / --use-envmodules (``envs``); ignored otherwise, as in Snakemake.
         self.conda, self.envmodules = conda, tuple(envmodules)
         self.container = container if container is not None else workflow.container
@@ -347,6 +350,8 @@ class Rule:
             return RuleKind.SCRIPT
         if self.wrapper is not None:
             return RuleKind.WRAPPER
+        if self.template_engine is not None:
+            return RuleKind.TEMPLATE
         return RuleKind.NOTEBOOK if self.notebook is not None else RuleKind.NONE
 
     @property
