@@ -115,7 +115,7 @@ def normalize(pairs: Iterable[tuple[str | None, Any]]) -> list[tuple[str | None,
         if isinstance(value, float):
             value = round(value)
         base = _sized_base(name)
-        if base is not None:  # the rule's own spelling stays; the scheduler reads NAME_mb
+        if base is not None and name is not None:  # the rule's own spelling stays; the scheduler reads NAME_mb
             if name.endswith("_mb") and isinstance(value, str):
                 value = size_mb(value)
             out.append((name, value))
