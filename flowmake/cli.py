@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     sdm.add_argument("--conda-create-envs-only", action="store_true", help="create the environments the jobs need, run nothing")
     sdm.add_argument("--wrapper-prefix", metavar="URL|DIR", help="where wrapper: names are looked up "
                      "(default: Snakemake's wrapper repository; file:///path works offline)")
+    sdm.add_argument("--shadow-prefix", metavar="DIR", help="where shadow: jobs run "
+                     "(DIR/shadow; default: .flowmake/shadow)")
     habits = p.add_argument_group("Snakemake habits flowmake does not need (accepted, no effect)")
     habits.add_argument("-r", "--reason", action="store_true", help="reasons are always shown")
     habits.add_argument("--rerun-incomplete", "--ri", action="store_true",
@@ -220,6 +222,7 @@ def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
         set_threads=list(args.set_threads), rerun_triggers=list(args.rerun_triggers),
         latency_wait=args.latency_wait, max_jobs_per_timespan=args.max_jobs_per_timespan,
         verbose=args.verbose, wrapper_prefix=args.wrapper_prefix,
+        shadow_prefix=args.shadow_prefix,
         default_storage_provider=args.default_storage_provider,
         default_storage_prefix=args.default_storage_prefix, sources=sources,
         use_conda=args.use_conda or "conda" in args.sdm,

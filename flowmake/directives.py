@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import functools
 import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -34,6 +35,7 @@ class RuleKind(enum.Enum):
     SCRIPT = "script"
     WRAPPER = "wrapper"
     NOTEBOOK = "notebook"
+    TEMPLATE = "template_engine"  # renders its one template input to its one output (``templates``)
     NONE = "none"  # no action: a rule that only gathers inputs, or whose outputs are made elsewhere
 
 
@@ -322,11 +324,23 @@ def eval_io(rule: Rule, entries: list[Entry], b: Bindings, wc: Wildcards, flags:
     return NamedList._make(items, names, single)
 
 
+def _names_groupid(func: Callable[..., Any]) -> bool:
+    try:
+        return "groupid" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def call_input(rule: Rule, func: Callable[..., Any], wc: Wildcards) -> Any:
     if isinstance(func, FlaggedFunction):
         func = func.func
+    key = ("input", id(func))
+    if key not in rule._plans:  # Snakemake also passes groupid= when the function names it
+        rule._plans[key] = [("groupid", "groupid")] if _names_groupid(func) else None
     try:
-        return _applied(func, wc)
+        # flowmake runs no group jobs: every job is Snakemake's "local" group.
+        first = functools.partial(func, groupid="local") if rule._plans[key] else func
+        return _applied(first, wc)
     except FlowmakeError as e:
         if e.location is None:  # e.g. a bad storage URL the function built: at its line
             e.location, e.rule = Location(rule.location.file, _line_in(e, rule.location)), e.rule or rule.name

@@ -94,6 +94,8 @@ class Instance:
             return f"wrapper {rule.wrapper}\n{_read(wrapper.script, rule, 'wrapper')}{extra}"
         if kind is RuleKind.NOTEBOOK:
             return f"notebook {rule.notebook}\n{_read(rule.script_path(), rule, 'notebook')}{extra}"
+        if kind is RuleKind.TEMPLATE:  # the template is an input: its content is in the key already
+            return f"template_engine {rule.template_engine}{extra}"
         return extra
 
     def __repr__(self) -> str:

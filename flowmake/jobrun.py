@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
                                      configfiles=job.get("configfiles") or [], workdir=job["workdir"],
                                      deployment=Deployment.from_payload(job.get("deployment")),
                                      default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None,
-                                     scatter=job.get("scatter"))
+                                     scatter=job.get("scatter"), cores=job.get("workflow_cores"))
         if job.get("resource_args"):
             from flowmake.overrides import from_args
 
@@ -44,7 +44,8 @@ def main(argv: list[str]) -> int:
         inst = instantiate(workflow, job["rule"], job.get("wildcards") or {}, int(job.get("attempt", 1)))
         if job.get("cores"):
             inst.threads = min(int(inst.threads), max(1, int(job["cores"])))
-        os.chdir(workflow.workdir)
+        # A shadow: step runs in its shadow folder (``flowmake.shadow``), with the paths unchanged.
+        os.chdir(os.environ.get("FLOWMAKE_SHADOW_DIR") or workflow.workdir)
         rule = inst.rule
         sys.path.extend(site_packages(rule, workflow.deployment, job["workdir"]))
         if rule.kind is RuleKind.RUN and rule.run is not None:
@@ -55,6 +56,10 @@ def main(argv: list[str]) -> int:
             run_script(inst)
         elif rule.kind is RuleKind.WRAPPER:  # a wrapper is a script: with the snakemake object
             run_script(inst, workflow.deployment.wrapper(rule).script)
+        elif rule.kind is RuleKind.TEMPLATE:
+            from flowmake.templates import render
+
+            render(inst, workflow.config)
         elif rule.kind is RuleKind.NOTEBOOK:
             from flowmake.notebook import run_notebook
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from flowmake import envs
+from flowmake import envs, shadow
 from flowmake.backend import JobSpec, Resources
 from flowmake.envs import Deployment
 from flowmake.graph import Step
@@ -40,6 +40,8 @@ class JobContext:
     default_storage: tuple[str, str] | None = None  # --default-storage-provider/-prefix: maps paths
     scatter: Mapping[str, int] = field(default_factory=dict)  # --set-scatter, for the job's own load
     resource_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # overrides.Overrides.args
+    workflow_cores: int | None = None  # -c as given: the job's load sees the same workflow.cores
+    shadow_prefix: str | None = None  # --shadow-prefix: where shadow: jobs run (``shadow.root``)
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -64,7 +66,11 @@ def job_command(step: Step, ctx: JobContext, attempt: int = 1) -> str:
         return ":"
     command = _with_capped_threads(inst, ctx.cores, inst.command) if (
         step.rule.kind is RuleKind.SHELL) else _jobrun_command(step, ctx, attempt)
-    return envs.wrap(command, step.rule, ctx.deployment, ctx.workdir)
+    command = envs.wrap(command, step.rule, ctx.deployment, ctx.workdir)
+    if step.rule.shadow is None:
+        return command
+    return shadow.wrap(command, step.rule.shadow, inputs=list(inst.input), outputs=list(step.outputs),
+                       logs=list(inst.log), prefix=ctx.shadow_prefix, python=ctx.python)
 
 
 def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
@@ -80,6 +86,7 @@ def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
         "wildcards": raw,
         "outputs": list(step.outputs),
         "cores": ctx.cores,
+        **({"workflow_cores": ctx.workflow_cores} if ctx.workflow_cores else {}),
         "attempt": attempt,
         "deployment": ctx.deployment.as_payload(),
     }

@@ -241,7 +241,8 @@ def _sized_name(name: str, value: Any) -> tuple[str, Any]:
         if name == base:
             return f"{base}_mb", value
         if name == f"{base}_mib" and isinstance(value, (int, float)):
-            return f"{base}_mb", max(1, math.floor(value * 2**20 / 1e6))  # floor, as Snakemake
+            # Rounded to whole MiB first, then floored to MB, as Snakemake (953.67 MiB is 1000 MB).
+            return f"{base}_mb", max(1, math.floor(round(value) * 2**20 / 1e6))
     return name, value
 
 

@@ -69,11 +69,48 @@ def minutes(text: str) -> int:
     return max(int(round(total) / 60), 1)
 
 
+_MIB = 0.95367431640625  # MiB per MB
+_DECIMAL = ("KB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+
+
+def mb_to_mib(mb: int) -> int:
+    return int(math.ceil(mb * _MIB))
+
+
+def human_size(mb: int) -> str:
+    """1000 → "1 GB", 1500 → "1.5 GB": Snakemake's (humanfriendly's) spelling of a size in MB."""
+    size = mb * 10**6
+    for power in range(len(_DECIMAL), 0, -1):
+        if size >= 1000**power:
+            text = f"{size / 1000**power:.2f}".rstrip("0").rstrip(".")
+            return f"{text} {_DECIMAL[power - 1]}"
+    return f"{size} bytes"
+
+
+def _sized_base(name: str | None) -> str | None:
+    for base in SIZED:
+        if name in (base, f"{base}_mb", f"{base}_mib"):
+            return base
+    return None
+
+
+def _as_mb(name: str, value: Any) -> int | None:
+    if isinstance(value, bool) or value is TBD:
+        return None
+    if name.endswith("_mib"):
+        return int(math.floor(value / _MIB)) if isinstance(value, int) else None
+    if isinstance(value, str):
+        return size_mb(value)
+    return value if isinstance(value, int) else None
+
+
 def normalize(pairs: Iterable[tuple[str | None, Any]]) -> list[tuple[str | None, Any]]:
     """Resource (name, value) pairs with sizes and run times as numbers; UnitError if one is
-    not readable. ``mem``/``disk`` also give their ``_mb`` and ``_mib`` forms, unless given."""
+    not readable. Whichever of ``mem``, ``mem_mb`` and ``mem_mib`` is given (``disk`` alike) gives
+    the other two (``mem`` as ``"1 GB"``), unless the rule gave them itself."""
     pairs = list(pairs)
     given = {name for name, _ in pairs}
+    derived: set[str] = set()
     out: list[tuple[str | None, Any]] = []
     for name, value in pairs:
         if value is TBD:
@@ -81,17 +118,19 @@ def normalize(pairs: Iterable[tuple[str | None, Any]]) -> list[tuple[str | None,
             continue
         if isinstance(value, float):
             value = round(value)
-        if name in SIZED:  # the rule's own spelling stays; the scheduler reads NAME_mb
-            mb = size_mb(value) if isinstance(value, str) else value
+        base = _sized_base(name)
+        if base is not None and name is not None:  # the rule's own spelling stays; the scheduler reads NAME_mb
+            if name.endswith("_mb") and isinstance(value, str):
+                value = size_mb(value)
             out.append((name, value))
-            if isinstance(mb, int):
-                out += [(f"{name}{suffix}", v) for suffix, v in
-                        (("_mb", mb), ("_mib", math.ceil(mb * 1e6 / 2 ** 20)))
-                        if f"{name}{suffix}" not in given]
+            mb = _as_mb(name, value)
+            if mb is not None and base not in derived:
+                # Snakemake 9 shows every sized resource three ways: NAME ("1 GB"), _mb and _mib.
+                derived.add(base)
+                out += [(n, v) for n, v in ((f"{base}_mb", mb), (f"{base}_mib", mb_to_mib(mb)),
+                                            (base, human_size(mb))) if n not in given]
             continue
-        if name in ("mem_mb", "disk_mb") and isinstance(value, str):
-            value = size_mb(value)
-        elif name == "runtime" and isinstance(value, str):
+        if name == "runtime" and isinstance(value, str):
             value = minutes(value)
         out.append((name, value))
     return out

@@ -25,6 +25,8 @@ from flowmake.errors import (FlowfileError, FlowmakeError, Location, UnsafeWildc
 from flowmake.instance import Instance, JobNamespace
 from flowmake.namedlist import EMPTY, Flag, NamedList, Wildcards
 from flowmake.rule_paths import RuleOutput
+from flowmake.shadow import DEPTHS as _SHADOW_DEPTHS
+from flowmake.templates import check_engine
 from flowmake.patterns import BUILTIN_TYPES, Bindings, Pattern, WildcardType, wildcard_names
 
 __all__ = ["AllDone", "CheckpointJob", "CheckpointView", "Checkpoints", "IncompleteCheckpoint",
@@ -73,6 +75,7 @@ class Workflow:
         self.wildcard_types: dict[str, WildcardType] = dict(BUILTIN_TYPES)
         # --use-conda, --use-envmodules, --wrapper-prefix: set by whoever loaded the workflow.
         self.deployment = Deployment()
+        self.cores: int | None = None  # -c as the rule file's workflow.cores sees it (None: not given)
         self.storage: Any = None  # storage.StorageRegistry: the `storage` providers (set by the builder)
 
     def add_rule(self, rule: Rule) -> None:
@@ -163,7 +166,8 @@ class Rule:
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
                  localrule: bool = False, default_target: bool = False, cache: bool = False,
                  wrapper: str | None = None, notebook: str | None = None, conda: Any = None,
-                 envmodules: tuple[str, ...] = ()) -> None:
+                 envmodules: tuple[str, ...] = (), shadow: Any = None, handover: Any = False,
+                 template_engine: Any = None) -> None:
         self.workflow = workflow
         self.name = name
         self.location = location
@@ -190,16 +194,21 @@ class Rule:
         self.retries = as_int(self, "retries", retries) if retries is not None else None
         self.shell, self.run, self.run_source, self.script = shell, run, run_source, script
         self.wrapper, self.notebook = wrapper, notebook
+        self.template_engine: str | None = check_engine(self, template_engine) if template_engine is not None else None
         # Used only under --use-conda / --use-envmodules (``envs``); ignored otherwise, as in Snakemake.
         self.conda, self.envmodules = conda, tuple(envmodules)
         self.container = container if container is not None else workflow.container
         self.wildcard_constraints = dict(wildcard_constraints or {})
-        self._localrule = bool(localrule)
+        self._localrule = bool(localrule) or bool(handover)  # a handover job runs here, as in Snakemake
         self.default_target = bool(default_target)
         self.cache = bool(cache)
+        if shadow is not None and shadow not in _SHADOW_DEPTHS:
+            raise self.error(f"shadow must be one of {', '.join(map(repr, _SHADOW_DEPTHS))}, not {shadow!r}")
+        self.shadow: str | None = shadow  # the job runs in a shadow folder (``flowmake.shadow``)
+        self.handover = bool(handover)  # the job gets all the run's cores and resources
         self.has_functions = any(e.func is not None for e in self._input) or any(
             callable(v) for _, v in [*self._params, *self._resources]) or callable(threads) or callable(priority)
-        self._plans: dict[int, list[tuple[str, str]] | None] = {}
+        self._plans: dict[Any, list[tuple[str, str]] | None] = {}
         # Set by flowfile.modules for a rule a module wrote: its module's name, namespace and
         # global wildcard_constraints (the workflow's do not apply to it, as in Snakemake).
         self.module: str | None = None
@@ -341,6 +350,8 @@ class Rule:
             return RuleKind.SCRIPT
         if self.wrapper is not None:
             return RuleKind.WRAPPER
+        if self.template_engine is not None:
+            return RuleKind.TEMPLATE
         return RuleKind.NOTEBOOK if self.notebook is not None else RuleKind.NONE
 
     @property

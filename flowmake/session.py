@@ -61,6 +61,7 @@ class Options:
     max_jobs_per_timespan: str | None = None  # cluster backends: "N/TIME" submissions
     verbose: bool = False
     wrapper_prefix: str | None = None
+    shadow_prefix: str | None = None  # --shadow-prefix (relative to the workdir)
     default_storage_provider: str | None = None
     default_storage_prefix: str | None = None
     sources: dict[str, str] = field(default_factory=dict)  # option → the profile that set it
@@ -159,7 +160,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     overrides = parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
                              deployment=deployment(opts), default_storage=default_storage_of(opts),
-                             scatter=opts.set_scatter)
+                             scatter=opts.set_scatter, cores=opts.cores)
     resource_args = _apply_resource_flags(opts, workflow)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
@@ -239,10 +240,21 @@ def _apply_resource_flags(opts: Options, workflow: Any) -> dict[str, list[str]]:
     """--default-resources, --set-resources, --set-threads (see ``overrides``); their text is
     returned for the job processes, which apply them again."""
     cluster = _backend_of(opts) in CLUSTER_BACKENDS
+    handover = [r.name for r in workflow.rules if r.handover and not r.resource_pairs()]
     if opts.default_resources is None and not opts.set_resources and not opts.set_threads and not cluster:
-        return {}
-    from flowmake.overrides import for_options
+        if not handover:
+            return {}
+    from dataclasses import replace
 
+    from flowmake.overrides import for_options
+    from flowmake.settings import available_cores
+
+    # A handover: rule with no resources of its own gets all of --resources and the cores, as
+    # Snakemake gives it the global resources; as flags, so its job process sees the same.
+    cores = opts.cores or available_cores()
+    opts = replace(opts, set_resources=[*(f"{n}:{k}={v}" for n in handover for k, v in opts.resources.items()
+                                          if not k.startswith("_")), *opts.set_resources],
+                   set_threads=[*(f"{n}={cores}" for n in handover), *opts.set_threads])
     flags = for_options(opts, cluster)
     flags.apply(workflow, lambda w: print(f"flowmake: warning: {w}", file=sys.stderr))
     return flags.args

@@ -23,7 +23,7 @@ def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = Non
                   configfiles: Sequence[str] = (), workdir: str | None = None,
                   deployment: Deployment | None = None,
                   default_storage: tuple[str, str] | None = None,
-                  scatter: Mapping[str, int] | None = None) -> Workflow:
+                  scatter: Mapping[str, int] | None = None, cores: int | None = None) -> Workflow:
     """Load a rule file. FlowfileError/ConfigError (with file:line) for any mistake in it.
 
     ``default_storage`` is (``--default-storage-provider``, ``--default-storage-prefix``);
@@ -36,6 +36,7 @@ def load_workflow(path: str, *, config_overrides: Mapping[str, Any] | None = Non
                         config_overrides=config_overrides, workdir=workdir)
     if deployment is not None:  # before the file runs: a meta-wrapper module needs the prefix
         workflow.deployment = deployment
+    workflow.cores = cores  # before the file runs: threads: max(workflow.cores - 1, 1)
     builder = Builder(workflow, cli_layer, default_storage)
     builder.scatter.overrides.update(scatter or {})
     builder.exec_file(workflow.flowfile)

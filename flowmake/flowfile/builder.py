@@ -27,7 +27,7 @@ from flowmake.flowfile import modules
 from flowmake.flowfile import namespace as nsmod
 from flowmake.flowfile.scatter import ScatterGather
 from flowmake.flowfile.translate import HOOKS, Translation, translate
-from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, flags_of
+from flowmake.namedlist import ExtensionList, Flag, Flagged, FlaggedFunction, flags_of
 from flowmake.patterns import BUILTIN_TYPES, make_type
 from flowmake.rules import Rule, Workflow
 from flowmake.storage import StorageRegistry
@@ -36,7 +36,7 @@ _LIST_DIRECTIVES = ("input", "output", "log", "params", "resources")
 _SINGLE_DIRECTIVES = ("threads", "priority", "retries", "message", "shell", "script", "container",
                       "singularity", "benchmark", "localrule", "default_target", "cache", "name",
                       "wrapper", "notebook", "conda")
-_IGNORED = ("shadow", "group", "handover")
+_IGNORED = ("group",)
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,8 @@ class Builder:
                 kw[d] = self._items(d, value)
                 if d in ("input", "output"):
                     kw[d] = [(n, self.storage.map_default(v)) for n, v in kw[d]]
+                if d in ("input", "output", "log"):
+                    kw[d] = [(n, _within(v, self.workflow.workdir)) for n, v in kw[d]]
             elif d == "wildcard_constraints":
                 kw[d] = _constraints(value, location.file)
             elif d == "envmodules":
@@ -377,6 +379,23 @@ def _single(d: str, value: _Args, file: str) -> Any:
     if len(value.args) != 1 or value.kwargs:
         raise FlowfileError(f"'{d}' takes a single value", location=Location(file, value.line))
     return value.args[0]
+
+
+def _within(value: Any, workdir: str) -> Any:
+    """An absolute path inside the workdir as the workdir-relative path it names (Snakemake takes
+    ``os.path.join(os.getcwd(), "x")``, and so do we); others are left as they are."""
+    if isinstance(value, (list, tuple)):
+        return [_within(v, workdir) for v in value]
+    if isinstance(value, dict):
+        return {k: _within(v, workdir) for k, v in value.items()}
+    if type(value) not in (str, Flagged) or not os.path.isabs(value):
+        return value
+    root = os.path.realpath(workdir)
+    rel = os.path.relpath(os.path.realpath(os.path.dirname(value)), root)
+    if rel == ".." or rel.startswith("../"):
+        return value
+    path = os.path.normpath(os.path.join(rel, os.path.basename(value)))
+    return Flagged(path, value.flags, value.data) if isinstance(value, Flagged) else path
 
 
 def _constraints(value: _Args, file: str) -> dict[str, str]:

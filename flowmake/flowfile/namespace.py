@@ -147,8 +147,8 @@ class WorkflowInfo:
 
     @property
     def cores(self) -> int:
-        # --cores is not known while loading; the scheduler caps threads at the real value anyway.
-        return available_cores()
+        # -c as given (the job processes load with the run's cores too); else the machine's.
+        return self._builder.workflow.cores or available_cores()
 
     @property
     def global_resources(self) -> dict[str, Any]:

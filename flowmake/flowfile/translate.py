@@ -34,7 +34,7 @@ from typing import Callable
 from flowmake.errors import FlowfileError, Location, did_you_mean
 from flowmake.shellfmt import FSTRING_FIELDS
 
-ACTIONS = ("shell", "run", "script", "notebook", "wrapper", "cwl")
+ACTIONS = ("shell", "run", "script", "notebook", "wrapper", "template_engine", "cwl")
 UNSUPPORTED = ("cwl",)
 RULE_DIRECTIVES = (
     "input", "output", "params", "threads", "resources", "log", "benchmark", "message",

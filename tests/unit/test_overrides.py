@@ -125,7 +125,7 @@ def test_size_resources_cover_each_other(tmp_path: Path) -> None:
     res, _, _ = resources(tmp_path, default_list(["mem_mb=500"]), rule="b")
     assert res["mem"] == "3GB" and res["mem_mb"] == 3000  # mem gives mem_mb (resource_units)
     res, _, _ = resources(tmp_path, None, ["b:mem=2GB"], rule="b")
-    assert res["mem_mb"] == 2000 and "mem" not in res
+    assert res["mem_mb"] == 2000 and res["mem"] == "2 GB"  # the rule's "3GB" is gone
 
 
 def test_threads_expression_and_attempt(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_job_processes_get_the_same_overrides() -> None:
     assert again.per_rule == {"a": {"y": 2}} and again.threads == {"a": 3} and again.defaults["x"] == 1
 
 
-AGREED = ["mem_mb=500", "mem_mb=2*1024", "mem=4GB", "mem=1GiB", "mem_mib=1024", "runtime=2h",
+AGREED = ["mem_mb=500", "mem_mib=953.67", "disk_mib=953.6743", "mem_mb=2*1024", "mem=4GB", "mem=1GiB", "mem_mib=1024", "runtime=2h",
           "runtime=90s", "runtime=45", "slurm_partition=debug", "slurm_account='1234'",
           "slurm_extra='--qos=long --mail-type=ALL'", "slurm_extra=--nice=150", "gres=gpu:1",
           "constraint=intel&avx2", "machine=n1-standard-4", "flag=True", "tmpdir=system_tmpdir",

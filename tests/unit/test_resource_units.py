@@ -23,7 +23,15 @@ def test_run_times_are_minutes() -> None:
 def test_normalize_derives_mb_and_mib_and_rounds_floats() -> None:
     assert normalize([("mem", "5MB"), ("runtime", "2h"), ("gpus", 1.6), ("disk_mb", "1GB")]) == [
         ("mem", "5MB"), ("mem_mb", 5), ("mem_mib", 5), ("runtime", 120), ("gpus", 2),
-        ("disk_mb", 1000)]
+        ("disk_mb", 1000), ("disk_mib", 954), ("disk", "1 GB")]
     # A suffixed name the rule gave itself is not overwritten.
     assert normalize([("mem", "2GB"), ("mem_mb", 100)]) == [
         ("mem", "2GB"), ("mem_mib", 1908), ("mem_mb", 100)]
+
+
+def test_any_spelling_of_a_size_gives_all_three_as_snakemake_9_does() -> None:
+    assert normalize([("mem_mb", 1000.1), ("disk_mib", 953.6743)]) == [
+        ("mem_mb", 1000), ("mem_mib", 954), ("mem", "1 GB"),
+        ("disk_mib", 954), ("disk_mb", 1000), ("disk", "1 GB")]
+    assert dict(normalize([("mem_mb", 1500)]))["mem"] == "1.5 GB"
+    assert dict(normalize([("disk_mb", 2_000_000)]))["disk"] == "2 TB"

@@ -106,7 +106,7 @@ def test_instantiate_plain(tmp_path: Path) -> None:
     assert list(i.log) == ["logs/x.log"] and i.benchmark == "bench/x.tsv"
     assert i.params.prefix == "out/x" and i.params.n == 3
     assert i.threads == 4 and i.resources.mem_mb == 2000 and dict(i.resources.items()) == {
-        "mem_mb": 2000, "runtime": 10}
+        "mem_mb": 2000, "mem_mib": 1908, "mem": "2 GB", "runtime": 10}  # mem three ways, as Snakemake 9
     assert i.flags["out/x.bam"] == {Flag.TEMP} and i.flags["out/x.bai"] == {Flag.PROTECTED}
     assert i.flags["data/x.fq"] == frozenset()
     assert i.message() == "aligning x with 4 threads"
