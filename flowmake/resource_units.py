@@ -49,6 +49,16 @@ def size_mb(text: str) -> int:
     return max(int(math.ceil(size / 1e6)), 1)
 
 
+def format_size(mb: int) -> str:
+    """MB as humanfriendly.format_size writes them (what Snakemake's ``resources.mem`` holds):
+    decimal units, at most two decimals, "1 GB", "1.5 TB", "500 MB"."""
+    size = mb * 10 ** 6
+    for power, unit in ((6, "EB"), (5, "PB"), (4, "TB"), (3, "GB"), (2, "MB"), (1, "KB")):
+        if size >= 1000 ** power:
+            return f"{size / 1000 ** power:.2f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{size} bytes"
+
+
 def minutes(text: str) -> int:
     """"1h" → 60, "1h30m" → 90, "45 minutes" → 45 (at least 1); a bare number is minutes."""
     stripped = text.strip("'\" ")
@@ -77,9 +87,10 @@ def normalize(pairs: Iterable[tuple[str | None, Any]]) -> list[tuple[str | None,
             continue
         if isinstance(value, float):
             value = round(value)
-        if name in SIZED:  # the rule's own spelling stays; the scheduler reads NAME_mb
+        if name in SIZED:  # the scheduler reads NAME_mb
             mb = size_mb(value) if isinstance(value, str) else value
-            out.append((name, value))
+            # Snakemake shows a size it read as its own spelling of the MB: "1GB" is "1 GB".
+            out.append((name, format_size(mb) if isinstance(value, str) else value))
             if isinstance(mb, int):
                 out += [(f"{name}{suffix}", v) for suffix, v in
                         (("_mb", mb), ("_mib", math.ceil(mb * 1e6 / 2 ** 20)))
