@@ -204,10 +204,29 @@ def eval_priority(rule: Rule, func: Callable[..., Any], wc: Wildcards, input: Na
 
 def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
          names: tuple[str, ...], pending_ok: bool = False) -> Any:
+    """``func`` called with the arguments it names; a function it returns is called in turn
+    (``lambda w, input: parse_input(...)``), at most 10 deep, as Snakemake does."""
+    value = _call_once(rule, what, func, available, names, pending_ok)
+    for _ in range(9):
+        if not callable(value) or isinstance(value, type):
+            return value
+        # Not cached by id: the returned function is transient, and its id is soon reused.
+        value = _call_once(rule, what, value, available, names, pending_ok, cached=False)
+    if callable(value) and not isinstance(value, type):
+        raise rule.error(f"{what} function returned functions 10 levels deep",
+                         hint="does it return a function instead of calling it?")
+    return value
+
+
+def _call_once(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
+               names: tuple[str, ...], pending_ok: bool, cached: bool = True) -> Any:
     key = id(func)
-    if key not in rule._plans:
-        rule._plans[key] = call_plan(func, names)
-    plan = rule._plans[key]
+    if not cached:
+        plan = call_plan(func, names)
+    else:
+        if key not in rule._plans:
+            rule._plans[key] = call_plan(func, names)
+        plan = rule._plans[key]
     try:
         if plan is None:
             return func(available["wildcards"])
