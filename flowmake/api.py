@@ -99,7 +99,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     ctx = JobContext(workdir=session.workdir, flowfile=session.flowfile, config_overrides=session.config_overrides,
                      configfiles=list(opts.configfiles), cores=job_cores, deployment=session.workflow.deployment,
                      default_storage=default_storage_of(opts), scatter=dict(opts.set_scatter),
-                     resource_args=session.resource_args)
+                     resource_args=session.resource_args, replace_config=opts.replace_workflow_config)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     envs.prepare(_rules_to_run(session, steps), ctx.deployment, session.workdir, progress.note)
     if opts.conda_create_envs_only:

@@ -40,6 +40,7 @@ class JobContext:
     default_storage: tuple[str, str] | None = None  # --default-storage-provider/-prefix: maps paths
     scatter: Mapping[str, int] = field(default_factory=dict)  # --set-scatter, for the job's own load
     resource_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # overrides.Overrides.args
+    replace_config: bool = False  # --replace-workflow-config, for the job's own load
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -76,6 +77,7 @@ def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
         "config": dict(ctx.config_overrides),
         "configfiles": list(ctx.configfiles),
         **({"scatter": dict(ctx.scatter)} if ctx.scatter else {}),
+        **({"replace_config": True} if ctx.replace_config else {}),
         "rule": step.rule.name,
         "wildcards": raw,
         "outputs": list(step.outputs),

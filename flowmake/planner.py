@@ -251,6 +251,9 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
             if prov is not None and prov.reasons:  # made otherwise than this step would make them now
                 return StepPlan(step, Decision.RUN, list(prov.reasons), key, inputs, texts)
             checked_by_mtime = [p for p, _ in inputs] if prov is None else prov.unchecked
+            in_flags = step.instance.flags if step.instance is not None else None
+            if in_flags:  # an ancient() input never makes an output out of date, by mtime either
+                checked_by_mtime = [p for p in checked_by_mtime if Flag.ANCIENT not in in_flags.get(p, ())]
             if not checked_by_mtime or facts.newer_than(outputs, checked_by_mtime):
                 return StepPlan(step, Decision.ADOPT, [], key, inputs, texts)
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, texts)
