@@ -75,7 +75,7 @@ def has_pending(inst: Any) -> bool:
 class Entry:
     """One declared input/output/log item: a named or unnamed pattern, list of patterns, or function."""
 
-    __slots__ = ("name", "texts", "flags", "func", "unpack", "single", "patterns")
+    __slots__ = ("name", "texts", "flags", "data", "func", "unpack", "single", "patterns")
 
     def __init__(self, name: str | None, value: Any, directive: str, allow_functions: bool) -> None:
         self.name = name
@@ -84,6 +84,7 @@ class Entry:
         self.patterns: list[Pattern] = []
         self.texts: list[str] = []
         self.flags: list[frozenset[Flag]] = []
+        self.data: list[dict[Flag, Any]] = []  # each text's flag arguments (ensure's EnsureSpec)
         self.single = False
         if callable(value) and not isinstance(value, (str, os.PathLike)):
             if not allow_functions:
@@ -98,6 +99,7 @@ class Entry:
         for item in flatten(value, directive):
             self.texts.append(os.fspath(item))
             self.flags.append(flags_of(item))
+            self.data.append(getattr(item, "data", None) or {})
 
     def declared(self) -> list[Any]:
         return [self.func] if self.func is not None else list(self.texts)

@@ -7,6 +7,7 @@ one that changed while it ran marks the traces so they match no key (the step st
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -85,10 +86,35 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
         elif (Flag.DIRECTORY in flags) != os.path.isdir(full):  # Snakemake checks this too
             missing.append(f"{out} (a directory: declare it with directory())" if os.path.isdir(full)
                            else f"{out} (a file, not the directory() it is declared as)")
+        elif Flag.ENSURE in flags and (why := _not_as_ensured(step, out, full)):
+            missing.append(f"{out} ({why})")
         elif Flag.PROTECTED in flags:
             mode = os.stat(full).st_mode
             os.chmod(full, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return missing
+
+
+def _not_as_ensured(step: Step, out: str, full: str) -> str | None:
+    """Why ``out`` is not what its ``ensure()`` asks for (empty, another SHA-256), or None."""
+    spec = next((e.data[i][Flag.ENSURE] for e in step.rule._output
+                 for i, p in enumerate(e.patterns)
+                 if Flag.ENSURE in e.data[i] and p.match(out) is not None), None)
+    if spec is None:
+        return None
+    if spec.non_empty and os.path.isfile(full) and os.path.getsize(full) == 0:
+        return "empty, though declared ensure(non_empty=True)"
+    want = spec.sha256
+    if callable(want):
+        want = want(step.instance.wildcards if step.instance is not None else None)
+    if want is not None and os.path.isfile(full):
+        h = hashlib.sha256()
+        with open(full, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        got = h.hexdigest()
+        if got != str(want).lower():
+            return f"SHA-256 {got}, though declared ensure(sha256={want})"
+    return None
 
 
 def ctime_ns(workdir: str, path: str) -> int:
