@@ -110,7 +110,8 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
         backend=backend, local=local, ctx=ctx, progress=progress, storage=session.storage,
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds,
-                                 keep_target_temps=bool(opts.targets)),
+                                 keep_target_temps=bool(opts.targets),
+                                 benchmark_extended=opts.benchmark_extended),
     )
     run_hook(session.workflow, "onstart")
     try:

@@ -31,9 +31,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
-    for flag, given in (("--batch", args.batch), ("--benchmark-extended", args.benchmark_extended)):
-        if given:
-            raise UsageError(f"{flag} is not supported yet")
+    if args.batch:
+        raise UsageError("--batch is not supported yet")
     return {
         "all_temp": args.all_temp,
         "consider_ancient": parse_consider_ancient(args.consider_ancient),

@@ -8,6 +8,7 @@ one that changed while it ran marks the traces so they match no key (the step st
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -133,8 +134,14 @@ def remove_outputs(step: Step, workdir: str) -> None:
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 
 
-def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_kb: int | None) -> None:
-    """The rule's ``benchmark:`` file, with Snakemake's columns; what the OS did not report is NA."""
+# --benchmark-extended: Snakemake's further columns (cpu_usage is NA, as cpu_time: not measured).
+EXTENDED_HEADER = "jobid\trule_name\twildcards\tparams\tthreads\tcpu_usage\tresources\tinput_size_mb"
+
+
+def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_kb: int | None,
+                    extended: bool = False, jobid: int = 0) -> None:
+    """The rule's ``benchmark:`` file, with Snakemake's columns; what the OS did not report is NA.
+    A ``.jsonl`` file gets one JSON object instead (keys sorted), as Snakemake writes it."""
     inst = step.instance
     if inst is None or not inst.benchmark:
         return
@@ -142,14 +149,35 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     m, s = divmod(int(secs), 60)
     h, m = divmod(m, 60)
     rss = f"{peak_rss_kb / 1024:.2f}" if peak_rss_kb else "NA"
-    row = [f"{secs:.4f}", f"{h}:{m:02d}:{s:02d}", rss] + ["NA"] * 7
+    header = BENCHMARK_HEADER.split("\t") + (EXTENDED_HEADER.split("\t") if extended else [])
+    row: list[Any] = [f"{secs:.4f}", f"{h}:{m:02d}:{s:02d}", rss] + ["NA"] * 7
+    if extended:
+        row += [jobid, step.rule.name, dict(inst.wildcards.items()), dict(inst.params.items()),
+                inst.threads, "NA", dict(inst.resources.items()), _input_size_mb(workdir, inst.input)]
     path = os.path.join(workdir, inst.benchmark)
+    if path.endswith(".jsonl"):
+        record = dict(zip(header, row))
+        record["s"] = round(secs, 4)
+        text = json.dumps(record, sort_keys=True, default=str) + "\n"
+    else:
+        text = "\t".join(header) + "\n" + "\t".join(map(str, row)) + "\n"
     os.makedirs(os.path.dirname(path) or workdir, exist_ok=True)
     # Written whole or not at all: a reader (or a run stopped mid-write) never sees half a file.
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as fh:
-        fh.write(BENCHMARK_HEADER + "\n" + "\t".join(row) + "\n")
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def _input_size_mb(workdir: str, inputs: Sequence[str]) -> dict[str, float]:
+    """Each input's size in MiB (Snakemake's input_size_mb column)."""
+    sizes = {}
+    for f in inputs:
+        try:
+            sizes[f] = os.stat(os.path.join(workdir, f)).st_size / 1024 / 1024
+        except OSError:
+            continue
+    return sizes
 
 
 def read_products(step: Step, producer: Any) -> list[str]:

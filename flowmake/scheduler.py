@@ -50,6 +50,7 @@ class SchedulerOptions:
     # Snakemake (a named file or rule keeps them).
     keep_target_temps: bool = True
     printshellcmds: bool = False
+    benchmark_extended: bool = False  # --benchmark-extended: Snakemake's further columns
     lock_wait_s: float = 0.2
 
 
@@ -379,7 +380,8 @@ class Scheduler(OtherRuns, GroupRuns):
 
     def _succeeded(self, rec: StepRecord, ev: JobEvent) -> None:
         step = rec.step
-        write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
+        write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb,
+                        extended=self.opt.benchmark_extended, jobid=len(self.result.ran))
         for path in read_products(step, self.graph.producer):
             self.digest(path)  # its dependants are keyed from what the job just wrote
         changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
