@@ -124,3 +124,35 @@ def extract_checksum(infile: str | os.PathLike[str] | TextIO, file: str | None =
             return checksum
     raise FlowfileError(f"extract_checksum: no checksum for {file!r} in "
                         f"{getattr(infile, 'name', infile)}")
+
+
+class _QueueInput:
+    """``from_queue(q, finish_sentinel=s)``: an input function whose files are the items put on
+    ``q`` until ``s``. Snakemake adds jobs as items arrive; flowmake plans the whole graph first,
+    so the function waits for the sentinel and then gives every item (the same outputs, made once
+    the queue is finished rather than while it fills). Each item is marked done on the queue, so
+    a producer waiting in ``q.join()`` goes on."""
+
+    def __init__(self, queue: Any, finish_sentinel: Any) -> None:
+        self._queue = queue
+        self._sentinel = finish_sentinel
+        self._items: list[str] | None = None
+
+    def __call__(self, wildcards: Any) -> list[str]:
+        if self._items is None:  # asked again (planning, the graph memo): the same answer
+            items = []
+            while True:
+                item = self._queue.get()
+                self._queue.task_done()
+                if item is self._sentinel:
+                    break
+                items.append(os.fspath(item))
+            self._items = items
+        return list(self._items)
+
+
+def from_queue(queue: Any, finish_sentinel: Any = None) -> Callable[[Any], list[str]]:
+    """Input files taken from a ``queue.Queue`` until ``finish_sentinel`` comes (see _QueueInput)."""
+    if finish_sentinel is None:
+        raise FlowfileError("from_queue needs finish_sentinel=: the item that ends the queue")
+    return _QueueInput(queue, finish_sentinel)

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 from flowmake.flowfile import compat
 from flowmake.flowfile.helpers import namespace_helpers
-from flowmake.flowfile.ioutils import (ItemProxy, as_py_module, extract_checksum, parse_input,
-                                       prepend_param)
+from flowmake.flowfile.ioutils import (ItemProxy, as_py_module, extract_checksum, from_queue,
+                                       parse_input, prepend_param)
 from flowmake.flowfile.paramspace import Paramspace
 from flowmake.flowfile.validate import validate_in
 from flowmake.rule_refs import Checkpoints, Rules
@@ -73,7 +73,7 @@ def make_namespace(builder: Builder) -> dict[str, Any]:
         "input": ItemProxy("input"), "output": ItemProxy("output"),
         "resources": ItemProxy("resources"), "threads": _threads,
         "prepend_param": prepend_param, "as_py_module": as_py_module,
-        "parse_input": parse_input, "extract_checksum": extract_checksum,
+        "parse_input": parse_input, "extract_checksum": extract_checksum, "from_queue": from_queue,
     })
     return ns
 
