@@ -30,6 +30,8 @@ class Flag(enum.Enum):
     # For everything else the file is an ordinary output.
     REPORT = "report"
     LOCAL = "local"  # kept as written: no module prefix, no default storage provider
+    UPDATE = "update"  # an output the job changes in place: not removed before it runs
+    BEFORE_UPDATE = "before_update"  # an input as it is now: no step is looked for to make it
     ENSURE = "ensure"  # checked after the job: not empty and/or this sha256 (an EnsureSpec)
 
 

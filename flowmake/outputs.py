@@ -48,11 +48,13 @@ def _make_writable(path: str) -> None:
 
 def prepare_outputs(step: Step, workdir: str) -> None:
     """Remove stale outputs and create their directories, so a job starts from a clean slate."""
+    inst = step.instance
+    flags = inst.flags if inst is not None else None
     for out in step.outputs:
         full = os.path.join(workdir, out)
-        remove_path(full)
+        if not flags or Flag.UPDATE not in flags.get(out, ()):  # update(): kept
+            remove_path(full)
         os.makedirs(os.path.dirname(full) or workdir, exist_ok=True)
-    inst = step.instance
     if inst is not None:
         for log in inst.log:
             os.makedirs(os.path.dirname(os.path.join(workdir, log)) or workdir, exist_ok=True)

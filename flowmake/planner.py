@@ -141,7 +141,8 @@ def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[s
     flags = inst.flags
     digest = facts.digest
     for path in inst.input:
-        if flags and Flag.ANCIENT in flags.get(path, ()):
+        if flags and (Flag.ANCIENT in flags.get(path, ()) or Flag.BEFORE_UPDATE in flags.get(path, ())
+                      and path in step.outputs):  # a file the step updates: its own output's trace
             inputs.append((path, "ancient"))
             continue
         d = digest(path)

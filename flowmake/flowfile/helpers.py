@@ -74,6 +74,18 @@ def report(value: Any, caption: Any = None, category: str | None = None,
     return add_flag(value, Flag.REPORT, spec)
 
 
+def update(value: Any) -> Any:
+    """An output its job updates in place (Snakemake's ``update``): kept, not removed, before the
+    job runs."""
+    return add_flag(value, Flag.UPDATE)
+
+
+def before_update(value: Any) -> Any:
+    """An input read as it is before a step updates it (Snakemake's ``before_update``): no step
+    is looked for to make it, so a rule may read the file it updates()."""
+    return add_flag(value, Flag.BEFORE_UPDATE)
+
+
 def ensure(value: Any, non_empty: bool = False, sha256: Any = None) -> Any:
     """An output checked once its job ran (Snakemake's ``ensure``): the job fails when the file
     is empty (``non_empty=True``) or its SHA-256 differs (a hex string or a function of the
@@ -342,6 +354,7 @@ def namespace_helpers(workdir: Callable[[], str], basedir: Callable[[], str]) ->
         "protected": protected, "directory": directory, "ancient": ancient, "touch": touch,
         "report": report_, "Path": Path, "flatten": flatten, "subpath": subpath,
         "pipe": pipe, "service": service, "ensure": ensure,
+        "update": update, "before_update": before_update,
         # benchmark: repeat("file", n): Snakemake runs the job n times; one measurement serves here.
         "repeat": lambda path, n: path,
         "local": local, "access": _Access(),
