@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--omit-from", nargs="+", default=[], metavar="RULE|FILE", help="leave these and their downstream out")
     p.add_argument("-l", "--list", action="store_true", help="list rules with their file and line")
     p.add_argument("--dag", nargs="?", const="dot", choices=["dot", "mermaid", "mermaid-js"],
-                   help="print the step graph (mermaid-js: Snakemake's name for mermaid)")
+                   help="print the step graph (mermaid-js: Snakemake's own Mermaid layout)")
     p.add_argument("--why", metavar="FILE", help="tell what made FILE, from what, and whether it is up to date")
     p.add_argument("--summary", "-D", action="store_true", help="one line per output: rule, date, state")
     p.add_argument("--touch", "-t", action="store_true", help="record current outputs as up to date without running")
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             return api.list_rules(opts)
         if args.dag:
-            return api.dag(opts, "mermaid" if args.dag == "mermaid-js" else args.dag)
+            return api.dag(opts, args.dag)
         if args.why:
             return api.why(opts, args.why)
         if args.summary:
