@@ -111,7 +111,8 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds,
                                  keep_target_temps=bool(opts.targets),
-                                 benchmark_extended=opts.benchmark_extended),
+                                 benchmark_extended=opts.benchmark_extended,
+                                 kept_temps=_batch_kept_temps(session, steps)),
     )
     run_hook(session.workflow, "onstart")
     try:
@@ -275,3 +276,13 @@ def touch(opts: Options) -> int:
     finally:
         session.close()
     return 0
+
+
+def _batch_kept_temps(session: Session, steps: list[Step]) -> frozenset[str]:
+    """With --batch, the temp() files the steps left out (the batched rule, before its last batch)
+    will read: kept for them, as Snakemake keeps them."""
+    if session.opts.batch is None:
+        return frozenset()
+    chosen = {id(s) for s in steps}
+    return frozenset(p for s in session.steps if id(s) not in chosen and s.instance is not None
+                     for p in s.instance.input)

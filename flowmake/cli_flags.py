@@ -31,8 +31,6 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.batch:
-        raise UsageError("--batch is not supported yet")
     return {
         "all_temp": args.all_temp,
         "consider_ancient": parse_consider_ancient(args.consider_ancient),

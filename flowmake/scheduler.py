@@ -51,6 +51,7 @@ class SchedulerOptions:
     keep_target_temps: bool = True
     printshellcmds: bool = False
     benchmark_extended: bool = False  # --benchmark-extended: Snakemake's further columns
+    kept_temps: frozenset[str] = frozenset()  # temp() files steps left out of this run will read
     lock_wait_s: float = 0.2
 
 
@@ -166,7 +167,8 @@ class Scheduler(OtherRuns, GroupRuns):
         while a checkpoint may still bring in a step that reads it)."""
         if self.opt.notemp or not step.rule.may_flag:
             return
-        unread = [o for o in step.outputs if o not in self._temp_consumers and self._is_temp(o)]
+        unread = [o for o in step.outputs if o not in self._temp_consumers and self._is_temp(o)
+                  and o not in self.opt.kept_temps]
         if unread and not any(s.pending for s in self.graph.steps.values()):
             for out in unread:
                 remove_path(os.path.join(self.ctx.workdir, out))

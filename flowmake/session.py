@@ -322,7 +322,7 @@ def _plan_session(session: Session) -> Plan:
 def selected(session: Session) -> list[Step]:
     opts = session.opts
     return selected_steps(session.graph, session.workflow, session.steps, session.workdir,
-                          until=opts.until, omit_from=opts.omit_from)
+                          until=opts.until, omit_from=opts.omit_from, batch=opts.batch)
 
 
 # ---- commands ------------------------------------------------------------------------------------
