@@ -100,7 +100,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
                      configfiles=list(opts.configfiles), cores=job_cores, deployment=session.workflow.deployment,
                      default_storage=default_storage_of(opts), scatter=dict(opts.set_scatter),
                      resource_args=session.resource_args, shadow_prefix=opts.shadow_prefix,
-                     workflow_cores=opts.cores)
+                     workflow_cores=opts.cores, replace_config=opts.replace_workflow_config)
     progress = Progress(quiet=opts.quiet, started=opts.started)
     envs.prepare(_rules_to_run(session, steps), ctx.deployment, session.workdir, progress.note)
     if opts.conda_create_envs_only:
@@ -111,7 +111,9 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
         backend=backend, local=local, ctx=ctx, progress=progress, storage=session.storage,
         options=SchedulerOptions(cores=cores, jobs=opts.jobs, limits=opts.resources, keep_going=opts.keep_going,
                                  retries=opts.retries, notemp=opts.notemp, printshellcmds=opts.printshellcmds,
-                                 keep_target_temps=bool(opts.targets)),
+                                 keep_target_temps=bool(opts.targets),
+                                 benchmark_extended=opts.benchmark_extended,
+                                 kept_temps=_batch_kept_temps(session, steps)),
     )
     run_hook(session.workflow, "onstart")
     try:
@@ -275,3 +277,13 @@ def touch(opts: Options) -> int:
     finally:
         session.close()
     return 0
+
+
+def _batch_kept_temps(session: Session, steps: list[Step]) -> frozenset[str]:
+    """With --batch, the temp() files the steps left out (the batched rule, before its last batch)
+    will read: kept for them, as Snakemake keeps them."""
+    if session.opts.batch is None:
+        return frozenset()
+    chosen = {id(s) for s in steps}
+    return frozenset(p for s in session.steps if id(s) not in chosen and s.instance is not None
+                     for p in s.instance.input)

@@ -29,7 +29,7 @@ TRIGGERS = ("mtime", "params", "input", "software-env", "code")
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
-    from flowmake import __version__
+    from flowmake import __version__, cli_flags
 
     p = argparse.ArgumentParser(
         prog="flowmake",
@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until", nargs="+", default=[], metavar="RULE|FILE", help="run only up to these")
     p.add_argument("--omit-from", nargs="+", default=[], metavar="RULE|FILE", help="leave these and their downstream out")
     p.add_argument("-l", "--list", action="store_true", help="list rules with their file and line")
-    p.add_argument("--dag", nargs="?", const="dot", choices=["dot", "mermaid"], help="print the step graph")
+    p.add_argument("--dag", nargs="?", const="dot", choices=["dot", "mermaid", "mermaid-js"],
+                   help="print the step graph (mermaid-js: Snakemake's own Mermaid layout)")
     p.add_argument("--why", metavar="FILE", help="tell what made FILE, from what, and whether it is up to date")
     p.add_argument("--summary", "-D", action="store_true", help="one line per output: rule, date, state")
     p.add_argument("--touch", "-t", action="store_true", help="record current outputs as up to date without running")
@@ -87,9 +88,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="cluster jobs: submit at most N per TIME, e.g. 100/1s (Snakemake's default)")
     p.add_argument("--verbose", action="store_true", help="print commands, profiles used and each sbatch script")
     p.add_argument("--default-storage-provider", metavar="NAME",
-                   help="keep every input and output not marked local() in this storage (s3)")
+                   help="keep every input and output not marked local() in this storage (s3; none: no default)")
     p.add_argument("--default-storage-prefix", metavar="URL", help="where in it, e.g. s3://bucket/prefix")
     p.add_argument("--version", action="version", version=f"flowmake {__version__}")
+    cli_flags.add_flags(p)
     sdm = p.add_argument_group("software deployment (conda:, envmodules:, wrapper: directives)")
     sdm.add_argument("--use-conda", action="store_true", help="run jobs in their rule's conda environment")
     sdm.add_argument("--use-envmodules", action="store_true", help="load a rule's envmodules: before its jobs")
@@ -196,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
     """The parsed command line, completed by the profiles, as ``api.Options``."""
-    from flowmake import api
+    from flowmake import api, cli_flags
 
     toml: str | None = None
     sources: dict[str, str] = {}
@@ -223,12 +225,15 @@ def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
         latency_wait=args.latency_wait, max_jobs_per_timespan=args.max_jobs_per_timespan,
         verbose=args.verbose, wrapper_prefix=args.wrapper_prefix,
         shadow_prefix=args.shadow_prefix,
-        default_storage_provider=args.default_storage_provider,
+        # Snakemake's `none`: no default storage, as without the flag.
+        default_storage_provider=None if args.default_storage_provider == "none"
+        else args.default_storage_provider,
         default_storage_prefix=args.default_storage_prefix, sources=sources,
         use_conda=args.use_conda or "conda" in args.sdm,
         use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
         conda_prefix=args.conda_prefix, conda_create_envs_only=args.conda_create_envs_only,
         set_scatter={k: _int(v, "--set-scatter") for k, v in _pairs(args.set_scatter, "--set-scatter").items()},
+        **cli_flags.options(args),
     )
 
 

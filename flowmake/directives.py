@@ -80,7 +80,7 @@ def has_pending(inst: Any) -> bool:
 class Entry:
     """One declared input/output/log item: a named or unnamed pattern, list of patterns, or function."""
 
-    __slots__ = ("name", "texts", "flags", "func", "unpack", "single", "patterns")
+    __slots__ = ("name", "texts", "flags", "data", "func", "unpack", "single", "patterns")
 
     def __init__(self, name: str | None, value: Any, directive: str, allow_functions: bool) -> None:
         self.name = name
@@ -89,6 +89,7 @@ class Entry:
         self.patterns: list[Pattern] = []
         self.texts: list[str] = []
         self.flags: list[frozenset[Flag]] = []
+        self.data: list[dict[Flag, Any]] = []  # each text's flag arguments (ensure's EnsureSpec)
         self.single = False
         if callable(value) and not isinstance(value, (str, os.PathLike)):
             if not allow_functions:
@@ -111,6 +112,7 @@ class Entry:
         for item in flatten(value, directive):
             self.texts.append(os.fspath(item))
             self.flags.append(flags_of(item))
+            self.data.append(getattr(item, "data", None) or {})
 
     def declared(self) -> list[Any]:
         return [self.func] if self.func is not None else list(self.texts)
@@ -260,10 +262,29 @@ def eval_priority(rule: Rule, func: Callable[..., Any], wc: Wildcards, input: Na
 
 def call(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
          names: tuple[str, ...], pending_ok: bool = False) -> Any:
+    """``func`` called with the arguments it names; a function it returns is called in turn
+    (``lambda w, input: parse_input(...)``), at most 10 deep, as Snakemake does."""
+    value = _call_once(rule, what, func, available, names, pending_ok)
+    for _ in range(9):
+        if not callable(value) or isinstance(value, type):
+            return value
+        # Not cached by id: the returned function is transient, and its id is soon reused.
+        value = _call_once(rule, what, value, available, names, pending_ok, cached=False)
+    if callable(value) and not isinstance(value, type):
+        raise rule.error(f"{what} function returned functions 10 levels deep",
+                         hint="does it return a function instead of calling it?")
+    return value
+
+
+def _call_once(rule: Rule, what: str, func: Callable[..., Any], available: Mapping[str, Any],
+               names: tuple[str, ...], pending_ok: bool, cached: bool = True) -> Any:
     key = id(func)
-    if key not in rule._plans:
-        rule._plans[key] = call_plan(func, names)
-    plan = rule._plans[key]
+    if not cached:
+        plan = call_plan(func, names)
+    else:
+        if key not in rule._plans:
+            rule._plans[key] = call_plan(func, names)
+        plan = rule._plans[key]
     try:
         if plan is None:
             return func(available["wildcards"])

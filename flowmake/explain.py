@@ -138,6 +138,9 @@ def print_changes(session: Any, kind: str, out: TextIO = sys.stdout) -> None:
 
 
 def print_dag(session: Any, fmt: str, out: TextIO = sys.stdout) -> None:
+    if fmt == "mermaid-js":
+        out.write(_snakemake_mermaid(session))
+        return
     import networkx as nx
 
     g: nx.DiGraph[str] = nx.DiGraph()
@@ -171,3 +174,39 @@ def _label(data: dict[str, Any], sep: str) -> str:
     wc = data["wildcards"]
     extra = sep + sep.join(f"{k}: {v}" for k, v in wc.items()) if wc else ""
     return data["rule"] + extra
+
+
+def _snakemake_mermaid(session: Any) -> str:
+    """``--dag mermaid-js``: the flowchart exactly as Snakemake 9 writes it (its node order, one
+    colour per rule by name, dashed steps that need not run), so tools reading its output work."""
+    import colorsys
+
+    runs = {id(sp.step): sp.decision is not Decision.SKIP for sp in session.plan.steps}
+    order: list[Step] = []
+    seen: set[int] = set()
+    stack = [s for s in reversed(session.graph.targets) if isinstance(s, Step)]
+    while stack:  # preorder from the targets, dependencies in input order, as Snakemake's DAG
+        step = stack.pop()
+        if id(step) in seen or id(step) not in runs:
+            continue
+        seen.add(id(step))
+        order.append(step)
+        stack.extend(reversed(step.deps))
+    names = sorted(r.name for r in session.workflow.rules)
+    colour = {}
+    for i, name in enumerate(names):
+        rgb = colorsys.hsv_to_rgb(i * 2 / (3 * len(names)), 0.6, 0.85)
+        colour[name] = "#" + "".join(f"{round(255 * x):0>2X}" for x in rgb)
+    ids = {id(s): i for i, s in enumerate(order)}
+    heads, styles, edges = [], [], []
+    for i, step in enumerate(order):
+        new = set(_wildcards(step).items())
+        for dep in step.deps:
+            new -= set(_wildcards(dep).items())
+        label = " - ".join([step.rule.name, *sorted(f"{k}: {v}" for k, v in new)])
+        heads.append(f"\tid{i}[{label}]")
+        dashed = "" if runs[id(step)] else ",stroke-dasharray: 5 5"
+        styles.append(f"\tstyle id{i} fill:{colour[step.rule.name]},stroke-width:2px,color:#333333{dashed}")
+        edges += [f"\tid{ids[id(d)]} --> id{i}" for d in step.deps if id(d) in ids]
+    return ("---\ntitle: DAG\n---\nflowchart TB\n"
+            + "\n".join(heads) + "\n" + "\n".join(styles) + "\n" + "\n".join(edges) + "\n")

@@ -20,6 +20,7 @@ from typing import Any, Callable, Generator, Iterable, Iterator, Sequence, TypeV
 from flowmake.errors import (AmbiguousRuleError, CycleError, FlowmakeError, MissingInputError,
                              NoRuleError, UnsafePathError, UnsafeWildcardError, WildcardError,
                              did_you_mean)
+from flowmake.namedlist import Flag
 from flowmake.output_claims import claim
 from flowmake.patterns import Bindings
 from flowmake.rule_index import RuleIndex
@@ -350,7 +351,10 @@ class Graph:
                                       location=step.rule.location, rule=step.rule.name)
         deps: list[Step] = []
         seen: set[int] = set()
+        flags = inst.flags if inst is not None else None
         for inp in needed:
+            if flags and Flag.BEFORE_UPDATE in flags.get(inp, ()):
+                continue  # the file as it is: whatever updates it is not its producer
             if len(inp) > 255 and any(len(part) > 255 for part in inp.split("/")):
                 # No file system holds such a name: a wildcard keeps growing ({a} from {a}.x).
                 raise WildcardError(
@@ -430,6 +434,7 @@ class Graph:
     def walk(self, roots: Iterable[Step | None | str] | None = None) -> list[Step]:
         """Steps reachable from ``roots`` (default: the targets), dependencies before dependants."""
         roots = self.targets if roots is None else roots
+        self._order_updates()
         order: list[Step] = []
         state: dict[int, int] = {}
         for root in roots:
@@ -450,6 +455,42 @@ class Graph:
                     state[id(nxt)] = 1
                     stack.append((nxt, iter(self.deps(nxt))))
         return order
+
+    def _order_updates(self) -> None:
+        """A step reading ``before_update(f)`` runs before the step that ``update()``s ``f``
+        (Snakemake orders them so, by priority and a mutex): the updater waits for the reader,
+        unless the reader already comes after it."""
+        if not any(Flag.UPDATE in fl for rule in self.workflow.rules  # outputs: declared flags only
+                   for e in rule._output for fl in e.flags):
+            return
+        updaters: dict[str, Step] = {}
+        readers: list[tuple[str, Step]] = []
+        for step in list(self.steps.values()):
+            flags = step.instance.flags if step.instance is not None else None
+            if not flags or not step.rule.may_flag:
+                continue
+            for path, fl in flags.items():
+                if Flag.UPDATE in fl:
+                    updaters[path] = step
+                elif Flag.BEFORE_UPDATE in fl:
+                    readers.append((path, step))
+        for path, reader in readers:
+            updater = updaters.get(path)
+            if updater is None or updater is reader or reader in updater.deps \
+                    or updater in self.walk_from(reader):
+                continue
+            updater.deps = [*updater.deps, reader]
+
+    def walk_from(self, step: Step) -> list[Step]:
+        """``step`` and every step it waits for, transitively."""
+        seen: dict[int, Step] = {}
+        todo = [step]
+        while todo:
+            s = todo.pop()
+            if id(s) not in seen:
+                seen[id(s)] = s
+                todo.extend(self.deps(s))
+        return list(seen.values())
 
     def deps(self, step: Step) -> list[Step]:
         """The steps that must finish before ``step``: its dependencies, or while it is pending

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
         return 2
     job = json.loads(argv[0])
     from flowmake.envs import Deployment, site_packages
-    from flowmake.flowfile import load_workflow
+    from flowmake.flowfile import Reading, load_workflow
     from flowmake.flowfile.runtime import _shell_of, instantiate, run_script
     from flowmake.rules import RuleKind
     from flowmake.shellfmt import reloading
@@ -36,7 +36,8 @@ def main(argv: list[str]) -> int:
                                      configfiles=job.get("configfiles") or [], workdir=job["workdir"],
                                      deployment=Deployment.from_payload(job.get("deployment")),
                                      default_storage=tuple(job["default_storage"]) if job.get("default_storage") else None,
-                                     scatter=job.get("scatter"), cores=job.get("workflow_cores"))
+                                     scatter=job.get("scatter"), cores=job.get("workflow_cores"),
+                                     reading=Reading(replace_config=bool(job.get("replace_config"))))
         if job.get("resource_args"):
             from flowmake.overrides import from_args
 

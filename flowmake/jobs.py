@@ -42,6 +42,7 @@ class JobContext:
     resource_args: Mapping[str, Sequence[str]] = field(default_factory=dict)  # overrides.Overrides.args
     workflow_cores: int | None = None  # -c as given: the job's load sees the same workflow.cores
     shadow_prefix: str | None = None  # --shadow-prefix: where shadow: jobs run (``shadow.root``)
+    replace_config: bool = False  # --replace-workflow-config, for the job's own load
 
 
 def _with_capped_threads(inst: Any, cores: int, render: Any) -> str:
@@ -82,6 +83,7 @@ def _jobrun_command(step: Step, ctx: JobContext, attempt: int) -> str:
         "config": dict(ctx.config_overrides),
         "configfiles": list(ctx.configfiles),
         **({"scatter": dict(ctx.scatter)} if ctx.scatter else {}),
+        **({"replace_config": True} if ctx.replace_config else {}),
         "rule": step.rule.name,
         "wildcards": raw,
         "outputs": list(step.outputs),

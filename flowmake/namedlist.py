@@ -30,6 +30,9 @@ class Flag(enum.Enum):
     # For everything else the file is an ordinary output.
     REPORT = "report"
     LOCAL = "local"  # kept as written: no module prefix, no default storage provider
+    UPDATE = "update"  # an output the job changes in place: not removed before it runs
+    BEFORE_UPDATE = "before_update"  # an input as it is now: no step is looked for to make it
+    ENSURE = "ensure"  # checked after the job: not empty and/or this sha256 (an EnsureSpec)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,15 @@ class ReportSpec:
     labels: Any = None
     patterns: tuple[str, ...] = ()
     htmlindex: str | None = None
+
+
+@dataclass(frozen=True)
+class EnsureSpec:
+    """``ensure(path, non_empty=True, sha256=...)``: what the output must be once its job ran;
+    ``sha256`` is a hex digest or a function of the wildcards returning one."""
+
+    non_empty: bool = False
+    sha256: Any = None
 
 
 class NamedList(list):

@@ -7,6 +7,8 @@ one that changed while it ran marks the traces so they match no key (the step st
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import stat
@@ -46,11 +48,13 @@ def _make_writable(path: str) -> None:
 
 def prepare_outputs(step: Step, workdir: str) -> None:
     """Remove stale outputs and create their directories, so a job starts from a clean slate."""
+    inst = step.instance
+    flags = inst.flags if inst is not None else None
     for out in step.outputs:
         full = os.path.join(workdir, out)
-        remove_path(full)
+        if not flags or Flag.UPDATE not in flags.get(out, ()):  # update(): kept
+            remove_path(full)
         os.makedirs(os.path.dirname(full) or workdir, exist_ok=True)
-    inst = step.instance
     if inst is not None:
         for log in inst.log:
             os.makedirs(os.path.dirname(os.path.join(workdir, log)) or workdir, exist_ok=True)
@@ -85,10 +89,35 @@ def finish_outputs(step: Step, workdir: str) -> list[str]:
         elif (Flag.DIRECTORY in flags) != os.path.isdir(full):  # Snakemake checks this too
             missing.append(f"{out} (a directory: declare it with directory())" if os.path.isdir(full)
                            else f"{out} (a file, not the directory() it is declared as)")
+        elif Flag.ENSURE in flags and (why := _not_as_ensured(step, out, full)):
+            missing.append(f"{out} ({why})")
         elif Flag.PROTECTED in flags:
             mode = os.stat(full).st_mode
             os.chmod(full, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return missing
+
+
+def _not_as_ensured(step: Step, out: str, full: str) -> str | None:
+    """Why ``out`` is not what its ``ensure()`` asks for (empty, another SHA-256), or None."""
+    spec = next((e.data[i][Flag.ENSURE] for e in step.rule._output
+                 for i, p in enumerate(e.patterns)
+                 if Flag.ENSURE in e.data[i] and p.match(out) is not None), None)
+    if spec is None:
+        return None
+    if spec.non_empty and os.path.isfile(full) and os.path.getsize(full) == 0:
+        return "empty, though declared ensure(non_empty=True)"
+    want = spec.sha256
+    if callable(want):
+        want = want(step.instance.wildcards if step.instance is not None else None)
+    if want is not None and os.path.isfile(full):
+        h = hashlib.sha256()
+        with open(full, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        got = h.hexdigest()
+        if got != str(want).lower():
+            return f"SHA-256 {got}, though declared ensure(sha256={want})"
+    return None
 
 
 def ctime_ns(workdir: str, path: str) -> int:
@@ -107,8 +136,14 @@ def remove_outputs(step: Step, workdir: str) -> None:
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time"
 
 
-def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_kb: int | None) -> None:
-    """The rule's ``benchmark:`` file, with Snakemake's columns; what the OS did not report is NA."""
+# --benchmark-extended: Snakemake's further columns (cpu_usage is NA, as cpu_time: not measured).
+EXTENDED_HEADER = "jobid\trule_name\twildcards\tparams\tthreads\tcpu_usage\tresources\tinput_size_mb"
+
+
+def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_kb: int | None,
+                    extended: bool = False, jobid: int = 0) -> None:
+    """The rule's ``benchmark:`` file, with Snakemake's columns; what the OS did not report is NA.
+    A ``.jsonl`` file gets one JSON object instead (keys sorted), as Snakemake writes it."""
     inst = step.instance
     if inst is None or not inst.benchmark:
         return
@@ -116,14 +151,35 @@ def write_benchmark(step: Step, workdir: str, runtime_s: float | None, peak_rss_
     m, s = divmod(int(secs), 60)
     h, m = divmod(m, 60)
     rss = f"{peak_rss_kb / 1024:.2f}" if peak_rss_kb else "NA"
-    row = [f"{secs:.4f}", f"{h}:{m:02d}:{s:02d}", rss] + ["NA"] * 7
+    header = BENCHMARK_HEADER.split("\t") + (EXTENDED_HEADER.split("\t") if extended else [])
+    row: list[Any] = [f"{secs:.4f}", f"{h}:{m:02d}:{s:02d}", rss] + ["NA"] * 7
+    if extended:
+        row += [jobid, step.rule.name, dict(inst.wildcards.items()), dict(inst.params.items()),
+                inst.threads, "NA", dict(inst.resources.items()), _input_size_mb(workdir, inst.input)]
     path = os.path.join(workdir, inst.benchmark)
+    if path.endswith(".jsonl"):
+        record = dict(zip(header, row))
+        record["s"] = round(secs, 4)
+        text = json.dumps(record, sort_keys=True, default=str) + "\n"
+    else:
+        text = "\t".join(header) + "\n" + "\t".join(map(str, row)) + "\n"
     os.makedirs(os.path.dirname(path) or workdir, exist_ok=True)
     # Written whole or not at all: a reader (or a run stopped mid-write) never sees half a file.
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as fh:
-        fh.write(BENCHMARK_HEADER + "\n" + "\t".join(row) + "\n")
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def _input_size_mb(workdir: str, inputs: Sequence[str]) -> dict[str, float]:
+    """Each input's size in MiB (Snakemake's input_size_mb column)."""
+    sizes = {}
+    for f in inputs:
+        try:
+            sizes[f] = os.stat(os.path.join(workdir, f)).st_size / 1024 / 1024
+        except OSError:
+            continue
+    return sizes
 
 
 def read_products(step: Step, producer: Any) -> list[str]:

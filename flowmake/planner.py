@@ -141,7 +141,8 @@ def _key_parts(step: Step, facts: Facts) -> tuple[tuple[str, ...], tuple[tuple[s
     flags = inst.flags
     digest = facts.digest
     for path in inst.input:
-        if flags and Flag.ANCIENT in flags.get(path, ()):
+        if flags and (Flag.ANCIENT in flags.get(path, ()) or Flag.BEFORE_UPDATE in flags.get(path, ())
+                      and path in step.outputs):  # a file the step updates: its own output's trace
             inputs.append((path, "ancient"))
             continue
         d = digest(path)
@@ -251,6 +252,9 @@ def plan_step(step: Step, unsettled: Callable[[Step], bool], facts: Facts) -> St
             if prov is not None and prov.reasons:  # made otherwise than this step would make them now
                 return StepPlan(step, Decision.RUN, list(prov.reasons), key, inputs, texts)
             checked_by_mtime = [p for p, _ in inputs] if prov is None else prov.unchecked
+            in_flags = step.instance.flags if step.instance is not None else None
+            if in_flags:  # an ancient() input never makes an output out of date, by mtime either
+                checked_by_mtime = [p for p in checked_by_mtime if Flag.ANCIENT not in in_flags.get(p, ())]
             if not checked_by_mtime or facts.newer_than(outputs, checked_by_mtime):
                 return StepPlan(step, Decision.ADOPT, [], key, inputs, texts)
         return StepPlan(step, Decision.RUN, [Reason(ReasonKind.NO_TRACE)], key, inputs, texts)

@@ -119,9 +119,11 @@ def normalize(pairs: Iterable[tuple[str | None, Any]]) -> list[tuple[str | None,
         if isinstance(value, float):
             value = round(value)
         base = _sized_base(name)
-        if base is not None and name is not None:  # the rule's own spelling stays; the scheduler reads NAME_mb
+        if base is not None and name is not None:  # the scheduler reads NAME_mb
             if name.endswith("_mb") and isinstance(value, str):
                 value = size_mb(value)
+            elif name == base and isinstance(value, str):
+                value = human_size(size_mb(value))  # Snakemake shows "1GB" as its own "1 GB"
             out.append((name, value))
             mb = _as_mb(name, value)
             if mb is not None and base not in derived:

@@ -50,6 +50,8 @@ class SchedulerOptions:
     # Snakemake (a named file or rule keeps them).
     keep_target_temps: bool = True
     printshellcmds: bool = False
+    benchmark_extended: bool = False  # --benchmark-extended: Snakemake's further columns
+    kept_temps: frozenset[str] = frozenset()  # temp() files steps left out of this run will read
     lock_wait_s: float = 0.2
 
 
@@ -165,7 +167,8 @@ class Scheduler(OtherRuns, GroupRuns):
         while a checkpoint may still bring in a step that reads it)."""
         if self.opt.notemp or not step.rule.may_flag:
             return
-        unread = [o for o in step.outputs if o not in self._temp_consumers and self._is_temp(o)]
+        unread = [o for o in step.outputs if o not in self._temp_consumers and self._is_temp(o)
+                  and o not in self.opt.kept_temps]
         if unread and not any(s.pending for s in self.graph.steps.values()):
             for out in unread:
                 remove_path(os.path.join(self.ctx.workdir, out))
@@ -379,7 +382,8 @@ class Scheduler(OtherRuns, GroupRuns):
 
     def _succeeded(self, rec: StepRecord, ev: JobEvent) -> None:
         step = rec.step
-        write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb)
+        write_benchmark(step, self.ctx.workdir, ev.runtime_s, ev.peak_rss_kb,
+                        extended=self.opt.benchmark_extended, jobid=len(self.result.ran))
         for path in read_products(step, self.graph.producer):
             self.digest(path)  # its dependants are keyed from what the job just wrote
         changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)

@@ -70,6 +70,12 @@ class Options:
     use_envmodules: bool = False
     conda_prefix: str | None = None
     conda_create_envs_only: bool = False
+    # Reading the workflow (cli_flags): --all-temp, --consider-ancient, --replace-workflow-config.
+    all_temp: bool = False
+    consider_ancient: dict[str, frozenset[str | int]] = field(default_factory=dict)
+    replace_workflow_config: bool = False
+    benchmark_extended: bool = False  # Snakemake's extra benchmark columns / JSON lines
+    batch: tuple[str, int, int] | None = None  # --batch RULE=i/n: (rule, i, n)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -160,7 +166,7 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     overrides = parse_config(opts.config)
     workflow = load_workflow(flowfile, config_overrides=overrides, configfiles=opts.configfiles,
                              deployment=deployment(opts), default_storage=default_storage_of(opts),
-                             scatter=opts.set_scatter, cores=opts.cores)
+                             scatter=opts.set_scatter, cores=opts.cores, reading=reading_of(opts))
     resource_args = _apply_resource_flags(opts, workflow)
     workdir = workflow.workdir
     if workdir != os.getcwd():  # the rule file's workdir: directive
@@ -211,6 +217,13 @@ def _resolve(graph: Graph, workflow: Any, spec: list[tuple[str, str]], storage: 
         if storage is not None:  # "'.flowmake/storage/s3/b/k' does not exist": say which object
             e.details.extend(storage.objects_named(e.message))
         raise
+
+
+def reading_of(opts: Options) -> Any:
+    from flowmake.flowfile import Reading
+
+    return Reading(all_temp=opts.all_temp, consider_ancient=dict(opts.consider_ancient),
+                   replace_config=opts.replace_workflow_config)
 
 
 def default_storage_of(opts: Options) -> tuple[str, str] | None:
@@ -321,7 +334,7 @@ def _plan_session(session: Session) -> Plan:
 def selected(session: Session) -> list[Step]:
     opts = session.opts
     return selected_steps(session.graph, session.workflow, session.steps, session.workdir,
-                          until=opts.until, omit_from=opts.omit_from)
+                          until=opts.until, omit_from=opts.omit_from, batch=opts.batch)
 
 
 # ---- commands ------------------------------------------------------------------------------------

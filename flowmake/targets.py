@@ -71,6 +71,52 @@ def downstream(steps: Sequence[Step], roots: Sequence[Step]) -> list[Step]:
     return [s for s in steps if id(s) in marked]
 
 
+def batch_part(items: Sequence[str], i: int, n: int) -> list[str]:
+    """The ``i``-th of ``n`` near-equal parts of the sorted ``items`` (Snakemake's Batch); the
+    last part takes the rest."""
+    items = sorted(items)
+    k, m = divmod(len(items), n)
+    start = (i - 1) * k + min(i - 1, m)
+    return items[start:] if i == n else items[start:i * k + min(i, m)]
+
+
+def batch_steps(graph: Graph, steps: list[Step], workdir: str, batch: tuple[str, int, int]) -> list[Step]:
+    """``--batch RULE=i/n``: the steps of RULE need only the i-th part of their inputs. Before the
+    last batch RULE's steps and what depends on them are left out (their input is incomplete);
+    the last batch runs them, the parts of earlier batches having to be there by then."""
+    rule, i, n = batch
+    batched = [s for s in steps if s.rule.name == rule]
+    if not batched:
+        raise UsageError(f"--batch {rule}={i}/{n}: no step of rule {rule!r} is needed for the targets")
+    parts = {}
+    for s in batched:
+        if len(s.inputs) < n:
+            raise UsageError(f"--batch {rule}={i}/{n}: rule {rule!r} has fewer input files than "
+                             "batches", hint="choose fewer batches")
+        parts[id(s)] = batch_part(s.inputs, i, n)
+    if i == n:  # the whole graph, once the earlier parts are there
+        gone = sorted({p for s in batched for p in s.inputs if p not in parts[id(s)]
+                       and not os.path.lexists(os.path.join(workdir, p))})
+        if gone:
+            earlier = "batch 1" if n == 2 else f"batches 1 to {n - 1}"
+            raise UsageError(f"--batch {rule}={i}/{n}: the earlier batches are not all done "
+                             f"(missing: {', '.join(gone[:3])})", hint=f"run {earlier} first")
+        return steps
+    drop = {id(s) for s in downstream(steps, batched)}
+    seen: set[int] = set()
+    todo = [t for t in graph.targets if isinstance(t, Step)]
+    while todo:  # what the targets need, a batched step needing only its part
+        s = todo.pop()
+        if id(s) in seen:
+            continue
+        seen.add(id(s))
+        if id(s) in parts:
+            todo += [d for d in (graph.producer.get(p) for p in parts[id(s)]) if isinstance(d, Step)]
+        else:
+            todo += s.deps
+    return [s for s in steps if id(s) in seen and id(s) not in drop]
+
+
 def forced_steps(graph: Graph, workflow: Any, steps: Sequence[Step], workdir: str, *, forceall: bool,
                  force: bool, forcerun: list[str]) -> Callable[[Step], bool]:
     """``-F`` (everything), ``-f`` (the targets), ``-R`` (named steps and all downstream)."""
@@ -86,8 +132,11 @@ def forced_steps(graph: Graph, workflow: Any, steps: Sequence[Step], workdir: st
 
 
 def selected_steps(graph: Graph, workflow: Any, steps: list[Step], workdir: str, *, until: list[str],
-                   omit_from: list[str]) -> list[Step]:
-    """The steps a run takes: up to ``--until`` steps, without ``--omit-from`` ones and downstream."""
+                   omit_from: list[str], batch: tuple[str, int, int] | None = None) -> list[Step]:
+    """The steps a run takes: up to ``--until`` steps, without ``--omit-from`` ones and downstream,
+    and with ``--batch``, only what the batch needs (``batch_steps``)."""
+    if batch is not None:
+        steps = batch_steps(graph, steps, workdir, batch)
     if until:
         keep = {id(s) for s in graph.walk(select(graph, workflow, steps, until, "--until", workdir))}
         steps = [s for s in steps if id(s) in keep]

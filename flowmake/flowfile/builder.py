@@ -16,13 +16,14 @@ import os
 import re
 import sys
 import types
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
 
 from flowmake.errors import FlowfileError, FlowmakeError, Location, _shown, did_you_mean
 from flowmake import shellfmt
 from flowmake.flowfile import compat
 from flowmake.flowfile import config as configmod
+from flowmake.flowfile import helpers
 from flowmake.flowfile import modules
 from flowmake.flowfile import namespace as nsmod
 from flowmake.flowfile.scatter import ScatterGather
@@ -46,6 +47,17 @@ class _Args:
     kwargs: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Reading:
+    """Flags that change how the rule file is read: ``--all-temp`` (every output temp()),
+    ``--consider-ancient`` (rule → input names/positions made ancient()) and
+    ``--replace-workflow-config`` (the command line's config replaces a configfile:'s)."""
+
+    all_temp: bool = False
+    consider_ancient: Mapping[str, frozenset[str | int]] = field(default_factory=dict)
+    replace_config: bool = False
+
+
 class Builder:
     def __init__(self, workflow: Workflow, command_line_config: dict[str, Any],
                  default_storage: tuple[str, str] | None = None) -> None:
@@ -53,6 +65,7 @@ class Builder:
         # The rule file's `storage` object; --default-storage-provider maps inputs and outputs.
         self.storage = workflow.storage = StorageRegistry(default_storage)
         self._cli_config = command_line_config
+        self.reading = Reading()  # load_workflow sets the command line's
         self._files: list[tuple[str, Translation]] = []
         self._stack: list[str] = []
         # (rule names, where) from localrules/ruleorder: checked once every rule is known.
@@ -159,7 +172,7 @@ class Builder:
                 if d == "resources" and value.args:
                     raise FlowfileError("resources must be named (mem_mb=1000)",
                                         location=Location(location.file, value.line))
-                kw[d] = self._items(d, value)
+                kw[d] = self._items(d, self._flagged_by_cli(d, name, value))
                 if d in ("input", "output"):
                     kw[d] = [(n, self.storage.map_default(v)) for n, v in kw[d]]
                 if d in ("input", "output", "log"):
@@ -198,6 +211,25 @@ class Builder:
             pairs = [(n, _with_defaults(v, defaults)) for n, v in pairs]
         return pairs
 
+    def _flagged_by_cli(self, d: str, rule: str | None, value: _Args) -> _Args:
+        """``value`` with --all-temp's temp() on outputs, --consider-ancient's ancient() on
+        the named or numbered (positional, from 0) inputs of ``rule``."""
+        if d == "output" and self.reading.all_temp:
+            wrap: list[tuple[Callable[[Any], Any], frozenset[Flag]]] = [
+                (helpers.temporary, frozenset({Flag.TEMP}))]
+            return _Args(value.line, tuple(_with_defaults(a, wrap) for a in value.args),
+                         {k: _with_defaults(v, wrap) for k, v in value.kwargs.items()})
+        ancient = self.reading.consider_ancient.get(rule or "")
+        if d != "input" or not ancient:
+            return value
+        mark: list[tuple[Callable[[Any], Any], frozenset[Flag]]] = [
+            (helpers.ancient, frozenset({Flag.ANCIENT}))]
+        return _Args(value.line,
+                     tuple(_with_defaults(a, mark) if i in ancient else a
+                           for i, a in enumerate(value.args)),
+                     {k: _with_defaults(v, mark) if k in ancient else v
+                      for k, v in value.kwargs.items()})
+
     def _import_dirs(self) -> list[str]:
         return list(dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p, _ in self._files))
 
@@ -222,7 +254,11 @@ class Builder:
             # Snakemake: a missing configfile: is no error when --configfile gave the config.
             return
         data = configmod.load_configfile(target, self._here(line))
-        configmod.merge(self.workflow.config, data)
+        if self.reading.replace_config and self._cli_config:
+            # Snakemake: the file's values are discarded, the command line's config is all.
+            self.workflow.config.clear()
+        else:
+            configmod.merge(self.workflow.config, data)
         configmod.merge(self.workflow.config, self._cli_config)
         if target not in self.workflow.files:
             self.workflow.files.append(target)

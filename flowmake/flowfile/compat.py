@@ -22,6 +22,7 @@ import importlib
 import importlib.abc
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import sys
 import types
@@ -48,20 +49,29 @@ class WorkflowError(Exception):
     """Snakemake's ``WorkflowError`` when Snakemake is not installed (a rule file may raise it)."""
 
 
-class Logger:
-    """Snakemake's ``logger`` for a rule file's messages: one line each on stderr."""
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the stderr of the moment (a test or a step may have replaced ``sys.stderr``)."""
 
-    def _say(self, msg: Any, *args: Any, **kwargs: Any) -> None:
-        text = str(msg) % args if args else str(msg)
-        print(text, file=sys.stderr, flush=True)
-
-    info = warning = error = critical = _say
-
-    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
-        """Snakemake shows debug messages only with --verbose; flowmake has no such level."""
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
-logger = Logger()
+def _rule_file_logger() -> logging.Logger:
+    """Snakemake's ``logger``: a real ``logging.Logger``, so a rule file may add handlers
+    (``logger.addHandler(logging.FileHandler(...))``); each message one plain line on stderr.
+    Debug messages are not shown, as in Snakemake without --verbose."""
+    log = logging.getLogger("flowmake.flowfile")
+    if not log.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
+
+
+logger = _rule_file_logger()
 
 
 def _min_version(version: str) -> None:

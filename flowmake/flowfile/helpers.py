@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable
 
 from flowmake.errors import FlowfileError, UnsafeWildcardError, WildcardError
 from flowmake.flowfile.paths import local
-from flowmake.namedlist import ExtensionList, Flag, FlaggedFunction, ReportSpec, add_flag, flags_of
+from flowmake.namedlist import (EnsureSpec, ExtensionList, Flag, FlaggedFunction, ReportSpec,
+                                add_flag, flags_of)
 from flowmake.patterns import WILDCARD_RE, Pattern
 
 
@@ -71,6 +72,25 @@ def report(value: Any, caption: Any = None, category: str | None = None,
     spec = ReportSpec(None if caption is None else os.fspath(caption), category, subcategory,
                       labels, tuple(patterns), htmlindex)
     return add_flag(value, Flag.REPORT, spec)
+
+
+def update(value: Any) -> Any:
+    """An output its job updates in place (Snakemake's ``update``): kept, not removed, before the
+    job runs."""
+    return add_flag(value, Flag.UPDATE)
+
+
+def before_update(value: Any) -> Any:
+    """An input read as it is before a step updates it (Snakemake's ``before_update``): no step
+    is looked for to make it, so a rule may read the file it updates()."""
+    return add_flag(value, Flag.BEFORE_UPDATE)
+
+
+def ensure(value: Any, non_empty: bool = False, sha256: Any = None) -> Any:
+    """An output checked once its job ran (Snakemake's ``ensure``): the job fails when the file
+    is empty (``non_empty=True``) or its SHA-256 differs (a hex string or a function of the
+    wildcards), as when it is missing."""
+    return add_flag(value, Flag.ENSURE, EnsureSpec(bool(non_empty), sha256))
 
 
 def pipe(value: Any) -> Any:
@@ -333,7 +353,8 @@ def namespace_helpers(workdir: Callable[[], str], basedir: Callable[[], str]) ->
         "multiext": multiext, "unpack": unpack, "temp": temp, "temporary": temporary,
         "protected": protected, "directory": directory, "ancient": ancient, "touch": touch,
         "report": report_, "Path": Path, "flatten": flatten, "subpath": subpath,
-        "pipe": pipe, "service": service,
+        "pipe": pipe, "service": service, "ensure": ensure,
+        "update": update, "before_update": before_update,
         # benchmark: repeat("file", n): Snakemake runs the job n times; one measurement serves here.
         "repeat": lambda path, n: path,
         "local": local, "access": _Access(),

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 from flowmake.flowfile import compat
 from flowmake.flowfile.helpers import namespace_helpers
+from flowmake.flowfile.ioutils import (ItemProxy, as_py_module, extract_checksum, from_queue,
+                                       parse_input, prepend_param)
 from flowmake.flowfile.paramspace import Paramspace
 from flowmake.flowfile.validate import validate_in
 from flowmake.rule_refs import Checkpoints, Rules
@@ -69,38 +71,16 @@ def make_namespace(builder: Builder) -> dict[str, Any]:
         "WorkflowError": compat.WorkflowError,
         "update_config": compat.update_config,
         # Snakemake's deferred rule items: `params: bam=input.bam` reads the step's input.
-        "input": _ItemProxy("input"), "output": _ItemProxy("output"),
-        "resources": _ItemProxy("resources"), "threads": _threads,
+        "input": ItemProxy("input"), "output": ItemProxy("output"),
+        "resources": ItemProxy("resources"), "threads": _threads,
+        "prepend_param": prepend_param, "as_py_module": as_py_module,
+        "parse_input": parse_input, "extract_checksum": extract_checksum, "from_queue": from_queue,
     })
     return ns
 
 
 def _threads(wildcards: Any, threads: int) -> int:
     return threads
-
-
-class _ItemProxy:
-    """``input.NAME`` / ``input[i]`` outside a run block: a function of the step's ``input``
-    (or output, resources) that params and resources can use, as Snakemake's RuleItemProxy."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, key: str) -> Callable[..., Any]:
-        if key.startswith("__"):
-            raise AttributeError(key)
-        return self._deferred(lambda item: getattr(item, key))
-
-    def __getitem__(self, key: Any) -> Callable[..., Any]:
-        return self._deferred(lambda item: item[key])
-
-    def _deferred(self, get: Callable[[Any], Any]) -> Callable[..., Any]:
-        # The parameter is named after the directive: params functions get arguments by name.
-        if self._name == "input":
-            return lambda wildcards, input: get(input)
-        if self._name == "output":
-            return lambda wildcards, output: get(output)
-        return lambda wildcards, resources: get(resources)
 
 
 class WorkflowInfo:

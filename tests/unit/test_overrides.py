@@ -123,7 +123,7 @@ def test_order_defaults_rule_then_set_resources(tmp_path: Path) -> None:
 def test_size_resources_cover_each_other(tmp_path: Path) -> None:
     # Rule b says mem="3GB": a default mem_mb does not replace it (Snakemake keeps both as mem_mb).
     res, _, _ = resources(tmp_path, default_list(["mem_mb=500"]), rule="b")
-    assert res["mem"] == "3GB" and res["mem_mb"] == 3000  # mem gives mem_mb (resource_units)
+    assert res["mem"] == "3 GB" and res["mem_mb"] == 3000  # mem gives mem_mb (resource_units)
     res, _, _ = resources(tmp_path, None, ["b:mem=2GB"], rule="b")
     assert res["mem_mb"] == 2000 and res["mem"] == "2 GB"  # the rule's "3GB" is gone
 

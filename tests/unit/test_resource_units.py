@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowmake.resource_units import UnitError, minutes, normalize, size_mb
+from flowmake.resource_units import UnitError, human_size, minutes, normalize, size_mb
 
 
 def test_sizes_are_megabytes() -> None:
@@ -22,11 +22,11 @@ def test_run_times_are_minutes() -> None:
 
 def test_normalize_derives_mb_and_mib_and_rounds_floats() -> None:
     assert normalize([("mem", "5MB"), ("runtime", "2h"), ("gpus", 1.6), ("disk_mb", "1GB")]) == [
-        ("mem", "5MB"), ("mem_mb", 5), ("mem_mib", 5), ("runtime", 120), ("gpus", 2),
+        ("mem", "5 MB"), ("mem_mb", 5), ("mem_mib", 5), ("runtime", 120), ("gpus", 2),
         ("disk_mb", 1000), ("disk_mib", 954), ("disk", "1 GB")]
     # A suffixed name the rule gave itself is not overwritten.
     assert normalize([("mem", "2GB"), ("mem_mb", 100)]) == [
-        ("mem", "2GB"), ("mem_mib", 1908), ("mem_mb", 100)]
+        ("mem", "2 GB"), ("mem_mib", 1908), ("mem_mb", 100)]
 
 
 def test_any_spelling_of_a_size_gives_all_three_as_snakemake_9_does() -> None:
@@ -35,3 +35,9 @@ def test_any_spelling_of_a_size_gives_all_three_as_snakemake_9_does() -> None:
         ("disk_mib", 954), ("disk_mb", 1000), ("disk", "1 GB")]
     assert dict(normalize([("mem_mb", 1500)]))["mem"] == "1.5 GB"
     assert dict(normalize([("disk_mb", 2_000_000)]))["disk"] == "2 TB"
+
+
+def test_human_size_is_humanfriendly_decimal() -> None:
+    # What Snakemake's resources.mem holds for mem="..." (humanfriendly.format_size of the bytes).
+    assert [human_size(mb) for mb in (1000, 1500, 1074, 500, 2_000_000)] == [
+        "1 GB", "1.5 GB", "1.07 GB", "500 MB", "2 TB"]

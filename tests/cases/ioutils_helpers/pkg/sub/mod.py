@@ -1,0 +1,3 @@
+from .helper import NAME
+
+print("relative import:", NAME)
