@@ -122,10 +122,10 @@ def normalize(pairs: Iterable[tuple[str | None, Any]]) -> list[tuple[str | None,
         if base is not None and name is not None:  # the scheduler reads NAME_mb
             if name.endswith("_mb") and isinstance(value, str):
                 value = size_mb(value)
-            elif name == base and isinstance(value, str):
-                value = human_size(size_mb(value))  # Snakemake shows "1GB" as its own "1 GB"
-            out.append((name, value))
             mb = _as_mb(name, value)
+            if name == base and isinstance(value, str) and mb is not None:
+                value = human_size(mb)  # Snakemake shows "1GB" as its own "1 GB"
+            out.append((name, value))
             if mb is not None and base not in derived:
                 # Snakemake 9 shows every sized resource three ways: NAME ("1 GB"), _mb and _mib.
                 derived.add(base)
