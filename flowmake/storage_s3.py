@@ -181,7 +181,8 @@ class S3Objects:
 
     def _refetch(self, r: Remote, digester: Digester) -> None:
         head = self._heads[r.local]
-        assert head is not None  # digested above  # noqa: S101
+        if head is None:  # digested above, so its HEAD answered; never None here
+            raise StorageError(f"{r.url}: no longer on the server")
         self._download(r, head)
 
     # -- writing ------------------------------------------------------------------------------

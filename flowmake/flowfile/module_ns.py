@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 def module_namespace(builder: Any, scope: Scope, path: str) -> dict[str, Any]:
-    assert scope.info is not None
+    if scope.info is None:  # only a module's scope has a namespace of its own
+        raise FlowfileError("internal: a module namespace for the main file's scope")
     keys = scope.info.keys
     config = keys["config"] if keys.get("config") is not None else {}
     ns: dict[str, Any] = builder._make_namespace()

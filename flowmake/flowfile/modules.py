@@ -139,7 +139,8 @@ class Scope:
             self._add(name, decl)
             self.final[name] = name
             return name
-        assert self._select is not None and self.info is not None
+        if self._select is None or self.info is None:  # every scope but the main one has both
+            raise FlowfileError(f"internal: module scope without a selection for rule '{name}'")
         new = self._select(name)
         if new is None:
             return None
