@@ -265,14 +265,22 @@ class S3Objects:
 
 
 def _make_client(provider: Provider) -> Any:
+    s = provider.settings
+    return s3_client(endpoint_url=s.get("endpoint_url"), region=s.get("region"),
+                     profile=s.get("profile"), retries=int(s.get("retries", 5)))
+
+
+def s3_client(*, endpoint_url: str | None, region: str | None, profile: str | None,
+              retries: int = 5) -> Any:
+    """A boto3 S3 client from the standard credential chain (``profile`` picks one of
+    ``~/.aws``'s); path-style addressing for an ``endpoint_url`` (moto, rclone, MinIO)."""
     import boto3
     from botocore.config import Config
 
-    s = provider.settings
-    session = boto3.session.Session(profile_name=s.get("profile"), region_name=s.get("region"))
-    config = Config(retries={"max_attempts": int(s.get("retries", 5)), "mode": "standard"},
-                    s3={"addressing_style": "path"} if s.get("endpoint_url") else None)
-    return session.client("s3", endpoint_url=s.get("endpoint_url"), config=config)
+    session = boto3.session.Session(profile_name=profile, region_name=region)
+    config = Config(retries={"max_attempts": retries, "mode": "standard"},
+                    s3={"addressing_style": "path"} if endpoint_url else None)
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def _load(path: str) -> dict[str, list[Any]]:

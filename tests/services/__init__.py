@@ -14,6 +14,9 @@ or, under ``CI=true``, into a failure: in CI a missing service is a broken machi
   ``.settings(**extra)`` (ready ``[backends.slurm]`` settings), ``.cmd(*args)``, ``.stop()``.
 - ``s3.s3_server`` (a session fixture: moto's S3 on 127.0.0.1, a free port) -> ``S3Server``:
   ``.endpoint``, ``.env()``, ``.client()``, ``.bucket()``, ``.requests`` / ``.count(...)``.
+- ``rclone.rclone_server`` (a session fixture: ``rclone serve s3`` on 127.0.0.1, a second S3
+  implementation) -> ``RcloneServer``: ``.endpoint``, ``.env()``, ``.client()``, ``.bucket()``,
+  ``.root`` (the folder it serves), ``.requests()`` / ``.writes(bucket)`` (from its debug log).
 - ``jobs.spec(...)``, ``jobs.wait_one(backend, handle)``, ``jobs.wait_for(backend, handles)``.
 """
 

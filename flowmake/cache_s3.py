@@ -1,0 +1,338 @@
+"""The shared cache in S3: ``cache.BlobStore`` over a bucket and prefix, through boto3.
+
+Layout under ``s3://bucket/prefix``: ``ac/<key>.json`` (manifests) and ``cas/<d[:2]>/<d>``
+(blobs), as in the directory store. Credentials come from boto3's standard chain only
+(environment, ``~/.aws`` with ``profile``, an instance role); ``endpoint_url`` and ``region`` pick
+the server. No message carries a credential: errors name the object's URL, the server's error code
+and message, and a hint.
+
+Why this is correct without locks, and without conditional writes:
+
+- A PUT is atomic on every S3 implementation (a multipart upload becomes visible when it is
+  completed, whole): a reader sees a blob or a manifest whole, or not at all.
+- A publisher writes every blob of an entry before its manifest (``cache.Cache.publish``), so a
+  manifest that can be read names blobs that were all present when it was written.
+- ``write_manifest`` writes nothing when a manifest is there (a HEAD), and asks for
+  ``IfNoneMatch="*"`` (first writer wins), which AWS and moto honour. On a server that ignores it
+  (``rclone serve s3``) two publishers of one key racing past the HEAD both write, and the second
+  manifest replaces the first. That is harmless: the second manifest is whole too, and its own blobs were
+  written before it, so whichever manifest a reader gets, it restores; two manifests of one key
+  differ only when the step is not deterministic, and either is a correct result of that step.
+- A blob is never trusted: the restore hashes it while it streams (``Cache.restore``), so a blob
+  damaged on the server is a miss, never a wrong file.
+
+Nothing relies on user metadata (``rclone serve s3`` drops or capitalises it) nor on ETags being
+MD5s.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from typing import Any, BinaryIO, Iterator
+
+from flowmake.cache import check_key
+from flowmake.digest import DIGEST_BYTES, hasher
+from flowmake.errors import CacheError
+from flowmake.storage_s3 import s3_client
+
+# Parts of a multipart transfer. 8 MiB is boto3's own default and above S3's 5 MiB minimum; the
+# transfer manager keeps at most a few parts in memory per upload.
+PART = 8 << 20
+CONCURRENCY = 4
+# A hit refreshes its manifest's Last-Modified (gc's least-recently-used order) at most this
+# often: the refresh is a server-side copy, so once a day per entry, not once per lookup.
+REFRESH_SECONDS = 86400
+_CHUNK = 1 << 20
+_DIGEST = re.compile(r"[0-9a-f]{%d}\Z" % (2 * DIGEST_BYTES))
+_MISSING = ("404", "NoSuchKey", "NotFound")
+_TAKEN = ("412", "PreconditionFailed", "409", "ConditionalRequestConflict")
+_UNSUPPORTED = ("501", "NotImplemented")
+_DOWN = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+         "ReadTimeoutError", "ProxyConnectionError")
+
+
+class S3Store:
+    """``s3://bucket/prefix`` as a ``BlobStore``. ``writable=False`` refuses every write."""
+
+    def __init__(self, url: str, *, endpoint_url: str | None = None, region: str | None = None,
+                 profile: str | None = None, writable: bool = True) -> None:
+        self.bucket, self.prefix = parse_url(url)
+        self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.writable = writable
+        self.endpoint_url = endpoint_url
+        self._modified: dict[str, float] = {}  # key -> its manifest's Last-Modified, as read
+        self._down: CacheError | None = None  # the server could not be reached: fail fast after
+        self._lock = threading.Lock()
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            # Few retries: a cache that is down must not stall every lookup of a build.
+            self.client = s3_client(endpoint_url=endpoint_url, region=region, profile=profile,
+                                    retries=2)
+        except BotoCoreError as e:  # ProfileNotFound, an unknown region spelling
+            raise CacheError(f"cannot open the cache {self.url}: {e}", hint=_hint(e)) from None
+
+    # -- names ----------------------------------------------------------------------------------
+
+    def manifest_key(self, key: str) -> str:
+        return f"{self.prefix}ac/{check_key(key)}.json"
+
+    def blob_key(self, digest: str) -> str:
+        if not _DIGEST.match(digest):
+            raise CacheError(f"not a blob digest: {digest!r}")
+        return f"{self.prefix}cas/{digest[:2]}/{digest}"
+
+    def _url(self, name: str) -> str:
+        return f"s3://{self.bucket}/{name}"
+
+    # -- the BlobStore protocol -----------------------------------------------------------------
+
+    def read_manifest(self, key: str) -> bytes | None:
+        name = self.manifest_key(key)
+        resp = self._call("read", name, "get_object", Bucket=self.bucket, Key=name)
+        if resp is None:
+            return None
+        try:
+            data: bytes = resp["Body"].read()
+        except Exception as e:  # a connection that broke off: botocore's or urllib3's error
+            raise CacheError(f"cannot read {self._url(name)}: {e}") from None
+        modified = resp.get("LastModified")
+        if modified is not None:
+            with self._lock:
+                self._modified[key] = modified.timestamp()
+        return data
+
+    def write_manifest(self, key: str, data: bytes) -> None:
+        name = self.manifest_key(key)
+        self._require_writable(name)
+        # A HEAD first: on a server that ignores IfNoneMatch, an entry written before stays.
+        if self._call("read", name, "head_object", Bucket=self.bucket, Key=name) is not None:
+            return
+        args = dict(Bucket=self.bucket, Key=name, Body=data, ContentType="application/json")
+        try:
+            self._call("write", name, "put_object", IfNoneMatch="*", **args)
+        except _Refused as e:
+            if e.code in _TAKEN:
+                return  # another publisher's manifest is there: first writer wins
+            if e.code not in _UNSUPPORTED:
+                raise e.error from None
+            self._call("write", name, "put_object", **args)  # see the module's docstring
+
+    def has_blob(self, digest: str) -> bool:
+        name = self.blob_key(digest)
+        return self._call("read", name, "head_object", Bucket=self.bucket, Key=name) is not None
+
+    def open_blob(self, digest: str) -> BinaryIO | None:
+        name = self.blob_key(digest)
+        resp = self._call("read", name, "get_object", Bucket=self.bucket, Key=name)
+        if resp is None:
+            return None
+        return io.BufferedReader(_Body(resp["Body"], self._url(name)), buffer_size=_CHUNK)
+
+    def write_blob(self, digest: str, src: str) -> None:
+        """Upload ``src`` unless the blob is there already (a HEAD); multipart above ``PART``.
+
+        The file is hashed as it is read for the upload: one that no longer has ``digest`` (it
+        changed after the step) is deleted again and refused, so no blob lies about its name.
+        """
+        name = self.blob_key(digest)
+        self._require_writable(name)
+        if self.has_blob(digest):
+            return
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        config = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART,
+                                max_concurrency=CONCURRENCY)
+        try:
+            with open(src, "rb") as fh:
+                reader = _Hashing(fh)
+                self.client.upload_fileobj(reader, self.bucket, name, Config=config)
+        except OSError as e:
+            raise CacheError(f"cannot publish {src} to {self._url(name)}: {e}") from None
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("write", name, e) from None
+        if reader.digest() != digest:
+            self.remove_blob(digest)
+            raise CacheError(f"{src} changed while it was published to {self._url(name)}")
+
+    def remove_blob(self, digest: str) -> None:
+        self.remove(self.blob_key(digest))
+
+    def used(self, key: str) -> None:
+        """Refresh the manifest's Last-Modified once a day (a copy onto itself); best effort."""
+        with self._lock:
+            seen = self._modified.get(key)
+        if not self.writable or seen is None or time.time() - seen < REFRESH_SECONDS:
+            return
+        name = self.manifest_key(key)
+        try:
+            self._call("write", name, "copy_object", Bucket=self.bucket, Key=name,
+                       CopySource={"Bucket": self.bucket, "Key": name},
+                       MetadataDirective="REPLACE", ContentType="application/json")
+        except CacheError:  # only gc's order suffers
+            return
+        with self._lock:
+            self._modified[key] = time.time()
+
+    # -- what `flowmake cache stats/gc` needs -----------------------------------------------------
+
+    def listing(self, kind: str) -> Iterator[tuple[str, int, float]]:
+        """(name, size, Last-Modified) of every object under ``ac/`` or ``cas/``: manifests by
+        key, blobs by digest. Names that are not ours (a stray upload) are skipped."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        top = f"{self.prefix}{kind}/"
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=top):
+                for obj in page.get("Contents", ()):
+                    tail = obj["Key"][len(top):].rsplit("/", 1)[-1]
+                    name = tail[:-len(".json")] if kind == "ac" and tail.endswith(".json") else tail
+                    if (kind == "ac" and tail.endswith(".json")) or (kind == "cas" and _DIGEST.match(tail)):
+                        yield name, int(obj.get("Size", 0)), obj["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as e:
+            raise self._error("list", top, e) from None
+
+    def remove_manifest(self, key: str) -> None:
+        self.remove(self.manifest_key(key))
+
+    def remove(self, name: str) -> None:
+        self._require_writable(name)
+        self._call("write", name, "delete_object", Bucket=self.bucket, Key=name)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _require_writable(self, name: str) -> None:
+        if not self.writable:
+            raise CacheError(f"the cache {self.url} is read-only here; {self._url(name)} was not written")
+
+    def _call(self, action: str, name: str, method: str, **kw: Any) -> Any:
+        """One request; None when the object is absent. A refusal the caller may handle is
+        ``_Refused``; everything else a ``CacheError`` with the URL and a hint."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._down is not None:
+            raise self._down
+        try:
+            return getattr(self.client, method)(**kw)
+        except ClientError as e:
+            code = _code(e)
+            if code in _MISSING and method in ("get_object", "head_object"):
+                return None
+            error = self._error(action, name, e)
+            if code in _TAKEN + _UNSUPPORTED:
+                raise _Refused(code, error) from None
+            raise error from None
+        except BotoCoreError as e:
+            error = self._error(action, name, e)
+            if type(e).__name__ in _DOWN:
+                self._down = error
+            raise error from None
+
+    def _error(self, action: str, name: str, e: Exception) -> CacheError:
+        why = _why(e) if hasattr(e, "response") else str(e)
+        if _code(e) == "NoSuchBucket":
+            why = f"no bucket {self.bucket!r}"
+        return CacheError(f"cannot {action} {self._url(name)}: {why}", hint=_hint(e, self.endpoint_url))
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, error: CacheError) -> None:
+        super().__init__(code)
+        self.code = code
+        self.error = error
+
+
+class _Body(io.RawIOBase):
+    """A GET's streaming body whose failures are ``OSError`` (``Cache.restore`` reports those as
+    a blob that broke off): botocore raises its own error for a body shorter than announced."""
+
+    def __init__(self, body: Any, url: str) -> None:
+        self._body = body
+        self._url = url
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        try:
+            data = self._body.read(len(buf))
+        except Exception as e:  # botocore's IncompleteReadError, urllib3's ProtocolError, ...
+            raise OSError(f"{self._url}: {e}") from None
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+class _Hashing(io.RawIOBase):
+    """A file read once, front to back, hashing what it hands out. Not seekable on purpose: the
+    transfer manager then reads it in order (each part once), so the hash is of what was sent."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._hash = hasher()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buf: Any) -> int:
+        data = self._fh.read(len(buf))
+        self._hash.update(data)
+        n = len(data)
+        buf[:n] = data
+        return n
+
+    def digest(self) -> str:
+        return str(self._hash.hexdigest(DIGEST_BYTES))
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix/"); ``s3://bucket`` → ("bucket", "")."""
+    rest = url[len("s3://"):] if url.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    if not bucket or not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", bucket):
+        raise CacheError(f"cache URL {url!r} names no S3 bucket", hint="e.g. s3://my-bucket/flowmake-cache")
+    parts = [p for p in prefix.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise CacheError(f"cache URL {url!r}: the prefix may not hold '.' or '..'")
+    return bucket, "".join(p + "/" for p in parts)
+
+
+def _code(e: Any) -> str:
+    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _why(e: Any) -> str:
+    err = getattr(e, "response", {}).get("Error", {})
+    return f"{err.get('Code', '?')}: {err.get('Message', '') or 'no message'}"
+
+
+def _hint(e: Exception, endpoint_url: str | None = None) -> str | None:
+    name, code = type(e).__name__, _code(e)
+    if name in ("NoCredentialsError", "PartialCredentialsError") or code in (
+            "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
+        return ("credentials come from the standard AWS chain: AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials ([cache] profile = ...) or an instance role")
+    if code in ("403", "AccessDenied"):
+        return ("these credentials may not do this; with read access only, set [cache] mode = "
+                "\"read\" (or --cache-mode read)")
+    if name == "ProfileNotFound":
+        return "check [cache] profile against the profiles in ~/.aws/config and ~/.aws/credentials"
+    if code == "NoSuchBucket":
+        return "create the bucket, or check the bucket in [cache] url"
+    if name in _DOWN:
+        where = f" ({endpoint_url})" if endpoint_url else ""
+        return f"is the S3 server{where} up? check [cache] endpoint_url"
+    return None
