@@ -42,8 +42,8 @@ from flowmake.storage_s3 import s3_client
 # transfer manager keeps at most a few parts in memory per upload.
 PART = 8 << 20
 CONCURRENCY = 4
-# A hit refreshes its manifest's Last-Modified (gc's least-recently-used order) at most this
-# often: the refresh is a server-side copy, so once a day per entry, not once per lookup.
+# A hit refreshes its manifest's Last-Modified (gc's least-recently-used order) when it is older
+# than this: a write per entry a day, not per lookup.
 REFRESH_SECONDS = 86400
 _CHUNK = 1 << 20
 _DIGEST = re.compile(r"[0-9a-f]{%d}\Z" % (2 * DIGEST_BYTES))
@@ -63,7 +63,7 @@ class S3Store:
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.writable = writable
         self.endpoint_url = endpoint_url
-        self._modified: dict[str, float] = {}  # key -> its manifest's Last-Modified, as read
+        self._stale: dict[str, tuple[str, bytes]] = {}  # key -> (ETag, bytes) of an old manifest read
         self._down: CacheError | None = None  # the server could not be reached: fail fast after
         self._lock = threading.Lock()
         from botocore.exceptions import BotoCoreError
@@ -100,9 +100,9 @@ class S3Store:
         except Exception as e:  # a connection that broke off: botocore's or urllib3's error
             raise CacheError(f"cannot read {self._url(name)}: {e}") from None
         modified = resp.get("LastModified")
-        if modified is not None:
-            with self._lock:
-                self._modified[key] = modified.timestamp()
+        if modified is not None and time.time() - modified.timestamp() >= REFRESH_SECONDS:
+            with self._lock:  # for used(), should this be a hit
+                self._stale[key] = (str(resp.get("ETag", "")), data)
         return data
 
     def write_manifest(self, key: str, data: bytes) -> None:
@@ -163,20 +163,28 @@ class S3Store:
         self.remove(self.blob_key(digest))
 
     def used(self, key: str) -> None:
-        """Refresh the manifest's Last-Modified once a day (a copy onto itself); best effort."""
+        """Refresh a manifest's Last-Modified (gc's order) when it is a day old; best effort.
+
+        The refresh writes back the bytes just read, with ``IfMatch`` their ETag: a server that
+        honours it never brings back a manifest gc removed meanwhile. One that ignores it may,
+        and the entry's blobs may be gone: such an entry restores as a miss (every blob is
+        checked) and the next gc removes it. (A copy onto itself would not do: rclone keeps the
+        old Last-Modified.)
+        """
         with self._lock:
-            seen = self._modified.get(key)
-        if not self.writable or seen is None or time.time() - seen < REFRESH_SECONDS:
+            stale = self._stale.pop(key, None)
+        if not self.writable or stale is None:
             return
         name = self.manifest_key(key)
+        args = dict(Bucket=self.bucket, Key=name, Body=stale[1], ContentType="application/json")
         try:
-            self._call("write", name, "copy_object", Bucket=self.bucket, Key=name,
-                       CopySource={"Bucket": self.bucket, "Key": name},
-                       MetadataDirective="REPLACE", ContentType="application/json")
+            try:
+                self._call("write", name, "put_object", IfMatch=stale[0], **args)
+            except _Refused as e:
+                if e.code in _UNSUPPORTED:
+                    self._call("write", name, "put_object", **args)
         except CacheError:  # only gc's order suffers
-            return
-        with self._lock:
-            self._modified[key] = time.time()
+            pass
 
     # -- what `flowmake cache stats/gc` needs -----------------------------------------------------
 

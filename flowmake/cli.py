@@ -156,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowmake.errors import FlowmakeError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["cache"] and argv[1:2] in (["stats"], ["gc"], ["-h"], ["--help"]):
+        return _cache_command(argv[1:])  # `flowmake cache stats|gc`; a rule named cache still builds
     args = _parser().parse_args(argv)
     if args.unlock:
         print("nothing to unlock: locks of runs that died are released by themselves", file=sys.stderr)
@@ -191,6 +193,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _by_signal(exc):
             print(INTERRUPTED, file=sys.stderr)
             return 130
+        traceback.print_exc()
+        print("flowmake: internal error (this is a bug; please report it with the traceback above)", file=sys.stderr)
+        return 3
+
+
+def _cache_command(argv: list[str]) -> int:
+    import traceback
+
+    from flowmake import cache_admin
+    from flowmake.errors import FlowmakeError
+
+    try:
+        return cache_admin.main(argv)
+    except FlowmakeError as err:
+        print(str(err), file=sys.stderr)
+        return err.exit_code
+    except Exception:  # a bug, as in main
         traceback.print_exc()
         print("flowmake: internal error (this is a bug; please report it with the traceback above)", file=sys.stderr)
         return 3

@@ -13,127 +13,25 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from flowmake.cache import Cache, CacheCorrupt, Mode, open_cache
-from flowmake.digest import Digester, StatCache
+from flowmake.cache import Cache, CacheCorrupt, Mode
 from flowmake.errors import CacheError
-from tests.services.rclone import RcloneServer, rclone_server  # noqa: F401  # the fixture
-from tests.services.s3 import S3Server, s3_server  # noqa: F401  # the fixture
+from tests.cache_stores import Backend, backend, digests, s3, tree, workdir  # noqa: F401  # fixtures
+from tests.services.rclone import rclone_server  # noqa: F401  # the fixture
+from tests.services.s3 import s3_server  # noqa: F401  # the fixture
 
 KEY = "ab" * 32
 OTHER = "cd" * 32
 OUTS = ["out/a.txt", "out/run.sh", "out/tree"]
 
 
-@dataclass
-class Backend:
-    name: str
-    url: str
-    endpoint: str | None
-    put_blob: Callable[[str, bytes], None]  # replace (or create) a blob's bytes behind the store
-    drop_blob: Callable[[str], None]
-    content: Callable[[], dict[str, bytes]]  # every object the store holds, by name
-    writes: Callable[[], list[str]]  # write requests the server answered so far (S3)
-
-    def open(self, mode: Mode) -> Cache:
-        return open_cache(self.url, mode, endpoint_url=self.endpoint)
-
-
-def _blob_name(digest: str) -> str:
-    return f"cas/{digest[:2]}/{digest}"
-
-
-def _dir_backend(root: Path) -> Backend:
-    def put(digest: str, data: bytes) -> None:
-        p = root / _blob_name(digest)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if p.exists():
-            p.chmod(0o644)
-        p.write_bytes(data)
-
-    def content() -> dict[str, bytes]:  # mtimes too: gc's order lives in them
-        return {f"{p.relative_to(root)}@{p.stat().st_mtime_ns}": p.read_bytes()
-                for p in root.rglob("*") if p.is_file()}
-
-    return Backend("dir", f"file://{root}", None, put, lambda d: (root / _blob_name(d)).unlink(),
-                   content, lambda: [])
-
-
-def _s3_backend(name: str, server: S3Server | RcloneServer, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    for k, v in server.env().items():
-        monkeypatch.setenv(k, v)
-    bucket, prefix = server.bucket(), "team/cache/"
-    client = server.client()
-
-    def content() -> dict[str, bytes]:
-        out = {}
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for obj in page.get("Contents", ()):
-                out[f"{obj['Key']}@{obj['LastModified']}"] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-        return out
-
-    def writes() -> list[str]:
-        if isinstance(server, S3Server):
-            return [f"{r.method} {r.key}" for r in server.requests
-                    if r.bucket == bucket and r.method in ("PUT", "POST", "DELETE")]
-        return server.writes(bucket)
-
-    made = len(writes())  # creating the bucket is the test's doing, not the store's
-    return Backend(
-        name, f"s3://{bucket}/{prefix}", server.endpoint,
-        lambda d, data: client.put_object(Bucket=bucket, Key=prefix + _blob_name(d), Body=data),
-        lambda d: client.delete_object(Bucket=bucket, Key=prefix + _blob_name(d)),
-        content, lambda: writes()[made:])
-
-
-@pytest.fixture(params=["dir", pytest.param("moto", marks=pytest.mark.s3),
-                        pytest.param("rclone", marks=pytest.mark.s3)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    if request.param == "dir":
-        return _dir_backend(tmp_path / "cache")
-    server = request.getfixturevalue("s3_server" if request.param == "moto" else "rclone_server")
-    return _s3_backend(request.param, server, monkeypatch)
-
-
-def _workdir(tmp_path: Path, name: str = "wd") -> Path:
-    wd = tmp_path / name
-    (wd / "out" / "tree" / "sub").mkdir(parents=True)
-    (wd / "out" / "tree" / "empty").mkdir()
-    (wd / "out" / "a.txt").write_text("alpha\n")
-    (wd / "out" / "run.sh").write_text("#!/bin/sh\necho hi\n")
-    (wd / "out" / "run.sh").chmod(0o755)
-    (wd / "out" / "tree" / "sub" / "b.bin").write_bytes(os.urandom(300_000))
-    os.symlink("sub/b.bin", wd / "out" / "tree" / "link")
-    return wd
-
-
-def _digest(wd: Path) -> Callable[[str], str | None]:
-    d = Digester(StatCache())
-    return lambda p: d.digest(os.path.join(wd, p))
-
-
-def _tree(root: Path) -> dict[str, tuple[str, int]]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = ("link:" + os.readlink(p), 0)
-        elif p.is_dir():
-            out[rel] = ("dir", 0)
-        else:
-            out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode & 0o777)
-    return out
-
-
 def _published(backend: Backend, tmp_path: Path) -> tuple[Path, Cache]:
-    wd = _workdir(tmp_path)
+    wd = workdir(tmp_path)
     cache = backend.open(Mode.READWRITE)
-    cache.publish(KEY, OUTS, str(wd), _digest(wd))
+    cache.publish(KEY, OUTS, str(wd), digests(wd))
     return wd, cache
 
 
@@ -153,7 +51,7 @@ def test_blobs_present_and_absent_and_a_present_blob_is_not_sent_again(backend: 
     store = backend.open(Mode.READWRITE).store
     src = tmp_path / "blob"
     src.write_bytes(b"some bytes\n" * 1000)
-    d = _digest(tmp_path)("blob")
+    d = digests(tmp_path)("blob")
     assert d is not None
     assert not store.has_blob(d) and store.open_blob(d) is None
     store.write_blob(d, str(src))
@@ -171,7 +69,7 @@ def test_a_blob_whose_file_changed_is_refused_and_not_left_behind(backend: Backe
     store = backend.open(Mode.READWRITE).store
     src = tmp_path / "blob"
     src.write_bytes(b"old\n")
-    d = _digest(tmp_path)("blob")
+    d = digests(tmp_path)("blob")
     assert d is not None
     src.write_bytes(b"new\n")
     with pytest.raises(CacheError, match="changed while it was published"):
@@ -184,7 +82,7 @@ def test_a_large_blob_travels_in_parts(s3: Backend, tmp_path: Path) -> None:
     store = backend.open(Mode.READWRITE).store
     src = tmp_path / "big"
     src.write_bytes(os.urandom((17 << 20) + 5))
-    d = _digest(tmp_path)("big")
+    d = digests(tmp_path)("big")
     assert d is not None
     store.write_blob(d, str(src))
     multipart = [w for w in backend.writes() if w.startswith("POST") or "multipart" in w]
@@ -203,12 +101,12 @@ def test_published_outputs_restore_byte_identical_elsewhere(backend: Backend, tm
     clone.mkdir()
     got = backend.open(Mode.READ).restore(m, str(clone))
     assert got.bytes == 300_000 + 6 + 18
-    assert _tree(clone / "out") == _tree(wd / "out")
+    assert tree(clone / "out") == tree(wd / "out")
     assert not list(clone.rglob("*tmp-*"))
 
 
 def test_two_publishers_of_one_key_at_once_both_succeed_and_the_entry_is_whole(backend: Backend, tmp_path: Path) -> None:
-    wd = _workdir(tmp_path)
+    wd = workdir(tmp_path)
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 
@@ -216,7 +114,7 @@ def test_two_publishers_of_one_key_at_once_both_succeed_and_the_entry_is_whole(b
         try:
             cache = backend.open(Mode.READWRITE)
             start.wait()
-            cache.publish(KEY, OUTS, str(wd), _digest(wd))
+            cache.publish(KEY, OUTS, str(wd), digests(wd))
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -231,11 +129,11 @@ def test_two_publishers_of_one_key_at_once_both_succeed_and_the_entry_is_whole(b
     clone = tmp_path / "clone"
     clone.mkdir()
     backend.open(Mode.READ).restore(m, str(clone))
-    assert _tree(clone / "out") == _tree(wd / "out")
+    assert tree(clone / "out") == tree(wd / "out")
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate"])
-def test_a_damaged_blob_never_lands_in_the_workdir(backend: Backend, tmp_path: Path, damage: str) -> None:
+def test_a_damaged_blob_never_lands_in_theworkdir(backend: Backend, tmp_path: Path, damage: str) -> None:
     wd, cache = _published(backend, tmp_path)
     m = cache.lookup(KEY)
     assert m is not None
@@ -248,7 +146,7 @@ def test_a_damaged_blob_never_lands_in_the_workdir(backend: Backend, tmp_path: P
     with pytest.raises(CacheCorrupt) as err:
         cache.restore(m, str(clone), ["out/tree"])
     assert err.value.path == "out/tree"
-    assert _tree(clone) == {"out": ("dir", 0), "out/tree": ("dir", 0),
+    assert tree(clone) == {"out": ("dir", 0), "out/tree": ("dir", 0),
                             "out/tree/old": (hashlib.sha256(b"what was there\n").hexdigest(), 0o644)}
     assert not cache.store.has_blob(digest)  # a writable cache drops it, so a publisher replaces it
 
@@ -264,7 +162,7 @@ def test_a_manifest_whose_blobs_are_missing_restores_nothing(backend: Backend, t
     clone.mkdir()
     with pytest.raises(CacheCorrupt, match="missing"):
         cache.restore(m, str(clone))
-    assert list(clone.iterdir()) == [] or _tree(clone) == {"out": ("dir", 0)}
+    assert list(clone.iterdir()) == [] or tree(clone) == {"out": ("dir", 0)}
 
 
 def test_read_only_writes_nothing(backend: Backend, tmp_path: Path) -> None:
@@ -276,7 +174,7 @@ def test_read_only_writes_nothing(backend: Backend, tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     clone.mkdir()
     ro.restore(m, str(clone))
-    assert ro.publish(OTHER, OUTS, str(wd), _digest(wd)).blobs == 0
+    assert ro.publish(OTHER, OUTS, str(wd), digests(wd)).blobs == 0
     assert ro.lookup(OTHER) is None
     assert backend.content() == held and backend.writes() == sent
     backend.put_blob(m.outputs["out/a.txt"], b"damaged\n")
@@ -284,13 +182,6 @@ def test_read_only_writes_nothing(backend: Backend, tmp_path: Path) -> None:
     with pytest.raises(CacheCorrupt):  # found damaged, and left there: not this reader's to fix
         ro.restore(m, str(clone), ["out/a.txt"])
     assert backend.content() == held and backend.writes() == sent
-
-
-@pytest.fixture(params=[pytest.param("moto", marks=pytest.mark.s3),
-                        pytest.param("rclone", marks=pytest.mark.s3)])
-def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    server = request.getfixturevalue("s3_server" if request.param == "moto" else "rclone_server")
-    return _s3_backend(request.param, server, monkeypatch)
 
 
 def test_a_read_only_s3_store_refuses_writes(s3: Backend, tmp_path: Path) -> None:
@@ -324,7 +215,7 @@ D = "0" * 32
     {"outputs": {"out": D}, "links": [["out/l", "sub"]], "dirs": ["out/sub"],
      "files": [["out/l/x", D, 1, 0o644]]},  # a path through a linked folder
 ], ids=["dotdot", "absolute", "link-out", "link-abs", "through-link"])
-def test_a_hostile_manifest_writes_nothing_outside_the_workdir(backend: Backend, tmp_path: Path, body: dict) -> None:
+def test_a_hostile_manifest_writes_nothing_outside_theworkdir(backend: Backend, tmp_path: Path, body: dict) -> None:
     wd = tmp_path / "deep" / "wd"
     wd.mkdir(parents=True)
     backend.put_blob(D, b"x")
