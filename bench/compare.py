@@ -30,6 +30,7 @@ from pathlib import Path
 
 # bench/*.py: this script's directory is on sys.path
 import baseline as baseline_tree
+import cache_restore
 import micro
 from tables import Cell, Workload, merge_rows, render
 
@@ -362,7 +363,7 @@ def make_plan(args: argparse.Namespace) -> list[tuple[Workload, bool]]:
 
 
 def kinds(args: argparse.Namespace) -> set[str]:
-    return set(filter(None, args.only.split(","))) or {"chains", "fanin", "deep", "run", "micro"}
+    return set(filter(None, args.only.split(","))) or {"chains", "fanin", "deep", "run", "micro", "cache"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run this git revision of flowmake (e.g. main, HEAD~3) as a third "
                         "tool flowmake@REF, alternating with the current code")
     p.add_argument("--only", default="",
-                   help="comma list of workload kinds: chains,fanin,deep,run,micro")
+                   help="comma list of workload kinds: chains,fanin,deep,run,micro,cache")
     p.add_argument("--dry-only", action="store_true",
                    help="measure only the dry-run -n (no setup build, no no-op runs)")
     p.add_argument("--timeout", type=float, default=3600, help="per command, seconds")
@@ -418,11 +419,11 @@ def main(argv: list[str] | None = None) -> int:
             info["flowmake code"] = f"this checkout, {current_code()}"
         if base_name:
             info[f"{base_name} code"] = f"commit {args.baseline_commit[:12]}, from `git archive`"
-        micro_text = ""
+        micro_text = cache_text = ""
 
         def write() -> None:  # after each workload, in case of ^C
             info["bench run time"] = f"{(time.monotonic() - started) / 60:.1f} min"
-            text = render(results, info, args.reps, base_name) + micro_text
+            text = render(results, info, args.reps, base_name) + micro_text + cache_text
             if args.append and Path(args.out).exists():
                 text = merge_rows(Path(args.out).read_text(), text)
             Path(args.out).write_text(text)
@@ -432,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
             log_msg("micro: pattern matching and rule evaluation, per call")
             measured = micro.run(flowmakes, args.reps, args.timeout, log_msg)
             micro_text = "\n" + micro.render(measured, base_name)
+            write()
+        if flowmakes and "cache" in kinds(args):  # a minute or two: 400 MB written per rep
+            log_msg("cache: restore from a directory cache (MB/s, next to cp -r) and lookups")
+            measured = cache_restore.run(flowmakes, args.reps, args.timeout, log_msg)
+            cache_text = "\n" + cache_restore.render(measured, [t.name for t in flowmakes])
             write()
         for w, full_run in plan:
             active = [t for t in tools if t.name != "snakemake" or w.jobs <= smk_max + 1]

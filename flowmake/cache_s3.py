@@ -142,6 +142,7 @@ class S3Store:
         self._require_writable(name)
         if self.has_blob(digest):
             return
+        from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -153,7 +154,7 @@ class S3Store:
                 self.client.upload_fileobj(reader, self.bucket, name, Config=config)
         except OSError as e:
             raise CacheError(f"cannot publish {src} to {self._url(name)}: {e}") from None
-        except (BotoCoreError, ClientError) as e:
+        except (BotoCoreError, ClientError, S3UploadFailedError) as e:
             raise self._error("write", name, e) from None
         if reader.digest() != digest:
             self.remove_blob(digest)
@@ -334,7 +335,8 @@ def _hint(e: Exception, endpoint_url: str | None = None) -> str | None:
         return ("credentials come from the standard AWS chain: AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, ~/.aws/credentials ([cache] profile = ...) or an instance role")
     if code in ("403", "AccessDenied"):
-        return ("these credentials may not do this; with read access only, set [cache] mode = "
+        return ("these credentials may not do this (S3 also answers 403 for a missing object "
+                "when s3:ListBucket is not allowed); with read access only, set [cache] mode = "
                 "\"read\" (or --cache-mode read)")
     if name == "ProfileNotFound":
         return "check [cache] profile against the profiles in ~/.aws/config and ~/.aws/credentials"
