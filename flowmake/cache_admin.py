@@ -27,6 +27,7 @@ A reader restoring an entry gc removes meanwhile gets a miss the same way.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import re
 import sys
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     Store = Union[DirStore, S3Store]
 
 DEFAULT_MIN_AGE = "1h"
+_WORKERS = 8  # manifests read and blobs removed at once (on S3, each is a request)
 _KEY = re.compile(r"[0-9a-f]{16,128}\Z")  # what cache.check_key accepts: other names are not ours
 _DIGEST = re.compile(r"[0-9a-f]{%d}\Z" % (2 * DIGEST_BYTES))
 
@@ -184,8 +186,9 @@ def gc(where: Listing, max_bytes: int, min_age: float, now: float | None = None)
     names: dict[str, set[str]] = {}  # entry -> the blobs it names
     live = []
     refs: dict[str, int] = {}
+    read = _read_all(where, [o.name for o in manifests])
     for o in manifests:
-        named = _names(where, o.name)
+        named = read[o.name]
         if named is not None and named <= blobs.keys():
             names[o.name] = named
             live.append(o)
@@ -213,20 +216,24 @@ def gc(where: Listing, max_bytes: int, min_age: float, now: float | None = None)
                 total -= blobs[d].size
     # Entries written since the listing name blobs that must stay.
     seen = {o.name for o in manifests}
-    for o in where.manifests():
-        if o.name not in seen:
-            for d in _names(where, o.name) or ():
-                refs[d] = refs.get(d, 0) + 1
-    for d, b in blobs.items():
-        if refs.get(d, 0) == 0:
-            if b.time < old:
-                where.remove_blob(d)
-                done.blobs += 1
-                done.bytes += b.size
-            else:
-                done.young += 1
+    for named in _read_all(where, [o.name for o in where.manifests() if o.name not in seen]).values():
+        for d in named or ():
+            refs[d] = refs.get(d, 0) + 1
+    garbage = [b for d, b in blobs.items() if refs.get(d, 0) == 0]
+    doomed = [b for b in garbage if b.time < old]
+    with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
+        list(pool.map(lambda b: where.remove_blob(b.name), doomed))
+    done.blobs += len(doomed)
+    done.bytes += sum(b.size for b in doomed)
+    done.young = len(garbage) - len(doomed)
     done.kept = stats(where)
     return done
+
+
+def _read_all(where: Listing, keys: list[str]) -> dict[str, set[str] | None]:
+    """``_names`` of each key, a few at once (on S3 each is a GET)."""
+    with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
+        return dict(zip(keys, pool.map(lambda k: _names(where, k), keys)))
 
 
 def _names(where: Listing, key: str) -> set[str] | None:
