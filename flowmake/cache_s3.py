@@ -50,8 +50,10 @@ _DIGEST = re.compile(r"[0-9a-f]{%d}\Z" % (2 * DIGEST_BYTES))
 _MISSING = ("404", "NoSuchKey", "NotFound")
 _TAKEN = ("412", "PreconditionFailed", "409", "ConditionalRequestConflict")
 _UNSUPPORTED = ("501", "NotImplemented")
-_DOWN = ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
-         "ReadTimeoutError", "ProxyConnectionError")
+# The server cannot be reached at all: later calls fail at once with the same error.
+_DOWN = ("EndpointConnectionError", "ConnectTimeoutError", "ProxyConnectionError")
+_SLOW = ("ReadTimeoutError", "ConnectionClosedError")  # this request failed; the next may not
+_STALE_KEPT = 64  # manifests read and not yet used(): Cache.lookup calls used() right after
 
 
 class S3Store:
@@ -103,6 +105,8 @@ class S3Store:
         if modified is not None and time.time() - modified.timestamp() >= REFRESH_SECONDS:
             with self._lock:  # for used(), should this be a hit
                 self._stale[key] = (str(resp.get("ETag", "")), data)
+                if len(self._stale) > _STALE_KEPT:  # a reader that never calls used()
+                    del self._stale[next(iter(self._stale))]
         return data
 
     def write_manifest(self, key: str, data: bytes) -> None:
@@ -342,7 +346,7 @@ def _hint(e: Exception, endpoint_url: str | None = None) -> str | None:
         return "check [cache] profile against the profiles in ~/.aws/config and ~/.aws/credentials"
     if code == "NoSuchBucket":
         return "create the bucket, or check the bucket in [cache] url"
-    if name in _DOWN:
+    if name in _DOWN + _SLOW:
         where = f" ({endpoint_url})" if endpoint_url else ""
         return f"is the S3 server{where} up? check [cache] endpoint_url"
     return None
