@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import threading
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -67,6 +68,7 @@ class S3Server:
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         self._names = itertools.count()
+        self._token = uuid.uuid4().hex[:8]
 
     def env(self) -> dict[str, str]:
         """What a flowmake subprocess gets: the standard chain's environment variables only."""
@@ -81,7 +83,9 @@ class S3Server:
                             aws_secret_access_key=SECRET_KEY, region_name=REGION)
 
     def bucket(self) -> str:
-        name = f"flowmake-test-{next(self._names)}"
+        # moto keeps its buckets per process, not per server: each test module that imports the
+        # fixture starts a server of its own over the same buckets, so names carry the server's.
+        name = f"flowmake-test-{self._token}-{next(self._names)}"
         self.client().create_bucket(Bucket=name)
         return name
 
