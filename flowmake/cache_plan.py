@@ -1,0 +1,236 @@
+"""Plan + shared cache → the same plan with restores: which steps that would run the cache answers.
+
+A pure pass over a ``planner.Plan``, reading the cache only through a lookup callable (step key →
+manifest or None), so it is tested from data. Dependencies first: a step that would run (RUN, or
+PENDING once the hits of its upstream settled it) and may be cached is keyed from its input digests
+— an input a hit makes takes its digest from that hit's manifest, so nothing upstream is fetched or
+run to know it — and looked up. A hit becomes ``Decision.RESTORE`` (reason cache-hit) and its
+manifest's digests key its dependants, which may then skip on their own traces (early cutoff through
+the cache) or be hits too. A forced step is never restored; a step whose outputs are current never
+asks the cache.
+
+Then, dependants first, only what is needed is placed: a hit's outputs when a target names them,
+when a step that runs (or may) reads them, or when a stale version of them is on disk. The rest
+stays in the cache (reason in-cache): its traces are recorded with a mark (``IN_CACHE_FIELD``), and
+a later plan lets such an absent output stand in with its recorded digest (``StandIns``, as an
+absent ``temp()`` output does), restoring it only once a target or a running step needs it. So a
+no-op after a target-only restore asks the cache nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+from flowmake.graph import Step
+from flowmake.namedlist import Flag
+from flowmake.pipes import streams_rule
+from flowmake.planner import (Decision, Facts, Plan, Reason, ReasonKind, StepPlan, decide_downstream, plan_step,
+                              unsettled_in, with_current_key)
+from flowmake.rules import RuleKind
+
+# The trace field that marks an output whose content is in the shared cache, not on disk. Not a key
+# field: the planner never counts it as a change (planner._changes).
+IN_CACHE_FIELD = "cache"
+IN_CACHE_MARK = "stays"
+
+# Reasons a step runs that a restore cannot answer: another run is writing it (the scheduler waits
+# for its lock and takes what it made), or the user asked for it to run.
+_NOT_RESTORED = (ReasonKind.FORCED, ReasonKind.IN_FLIGHT, ReasonKind.PIPE_GROUP, ReasonKind.CHECKPOINT)
+
+
+class ManifestLike(Protocol):  # cache.Manifest, as the planner reads it
+    @property
+    def key(self) -> str: ...
+    @property
+    def outputs(self) -> Mapping[str, str]: ...
+    @property
+    def size(self) -> int: ...
+
+
+Lookup = Callable[[str], "ManifestLike | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """What the scheduler does for a RESTORE step: place its outputs from ``manifest``, or (``place``
+    False) only record traces marked as left in the cache."""
+
+    manifest: ManifestLike
+    place: bool
+
+
+def cacheable(step: Step) -> bool:
+    """Whether a step's result may come from (and go to) the shared cache.
+
+    Not: rules without outputs or without an action (nothing to keep), ``localrules`` and
+    ``cache: False`` (Snakemake's opt-out), checkpoints (their outputs decide the graph, which is
+    resolved before any restore could place them), pipe()/service() steps (a stream has no content),
+    ``update()`` outputs and ``ancient()``/``before_update()`` inputs (the result depends on more than
+    the key: the old output, or an input whose content is not in the key), and storage objects
+    (placed by the storage layer, not in the workdir)."""
+    rule = step.rule
+    if rule.cache is False or not step.outputs or rule.kind is RuleKind.NONE or rule.localrule:
+        return False
+    if rule.is_checkpoint or (rule.may_flag and streams_rule(rule)):
+        return False
+    inst = step.instance
+    if inst is None:
+        return False
+    if inst.flags and any(Flag.UPDATE in f or Flag.ANCIENT in f or Flag.BEFORE_UPDATE in f
+                          for f in inst.flags.values()):
+        return False
+    return not any(o.startswith(".flowmake/") for o in step.outputs)
+
+
+class StandIns:
+    """A plan's digests with outputs left in the cache standing in: an absent output whose trace
+    carries the in-cache mark answers with its recorded digest. Present outputs cost nothing more."""
+
+    def __init__(self, facts: Facts) -> None:
+        self._real = facts.digest
+        self._trace = facts.trace
+        self.paths: dict[str, str] = {}  # the stand-ins asked for so far -> their digests
+
+    def digest(self, path: str) -> str | None:
+        d = self._real(path)
+        if d is not None:
+            return d
+        got = self.paths.get(path)
+        if got is not None:
+            return got
+        tr = self._trace(path)
+        if tr is not None and tr.fields.get(IN_CACHE_FIELD) == IN_CACHE_MARK:
+            self.paths[path] = tr.output_digest
+            return tr.output_digest
+        return None
+
+    def facts(self, facts: Facts) -> Facts:
+        return replace(facts, digest=self.digest)
+
+
+@dataclass
+class CacheOutcome:
+    lookups: int = 0
+    hits: int = 0
+    placed: int = 0  # hits whose outputs this run places
+    warnings: list[str] | None = None
+
+
+def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
+                stand_ins: Mapping[str, str] | None = None,
+                may_cache: Callable[[Step], bool] = cacheable) -> CacheOutcome:
+    """Turn the steps of ``p`` the cache answers into restores, in place; ``p.restores`` says, per
+    restored step (by id), its manifest and whether its outputs are placed. ``stand_ins``: the
+    outputs left in the cache by an earlier run that planning met (``StandIns.paths``)."""
+    outcome = CacheOutcome()
+    hit: dict[str, str] = {}  # outputs of this run's hits -> their digests (from the manifests)
+    real = p.facts.digest
+    facts = replace(p.facts, digest=lambda path: hit.get(path) or real(path))
+    out, by_id = p.steps, p.by_id
+    unsettled = unsettled_in(by_id)
+    manifests: dict[int, ManifestLike] = {}
+    settled: set[int] = set()  # steps this pass took out of RUN or PENDING
+    for i, sp in enumerate(out):
+        step = sp.step
+        if sp.decision is Decision.PENDING and not step.pending and id(step) not in p.groups and any(
+                id(d) in settled for d in step.deps) and not any(unsettled(d) for d in step.deps):
+            sp = plan_step(step, unsettled, facts)  # its upstream is settled by hits: decided on their digests
+            if sp.decision is Decision.PENDING:  # cannot be: nothing upstream runs
+                continue
+            out[i] = by_id[id(step)] = sp
+            if sp.decision is not Decision.RUN:  # early cutoff through the cache
+                settled.add(id(step))
+        if sp.decision is not Decision.RUN or any(r.kind in _NOT_RESTORED for r in sp.reasons):
+            continue
+        if id(step) in p.groups or not may_cache(step):
+            continue
+        keyed = with_current_key(sp, facts)
+        if keyed is None or keyed.key is None:  # an input is missing: the job will say which
+            continue
+        outcome.lookups += 1
+        m = lookup(keyed.key)
+        if m is None or any(o not in m.outputs for o in step.outputs):
+            continue
+        outcome.hits += 1
+        manifests[id(step)] = m
+        settled.add(id(step))
+        hit.update(m.outputs)
+        sp = replace(keyed, decision=Decision.RESTORE, reasons=[Reason(ReasonKind.CACHE_HIT)])
+        out[i] = by_id[id(step)] = sp
+    _place_needed(p, manifests, lookup, targets, stand_ins or {}, real, outcome)
+    return outcome
+
+
+def _place_needed(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, targets: Iterable[Step | str],
+                  stand_ins: Mapping[str, str], real: Callable[[str], str | None], outcome: CacheOutcome) -> None:
+    """Dependants first: what a target or a running step reads is placed; the rest stays in the
+    cache. An output an earlier run left in the cache is restored now if needed (looked up by its
+    trace's key), or run when the cache no longer holds it."""
+    needed: set[str] = set()
+    target_ids: set[int] = set()
+    for t in targets:
+        if isinstance(t, Step):
+            if t.outputs:
+                target_ids.add(id(t))
+            else:  # rule all: its inputs are what was asked for
+                needed.update(t.inputs)
+        else:
+            needed.add(t)
+    moved: set[int] = set()
+    for sp in reversed(p.steps):
+        step = sp.step
+        decision = sp.decision
+        if decision is Decision.RESTORE:
+            m = manifests[id(step)]
+            place = (id(step) in target_ids or any(o in needed for o in step.outputs)
+                     or any(real(o) is not None for o in step.outputs))  # a stale version on disk goes
+            if not place:
+                sp.reasons = [Reason(ReasonKind.CACHE_HIT), Reason(ReasonKind.IN_CACHE)]
+            p.restores[id(step)] = Restore(m, place)
+            outcome.placed += place
+        elif stand_ins and (decision is Decision.SKIP or decision is Decision.ADOPT) and any(
+                o in stand_ins for o in step.outputs):
+            if id(step) in target_ids or any(o in needed for o in step.outputs):
+                m = lookup(sp.key) if sp.key is not None else None
+                outcome.lookups += 1
+                if m is not None and all(o in m.outputs for o in step.outputs):
+                    outcome.hits += 1
+                    outcome.placed += 1
+                    sp.decision, sp.reasons = Decision.RESTORE, [Reason(ReasonKind.CACHE_HIT)]
+                    manifests[id(step)] = m
+                    p.restores[id(step)] = Restore(m, True)
+                else:  # gone from the cache (collected): made again
+                    missing = next(o for o in step.outputs if o in stand_ins)
+                    sp.decision, sp.reasons = Decision.RUN, [Reason(ReasonKind.MISSING, path=missing)]
+                    moved.add(id(step))
+                    needed.update(step.inputs)
+            else:
+                sp.reasons = [Reason(ReasonKind.IN_CACHE)]
+        if decision is Decision.RUN or decision is Decision.PENDING:
+            needed.update(step.inputs)
+    if moved and decide_downstream(p.steps, p.by_id, p.facts, moved):
+        # A step made again may make other bytes: its dependants that skipped wait for it now, and
+        # what they read must be on disk. (Rare: the cache lost an entry an earlier run left there.)
+        _place_again(p, manifests, lookup, targets, stand_ins, real, outcome)
+
+
+def _place_again(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, targets: Iterable[Step | str],
+                 stand_ins: Mapping[str, str], real: Callable[[str], str | None], outcome: CacheOutcome) -> None:
+    for sid, r in list(p.restores.items()):
+        if r.place:
+            outcome.placed -= 1
+        sp = p.by_id[sid]
+        if sp.decision is Decision.RESTORE and not r.place:
+            sp.reasons = [Reason(ReasonKind.CACHE_HIT)]
+    p.restores.clear()
+    _place_needed(p, manifests, lookup, targets, stand_ins, real, outcome)
+
+
+def in_cache_fields(fields: Mapping[str, str]) -> dict[str, str]:
+    """A trace's fields marked as made by a hit left in the cache."""
+    return {**fields, IN_CACHE_FIELD: IN_CACHE_MARK}
+
+
+def describe(outcome: CacheOutcome) -> dict[str, Any]:
+    return {"lookups": outcome.lookups, "hits": outcome.hits, "placed": outcome.placed}
