@@ -22,7 +22,7 @@ import functools
 import os
 import stat as statmod
 import time
-from typing import NamedTuple, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import blake3
 
@@ -90,6 +90,27 @@ class StatCache:
         changes = [(p, self._data.get(p)) for p in self._changed]
         self._changed = set()
         return changes
+
+
+def _tree_digest(lines: list[tuple[str, str]]) -> str:
+    lines.sort()
+    hasher = blake3.blake3(derive_key_context=_DIR_CONTEXT)
+    hasher.update("".join(line for _, line in lines).encode("utf-8", "surrogateescape"))
+    return hasher.hexdigest(DIGEST_BYTES)
+
+
+def tree_digest(files: Iterable[tuple[str, str]], dirs: Iterable[str] = (), links: Iterable[tuple[str, str]] = ()) -> str:
+    """The digest a directory holding exactly these entries has (paths relative to it): how a
+    cache manifest's tree is checked against the digest it claims, before anything is placed."""
+    lines = [(p, f"f\0{p}\0{d}\n") for p, d in files]
+    lines += [(p, f"d\0{p}\0\n") for p in dirs]
+    lines += [(p, f"l\0{p}\0{t}\n") for p, t in links]
+    return _tree_digest(lines)
+
+
+def hasher() -> Any:
+    """A streaming hasher whose ``hexdigest(DIGEST_BYTES)`` is a file's digest."""
+    return blake3.blake3()
 
 
 def hash_bytes(data: bytes) -> str:
@@ -243,6 +264,15 @@ class Digester:
         self._memo[path] = digest
         return digest
 
+    def record(self, path: str, digest: str) -> None:
+        """Enter a file this process has just written whole, and whose digest it checked while
+        writing (a restore from the cache), so it is never read to be hashed again. Not flagged
+        racy: nothing else writes a file before it is renamed into place."""
+        self.invalidate(path)
+        path = _normal(path)
+        s = os.stat(path)
+        self.stat_cache[path] = (*_identity(s), digest)
+
     def _digest(self, path: str, settled: bool) -> str | None:
         st = self._stat_normalised(path)  # digest() normalised it already: not twice per file
         if st is None:
@@ -286,12 +316,9 @@ class Digester:
         cached = self._dirs.get(path)
         if cached is not None:
             return cached
-        hasher = blake3.blake3(derive_key_context=_DIR_CONTEXT)
         lines: list[tuple[str, str]] = []
         self._walk(path, "", lines, settled)
-        lines.sort()
-        hasher.update("".join(line for _, line in lines).encode("utf-8", "surrogateescape"))
-        digest = hasher.hexdigest(DIGEST_BYTES)
+        digest = _tree_digest(lines)
         self._dirs[path] = digest
         return digest
 

@@ -159,6 +159,12 @@ class StorageError(FlowmakeError):
     title = "storage error"
 
 
+class CacheError(FlowmakeError):
+    """The shared cache cannot be opened, read or written (a bad URL, the server, credentials)."""
+
+    title = "cache error"
+
+
 class StoreError(FlowmakeError):
     title = "store error"
 
