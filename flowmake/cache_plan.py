@@ -12,9 +12,9 @@ asks the cache.
 Then, dependants first, only what is needed is placed: a hit's outputs when a target names them,
 when a step that runs (or may) reads them, or when a stale version of them is on disk. The rest
 stays in the cache (reason in-cache): its traces are recorded with a mark (``IN_CACHE_FIELD``), and
-a later plan lets such an absent output stand in with its recorded digest (``StandIns``, as an
-absent ``temp()`` output does), restoring it only once a target or a running step needs it. So a
-no-op after a target-only restore asks the cache nothing.
+a later plan lets such an absent output stand in with its recorded digest (as an absent ``temp()``
+output does), restoring it only once a target or a running step needs it. So a no-op after a
+target-only restore asks the cache nothing, and a plan whose outputs are all on disk pays nothing.
 """
 
 from __future__ import annotations
@@ -83,32 +83,6 @@ def cacheable(step: Step) -> bool:
     return not any(o.startswith(".flowmake/") for o in step.outputs)
 
 
-class StandIns:
-    """A plan's digests with outputs left in the cache standing in: an absent output whose trace
-    carries the in-cache mark answers with its recorded digest. Present outputs cost nothing more."""
-
-    def __init__(self, facts: Facts) -> None:
-        self._real = facts.digest
-        self._trace = facts.trace
-        self.paths: dict[str, str] = {}  # the stand-ins asked for so far -> their digests
-
-    def digest(self, path: str) -> str | None:
-        d = self._real(path)
-        if d is not None:
-            return d
-        got = self.paths.get(path)
-        if got is not None:
-            return got
-        tr = self._trace(path)
-        if tr is not None and tr.fields.get(IN_CACHE_FIELD) == IN_CACHE_MARK:
-            self.paths[path] = tr.output_digest
-            return tr.output_digest
-        return None
-
-    def facts(self, facts: Facts) -> Facts:
-        return replace(facts, digest=self.digest)
-
-
 @dataclass
 class CacheOutcome:
     lookups: int = 0
@@ -118,12 +92,12 @@ class CacheOutcome:
 
 
 def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
-                stand_ins: Mapping[str, str] | None = None,
                 may_cache: Callable[[Step], bool] = cacheable) -> CacheOutcome:
     """Turn the steps of ``p`` the cache answers into restores, in place; ``p.restores`` says, per
-    restored step (by id), its manifest and whether its outputs are placed. ``stand_ins``: the
-    outputs left in the cache by an earlier run that planning met (``StandIns.paths``)."""
+    restored step (by id), its manifest and whether its outputs are placed."""
     outcome = CacheOutcome()
+    if not any(sp.decision is Decision.RUN or sp.decision is Decision.PENDING for sp in p.steps):
+        return outcome  # all current: nothing asks the cache, not even a stand-in
     hit: dict[str, str] = {}  # outputs of this run's hits -> their digests (from the manifests)
     real = p.facts.digest
     facts = replace(p.facts, digest=lambda path: hit.get(path) or real(path))
@@ -131,6 +105,7 @@ def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
     unsettled = unsettled_in(by_id)
     manifests: dict[int, ManifestLike] = {}
     settled: set[int] = set()  # steps this pass took out of RUN or PENDING
+    standing: set[int] = set()  # steps whose outputs an earlier run left in the cache
     for i, sp in enumerate(out):
         step = sp.step
         if sp.decision is Decision.PENDING and not step.pending and id(step) not in p.groups and any(
@@ -148,6 +123,14 @@ def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
         keyed = with_current_key(sp, facts)
         if keyed is None or keyed.key is None:  # an input is missing: the job will say which
             continue
+        left = _left_in_cache(keyed, p.facts)
+        if left is not None:  # as current as if on disk: placed below only if something needs it
+            hit.update(left)
+            settled.add(id(step))
+            standing.add(id(step))
+            out[i] = by_id[id(step)] = replace(keyed, decision=Decision.SKIP, reasons=[Reason(ReasonKind.IN_CACHE)],
+                                              texts=None)
+            continue
         outcome.lookups += 1
         m = lookup(keyed.key)
         if m is None or any(o not in m.outputs for o in step.outputs):
@@ -158,25 +141,46 @@ def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
         hit.update(m.outputs)
         sp = replace(keyed, decision=Decision.RESTORE, reasons=[Reason(ReasonKind.CACHE_HIT)])
         out[i] = by_id[id(step)] = sp
-    _place_needed(p, manifests, lookup, targets, stand_ins or {}, real, outcome)
+    _place_needed(p, manifests, lookup, targets, standing, real, outcome)
     return outcome
 
 
+def _left_in_cache(sp: StepPlan, facts: Facts) -> dict[str, str] | None:
+    """A step that runs only because outputs are missing that an earlier run left in the cache with
+    this very key (their traces carry the mark), the rest on disk as traced: their digests."""
+    missing = set()
+    for r in sp.reasons:
+        if r.kind is not ReasonKind.MISSING or r.path is None:
+            return None
+        missing.add(r.path)
+    digests: dict[str, str] = {}
+    for out in sp.step.outputs:
+        tr = facts.trace(out)
+        if tr is None or tr.key != sp.key:
+            return None
+        if out in missing:
+            if tr.fields.get(IN_CACHE_FIELD) != IN_CACHE_MARK:
+                return None
+        elif facts.digest(out) != tr.output_digest:
+            return None
+        digests[out] = tr.output_digest
+    return digests
+
+
 def _place_needed(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, targets: Iterable[Step | str],
-                  stand_ins: Mapping[str, str], real: Callable[[str], str | None], outcome: CacheOutcome) -> None:
+                  standing: set[int], real: Callable[[str], str | None], outcome: CacheOutcome) -> None:
     """Dependants first: what a target or a running step reads is placed; the rest stays in the
     cache. An output an earlier run left in the cache is restored now if needed (looked up by its
     trace's key), or run when the cache no longer holds it."""
     needed: set[str] = set()
     target_ids: set[int] = set()
     for t in targets:
-        if isinstance(t, Step):
-            if t.outputs:
-                target_ids.add(id(t))
-            else:  # rule all: its inputs are what was asked for
-                needed.update(t.inputs)
-        else:
+        if isinstance(t, str):  # a file no rule makes
             needed.add(t)
+        elif t.outputs:
+            target_ids.add(id(t))
+        else:  # rule all: its inputs are what was asked for
+            needed.update(t.inputs)
     moved: set[int] = set()
     for sp in reversed(p.steps):
         step = sp.step
@@ -189,8 +193,7 @@ def _place_needed(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, t
                 sp.reasons = [Reason(ReasonKind.CACHE_HIT), Reason(ReasonKind.IN_CACHE)]
             p.restores[id(step)] = Restore(m, place)
             outcome.placed += place
-        elif stand_ins and (decision is Decision.SKIP or decision is Decision.ADOPT) and any(
-                o in stand_ins for o in step.outputs):
+        elif id(step) in standing and decision is Decision.SKIP:
             if id(step) in target_ids or any(o in needed for o in step.outputs):
                 m = lookup(sp.key) if sp.key is not None else None
                 outcome.lookups += 1
@@ -201,7 +204,8 @@ def _place_needed(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, t
                     manifests[id(step)] = m
                     p.restores[id(step)] = Restore(m, True)
                 else:  # gone from the cache (collected): made again
-                    missing = next(o for o in step.outputs if o in stand_ins)
+                    missing = next(o for o in step.outputs if real(o) is None)
+                    standing.discard(id(step))
                     sp.decision, sp.reasons = Decision.RUN, [Reason(ReasonKind.MISSING, path=missing)]
                     moved.add(id(step))
                     needed.update(step.inputs)
@@ -212,11 +216,11 @@ def _place_needed(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, t
     if moved and decide_downstream(p.steps, p.by_id, p.facts, moved):
         # A step made again may make other bytes: its dependants that skipped wait for it now, and
         # what they read must be on disk. (Rare: the cache lost an entry an earlier run left there.)
-        _place_again(p, manifests, lookup, targets, stand_ins, real, outcome)
+        _place_again(p, manifests, lookup, targets, standing, real, outcome)
 
 
 def _place_again(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, targets: Iterable[Step | str],
-                 stand_ins: Mapping[str, str], real: Callable[[str], str | None], outcome: CacheOutcome) -> None:
+                 standing: set[int], real: Callable[[str], str | None], outcome: CacheOutcome) -> None:
     for sid, r in list(p.restores.items()):
         if r.place:
             outcome.placed -= 1
@@ -224,7 +228,7 @@ def _place_again(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, ta
         if sp.decision is Decision.RESTORE and not r.place:
             sp.reasons = [Reason(ReasonKind.CACHE_HIT)]
     p.restores.clear()
-    _place_needed(p, manifests, lookup, targets, stand_ins, real, outcome)
+    _place_needed(p, manifests, lookup, targets, standing, real, outcome)
 
 
 def in_cache_fields(fields: Mapping[str, str]) -> dict[str, str]:

@@ -76,6 +76,12 @@ class Options:
     replace_workflow_config: bool = False
     benchmark_extended: bool = False  # Snakemake's extra benchmark columns / JSON lines
     batch: tuple[str, int, int] | None = None  # --batch RULE=i/n: (rule, i, n)
+    # The shared cache (cache_setup): --cache URL, Snakemake's --cache RULE..., --cache-mode, --no-cache.
+    cache_url: str | None = None
+    cache_rules: list[str] = field(default_factory=list)
+    cache_flag: bool = False  # --cache given, with or without values
+    cache_mode: str | None = None
+    no_cache: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
