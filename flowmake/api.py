@@ -115,11 +115,20 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
                                  benchmark_extended=opts.benchmark_extended,
                                  kept_temps=_batch_kept_temps(session, steps)),
     )
+    if session.cache is not None:
+        from flowmake.cache_setup import may_cache_of
+
+        sched.use_cache(session.cache, session.digester, may_cache_of(opts))
     run_hook(session.workflow, "onstart")
     try:
         result = sched.run(steps)
     finally:
         _save_stat_cache(session)
+    if session.cache is not None:
+        from flowmake.cache_setup import summary_part, warn
+
+        warn(session.cache, sched.cache_stats.warnings)
+        progress.cache_words = summary_part(sched.cache_stats)
     if not result.interrupted:  # keep the graph for the next invocation
         graph_memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
                   session.steps, sched.current, session.known_keys)

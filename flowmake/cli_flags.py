@@ -7,6 +7,7 @@ apart from ``cli`` so that module stays the thin list of everyday flags.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Sequence
 
 from flowmake.errors import UsageError
@@ -60,7 +61,7 @@ def _cache_options(args: argparse.Namespace) -> dict[str, Any]:
     url, rules = None, []
     if given:
         if is_cache_url(given[0]):
-            url = given[0]
+            url = given[0] if "://" in given[0] else os.path.abspath(given[0])  # before -d moves
             args.targets.extend(given[1:])
         else:
             rules = [g for g in given]

@@ -105,6 +105,8 @@ class Session:
     known_keys: KnownKeys = field(default_factory=dict)  # the keys the graph memo kept, by step
     storage: Any = None  # storage.Storage, when the rule file or the flags use storage
     resource_args: dict[str, list[str]] = field(default_factory=dict)  # for job processes (overrides)
+    cache: Any = None  # cache.Cache, when one is configured (cache_setup)
+    cache_outcome: Any = None  # cache_plan.CacheOutcome: what planning asked the cache
 
     def close(self) -> None:
         if self.storage is not None:
@@ -206,6 +208,9 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     if storage is not None:
         storage.prefetch([o for s in steps for o in s.outputs])
     session.resource_args = resource_args
+    from flowmake.cache_setup import open_configured
+
+    session.cache = open_configured(opts, load_settings(workdir, opts.profile))
     session.plan = _plan_session(session)
     return session
 
@@ -334,6 +339,10 @@ def _forced(session: Session) -> Callable[[Step], bool]:
 def _plan_session(session: Session) -> Plan:
     forced = _forced(session)
     plan, session.steps = converge(session.graph, session.steps, lambda: _facts(session, forced))
+    if session.cache is not None:  # steps that would run and the shared cache holds: restored
+        from flowmake.cache_setup import plan_with_cache
+
+        session.cache_outcome = plan_with_cache(plan, session.cache, session.graph.targets, session.opts)
     return plan
 
 
