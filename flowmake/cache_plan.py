@@ -19,7 +19,7 @@ target-only restore asks the cache nothing, and a plan whose outputs are all on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from flowmake.graph import Step
@@ -36,7 +36,7 @@ IN_CACHE_MARK = "stays"
 
 # Reasons a step runs that a restore cannot answer: another run is writing it (the scheduler waits
 # for its lock and takes what it made), or the user asked for it to run.
-_NOT_RESTORED = (ReasonKind.FORCED, ReasonKind.IN_FLIGHT, ReasonKind.PIPE_GROUP, ReasonKind.CHECKPOINT)
+NOT_RESTORED = (ReasonKind.FORCED, ReasonKind.IN_FLIGHT, ReasonKind.PIPE_GROUP, ReasonKind.CHECKPOINT)
 
 
 class ManifestLike(Protocol):  # cache.Manifest, as the planner reads it
@@ -88,7 +88,7 @@ class CacheOutcome:
     lookups: int = 0
     hits: int = 0
     placed: int = 0  # hits whose outputs this run places
-    warnings: list[str] | None = None
+    asked: set[int] = field(default_factory=set)  # the steps looked up (by id): a miss is not asked again
 
 
 def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
@@ -116,7 +116,7 @@ def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
             out[i] = by_id[id(step)] = sp
             if sp.decision is not Decision.RUN:  # early cutoff through the cache
                 settled.add(id(step))
-        if sp.decision is not Decision.RUN or any(r.kind in _NOT_RESTORED for r in sp.reasons):
+        if sp.decision is not Decision.RUN or any(r.kind in NOT_RESTORED for r in sp.reasons):
             continue
         if id(step) in p.groups or not may_cache(step):
             continue
@@ -132,6 +132,7 @@ def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
                                               texts=None)
             continue
         outcome.lookups += 1
+        outcome.asked.add(id(step))
         m = lookup(keyed.key)
         if m is None or any(o not in m.outputs for o in step.outputs):
             continue
@@ -197,6 +198,7 @@ def _place_needed(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, t
             if id(step) in target_ids or any(o in needed for o in step.outputs):
                 m = lookup(sp.key) if sp.key is not None else None
                 outcome.lookups += 1
+                outcome.asked.add(id(step))
                 if m is not None and all(o in m.outputs for o in step.outputs):
                     outcome.hits += 1
                     outcome.placed += 1

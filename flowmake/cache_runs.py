@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
-from flowmake.cache_plan import IN_CACHE_FIELD, cacheable, in_cache_fields
+from flowmake.cache_plan import NOT_RESTORED, IN_CACHE_FIELD, Restore, cacheable, in_cache_fields
 from flowmake.capacity import NOTHING, Need
 from flowmake.errors import CacheError
 from flowmake.graph import Step
 from flowmake.namedlist import Flag
 from flowmake.pipes import real_outputs
-from flowmake.planner import Decision, Reason, ReasonKind
+from flowmake.planner import Decision, Reason, ReasonKind, with_current_key
 from flowmake.records import Trace
 from flowmake.step_state import StepRecord, StepState
 
@@ -67,9 +67,13 @@ class CacheRuns:
     cache: Cache | None = None  # set by use_cache; class defaults so a run without one pays nothing
     _may_cache: Callable[[Step], bool] = staticmethod(cacheable)  # type: ignore[assignment]
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
+    _asked: frozenset[int] = frozenset()
 
-    def use_cache(self, cache: Cache, digester: Digester, may_cache: Callable[[Step], bool] = cacheable) -> None:
+    def use_cache(self, cache: Cache, digester: Digester, may_cache: Callable[[Step], bool] = cacheable,
+                  asked: frozenset[int] = frozenset()) -> None:
+        """``asked``: the steps (by id) planning looked up already; a miss is not asked again."""
         self.cache = cache
+        self._asked = asked
         self._digester = digester
         self._may_cache = may_cache  # type: ignore[assignment]
         self.cache_stats = CacheStats()
@@ -82,6 +86,29 @@ class CacheRuns:
         return super()._need(rec)  # type: ignore[misc, no-any-return]  # GroupRuns._need, next in the MRO
 
     # ---- restoring ----------------------------------------------------------------------------
+
+    def _from_cache(self, rec: StepRecord) -> bool:
+        """A step about to start: restored instead, when planning said so, or when its key is known
+        only now (its upstream ran) and the cache holds it."""
+        if rec.plan.decision is Decision.RESTORE:
+            return self._restored(rec)
+        cache, step = self.cache, rec.step
+        if (cache is None or not cache.can_read or id(step) in self._asked or id(step) in self._groups
+                or any(r.kind in NOT_RESTORED for r in rec.plan.reasons) or not self._may_cache(step)):
+            return False
+        keyed = with_current_key(rec.plan, self.plan.facts)
+        if keyed is None or keyed.key is None:
+            return False
+        try:
+            manifest = cache.lookup(keyed.key)
+        except Exception as e:  # the store: a warning, and the step runs
+            self.cache_stats.warnings.append(f"cache {cache.url} could not be read: {e}")
+            manifest = None
+        if manifest is None or any(o not in manifest.outputs for o in step.outputs):
+            return False
+        self.plan.restores[id(step)] = Restore(manifest, True)
+        rec.plan = replace(keyed, decision=Decision.RESTORE, reasons=[Reason(ReasonKind.CACHE_HIT)])
+        return self._restored(rec)
 
     def _restored(self, rec: StepRecord) -> bool:
         """Carry out a RESTORE step under its locks; False: it must run instead (its plan says why)."""

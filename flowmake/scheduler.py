@@ -289,7 +289,7 @@ class Scheduler(CacheRuns, OtherRuns, GroupRuns):
             heapq.heappush(self._ready, entry)
 
     def _start(self, rec: StepRecord) -> None:
-        if rec.plan.decision is Decision.RESTORE and self._restored(rec):  # cache_runs; else it runs
+        if self.cache is not None and self._from_cache(rec):  # cache_runs: restored instead of run
             return
         step, recs = rec.step, self._members(rec)
         # In this thread, before the job (and before its key, which digests what is fetched): the job
