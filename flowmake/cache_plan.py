@@ -196,15 +196,15 @@ def _place_needed(p: Plan, manifests: dict[int, ManifestLike], lookup: Lookup, t
             outcome.placed += place
         elif id(step) in standing and decision is Decision.SKIP:
             if id(step) in target_ids or any(o in needed for o in step.outputs):
-                m = lookup(sp.key) if sp.key is not None else None
+                found = lookup(sp.key) if sp.key is not None else None
                 outcome.lookups += 1
                 outcome.asked.add(id(step))
-                if m is not None and all(o in m.outputs for o in step.outputs):
+                if found is not None and all(o in found.outputs for o in step.outputs):
                     outcome.hits += 1
                     outcome.placed += 1
                     sp.decision, sp.reasons = Decision.RESTORE, [Reason(ReasonKind.CACHE_HIT)]
-                    manifests[id(step)] = m
-                    p.restores[id(step)] = Restore(m, True)
+                    manifests[id(step)] = found
+                    p.restores[id(step)] = Restore(found, True)
                 else:  # gone from the cache (collected): made again
                     missing = next(o for o in step.outputs if real(o) is None)
                     standing.discard(id(step))

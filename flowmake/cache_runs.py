@@ -65,7 +65,7 @@ class CacheRuns:
     _count: Callable[[StepRecord], None]
 
     cache: Cache | None = None  # set by use_cache; class defaults so a run without one pays nothing
-    _may_cache: Callable[[Step], bool] = staticmethod(cacheable)  # type: ignore[assignment]
+    _may_cache: Callable[[Step], bool] = staticmethod(cacheable)
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
     _asked: frozenset[int] = frozenset()
 
@@ -75,7 +75,7 @@ class CacheRuns:
         self.cache = cache
         self._asked = asked
         self._digester = digester
-        self._may_cache = may_cache  # type: ignore[assignment]
+        self._may_cache = may_cache
         self.cache_stats = CacheStats()
         self._stats_lock = threading.Lock()  # the pool's threads add to cache_stats
         self._publishing: list[concurrent.futures.Future[Any]] = []
@@ -83,7 +83,7 @@ class CacheRuns:
     def _need(self, rec: StepRecord) -> Need:
         if rec.plan.decision is Decision.RESTORE:  # placing files takes no cores
             return NOTHING
-        return super()._need(rec)  # type: ignore[misc, no-any-return]  # GroupRuns._need, next in the MRO
+        return super()._need(rec)  # type: ignore[misc]  # GroupRuns._need, next in the MRO
 
     # ---- restoring ----------------------------------------------------------------------------
 
