@@ -60,11 +60,15 @@ def build(opts: Options) -> int:
             local.close()
 
 
+# Decisions that may write a step's outputs (a restore places them over what is there).
+_REWRITES = (Decision.RUN, Decision.PENDING, Decision.RESTORE)
+
+
 def _refuse_protected(session: Session, steps: list[Step]) -> None:
     """Like Snakemake, never overwrite a protected() output: the user removes it on purpose."""
     chosen = {id(s) for s in steps}
     found = [(sp.step, o) for sp in session.plan.steps
-             if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING) and sp.step.instance
+             if id(sp.step) in chosen and sp.decision in _REWRITES and sp.step.instance
              for o in sp.step.outputs
              if Flag.PROTECTED in sp.step.instance.flags.get(o, ()) and os.path.lexists(o)]
     if found:
