@@ -209,3 +209,24 @@ def test_an_unknown_cache_setting_names_the_file_and_line(tmp_path: Path) -> Non
     f.file("flowmake.toml", '[cache]\nurl = "file:///somewhere"\nmodes = "read"\n')
     rc, _, err = f.run("-n")
     assert rc == 2 and "flowmake.toml:3" in err and "unknown key 'modes' in [cache]" in err
+
+
+def test_a_step_whose_input_changed_while_it_ran_publishes_nothing(tmp_path: Path, cache: Path) -> None:
+    f = clone(tmp_path, "lab", CHAIN.replace("(cat {input}; echo a) > {output}",
+                                             "(cat {input}; echo a) > {output}; echo more >> {input}"))
+    rc, _, err = f.run("-c", "1", "--cache", str(cache), "a.txt")
+    assert rc == 1 and "changed while" in err
+    assert manifests(cache) == []
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_publishes_what_finished_and_not_what_was_cut_short(tmp_path: Path, cache: Path) -> None:
+    f = clone(tmp_path, "lab", CHAIN.replace(
+        'echo c >> runs.log; (cat {input}; echo c) > {output}',
+        'echo c >> runs.log; cat {input} > {output}; touch started; sleep 30; echo c >> {output}'))
+    proc = f.popen("-c", "1", "--cache", str(cache))
+    f.wait_for("started", timeout=20)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert len(manifests(cache)) == 2, "a and b finished and were published; c was not"
