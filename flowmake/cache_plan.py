@@ -19,6 +19,7 @@ target-only restore asks the cache nothing, and a plan whose outputs are all on 
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
@@ -37,6 +38,10 @@ IN_CACHE_MARK = "stays"
 # Reasons a step runs that a restore cannot answer: another run is writing it (the scheduler waits
 # for its lock and takes what it made), or the user asked for it to run.
 NOT_RESTORED = (ReasonKind.FORCED, ReasonKind.IN_FLIGHT, ReasonKind.PIPE_GROUP, ReasonKind.CHECKPOINT)
+
+
+_WOULD_RUN = frozenset((Decision.RUN, Decision.PENDING))
+_decision = operator.attrgetter("decision")
 
 
 class ManifestLike(Protocol):  # cache.Manifest, as the planner reads it
@@ -96,7 +101,7 @@ def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
     """Turn the steps of ``p`` the cache answers into restores, in place; ``p.restores`` says, per
     restored step (by id), its manifest and whether its outputs are placed."""
     outcome = CacheOutcome()
-    if not any(sp.decision is Decision.RUN or sp.decision is Decision.PENDING for sp in p.steps):
+    if not any(map(_WOULD_RUN.__contains__, map(_decision, p.steps))):  # at C speed: a no-op plans 100k steps
         return outcome  # all current: nothing asks the cache, not even a stand-in
     hit: dict[str, str] = {}  # outputs of this run's hits -> their digests (from the manifests)
     real = p.facts.digest
