@@ -122,8 +122,8 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     if session.cache is not None:
         from flowmake.cache_setup import may_cache_of
 
-        sched.use_cache(session.cache, session.digester, may_cache_of(opts),
-                        frozenset(session.cache_outcome.asked) if session.cache_outcome else frozenset())
+        sched.use_cache(session.cache, session.digester, may_cache_of(opts), frozenset(session.cache_outcome.asked),
+                        session.cache_lookup)
     run_hook(session.workflow, "onstart")
     try:
         result = sched.run(steps)

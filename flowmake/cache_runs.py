@@ -70,9 +70,11 @@ class CacheRuns:
     _asked: frozenset[int] = frozenset()
 
     def use_cache(self, cache: Cache, digester: Digester, may_cache: Callable[[Step], bool] = cacheable,
-                  asked: frozenset[int] = frozenset()) -> None:
-        """``asked``: the steps (by id) planning looked up already; a miss is not asked again."""
+                  asked: frozenset[int] = frozenset(), lookup: Callable[[str], Any] | None = None) -> None:
+        """``asked``: the steps (by id) planning looked up already; a miss is not asked again.
+        ``lookup``: planning's (``cache_setup.Lookup``: a store that failed is not asked again)."""
         self.cache = cache
+        self._lookup = lookup or cache.lookup
         self._asked = asked
         self._digester = digester
         self._may_cache = may_cache
@@ -99,11 +101,7 @@ class CacheRuns:
         keyed = with_current_key(rec.plan, self.plan.facts)
         if keyed is None or keyed.key is None:
             return False
-        try:
-            manifest = cache.lookup(keyed.key)
-        except Exception as e:  # the store: a warning, and the step runs
-            self.cache_stats.warnings.append(f"cache {cache.url} could not be read: {e}")
-            manifest = None
+        manifest = self._lookup(keyed.key)  # never raises: a store that fails is a warning, and the step runs
         if manifest is None or any(o not in manifest.outputs for o in step.outputs):
             return False
         self.plan.restores[id(step)] = Restore(manifest, True)
@@ -173,7 +171,7 @@ class CacheRuns:
             manifest = r.manifest if r is not None else None
             if manifest is None:
                 tr = self.store.trace(missing[0])
-                manifest = cache.lookup(tr.key) if tr is not None and tr.fields.get(IN_CACHE_FIELD) else None
+                manifest = self._lookup(tr.key) if tr is not None and tr.fields.get(IN_CACHE_FIELD) else None
             if manifest is None:
                 continue  # the job fails on its missing input, and says so
             try:

@@ -41,7 +41,7 @@ def may_cache_of(opts: Any) -> Callable[[Step], bool]:
     return lambda step: step.rule.name in rules and cacheable(step)
 
 
-class _Lookup:
+class Lookup:
     """``Cache.lookup`` that stops asking once the store failed: one warning, not one per step."""
 
     def __init__(self, cache: Any) -> None:
@@ -62,11 +62,11 @@ class _Lookup:
         return found
 
 
-def plan_with_cache(plan: Plan, cache: Any, targets: list[Any], opts: Any) -> CacheOutcome:
+def plan_with_cache(plan: Plan, lookup: Lookup, targets: list[Any], opts: Any) -> CacheOutcome:
     outcome = CacheOutcome()
-    if cache is not None and cache.can_read:
-        outcome = apply_cache(plan, _Lookup(cache), targets=targets, may_cache=may_cache_of(opts))
-        warn(cache)
+    if lookup.cache.can_read:
+        outcome = apply_cache(plan, lookup, targets=targets, may_cache=may_cache_of(opts))
+        warn(lookup.cache)
     return outcome
 
 

@@ -107,6 +107,7 @@ class Session:
     resource_args: dict[str, list[str]] = field(default_factory=dict)  # for job processes (overrides)
     cache: Any = None  # cache.Cache, when one is configured (cache_setup)
     cache_outcome: Any = None  # cache_plan.CacheOutcome: what planning asked the cache
+    cache_lookup: Any = None  # cache_setup.Lookup: asks no more once the store failed (planning, then the run)
 
     def close(self) -> None:
         if self.storage is not None:
@@ -340,9 +341,10 @@ def _plan_session(session: Session) -> Plan:
     forced = _forced(session)
     plan, session.steps = converge(session.graph, session.steps, lambda: _facts(session, forced))
     if session.cache is not None:  # steps that would run and the shared cache holds: restored
-        from flowmake.cache_setup import plan_with_cache
+        from flowmake.cache_setup import Lookup, plan_with_cache
 
-        session.cache_outcome = plan_with_cache(plan, session.cache, session.graph.targets, session.opts)
+        session.cache_lookup = Lookup(session.cache)
+        session.cache_outcome = plan_with_cache(plan, session.cache_lookup, session.graph.targets, session.opts)
     return plan
 
 
