@@ -117,7 +117,7 @@ class Graph:
 
     def _step_for(self, rule: Rule, bindings: Bindings, path: str | None = None) -> Step:
         pats = rule.output_patterns  # one: the path it matched is the output (unless a log did)
-        outputs = (path,) if path is not None and len(pats) == 1 and not rule.log_patterns else tuple(
+        outputs = (path,) if path is not None and len(pats) == 1 and not rule.product_patterns else tuple(
             p.format(bindings) for p in pats)
         key = _graph_key(rule, outputs, bindings)
         step = self.steps.get(key)
@@ -187,15 +187,12 @@ class Graph:
         refused: list[UnsafeWildcardError] = []
         candidates = self._index.candidates(path, refused)
         unsafe = [_Failure(_FailureKind.UNSAFE, path, error=e) for e in refused[:1]]
-        spelt: str | None = path  # the output the step is for, as asked
-        if not candidates and not unsafe:  # a log or benchmark file another rule reads
-            candidates, spelt = self._index.product_candidates(path), None
         if not candidates:
             if self.exists(path) and not (requested and unsafe):
                 return SOURCE
             return unsafe[0] if unsafe else _Failure(_FailureKind.NORULE, path)
         if len(candidates) == 1 and not unsafe:  # the common case, without the bookkeeping of several
-            step = self._step_for(*candidates[0], spelt)
+            step = self._step_for(*candidates[0], path)
             result = yield from self._resolve_step(step, path)
             if isinstance(result, _Failure):
                 # An existing file is a source even if its rule closes a cycle (as in Snakemake).
@@ -207,7 +204,7 @@ class Graph:
         for group in groups:
             winners: list[Step] = []
             for rule, bindings in group:
-                step = self._step_for(rule, bindings, spelt)
+                step = self._step_for(rule, bindings, path)
                 result = yield from self._resolve_step(step, path)
                 if isinstance(result, _Failure):
                     failures.append(result)

@@ -24,7 +24,6 @@ class RuleIndex:
         self._rules = list(workflow.rules)
         self._shapes = {id(r): (_heads(r), _extensions(r)) for r in self._rules}
         self._by_shape: dict[tuple[str, str], list[Rule]] = {}
-        self._products: list[tuple[Rule, list[Pattern]]] | None = None  # rules with log/benchmark
         # The rule and wildcards of the step whose input is resolved next, set by the graph just
         # before it asks. As in Snakemake, an input named through ``rules.NAME.output`` is made
         # by that rule, and the consumer's own wildcard values are tried first (``_by_names``).
@@ -57,32 +56,6 @@ class RuleIndex:
                 return [(r, b) for r, b in found if r.name == only]
         return found
 
-    def product_candidates(self, path: str) -> list[tuple[Rule, Bindings]]:
-        """(rule, bindings of its outputs) for each rule whose ``log:`` or ``benchmark:`` names the
-        path: asked only for a path no rule outputs. The bindings must also satisfy the outputs'
-        constraints (log and benchmark patterns carry none of their own)."""
-        if self._products is None:
-            self._products = [(r, r.product_patterns()) for r in self._rules]
-            self._products = [(r, pats) for r, pats in self._products if pats]
-        found = []
-        for rule, pats in self._products:
-            for p in pats:
-                try:
-                    b = p.match(path)
-                except UnsafeWildcardError:
-                    continue
-                if b is None or len(p.wildcards) != len(rule.wildcard_names):
-                    continue
-                if rule.output_patterns:
-                    try:
-                        b = rule.match_output(rule.output_patterns[0].format(b))
-                    except UnsafeWildcardError:
-                        b = None
-                if b is not None:
-                    found.append((rule, b))
-                    break
-        return found
-
     def known_names(self, target: str) -> list[str]:
         """What a mistyped target may have meant: rule names, files beside it, output patterns."""
         names = [r.name for r in self._rules]
@@ -110,7 +83,7 @@ def _by_names(rule: Rule, path: str, b: Bindings, hint: Bindings) -> Bindings:
         return b
     mine = {n: raw[n] for n in b._raw}
     alt = Bindings._fast(mine, dict(mine))
-    if any(p.format(alt) == path for p in [*rule.output_patterns, *rule.log_patterns]):
+    if any(p.format(alt) == path for p in [*rule.output_patterns, *rule.product_patterns]):
         return alt
     return b
 
@@ -126,7 +99,7 @@ def _shape(path: str) -> tuple[str, str]:
 def _heads(rule: Rule) -> frozenset[str] | None:
     """First path segments every output of the rule starts with; None when one can be anything."""
     heads = set()
-    for p in [*rule.output_patterns, *rule.log_patterns]:
+    for p in [*rule.output_patterns, *rule.product_patterns]:
         prefix = p.literal_prefix
         slash = prefix.find("/")
         if slash <= 0:
@@ -138,7 +111,7 @@ def _heads(rule: Rule) -> frozenset[str] | None:
 def _extensions(rule: Rule) -> frozenset[str] | None:
     """Extensions (in ``_shape``'s sense) every output of the rule has; None when one can be any."""
     exts = set()
-    for p in [*rule.output_patterns, *rule.log_patterns]:
+    for p in [*rule.output_patterns, *rule.product_patterns]:
         ext = _pattern_extension(p)
         if ext is None:
             return None

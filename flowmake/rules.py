@@ -218,7 +218,7 @@ class Rule:
         self.scope_constraints: dict[str, str] | None = None
         self.used_at: Location | None = None  # the main file's `use rule` that made this rule
         self.output_patterns: list[Pattern] = []
-        self.log_patterns: list[Pattern] = []
+        self.product_patterns: list[Pattern] = []
         self.wildcard_names: tuple[str, ...] = ()
         self.streams = False
 
@@ -247,10 +247,12 @@ class Rule:
         self.output_patterns = [p for e in self._output for p in e.patterns]
         if len(set(texts := [p.text for p in self.output_patterns])) < len(texts):
             raise self.error(f"output '{next(t for i, t in enumerate(texts) if t in texts[:i])}' is given twice")
-        # Log files are products too: another rule may need one, or a target name it
-        # (Snakemake matches them with the rule's and the workflow's wildcard constraints).
-        self.log_patterns = [Pattern(t, constraints, wf.wildcard_types)
-                             for e in self._log for t in e.texts] if self._log else []
+        # Log and benchmark files are products too (Snakemake's ``products``): another rule may
+        # need one, or a target name it; matched with the rule's and the workflow's wildcard
+        # constraints, as Snakemake does.
+        self.product_patterns = [Pattern(t, constraints, wf.wildcard_types) for e in self._log for t in e.texts]
+        if self._benchmark_text is not None:
+            self.product_patterns.append(Pattern(self._benchmark_text, constraints, wf.wildcard_types))
         self._check_wildcards()
         self._out_layout = Layout(self._output)
         self._log_layout = Layout(self._log)
@@ -301,7 +303,7 @@ class Rule:
             if missing:
                 raise self.error(f"wildcards in '{p.text}' cannot be determined from the output "
                                  f"files: {', '.join(missing)}")
-        for p in self.product_patterns():  # Snakemake's rule too: else two steps write one file
+        for p in self.product_patterns:  # Snakemake's rule too: else two steps write one file
             lacking = [w for w in self.wildcard_names if w not in p.wildcards]
             if lacking:
                 raise self.error(f"log or benchmark '{p.text}' lacks the wildcards of the outputs "
@@ -387,11 +389,6 @@ class Rule:
             data.append(["globals", [[n, self.namespace.get(n)] for n in names]])
         return data
 
-    def product_patterns(self) -> list[Pattern]:
-        """The rule's ``log:`` and ``benchmark:`` patterns: files its steps make besides their outputs,
-        which another rule may read (Snakemake's ``products``)."""
-        pats = [p for e in self._log for p in e.patterns]
-        return pats + [self._benchmark] if self._benchmark is not None else pats
     def priority_of(self, inst: Instance | None) -> float:
         if self._priority is None or inst is None:
             return self.priority
@@ -407,7 +404,7 @@ class Rule:
             b = pattern.match(path)
             if b is not None:
                 return b
-        for pattern in self.log_patterns:
+        for pattern in self.product_patterns:
             b = pattern.match(path)
             if b is not None:
                 return b
@@ -472,7 +469,7 @@ _FILE_KINDS = frozenset({RuleKind.SCRIPT, RuleKind.WRAPPER, RuleKind.NOTEBOOK})
 # rather than what it does: not part of ``Rule.as_data``. Any other attribute is (a test checks
 # that every attribute is one or the other, so a new directive cannot be forgotten).
 _DERIVED = frozenset({
-    "workflow", "location", "output_patterns", "log_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
+    "workflow", "location", "output_patterns", "product_patterns", "wildcard_names", "_wc_names", "_in_layout", "_out_layout",
     "_log_layout", "_may_flag", "_threads_value", "_param_strs", "_plans", "_benchmark", "has_functions", "streams",
     "run",  # the compiled run block; run_source is what it is
     "module_globals", "used_at",  # a namespace (the names a command uses are in "globals"); where
