@@ -79,6 +79,7 @@ class CacheRuns:
         self._digester = digester
         self._may_cache = may_cache
         self.cache_stats = CacheStats()
+        self._damaged: dict[int, Any] = {}  # steps run because their entry was damaged -> its manifest
         self._stats_lock = threading.Lock()  # the pool's threads add to cache_stats
         self._publishing: list[concurrent.futures.Future[Any]] = []
 
@@ -124,6 +125,7 @@ class CacheRuns:
             except (CacheError, OSError) as e:  # CacheCorrupt included: nothing bad was placed
                 self.store.end(step.id)
                 self.progress.note(f"warning: {step.id}: {e}; it runs instead")
+                self._damaged[id(step)] = r.manifest  # its publish puts back what the store lost
                 rec.plan = replace(rec.plan, decision=Decision.RUN,
                                    reasons=[Reason(ReasonKind.MISSING, path=getattr(e, "path", None) or step.outputs[0])])
                 self._place_inputs(step)
@@ -211,6 +213,11 @@ class CacheRuns:
             return
         table = {f.path: f.digest for f in manifest.files}
         table.update(manifest.outputs)
+        damaged = self._damaged.pop(id(step), None)
+        if damaged is not None:  # the entry exists, so publish adds nothing: its lost blobs go back
+            lost = [(f.digest, os.path.join(workdir, f.path)) for f in damaged.files if table.get(f.path) == f.digest]
+            self._published(step.id, lambda: _put_back(cache, lost))
+            return
         temp = inst is not None and step.rule.may_flag and any(Flag.TEMP in inst.flags.get(o, ()) for o in step.outputs)
         if temp:  # a temp() output may go as soon as its readers finish: published before
             self._published(step.id, lambda: cache.publish(sp.key, products, workdir, table.get))  # type: ignore[arg-type]  # checked above
@@ -238,3 +245,16 @@ class CacheRuns:
             return
         pool.shutdown(wait=True, cancel_futures=self._interrupt)
         self._pool = None
+
+
+def _put_back(cache: Any, blobs: list[tuple[str, str]]) -> Any:
+    """The blobs a damaged entry lost, from files that were just made with those very digests."""
+    from flowmake.cache import Published
+
+    done = Published()
+    for digest, path in blobs:
+        if not cache.store.has_blob(digest):
+            cache.store.write_blob(digest, path)
+            done.blobs += 1
+            done.bytes += os.path.getsize(path)
+    return done

@@ -195,6 +195,9 @@ def test_a_corrupted_blob_reruns_the_step_and_nothing_corrupt_lands(tmp_path: Pa
     err = second.ok("-c", "1", "--cache", str(cache))
     assert ran(second) == ["c"] and "damaged" in err
     assert second.read("c.txt") == first.read("c.txt")
+    third = clone(tmp_path, "carol")
+    third.ok("-c", "1", "--cache", str(cache))
+    assert ran(third) == [], "the rerun put the lost blob back"
 
 
 def test_an_unreadable_store_is_a_warning_and_the_steps_run(tmp_path: Path) -> None:
