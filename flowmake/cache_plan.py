@@ -133,8 +133,8 @@ def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
             hit.update(left)
             settled.add(id(step))
             standing.add(id(step))
-            out[i] = by_id[id(step)] = replace(keyed, decision=Decision.SKIP, reasons=[Reason(ReasonKind.IN_CACHE)],
-                                              texts=None)
+            # Its key fields kept: restoring it later records its traces afresh, without the mark.
+            out[i] = by_id[id(step)] = replace(keyed, decision=Decision.SKIP, reasons=[Reason(ReasonKind.IN_CACHE)])
             continue
         outcome.lookups += 1
         outcome.asked.add(id(step))

@@ -233,3 +233,4 @@ def test_an_interrupted_run_publishes_what_finished_and_not_what_was_cut_short(t
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err
     assert len(manifests(cache)) == 2, "a and b finished and were published; c was not"
+

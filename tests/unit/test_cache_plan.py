@@ -238,3 +238,13 @@ def test_an_edited_rule_is_not_stood_in_by_what_its_old_key_left_in_the_cache():
     p = plan([a, b, c], facts({"in.txt": "i1", "c.txt": "c1"}, traces))
     apply_cache(p, lab.lookup, targets=[c])
     assert decisions(p)[0] == ("run", ["missing"]) and lab.asked == [key_of(a, BUILT)]
+
+
+def test_an_output_left_in_the_cache_keeps_its_key_fields_for_when_it_is_placed():
+    a, b, c = chain()
+    traces = {**traced(a, BUILT, in_cache=True), **traced(b, BUILT, in_cache=True), **traced(c, BUILT)}
+    p = plan([a, b, c], facts({"in.txt": "i1", "c.txt": "c1"}, traces))
+    apply_cache(p, Lab().lookup, targets=[c])
+    sp = p.steps[0]
+    assert sp.decision is Decision.SKIP and sp.fields is not None, "restored later, its traces are written from these"
+    assert in_cache_fields(sp.fields) == traces["a.txt"].fields
