@@ -234,3 +234,32 @@ def test_an_interrupted_run_publishes_what_finished_and_not_what_was_cut_short(t
     assert proc.returncode == 130 and "Traceback" not in err
     assert len(manifests(cache)) == 2, "a and b finished and were published; c was not"
 
+
+
+def test_directory_and_temp_outputs_come_back_whole(tmp_path: Path, cache: Path) -> None:
+    flowfile = """
+        rule all:
+            input: "report.txt"
+        rule tree:
+            input: "in.txt"
+            output: directory("tree")
+            shell: "mkdir -p {output}/sub; cp {input} {output}/sub/x; printf '#!/bin/sh\\\\n' > {output}/run.sh; "
+                   "chmod +x {output}/run.sh; ln -s sub/x {output}/link; echo tree >> runs.log"
+        rule mid:
+            input: "tree"
+            output: temp("mid.txt")
+            shell: "ls -R {input} > {output}; echo mid >> runs.log"
+        rule report:
+            input: "mid.txt"
+            output: "report.txt"
+            shell: "wc -l < {input} > {output}; echo report >> runs.log"
+    """
+    first, second = clone(tmp_path, "alice", flowfile), clone(tmp_path, "bob", flowfile)
+    first.ok("-c", "1", "--cache", str(cache), "tree", "report.txt")
+    assert not first.exists("mid.txt") and len(manifests(cache)) == 3, "the temp() output was published before it went"
+    second.ok("-c", "1", "--cache", str(cache), "tree", "report.txt")
+    assert ran(second) == []
+    tree = second.root / "tree"
+    assert (tree / "sub" / "x").read_text() == "hello\n" and os.readlink(tree / "link") == "sub/x"
+    assert os.stat(tree / "run.sh").st_mode & stat.S_IXUSR
+    assert second.read("report.txt") == first.read("report.txt") and not second.exists("mid.txt")
