@@ -36,11 +36,13 @@ if TYPE_CHECKING:
     from flowmake.cache import Cache
     from flowmake.digest import Digester
     from flowmake.jobs import JobContext
+    from flowmake.locks import OutputLocks
     from flowmake.planner import Plan
     from flowmake.progress import Progress
     from flowmake.store import Store
 
 PUBLISHERS = 4  # uploads at once: enough to hide an S3 round trip, few enough for a shared NFS
+RESTORERS = 4  # restores placing files at once, likewise
 
 
 @dataclass
@@ -63,10 +65,14 @@ class CacheRuns:
     _groups: dict[int, Any]
     _complete: Callable[[StepRecord, StepState], None]
     _count: Callable[[StepRecord], None]
+    _push: Callable[[StepRecord], None]
+    _running: dict[int, StepRecord]
+    locks: OutputLocks
 
     cache: Cache | None = None  # set by use_cache; class defaults so a run without one pays nothing
     _may_cache: Callable[[Step], bool] = staticmethod(cacheable)
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
+    _restores: _Restores | None = None
     _asked: frozenset[int] = frozenset()
 
     def use_cache(self, cache: Cache, digester: Digester, may_cache: Callable[[Step], bool] = cacheable,
@@ -96,7 +102,8 @@ class CacheRuns:
         if rec.plan.decision is Decision.RESTORE:
             return self._restored(rec)
         cache, step = self.cache, rec.step
-        if (cache is None or not cache.can_read or id(step) in self._asked or id(step) in self._groups
+        if (cache is None or not cache.can_read or id(step) in self._asked or id(step) in self._damaged
+                or id(step) in self._groups
                 or any(r.kind in NOT_RESTORED for r in rec.plan.reasons) or not self._may_cache(step)):
             return False
         keyed = with_current_key(rec.plan, self.plan.facts)
@@ -110,43 +117,78 @@ class CacheRuns:
         return self._restored(rec)
 
     def _restored(self, rec: StepRecord) -> bool:
-        """Carry out a RESTORE step under its locks; False: it must run instead (its plan says why)."""
+        """Carry out a RESTORE step under its locks; False: it must run instead (its plan says why).
+        Placing files goes to a few threads while there is room (the scheduler's loop polls them
+        like a backend), else it happens here."""
         step = rec.step
         r = self.plan.restores.get(id(step))
         cache = self.cache
         if r is None or cache is None:
             rec.plan = replace(rec.plan, decision=Decision.RUN, reasons=[Reason(ReasonKind.MISSING, path=step.outputs[0])])
             return False
-        workdir = self.ctx.workdir
-        if r.place:
-            self.store.begin(step.id, list(step.outputs), None)  # killed while placing: incomplete, rerun
-            try:
-                done = cache.restore(r.manifest, workdir)
-            except (CacheError, OSError) as e:  # CacheCorrupt included: nothing bad was placed
-                self.store.end(step.id)
-                self.progress.note(f"warning: {step.id}: {e}; it runs instead")
-                self._damaged[id(step)] = r.manifest  # its publish puts back what the store lost
-                rec.plan = replace(rec.plan, decision=Decision.RUN,
-                                   reasons=[Reason(ReasonKind.MISSING, path=getattr(e, "path", None) or step.outputs[0])])
-                self._place_inputs(step)
-                return False
-            for path, digest in done.files.items():
-                self._digester.record(path, digest)
-            for out in step.outputs:
-                self._digester.invalidate(out)  # a folder's digest is taken afresh (its files are known)
-            self.cache_stats.restored_bytes += done.bytes
-            self.cache_stats.restored.append(step.id)
-            self.progress.started(step, rec.plan, None)
-            self.progress.finished(step, ok=True)
-        else:
+        if not r.place:  # a hit nothing needs on disk: only traced, marked as left in the cache
             self.cache_stats.left.append(step.id)
             self.progress.done += 1
-        self._trace_restored(step, rec, r.manifest.outputs, placed=r.place)
-        if r.place:
-            self.store.end(step.id)
-        self._unlock.append(step.id)
-        self._complete(rec, StepState.DONE)
+            self._trace_restored(step, rec, r.manifest.outputs, placed=False)
+            self._unlock.append(step.id)
+            self._complete(rec, StepState.DONE)
+            return True
+        self.store.begin(step.id, list(step.outputs), None)  # killed while placing: incomplete, rerun
+        self.progress.started(step, rec.plan, None)
+        restores = self._restores
+        if restores is None:
+            restores = self._restores = _Restores(self)
+        if len(restores.futures) < 4 * RESTORERS:
+            fut = restores.pool.submit(cache.restore, r.manifest, self.ctx.workdir)
+            restores.futures[fut] = (rec, r)
+            rec.state, rec.backend, rec.handle = StepState.RUNNING, restores, fut  # type: ignore[assignment]  # polled, never submitted to
+            self._running[id(fut)] = rec
+            return True
+        try:
+            done = cache.restore(r.manifest, self.ctx.workdir)
+        except (CacheError, OSError) as e:  # CacheCorrupt included: nothing bad was placed
+            self._restore_failed(rec, r, e)
+            return False
+        self._restore_placed(rec, r, done)
         return True
+
+    def _restore_done(self, fut: concurrent.futures.Future[Any], rec: StepRecord, r: Restore) -> None:
+        """A restore placed by a thread: finished here, on the scheduler's thread."""
+        self._running.pop(id(fut), None)
+        rec.backend = rec.handle = None
+        try:
+            done = fut.result()
+        except (CacheError, OSError) as e:
+            self._restore_failed(rec, r, e)
+            self.locks.release(rec.step.id)
+            self._push(rec)  # queued again: it runs as a job, within the cores
+            return
+        self._restore_placed(rec, r, done)
+
+    def _restore_placed(self, rec: StepRecord, r: Restore, done: Any) -> None:
+        step = rec.step
+        for path, digest in done.files.items():
+            self._digester.record(path, digest)
+        for out in step.outputs:
+            self._digester.invalidate(out)  # a folder's digest is taken afresh (its files are known)
+        self.cache_stats.restored_bytes += done.bytes
+        self.cache_stats.restored.append(step.id)
+        self._trace_restored(step, rec, r.manifest.outputs, placed=True)
+        self.store.end(step.id)
+        self._unlock.append(step.id)
+        self.progress.finished(step, ok=True)
+        self._complete(rec, StepState.DONE)
+
+    def _restore_failed(self, rec: StepRecord, r: Restore, e: Exception) -> None:
+        """The step runs instead: said, its lost blobs to be put back, the inputs it reads placed."""
+        step = rec.step
+        self.store.end(step.id)
+        self.progress.requeued()
+        self.progress.note(f"warning: {step.id}: {e}; it runs instead")
+        self._damaged[id(step)] = r.manifest  # its publish puts back what the store lost
+        rec.plan = replace(rec.plan, decision=Decision.RUN,
+                           reasons=[Reason(ReasonKind.MISSING, path=getattr(e, "path", None) or step.outputs[0])])
+        self._place_inputs(step)
 
     def _trace_restored(self, step: Step, rec: StepRecord, digests: Any, *, placed: bool) -> None:
         sp = rec.plan
@@ -240,6 +282,9 @@ class CacheRuns:
 
     def finish_publishing(self) -> None:
         """Wait for the uploads queued; after Ctrl-C those not begun are dropped."""
+        if self._restores is not None:
+            self._restores.pool.shutdown(wait=True)
+            self._restores = None
         pool = self._pool
         if pool is None:
             return
@@ -258,3 +303,28 @@ def _put_back(cache: Any, blobs: list[tuple[str, str]]) -> Any:
             done.blobs += 1
             done.bytes += os.path.getsize(path)
     return done
+
+
+class _Restores:
+    """The restores in flight, as the scheduler's poll loop sees a backend: ``poll`` finishes those
+    whose files are placed (on the scheduler's thread) and reports no job events of its own."""
+
+    name = "cache"
+
+    def __init__(self, runs: CacheRuns) -> None:
+        self.runs = runs
+        self.pool = concurrent.futures.ThreadPoolExecutor(RESTORERS, thread_name_prefix="flowmake-restore")
+        self.futures: dict[concurrent.futures.Future[Any], tuple[StepRecord, Restore]] = {}
+
+    def capacity(self) -> int:
+        return RESTORERS
+
+    def poll(self, timeout: float) -> list[Any]:
+        done, _ = concurrent.futures.wait(list(self.futures), timeout, concurrent.futures.FIRST_COMPLETED)
+        for fut in done:
+            rec, r = self.futures.pop(fut)
+            self.runs._restore_done(fut, rec, r)
+        return []
+
+    def cancel(self, handle: Any) -> None:  # a restore cannot be stopped halfway: it finishes whole or not at all
+        pass
