@@ -263,3 +263,20 @@ def test_directory_and_temp_outputs_come_back_whole(tmp_path: Path, cache: Path)
     assert (tree / "sub" / "x").read_text() == "hello\n" and os.readlink(tree / "link") == "sub/x"
     assert os.stat(tree / "run.sh").st_mode & stat.S_IXUSR
     assert second.read("report.txt") == first.read("report.txt") and not second.exists("mid.txt")
+
+
+def test_a_restore_never_overwrites_a_protected_output(tmp_path: Path, cache: Path) -> None:
+    flowfile = """
+        rule p:
+            input: "in.txt"
+            output: protected("p.txt")
+            shell: "cp {input} {output}"
+    """
+    first, second = clone(tmp_path, "alice", flowfile), clone(tmp_path, "bob", flowfile)
+    first.ok("-c", "1", "--cache", str(cache))
+    mine = second.file("p.txt", "kept by hand\n")
+    mine.chmod(0o444)
+    os.utime(mine, (1, 1))  # older than in.txt: not adopted
+    rc, _, err = second.run("-c", "1", "--cache", str(cache))
+    assert rc == 2 and "write-protected outputs would be overwritten" in err
+    assert second.read("p.txt") == "kept by hand\n"
