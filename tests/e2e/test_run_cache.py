@@ -280,3 +280,23 @@ def test_a_restore_never_overwrites_a_protected_output(tmp_path: Path, cache: Pa
     rc, _, err = second.run("-c", "1", "--cache", str(cache))
     assert rc == 2 and "write-protected outputs would be overwritten" in err
     assert second.read("p.txt") == "kept by hand\n"
+
+
+def test_every_blob_damaged_every_step_runs_and_the_run_succeeds(tmp_path: Path, cache: Path) -> None:
+    # More restores than the threads take at once: damage is met both in a thread and inline.
+    flowfile = """
+        rule all:
+            input: expand("out/{i}.txt", i=range(24))
+        rule make:
+            input: "in.txt"
+            output: "out/{i}.txt"
+            shell: "(cat {input}; echo {wildcards.i}) > {output}; echo {wildcards.i} >> runs.log"
+    """
+    first, second = clone(tmp_path, "alice", flowfile), clone(tmp_path, "bob", flowfile)
+    first.ok("-c", "2", "--cache", str(cache))
+    for blob in cache.glob("cas/*/*"):
+        blob.chmod(0o644)
+        blob.write_bytes(b"not what it was\n")
+    err = second.ok("-c", "2", "--cache", str(cache))
+    assert sorted(ran(second), key=int) == [str(i) for i in range(24)] and err.count("damaged") == 24
+    assert all(second.read(f"out/{i}.txt") == first.read(f"out/{i}.txt") for i in range(24))
