@@ -60,11 +60,15 @@ def build(opts: Options) -> int:
             local.close()
 
 
+# Decisions that may write a step's outputs (a restore places them over what is there).
+_REWRITES = (Decision.RUN, Decision.PENDING, Decision.RESTORE)
+
+
 def _refuse_protected(session: Session, steps: list[Step]) -> None:
     """Like Snakemake, never overwrite a protected() output: the user removes it on purpose."""
     chosen = {id(s) for s in steps}
     found = [(sp.step, o) for sp in session.plan.steps
-             if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING) and sp.step.instance
+             if id(sp.step) in chosen and sp.decision in _REWRITES and sp.step.instance
              for o in sp.step.outputs
              if Flag.PROTECTED in sp.step.instance.flags.get(o, ()) and os.path.lexists(o)]
     if found:
@@ -115,11 +119,21 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
                                  benchmark_extended=opts.benchmark_extended,
                                  kept_temps=_batch_kept_temps(session, steps)),
     )
+    if session.cache is not None:
+        from flowmake.cache_setup import may_cache_of
+
+        sched.use_cache(session.cache, session.digester, may_cache_of(opts), frozenset(session.cache_outcome.asked),
+                        session.cache_lookup)
     run_hook(session.workflow, "onstart")
     try:
         result = sched.run(steps)
     finally:
         _save_stat_cache(session)
+    if session.cache is not None:
+        from flowmake.cache_setup import summary_part, warn
+
+        warn(session.cache, sched.cache_stats.warnings)
+        progress.cache_words = summary_part(sched.cache_stats)
     if not result.interrupted:  # keep the graph for the next invocation
         graph_memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
                   session.steps, sched.current, session.known_keys)

@@ -231,6 +231,7 @@ def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
                   + " and ".join(profiles.used) + " for default flags", file=sys.stderr)
     resources = {k: _int(v, "--resources") for k, v in _pairs(args.resources, "--resources").items()}
     _pairs(args.config, "--config")  # each item is KEY=VALUE; a repeated KEY merges (parse_config)
+    flags = cli_flags.options(args)  # first: targets after --cache URL go back to args.targets
     return api.Options(
         targets=list(args.targets), flowfile=args.flowfile, directory=args.directory,
         dry_run=args.dry_run, json=args.json, printshellcmds=args.printshellcmds or args.verbose,
@@ -252,7 +253,7 @@ def _options(args: argparse.Namespace, argv: list[str]) -> api.Options:
         use_envmodules=args.use_envmodules or "env-modules" in args.sdm,
         conda_prefix=args.conda_prefix, conda_create_envs_only=args.conda_create_envs_only,
         set_scatter={k: _int(v, "--set-scatter") for k, v in _pairs(args.set_scatter, "--set-scatter").items()},
-        **cli_flags.options(args),
+        **flags,
     )
 
 

@@ -7,6 +7,7 @@ apart from ``cli`` so that module stays the thin list of everyday flags.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Sequence
 
 from flowmake.errors import UsageError
@@ -28,6 +29,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", metavar="RULE=BATCH/BATCHES",
                    help="only the BATCH-th of BATCHES parts of RULE's inputs (an aggregating rule), "
                         "and what they need")
+    c = p.add_argument_group("the shared cache (restores steps someone already ran; [cache] in flowmake.toml)")
+    c.add_argument("--cache", nargs="*", metavar="URL|RULE",
+                   help="the cache to use: file:///DIR or s3://BUCKET/PREFIX; Snakemake's --cache RULE... "
+                        "spelling (rule names) caches only those rules")
+    c.add_argument("--cache-mode", choices=["read", "write", "readwrite"],
+                   help="read: restore only (never writes the store); write: publish only (default readwrite)")
+    c.add_argument("--no-cache", action="store_true", help="neither restore from nor publish to a cache")
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,7 +45,31 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
         "replace_workflow_config": args.replace_workflow_config,
         "benchmark_extended": args.benchmark_extended,
         "batch": parse_batch(args.batch) if args.batch else None,
+        **_cache_options(args),
     }
+
+
+def is_cache_url(text: str) -> bool:
+    """A cache location rather than a rule name: rule names have neither ``/`` nor ``:``."""
+    return "://" in text or "/" in text
+
+
+def _cache_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--cache URL`` or Snakemake's ``--cache [RULE...]``. Targets written after ``--cache URL``
+    were taken by its ``nargs``: they go back to the targets."""
+    given = args.cache
+    url, rules = None, []
+    if given:
+        if is_cache_url(given[0]):
+            url = given[0] if "://" in given[0] else os.path.abspath(given[0])  # before -d moves
+            args.targets.extend(given[1:])
+        else:
+            rules = [g for g in given]
+            bad = [g for g in rules if is_cache_url(g)]
+            if bad:
+                raise UsageError(f"--cache takes one URL first, then nothing but targets: {bad[0]!r}")
+    return {"cache_url": url, "cache_rules": rules, "cache_flag": given is not None,
+            "cache_mode": args.cache_mode, "no_cache": args.no_cache}
 
 
 _ANCIENT_FORM = ("--consider-ancient takes RULE=INPUTS, INPUTS being input names or 0-based "

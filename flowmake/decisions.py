@@ -13,6 +13,7 @@ class Decision(enum.Enum):
     SKIP = "skip"
     PENDING = "pending"  # runs only if an upstream step's outputs change
     ADOPT = "adopt"  # outputs exist untraced and are newer than their inputs: record, do not run
+    RESTORE = "restore"  # the shared cache holds the step's key: its outputs come from there (cache_plan)
 
 
 class Cutoff(enum.Enum):
@@ -37,6 +38,10 @@ class ReasonKind(enum.Enum):
     FORCED = "forced"
     CHECKPOINT = "checkpoint"  # inputs known only when a checkpoint finishes
     PIPE_GROUP = "pipe-group"  # another step of its pipe group runs (or may): they run together
+    CACHE_HIT = "cache-hit"  # the shared cache holds this step's key: restored, not run
+    # Its outputs are in the shared cache and nothing this run does needs them on disk: they stay
+    # there (traced as such); a later run places them once a target or a running step needs them.
+    IN_CACHE = "in-cache"
 
 
 @dataclass(frozen=True)
@@ -79,4 +84,6 @@ _WORDS = {
     ReasonKind.FORCED: "forced",
     ReasonKind.CHECKPOINT: "inputs known once a checkpoint finishes",
     ReasonKind.PIPE_GROUP: "runs at once with the rest of its pipe group",
+    ReasonKind.CACHE_HIT: "cache-hit: the shared cache holds its outputs, restored instead of run",
+    ReasonKind.IN_CACHE: "left in the cache, not materialised: no target or step that runs needs it",
 }

@@ -149,12 +149,20 @@ def key_text(rule: Rule, deployment: Deployment) -> str:
     parts = []
     path = env_file(rule, deployment)
     if path is not None:
-        content = f"prefix {path}" if os.path.isdir(path) else deployment.env_content(path, rule).decode(
-            "utf-8", "surrogateescape")
+        # An env prefix inside the workflow is keyed by its place there: a clone elsewhere (sharing
+        # a cache) gets the same key.
+        content = f"prefix {_in_workflow(path, rule)}" if os.path.isdir(path) else deployment.env_content(
+            path, rule).decode("utf-8", "surrogateescape")
         parts.append(f"\nconda\n{content}")
     if deployment.use_envmodules and rule.envmodules:
         parts.append("\nenvmodules " + " ".join(rule.envmodules))
     return "".join(parts)
+
+
+def _in_workflow(path: str, rule: Rule) -> str:
+    root = rule.workflow.workdir
+    rel = os.path.relpath(path, root)
+    return path if rel == ".." or rel.startswith("../") else rel
 
 
 def site_packages(rule: Rule, deployment: Deployment, workdir: str) -> list[str]:

@@ -23,7 +23,8 @@ def _wildcards(step: Step) -> dict[str, str]:
 
 def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = sys.stdout) -> None:
     chosen = {id(s) for s in steps}
-    todo = [sp for sp in session.plan.steps if id(sp.step) in chosen and sp.decision in (Decision.RUN, Decision.PENDING)]
+    todo = [sp for sp in session.plan.steps if id(sp.step) in chosen and sp.decision in _TODO]
+    restores = session.plan.restores
     if as_json:
         doc = {
             "steps": [
@@ -32,6 +33,7 @@ def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = 
                     "outputs": list(sp.step.outputs),
                     "wildcards": _wildcards(sp.step),
                     "reasons": [r.to_json() for r in sp.reasons],
+                    **_json_decision(sp, restores),
                 }
                 for sp in todo
             ]
@@ -44,7 +46,8 @@ def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = 
     show_cmd = session.opts.printshellcmds
     for sp in todo:
         step = sp.step
-        add(f"rule {step.rule.name}: {', '.join(step.outputs) or step.id}")
+        verb = "restore" if sp.decision is Decision.RESTORE else "rule"  # from the shared cache
+        add(f"{verb} {step.rule.name}: {', '.join(step.outputs) or step.id}")
         inst = step.instance
         if inst is not None and inst.input:
             shown = list(inst.input)
@@ -61,17 +64,36 @@ def print_plan(session: Any, steps: list[Step], *, as_json: bool, out: TextIO = 
             add("    " + inst.command().strip().replace("\n", "\n    "))
     if lines:
         out.write("\n".join(lines) + "\n")
-    counts = collections.Counter(sp.step.rule.name for sp in todo)
-    pending = sum(1 for sp in todo if sp.decision is Decision.PENDING)
+    restored = [sp for sp in todo if sp.decision is Decision.RESTORE]
+    runs = [sp for sp in todo if sp.decision is not Decision.RESTORE]
+    counts = collections.Counter(sp.step.rule.name for sp in runs)
+    pending = sum(1 for sp in runs if sp.decision is Decision.PENDING)
     up_to_date = sum(1 for s in steps) - len(todo)
     if not todo:
         out.write(f"Nothing to do: all {up_to_date} steps are up to date.\n")
         return
-    table = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
-    out.write(f"Would run {len(todo)} step{'s' if len(todo) != 1 else ''} ({table})")
-    if pending:
-        out.write(f", {pending} of them only if their upstream output changes")
-    out.write(f"; {up_to_date} up to date.\n")
+    if runs:
+        table = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+        out.write(f"Would run {len(runs)} step{'s' if len(runs) != 1 else ''} ({table})")
+        if pending:
+            out.write(f", {pending} of them only if their upstream output changes")
+        out.write("; ")
+    if restored:
+        left = sum(1 for sp in restored if not restores[id(sp.step)].place)
+        out.write(f"{'would restore' if runs else 'Would restore'} {len(restored)} step{'s' if len(restored) != 1 else ''}"
+                  f" from the cache{f' ({left} left there, not materialised)' if left else ''}; ")
+    out.write(f"{up_to_date} up to date.\n")
+
+
+_TODO = (Decision.RUN, Decision.PENDING, Decision.RESTORE)
+
+
+def _json_decision(sp: Any, restores: Any) -> dict[str, Any]:
+    """Only a restore says more than its reasons: whether its outputs are placed, and its size."""
+    if sp.decision is not Decision.RESTORE:
+        return {}
+    r = restores[id(sp.step)]
+    return {"decision": "restore", "placed": r.place, "bytes": r.manifest.size}
 
 
 def print_why(session: Any, path: str, out: TextIO = sys.stdout) -> None:
@@ -103,6 +125,12 @@ def print_why(session: Any, path: str, out: TextIO = sys.stdout) -> None:
     sp = session.plan.by_id.get(id(producer)) or plan_step(producer, unsettled_in(session.plan.by_id), session.plan.facts)
     if sp.decision in (Decision.SKIP, Decision.ADOPT):
         out.write("  state: up to date\n")
+        for r in sp.reasons:  # in-cache: an earlier run left it in the shared cache
+            out.write(f"    note: {r}\n")
+    elif sp.decision is Decision.RESTORE:
+        out.write("  state: in the shared cache: restored, not run\n")
+        for r in sp.reasons:
+            out.write(f"    why: {r}\n")
     else:
         out.write("  state: out of date\n")
         for r in sp.reasons:

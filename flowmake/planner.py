@@ -319,6 +319,8 @@ def _first_missing(step: Step, facts: Facts) -> str:
 def _changes(step: Step, trace: TraceLike, fields: Mapping[str, str], inputs: tuple[tuple[str, str], ...]) -> list[Reason]:
     reasons: list[Reason] = []
     for name in diff_fields(trace.fields, fields):
+        if name == "cache":  # cache_plan.IN_CACHE_FIELD: where the output is, not how it was made
+            continue
         if name == "inputs":
             # When only the order moved, diff_inputs names every input; none changed on its own.
             same = dict(trace.inputs) == dict(inputs)
@@ -342,6 +344,7 @@ class Plan:
     by_id: dict[int, StepPlan]
     facts: Facts  # as the plan saw them (absent temp outputs stand in with recorded digests)
     groups: dict[int, PipeGroup] = field(default_factory=dict)  # a pipe group's steps (by id) -> it
+    restores: dict[int, Any] = field(default_factory=dict)  # a RESTORE step (by id) -> its cache_plan.Restore
 
 
 def plan(steps: Iterable[Step], facts: Facts) -> Plan:

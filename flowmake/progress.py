@@ -24,6 +24,7 @@ class Progress:
         self._status_shown = False
         self._last_draw = 0.0
         self._job_time = 0.0
+        self.cache_words = ""  # the shared cache's part of the summary (cache_setup.summary_part)
 
     # ---- events -------------------------------------------------------------------------------
 
@@ -76,6 +77,8 @@ class Progress:
         parts = [f"{ran} step{'s' if ran != 1 else ''} ran"]
         if cut_off:
             parts.append(f"{cut_off} step{'s' if cut_off != 1 else ''} skipped by early cutoff")
+        if self.cache_words:
+            parts.append(self.cache_words)
         if failed:
             parts.append(f"{failed} failed")
         if interrupted:

@@ -164,7 +164,7 @@ class Rule:
                  shell: str | None = None, run: Callable[..., Any] | None = None,
                  run_source: str | None = None, script: str | None = None,
                  container: str | None = None, wildcard_constraints: Mapping[str, str] | None = None,
-                 localrule: bool = False, default_target: bool = False, cache: bool = False,
+                 localrule: bool = False, default_target: bool = False, cache: Any = None,
                  wrapper: str | None = None, notebook: str | None = None, conda: Any = None,
                  envmodules: tuple[str, ...] = (), shadow: Any = None, handover: Any = False,
                  template_engine: Any = None) -> None:
@@ -201,7 +201,9 @@ class Rule:
         self.wildcard_constraints = dict(wildcard_constraints or {})
         self._localrule = bool(localrule) or bool(handover)  # a handover job runs here, as in Snakemake
         self.default_target = bool(default_target)
-        self.cache = bool(cache)
+        # None: not said (cached when a shared cache is configured); False: ``cache: False``, never
+        # cached; True: Snakemake's ``cache: True`` / "omit-software" (the default here anyway).
+        self.cache: bool | None = None if cache is None else bool(cache)
         if shadow is not None and shadow not in _SHADOW_DEPTHS:
             raise self.error(f"shadow must be one of {', '.join(map(repr, _SHADOW_DEPTHS))}, not {shadow!r}")
         self.shadow: str | None = shadow  # the job runs in a shadow folder (``flowmake.shadow``)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 from flowmake.backend import Backend, JobEvent, JobState
+from flowmake.cache_runs import CacheRuns
 from flowmake.capacity import NOTHING, Capacity
 from flowmake.directives import has_pending
 from flowmake.graph import Graph, Step
@@ -65,7 +66,7 @@ class RunResult:
     interrupted: bool = False
 
 
-class Scheduler(OtherRuns, GroupRuns):
+class Scheduler(CacheRuns, OtherRuns, GroupRuns):
     def __init__(self, graph: Graph, plan: Plan, *, store: Store, digest: Callable[[str], str | None],
                  backend: Backend, local: Backend, ctx: JobContext, options: SchedulerOptions,
                  progress: Progress, storage: Any = None) -> None:
@@ -123,8 +124,7 @@ class Scheduler(OtherRuns, GroupRuns):
             if sp is None:  # new with a checkpoint's outputs: decide it against this run's state
                 refuse_streams(step)
                 sp = plan_step(step, self._unsettled, self.plan.facts)
-            if sp.decision is Decision.ADOPT and not self.peers.may_adopt(self.locks, step.id, step.outputs,
-                                                                           self.progress.note):
+            if sp.decision is Decision.ADOPT and not self.peers.may_adopt(self.locks, step.id, step.outputs, self.progress.note):
                 sp = replace(sp, decision=Decision.RUN, reasons=[Reason(ReasonKind.NO_TRACE)])  # through the lock
             if sp.decision is Decision.SKIP or sp.decision is Decision.ADOPT:
                 if sp.decision is Decision.ADOPT:
@@ -237,8 +237,7 @@ class Scheduler(OtherRuns, GroupRuns):
 
     def run(self, steps: list[Step]) -> RunResult:
         self._check_whole_groups(steps)
-        old_int = signal.signal(signal.SIGINT, self._on_signal)
-        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        old_int, old_term = signal.signal(signal.SIGINT, self._on_signal), signal.signal(signal.SIGTERM, self._on_signal)
         try:
             self._admit(steps)
             while (self._ready or self._running or self._locked) and not self._interrupt:
@@ -246,6 +245,7 @@ class Scheduler(OtherRuns, GroupRuns):
                 self._poll()
             if self._interrupt:
                 self._cancel_all()
+            self.finish_publishing()
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
@@ -289,6 +289,8 @@ class Scheduler(OtherRuns, GroupRuns):
             heapq.heappush(self._ready, entry)
 
     def _start(self, rec: StepRecord) -> None:
+        if self.cache is not None and self._from_cache(rec):  # cache_runs: restored instead of run
+            return
         step, recs = rec.step, self._members(rec)
         # In this thread, before the job (and before its key, which digests what is fetched): the job
         # sees whole inputs, and a failed fetch is the step's failure.
@@ -338,15 +340,12 @@ class Scheduler(OtherRuns, GroupRuns):
                 self.locks.release(step_id)
             self._unlock.clear()
 
-    def _release(self, rec: StepRecord) -> None:
-        self.capacity.give(rec.held)
-        rec.held = NOTHING
-
     def _finished(self, ev: JobEvent) -> None:
         rec = self._running.pop(id(ev.handle), None)
         if rec is None:
             return
-        self._release(rec)
+        self.capacity.give(rec.held)
+        rec.held = NOTHING
         recs = self._members(rec)  # a pipe group's steps succeed or fail together
         if ev.state is JobState.SUCCEEDED:
             missing = [o for r in recs for o in finish_outputs(r.step, self.ctx.workdir)]
@@ -387,6 +386,7 @@ class Scheduler(OtherRuns, GroupRuns):
         for path in read_products(step, self.graph.producer):
             self.digest(path)  # its dependants are keyed from what the job just wrote
         changed = record_job_traces(self.store, step, rec.plan, self.digest, self.plan.facts)
+        self._publish(rec, changed)  # cache_runs: not when an input changed under it
         if changed:  # what the job read may be neither version: not recorded as good
             self.result.inputs_changed.append((step.id, changed))
             self.progress.note(inputs_changed_warning(step.id, changed))

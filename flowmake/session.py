@@ -76,6 +76,12 @@ class Options:
     replace_workflow_config: bool = False
     benchmark_extended: bool = False  # Snakemake's extra benchmark columns / JSON lines
     batch: tuple[str, int, int] | None = None  # --batch RULE=i/n: (rule, i, n)
+    # The shared cache (cache_setup): --cache URL, Snakemake's --cache RULE..., --cache-mode, --no-cache.
+    cache_url: str | None = None
+    cache_rules: list[str] = field(default_factory=list)
+    cache_flag: bool = False  # --cache given, with or without values
+    cache_mode: str | None = None
+    no_cache: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -99,6 +105,9 @@ class Session:
     known_keys: KnownKeys = field(default_factory=dict)  # the keys the graph memo kept, by step
     storage: Any = None  # storage.Storage, when the rule file or the flags use storage
     resource_args: dict[str, list[str]] = field(default_factory=dict)  # for job processes (overrides)
+    cache: Any = None  # cache.Cache, when one is configured (cache_setup)
+    cache_outcome: Any = None  # cache_plan.CacheOutcome: what planning asked the cache
+    cache_lookup: Any = None  # cache_setup.Lookup: asks no more once the store failed (planning, then the run)
 
     def close(self) -> None:
         if self.storage is not None:
@@ -200,6 +209,9 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     if storage is not None:
         storage.prefetch([o for s in steps for o in s.outputs])
     session.resource_args = resource_args
+    from flowmake.cache_setup import open_configured
+
+    session.cache = open_configured(opts, load_settings(workdir, opts.profile))
     session.plan = _plan_session(session)
     return session
 
@@ -328,6 +340,11 @@ def _forced(session: Session) -> Callable[[Step], bool]:
 def _plan_session(session: Session) -> Plan:
     forced = _forced(session)
     plan, session.steps = converge(session.graph, session.steps, lambda: _facts(session, forced))
+    if session.cache is not None:  # steps that would run and the shared cache holds: restored
+        from flowmake.cache_setup import Lookup, plan_with_cache
+
+        session.cache_lookup = Lookup(session.cache)
+        session.cache_outcome = plan_with_cache(plan, session.cache_lookup, session.graph.targets, session.opts)
     return plan
 
 

@@ -34,6 +34,7 @@ class Settings:
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str | None = None
     storage: dict[str, dict[str, Any]] = field(default_factory=dict)  # [storage.s3], [storage.NAME]
+    cache: dict[str, str] = field(default_factory=dict)  # [cache]: url, mode, endpoint_url, region, profile
 
     def for_backend(self, name: str) -> dict[str, Any]:
         return dict(self.backends.get(name, {}))
@@ -69,7 +70,49 @@ def _read(path: str) -> Settings:
     if not isinstance(storage, dict) or not all(isinstance(v, dict) for v in storage.values()):
         raise ConfigError("storage settings must be [storage.NAME] tables", location=Location(path))
     return Settings(backend=backend, backends={k: dict(v) for k, v in backends.items()}, source=path,
-                    storage={k: dict(v) for k, v in storage.items()})
+                    storage={k: dict(v) for k, v in storage.items()}, cache=_cache_table(data.get("cache", {}), path))
+
+
+CACHE_KEYS = ("url", "mode", "endpoint_url", "region", "profile")
+CACHE_MODES = ("read", "write", "readwrite")
+
+
+def _cache_table(table: Any, path: str) -> dict[str, str]:
+    """``[cache]``: every key known and a string, the mode one of ``CACHE_MODES``."""
+    if not isinstance(table, dict):
+        raise ConfigError("'cache' must be a [cache] table", location=Location(path, _line_of(path, "cache")))
+    for key, value in table.items():
+        where = Location(path, _line_of(path, key, "cache"))
+        if key not in CACHE_KEYS:
+            raise ConfigError(f"unknown key {key!r} in [cache]", location=where,
+                              hint="known keys: " + ", ".join(CACHE_KEYS))
+        if not isinstance(value, str):
+            raise ConfigError(f"[cache] {key} must be a string", location=where)
+    mode = table.get("mode")
+    if mode is not None and mode not in CACHE_MODES:
+        raise ConfigError(f"[cache] mode must be one of {', '.join(CACHE_MODES)}, not {mode!r}",
+                          location=Location(path, _line_of(path, "mode", "cache")))
+    return dict(table)
+
+
+def _line_of(path: str, key: str, table: str | None = None) -> int:
+    """The line where ``key`` is set (inside ``[table]`` when given), for error locations; 0 if not found."""
+    inside = table is None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return 0
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if text.startswith("["):
+            inside = table is None or text.strip("[] ") == table
+            if table is None and text.strip("[] ") == key:
+                return n
+            continue
+        if inside and text.split("=", 1)[0].strip().strip('"\'') == key and "=" in text:
+            return n
+    return 0
 
 
 def backend_settings(settings: Settings, name: str, opts: Any) -> dict[str, Any]:

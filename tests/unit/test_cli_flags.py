@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from flowmake.cli_flags import parse_batch, parse_consider_ancient
@@ -24,3 +27,24 @@ def test_batch_parses_and_checks_range() -> None:
         parse_batch("aggregate=4/3")
     with pytest.raises(UsageError, match="RULE=BATCH/BATCHES"):
         parse_batch("aggregate=1")
+
+
+def _options(*argv: str) -> Any:
+    from flowmake import cli
+
+    return cli._options(cli._parser().parse_args(list(argv)), list(argv))
+
+
+def test_cache_takes_a_url_and_gives_later_words_back_to_the_targets(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    opts = _options("--cache", "s3://bucket/prefix", "out.txt", "--cache-mode", "read")
+    assert (opts.cache_url, opts.targets, opts.cache_mode, opts.cache_rules) == (
+        "s3://bucket/prefix", ["out.txt"], "read", [])
+    assert _options("--cache", "lab/cache").cache_url == str(tmp_path / "lab" / "cache"), "before -d moves"
+
+
+def test_cache_with_rule_names_is_snakemakes_spelling(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    opts = _options("--cache", "align", "sort", "--", "out.txt")
+    assert (opts.cache_url, opts.cache_rules, opts.targets, opts.cache_flag) == (None, ["align", "sort"], ["out.txt"], True)
+    assert _options("--no-cache").no_cache and not _options().cache_flag

@@ -47,6 +47,17 @@ def test_key_holds_the_env_content_and_the_modules(tmp_path: Path) -> None:
     assert "samtools=1.9" in key_text(rule, Deployment(use_conda=True))
 
 
+def test_an_env_prefix_inside_the_workflow_is_keyed_by_its_place_in_it(tmp_path: Path) -> None:
+    keys = []
+    for clone in ("alice", "bob"):  # two clones sharing a cache must get one key
+        root = tmp_path / clone
+        root.mkdir()
+        (root / "envs" / "prefix").mkdir(parents=True)
+        wf = load(root, 'rule b:\n    output: "b"\n    conda: "envs/prefix"\n    shell: "x"\n')
+        keys.append(key_text(wf.rule("b"), Deployment(use_conda=True)))
+    assert keys[0] == keys[1] == "\nconda\nprefix envs/prefix"
+
+
 def test_wrap_loads_modules_then_activates_the_env(tmp_path: Path) -> None:
     rule = load(tmp_path).rule("a")
     lines = wrap("samtools sort", rule, Deployment(use_conda=True, use_envmodules=True),
