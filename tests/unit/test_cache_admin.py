@@ -155,6 +155,11 @@ def test_the_commands_on_a_directory_cache(tmp_path: Path) -> None:
     assert (got.returncode, got.stderr) == (2, "usage error: 'lots' is not a size (e.g. 500MB, 4GB, 1.5GiB)\n")
     got = _cli("stats", cwd=tmp_path)
     assert got.returncode == 2 and got.stderr.startswith("usage error: no cache to look at\n")
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "flowmake.toml").write_text(f'[cache]\nurl = "{url}"\nmode = "read"\n')
+    for args, cwd in ((("stats",), tmp_path / "lab"), (("stats", "-d", "lab"), tmp_path)):
+        got = _cli(*args, cwd=cwd)  # [cache] url of flowmake.toml, here or in -d DIR
+        assert (got.returncode, got.stdout) == (0, f"cache {url}: 0 entries, 0 blobs, 0 bytes\n"), got.stderr
 
 
 def test_the_commands_on_s3_and_their_errors(s3: Backend, tmp_path: Path) -> None:
