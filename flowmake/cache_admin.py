@@ -266,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--region", help="S3: the region (default: [cache] region)")
     sub.add_parser("stats", parents=[common], help="entries, blobs and bytes in the cache")
     g = sub.add_parser("gc", parents=[common], help="drop the least recently used entries until "
-                       "the cache is under --max-size, then the blobs no entry names")
+                       "the cache is under --max-size, then the blobs no entry names (whatever "
+                       "[cache] mode says: that is how runs use the cache)")
     g.add_argument("--max-size", required=True, metavar="SIZE", help="e.g. 50G, 500M (decimal units; "
                    "a bare number is MB)")
     g.add_argument("--min-age", default=DEFAULT_MIN_AGE, metavar="SPAN",

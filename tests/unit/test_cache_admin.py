@@ -174,3 +174,26 @@ def test_the_commands_on_s3_and_their_errors(s3: Backend, tmp_path: Path) -> Non
     got = _cli("stats", "--cache", "s3://no-such-bucket/x", "--endpoint-url", endpoint, env=env)
     assert got.returncode == 2 and "Traceback" not in got.stderr
     assert got.stderr.startswith("cache error: cannot list s3://no-such-bucket/x/ac/: no bucket")
+
+
+def test_gc_on_a_directory_ages_blobs_by_mtime_and_clears_dead_publishers_leftovers(tmp_path: Path) -> None:
+    from tests.cache_stores import dir_backend
+
+    root = tmp_path / "cache"
+    b = dir_backend(root)
+    wd = _publish(b, tmp_path, KEYS[0])
+    hour_ago = time.time() - 3700
+    stray, young = "e" * 32, "f" * 32
+    for d in (stray, young):
+        b.put_blob(d, b"no manifest names this\n")
+    os.utime(root / "cas" / stray[:2] / stray, (hour_ago, hour_ago))
+    dead = root / "cas" / "ee" / f"{stray}.tmp-0123456789ab"  # a publisher killed mid-copy
+    dead.write_bytes(b"half")
+    os.utime(dead, (hour_ago, hour_ago))
+    fresh = root / "ac" / f"{KEYS[1]}.json.tmp-0123456789ab"  # one writing right now
+    fresh.write_bytes(b"{")
+    done = gc(listing(b.open(Mode.READWRITE).store), 10**12, min_age=3600)  # type: ignore[arg-type]
+    assert (done.entries, done.blobs, done.young, done.leftovers) == (0, 1, 1, 1)
+    assert not (root / "cas" / stray[:2] / stray).exists() and not dead.exists()
+    assert (root / "cas" / young[:2] / young).exists() and fresh.exists()
+    assert _restores(b.open(Mode.READ), KEYS[0], wd, tmp_path)
