@@ -76,6 +76,9 @@ class S3Store:
                                     retries=2)
         except BotoCoreError as e:  # ProfileNotFound, an unknown region spelling
             raise CacheError(f"cannot open the cache {self.url}: {e}", hint=_hint(e)) from None
+        except ValueError as e:  # botocore's word for an endpoint_url it cannot parse
+            raise CacheError(f"cannot open the cache {self.url}: {e}",
+                             hint="[cache] endpoint_url is a URL, e.g. https://s3.lab.example.org:9000") from None
 
     # -- names ----------------------------------------------------------------------------------
 

@@ -250,6 +250,9 @@ def test_s3_errors_name_the_url_and_say_what_to_check(s3: Backend, monkeypatch: 
 
     with pytest.raises(CacheError, match="check \\[cache\\] profile"):
         S3Store(s3.url, endpoint_url=s3.endpoint, profile="no-such-profile")
+    with pytest.raises(CacheError, match="Invalid endpoint: localhost:9000") as err:
+        S3Store(s3.url, endpoint_url="localhost:9000")
+    assert "endpoint_url is a URL" in str(err.value)
 
     down = S3Store(s3.url, endpoint_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(CacheError, match="is the S3 server .* up") as err:
