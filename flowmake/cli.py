@@ -156,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flowmake.errors import FlowmakeError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["spot"] and argv[1:2] in (["list"], ["cleanup"]):  # the spot backend's instances
+        try:
+            return api.spot(argv[1:])
+        except FlowmakeError as err:
+            print(str(err), file=sys.stderr)
+            return err.exit_code
     args = _parser().parse_args(argv)
     if args.unlock:
         print("nothing to unlock: locks of runs that died are released by themselves", file=sys.stderr)
