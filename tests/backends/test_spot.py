@@ -1,0 +1,264 @@
+"""The spot backend against moto's EC2 whose instances are real sshd hosts (``tests/services/ec2.py``).
+
+Each test runs the real CLI in a workdir whose flowmake.toml selects ``spot`` with the lab's
+settings. The hosts are private (they see none of the test's files): inputs are staged to them by
+digest and outputs come back verified. What the tests assert about instances comes from the
+server: ``describe_instances`` and the lab's log of the requests it answered.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.backends.test_contract import Backend, assert_ok, write
+
+pytestmark = [pytest.mark.spot, pytest.mark.slow]
+
+TWENTY = """
+rule all:
+    input: "total.txt"
+
+rule one:
+    output: "out/{n}.txt"
+    threads: 1
+    shell: "sleep 1; echo {wildcards.n} > {output}; hostname >> {output}"
+
+rule total:
+    input: expand("out/{n}.txt", n=range(20))
+    output: "total.txt"
+    shell: "sleep 3; cat {input} | grep -c '^[0-9]' > {output}"
+"""
+
+SLOW_PAIR = """
+rule all:
+    input: "a.txt", "b.txt"
+
+rule slow:
+    input: "in.txt"
+    output: "{name}.txt"
+    params: delay=config.get("delay", 3)
+    shell: "sleep {params.delay}; (cat {input}; echo {wildcards.name}; hostname) > {output}"
+"""
+
+
+@pytest.fixture
+def lab(ec2_lab: Any) -> Any:
+    ec2_lab.allow()
+    ec2_lab.private = True
+    ec2_lab.reset_peak()
+    yield ec2_lab
+    ec2_lab.allow()
+    # Whatever the test did, nothing of it may stay up (the run's close ends its instances).
+    left = ec2_lab.alive_instances()
+    if left:
+        ec2_lab.client().terminate_instances(InstanceIds=[i["InstanceId"] for i in left])
+    assert not left, f"instances left running: {[i['InstanceId'] for i in left]}"
+
+
+def spot(lab: Any, root: Path, **settings: Any) -> Backend:
+    root.mkdir(parents=True, exist_ok=True)
+    return Backend("spot", lab.settings(**settings), root, lab.env())
+
+
+def spot_command(be: Backend, wd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flowmake", "spot", *args], cwd=wd, text=True,
+                          capture_output=True, timeout=60, env={**os.environ, **be.env})
+
+
+def mine(lab: Any, wd: Path) -> list[dict[str, Any]]:
+    """This workdir's instances, any state."""
+    from flowmake.backends.spot_ec2 import TAG_WORKFLOW, workflow_tag
+
+    return lab.instances(**{f"tag:{TAG_WORKFLOW}": workflow_tag(str(wd))})
+
+
+def alive(lab: Any, wd: Path) -> list[dict[str, Any]]:
+    return [i for i in mine(lab, wd) if i["State"]["Name"] in ("pending", "running")]
+
+
+def wait_for_job(lab: Any, wd: Path, proc: subprocess.Popen[str] | None = None,
+                 word: str = "sleep") -> str:
+    """The id of an instance of ``wd`` on which a job's ``word`` process runs."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"flowmake ended early: {proc.communicate()}")
+        for inst in alive(lab, wd):
+            if any(p.startswith(word + " ") for p in lab.processes(inst["InstanceId"])):
+                return str(inst["InstanceId"])
+        time.sleep(0.2)
+    pytest.fail("no job started on an instance")
+
+
+def test_chain_on_spot_matches_local_and_a_noop_starts_nothing(lab: Any, tmp_path: Path) -> None:
+    case = Path(__file__).resolve().parents[1] / "cases" / "basic_chain"
+    local = Backend("local", {}, tmp_path)
+    be = spot(lab, lab.fs / "chain")
+    trees = []
+    for b in (local, be):
+        wd = b.workdir("chain")
+        (wd / "Snakefile").write_text((case / "Snakefile").read_text())
+        (wd / "data").mkdir()
+        for f in (case / "data").iterdir():
+            (wd / "data" / f.name).write_bytes(f.read_bytes())
+        res = b.run(wd, "-s", "Snakefile")
+        assert_ok(res)
+        trees.append({p: (wd / p).read_bytes() for p in ("upper/a.txt", "upper/b.txt", "summary.txt")})
+    assert trees[0] == trees[1]
+    assert "instance-hours" in res.stderr + res.stdout
+    launched = len(lab.launches())
+    again = be.run(wd, "-s", "Snakefile")
+    assert_ok(again)
+    assert "0 steps ran" in again.stdout + again.stderr
+    assert len(lab.launches()) == launched, "a no-op run started an instance"
+    assert alive(lab, wd) == []
+
+
+def test_twenty_small_jobs_share_instances_and_idle_ones_end(lab: Any) -> None:
+    be = spot(lab, lab.fs / "twenty", instance_types=["t3.xlarge", "m5.xlarge"], max_instances=8,
+              idle_timeout=1)
+    wd = be.workdir("twenty")
+    write(wd, TWENTY)
+    assert_ok(be.run(wd, "-j", "20"))
+    assert (wd / "total.txt").read_text() == "20\n"
+    started = mine(lab, wd)
+    assert {i["InstanceType"] for i in started} <= {"t3.xlarge"}  # the cheapest 4-vCPU type
+    assert len(started) <= math.ceil(20 / 4), [i["InstanceId"] for i in started]
+    hosts = {(wd / "out" / f"{n}.txt").read_text().split()[1] for n in range(20)}
+    assert len(hosts) == len(started) or len(hosts) < 20  # jobs shared instances
+    # While `total` ran (3 s), the instances without a job were ended for being idle (1 s):
+    # terminations came before the one at the run's end.
+    ids = {i["InstanceId"] for i in started}
+    ends = [c for c in lab.calls if c.action == "TerminateInstances" and set(c.instance_ids) & ids]
+    assert len(ends) >= 2, ends
+    assert alive(lab, wd) == []
+
+
+def test_never_more_than_max_instances_alive(lab: Any) -> None:
+    be = spot(lab, lab.fs / "limit", instance_types=["t3.xlarge"], max_instances=2)
+    wd = be.workdir("limit")
+    write(wd, TWENTY.replace("range(20)", "range(12)"))
+    assert_ok(be.run(wd, "-j", "20"))
+    assert (wd / "total.txt").read_text() == "12\n"
+    assert lab.peak <= 2, f"{lab.peak} instances were alive at once"
+    assert len(mine(lab, wd)) == 2  # the second wave reused them
+
+
+def test_interrupted_instance_jobs_finish_elsewhere_without_a_retry(lab: Any) -> None:
+    be = spot(lab, lab.fs / "interrupt")
+    wd = be.workdir("interrupt")
+    write(wd, SLOW_PAIR)
+    (wd / "in.txt").write_text("input\n")
+    proc = be.popen(wd, "--config", "delay=4")
+    victim = wait_for_job(lab, wd, proc)
+    lab.interrupt(victim)  # a spot reclaim: terminated, and its host dies
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "lost with its host" in err and "resubmitting" in err
+    assert "retry" not in err
+    for name in ("a", "b"):
+        lines = (wd / f"{name}.txt").read_text().split()
+        assert lines[:2] == ["input", name]
+        assert lines[2] != victim  # finished on another instance
+    assert alive(lab, wd) == []
+
+
+def test_refused_type_uses_the_next_and_refused_spot_falls_back(lab: Any) -> None:
+    be = spot(lab, lab.fs / "refuse")
+    wd = be.workdir("refuse")
+    write(wd, 'rule x:\n    output: "x.txt"\n    shell: "hostname > {output}"\n')
+    lab.refuse("t3.xlarge")
+    res = be.run(wd)
+    assert_ok(res)
+    assert "t3.xlarge (spot) refused: InsufficientInstanceCapacity" in res.stderr
+    assert [i["InstanceType"] for i in mine(lab, wd)] == ["m5.xlarge"]
+
+    lab.allow()
+    lab.refuse(spot=True)
+    be = spot(lab, lab.fs / "refuse", on_demand_fallback=True)
+    wd = be.workdir("fallback")
+    write(wd, 'rule x:\n    output: "x.txt"\n    shell: "hostname > {output}"\n')
+    res = be.run(wd)
+    assert_ok(res)
+    (inst,) = mine(lab, wd)
+    assert inst.get("InstanceLifecycle") != "spot" and inst["InstanceType"] == "t3.xlarge"
+
+    be = spot(lab, lab.fs / "refuse")  # no fallback: the run says why nothing could start
+    wd = be.workdir("nofallback")
+    write(wd, 'rule x:\n    output: "x.txt"\n    shell: "hostname > {output}"\n')
+    res = be.run(wd)
+    assert res.returncode == 1, res.stderr
+    assert "no instance could be launched" in res.stderr and "on_demand_fallback" in res.stderr
+    assert mine(lab, wd) == []
+
+
+def test_killed_run_leaves_tagged_instances_and_the_next_run_ends_them(lab: Any) -> None:
+    be = spot(lab, lab.fs / "killed")
+    wd = be.workdir("killed")
+    write(wd, SLOW_PAIR)
+    (wd / "in.txt").write_text("input\n")
+    proc = be.popen(wd, "--config", "delay=60")
+    orphan = wait_for_job(lab, wd, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert [i["InstanceId"] for i in alive(lab, wd)] == [orphan]
+    listed = spot_command(be, wd, "list")
+    assert_ok(listed)
+    assert orphan in listed.stdout and "dead" in listed.stdout
+    res = be.run(wd)  # delay 3 now: the steps rerun
+    assert_ok(res)
+    assert f"a killed run left: {orphan}" in res.stderr
+    assert orphan not in (wd / "a.txt").read_text()
+    assert alive(lab, wd) == []
+
+
+def test_keep_warm_instances_are_reused_by_the_next_run_then_cleaned_up(lab: Any) -> None:
+    be = spot(lab, lab.fs / "warm", keep_warm=True, idle_timeout=60)
+    wd = be.workdir("warm")
+    write(wd, 'rule x:\n    output: "{n}.txt"\n    shell: "hostname > {output}"\n')
+    assert_ok(be.run(wd, "1.txt"))
+    (warm,) = alive(lab, wd)
+    launched = len(lab.launches())
+    assert_ok(be.run(wd, "2.txt"))
+    assert len(lab.launches()) == launched, "the kept-warm instance was not reused"
+    assert (wd / "2.txt").read_text().strip() == warm["InstanceId"]
+    listed = spot_command(be, wd, "list")
+    assert warm["InstanceId"] in listed.stdout and "warm" in listed.stdout
+    cleaned = spot_command(be, wd, "cleanup")
+    assert_ok(cleaned)
+    assert f"terminated 1 instance: {warm['InstanceId']}" in cleaned.stdout
+    assert alive(lab, wd) == []
+
+
+def test_unknown_host_key_is_refused(lab: Any, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    be = spot(lab, lab.fs / "hostkey", known_hosts=str(empty))
+    wd = be.workdir("hostkey")
+    write(wd, 'rule x:\n    output: "x.txt"\n    shell: "hostname > {output}"\n')
+    res = be.run(wd)
+    assert res.returncode == 2, res.stderr
+    assert f"is not in known_hosts file {empty}" in res.stderr and "never accepts" in res.stderr
+    assert not (wd / "x.txt").exists()
+    assert alive(lab, wd) == []
+
+
+def test_settings_are_checked(lab: Any) -> None:
+    be = spot(lab, lab.fs / "settings", max_instancs=3)
+    wd = be.workdir("settings")
+    write(wd, 'rule x:\n    output: "x.txt"\n    shell: "hostname > {output}"\n')
+    res = be.run(wd)
+    assert res.returncode == 2
+    assert "unknown setting 'max_instancs' in [backends.spot]" in res.stderr
+    assert "max_instances" in res.stderr
+    assert json.loads(be.run(wd, "-n", "--json").stdout)["steps"]  # a dry run needs no EC2
