@@ -23,6 +23,7 @@ Credentials come only from boto3's standard chain; none are logged or sent to in
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import socket
@@ -120,7 +121,7 @@ class SpotBackend(SshBackend):
                 f"no instance type fits rule {spec.rule!r}: {need[0]} threads, {need[1]} MB",
                 rule=spec.rule, details=[f"{k.name}: {k.vcpus} vCPUs, {k.mem_mb} MB, "
                                          f"${k.price}/h" for k in self.kinds],
-                hint="allow a larger type in instance_types (or raise max_price)")
+                hint="allow a larger type in instance_types (or raise max_price, max_hourly_cost)")
         handle = SshHandle(spec)
         with self._lock:
             self._seq += 1
@@ -128,6 +129,11 @@ class SpotBackend(SshBackend):
             self._pending.append(handle)
             self._dispatch()
         return handle
+
+    def poll(self, timeout: float) -> list[JobEvent]:
+        if self._fatal is not None:  # a host key that did not verify, a wrong image: stop
+            raise self._fatal
+        return super().poll(timeout)
 
     def close(self) -> None:
         self._stopping = True
@@ -174,10 +180,7 @@ class SpotBackend(SshBackend):
     def _dispatch(self) -> None:
         """Start pending jobs on ready instances that fit them, busiest first (lock held)."""
         if self._fatal is not None:
-            while self._pending:
-                self._events.put(JobEvent(self._pending.popleft(), JobState.FAILED,
-                                          message=str(self._fatal).splitlines()[0]))
-            return
+            return  # poll() raises it: the run stops with the error and its hint
         for handle in list(self._pending):
             need = _need(handle.spec)
             fit = [i for i in self._instances()
@@ -193,12 +196,16 @@ class SpotBackend(SshBackend):
             host.cpu, host.mem = host.cpu + need[0], host.mem + need[1]
         super()._start_job(handle, host)
 
-    def _job_ended(self, handle: SshHandle, host: SshHost, event: JobEvent) -> None:
-        if isinstance(host, Instance):
-            need = _need(handle.spec)
-            host.cpu, host.mem = host.cpu - need[0], host.mem - need[1]
-            if host.running == 0:
-                host.idle_since = time.time()
+    def _job_ended(self, handle: SshHandle, host: SshHost, event: JobEvent) -> JobEvent:
+        if not isinstance(host, Instance):
+            return event
+        need = _need(handle.spec)
+        host.cpu, host.mem = host.cpu - need[0], host.mem - need[1]
+        if host.running == 0:
+            host.idle_since = time.time()
+        # The history's host: the instance and the job's share of it (its runtime times this
+        # fraction is the instance time it used).
+        return dataclasses.replace(event, host=f"{host.label} {need[0]}/{host.kind.vcpus} vCPUs")
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -222,8 +229,10 @@ class SpotBackend(SshBackend):
             self._manager.start()
 
     def _eligible(self) -> list[Kind]:
+        """The types a job may get: under max_price, and alone under max_hourly_cost."""
         return [k for k in self.kinds
-                if self.max_price is None or k.price is None or k.price <= self.max_price]
+                if (self.max_price is None or k.price is None or k.price <= self.max_price)
+                and (self.max_cost is None or k.price is None or k.price <= self.max_cost)]
 
     # -- what a killed run left -------------------------------------------------------------------
 

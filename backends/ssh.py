@@ -321,12 +321,12 @@ class SshBackend:
         with self._lock:
             host.running -= 1
             self._running.discard(handle)
-            self._job_ended(handle, host, event)
-            self._events.put(event)
+            self._events.put(self._job_ended(handle, host, event))
             self._dispatch()
 
-    def _job_ended(self, handle: SshHandle, host: SshHost, event: JobEvent) -> None:
+    def _job_ended(self, handle: SshHandle, host: SshHost, event: JobEvent) -> JobEvent:
         """A job left ``host`` (caller holds the lock): for backends that account more per host."""
+        return event
 
     def _execute(self, handle: SshHandle, host: SshHost) -> JobEvent:
         spec = handle.spec
