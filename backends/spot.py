@@ -321,6 +321,8 @@ class SpotBackend(SshBackend):
         self.ec2.terminate([i.id for i in insts])
 
     def _launch_for_pending(self) -> None:
+        if self._fatal is not None:  # the run is stopping with it: nothing new
+            return
         with self._lock:
             needs = [_need(h.spec) for h in self._pending]
             alive = [i for i in self._instances() if i.ended is None]
@@ -442,10 +444,22 @@ class SpotBackend(SshBackend):
                         return
             except BackendError:
                 pass  # EC2 or the network hiccuped: ask again
-            if time.time() > deadline:
+            if time.time() > deadline:  # launching more would fail alike, and cost money
+                self._fatal = self._boot_error(inst)
                 self._terminate([inst], f"not reachable over SSH after {self.boot_timeout:.0f} s")
                 return
             time.sleep(min(1.0, self.poll_interval))
+
+    def _boot_error(self, inst: Instance) -> BackendError:
+        if self.known_hosts is None and not inst.reported:
+            return BackendError(
+                f"instance {inst.id} reported no SSH host keys on its console within "
+                f"{self.boot_timeout:.0f} s", hint="set known_hosts in [backends.spot] to the keys "
+                "your image pins; flowmake never accepts a key it cannot verify")
+        return BackendError(
+            f"instance {inst.id} ({inst.address}) did not answer SSH within {self.boot_timeout:.0f} s",
+            hint="check subnet_id, security_group_ids (port 22), use_public_ip and the image's "
+                 "sshd; raise boot_timeout if it is only slow")
 
     def _reachable(self, inst: Instance) -> bool:
         if inst.address == "0.0.0.0":

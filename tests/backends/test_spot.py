@@ -245,6 +245,24 @@ def test_keep_warm_instances_are_reused_by_the_next_run_then_cleaned_up(lab: Any
     assert alive(lab, wd) == []
 
 
+def test_a_launch_template_instead_of_an_image(lab: Any) -> None:
+    name = f"flowmake-test-{time.monotonic_ns()}"
+    lab.client().create_launch_template(LaunchTemplateName=name,
+                                        LaunchTemplateData={"ImageId": lab.image_id})
+    settings = lab.settings(launch_template=name)
+    del settings["image_id"]
+    be = Backend("spot", settings, lab.fs / "template", lab.env())
+    (lab.fs / "template").mkdir(exist_ok=True)
+    wd = be.workdir("template")
+    write(wd, 'rule x:\n    output: "x.txt"\n    shell: "hostname > {output}"\n')
+    assert_ok(be.run(wd))
+    (inst,) = mine(lab, wd)
+    assert (wd / "x.txt").read_text().strip() == inst["InstanceId"]
+    (launch,) = [c for c in lab.launches() if inst["InstanceId"] in c.instance_ids]
+    assert launch.params.get("LaunchTemplate.LaunchTemplateName") == name
+    assert "ImageId" not in launch.params
+
+
 def test_unknown_host_key_is_refused(lab: Any, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
@@ -256,6 +274,17 @@ def test_unknown_host_key_is_refused(lab: Any, tmp_path: Path) -> None:
     assert f"is not in known_hosts file {empty}" in res.stderr and "never accepts" in res.stderr
     assert not (wd / "x.txt").exists()
     assert alive(lab, wd) == []
+
+
+def test_without_pinned_keys_an_instance_that_reports_none_is_never_used(lab: Any) -> None:
+    be = spot(lab, lab.fs / "nokeys", known_hosts="", boot_timeout=2)
+    wd = be.workdir("nokeys")
+    write(wd, 'rule x:\n    output: "x.txt"\n    shell: "hostname > {output}"\n')
+    res = be.run(wd)
+    assert res.returncode == 2, res.stderr
+    assert "reported no SSH host keys on its console" in res.stderr
+    assert "never accepts a key it cannot verify" in res.stderr
+    assert len(mine(lab, wd)) == 1 and alive(lab, wd) == []
 
 
 def test_settings_are_checked(lab: Any) -> None:
