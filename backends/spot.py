@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any
 
 import paramiko
 
@@ -145,11 +145,15 @@ class SpotBackend(SshBackend):
             return
         alive = [i for i in self._instances() if i.ended is None]
         warm = [i for i in alive if i.ready and not i.down] if self.settings.get("keep_warm") else []
-        if warm:
-            now = str(int(time.time()))
-            self.ec2.call("create_tags", Resources=[i.id for i in warm],
-                       Tags=[{"Key": TAG_WARM, "Value": now}, {"Key": TAG_RUN, "Value": ""}])
-        self._terminate([i for i in alive if i not in warm], "the run ended")
+        try:
+            if warm:
+                now = str(int(time.time()))
+                self.ec2.call("create_tags", Resources=[i.id for i in warm],
+                              Tags=[{"Key": TAG_WARM, "Value": now}, {"Key": TAG_RUN, "Value": ""}])
+            self._terminate([i for i in alive if i not in warm], "the run ended")
+        except BackendError as exc:  # close runs on the way out of errors too: say it, not raise
+            _note(f"could not end instances {', '.join(i.id for i in alive)}: "
+                  f"{str(exc).splitlines()[0]}; run `flowmake spot cleanup` to end them")
         if self._lockfd is not None:
             os.close(self._lockfd)
             lock_path(self.workdir, self.run).unlink(missing_ok=True)
@@ -239,7 +243,7 @@ class SpotBackend(SshBackend):
     def _sweep(self) -> None:
         """Adopt this workflow's warm instances; terminate those of runs that died."""
         ec2 = self.ec2
-        found = [i for i in ec2.tagged(self.workflow) if i["State"]["Name"] in ALIVE]
+        found = [i for i in ec2.tagged(workflow=self.workflow) if i["State"]["Name"] in ALIVE]
         dead = [i["InstanceId"] for i in found if owner(i, self.workdir, self.workflow) == "dead"]
         if dead:
             _note(f"terminating {len(dead)} instance(s) a killed run left: " + ", ".join(dead))
@@ -280,21 +284,15 @@ class SpotBackend(SshBackend):
             except Exception as exc:  # a bug here must not leave the run waiting forever
                 self._fatal = BackendError(f"spot backend: internal error: {exc!r}",
                                            hint="this is a bug; please report it")
-                with self._lock:
-                    self._dispatch()
 
     def _refresh(self) -> None:
         mine = {i.id: i for i in self._instances() if i.ended is None}
         if not mine:
             return
-        seen = {}
-        for page in [self.ec2.call("describe_instances",
-                                Filters=[{"Name": f"tag:{TAG_RUN}", "Values": [self.run]}])]:
-            for r in page.get("Reservations", []):
-                seen.update({i["InstanceId"]: i for i in r["Instances"]})
+        seen = {i["InstanceId"]: i["State"]["Name"] for i in self.ec2.tagged(run=self.run)}
         for iid, inst in mine.items():
-            state = seen.get(iid, {}).get("State", {}).get("Name", "pending" if iid not in seen
-                                                           and not inst.ready else "gone")
+            # Not listed yet right after launch (EC2 is eventually consistent); gone once used.
+            state = seen.get(iid, "gone" if inst.ready else "pending")
             if state in ALIVE:
                 if inst.down and inst.ready:  # answers EC2 but not SSH: we stop paying for it
                     self._terminate([inst], f"unreachable ({inst.down})")
@@ -349,7 +347,7 @@ class SpotBackend(SshBackend):
                 return
             alive.append(inst)
             booting += 1
-        self._fail_unplaceable(needs)
+        self._fail_unplaceable()
 
     def _choice(self, need: tuple[int, int]) -> tuple[Kind, str] | None:
         """The cheapest (type, market) that fits ``need`` and is not benched: spot first."""
@@ -375,10 +373,8 @@ class SpotBackend(SshBackend):
                 code = Ec2.code(exc)
                 if code is None:
                     raise  # EC2 unreachable for now: the manager tries again
-                if code not in CAPACITY_CODES:  # a wrong image, subnet, permission: say so, stop
+                if code not in CAPACITY_CODES:  # a wrong image, subnet, permission: poll raises it
                     self._fatal = exc
-                    with self._lock:
-                        self._dispatch()
                     return None
                 self.benched[(kind.name, market)] = (time.time() + self.backoff, code)
                 _note(f"{kind.name} ({market}) refused: {code}; trying the next choice")
@@ -401,7 +397,7 @@ class SpotBackend(SshBackend):
         if idle and len(alive) >= self.max_instances:
             self._terminate([min(idle, key=lambda i: i.idle_since)], "making room")
 
-    def _fail_unplaceable(self, needs: Iterable[tuple[int, int]]) -> None:
+    def _fail_unplaceable(self) -> None:
         """Jobs no allowed choice can take now and nothing alive could run: FAILED, with why."""
         with self._lock:
             alive = [i for i in self._instances() if i.ended is None]
@@ -433,8 +429,6 @@ class SpotBackend(SshBackend):
                     if errors:  # a key that does not verify: never used, never retried
                         self._fatal = errors[0]
                         self._terminate([inst], "its host key did not verify")
-                        with self._lock:
-                            self._dispatch()
                         return
                     if inst.client is not None:
                         with self._lock:  # an adopted instance's idle time goes on

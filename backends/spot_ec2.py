@@ -190,9 +190,10 @@ class Ec2:
             kw["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
         return kw
 
-    def tagged(self, workflow: str | None) -> list[dict[str, Any]]:
-        """Instances with ``workflow``'s tag (every flowmake instance when None), any state."""
-        f = [{"Name": "tag-key", "Values": [TAG_WORKFLOW]} if workflow is None else
+    def tagged(self, workflow: str | None = None, run: str | None = None) -> list[dict[str, Any]]:
+        """Instances of ``workflow`` or ``run`` (every flowmake instance when neither), any state."""
+        f = [{"Name": f"tag:{TAG_RUN}", "Values": [run]} if run is not None else
+             {"Name": "tag-key", "Values": [TAG_WORKFLOW]} if workflow is None else
              {"Name": f"tag:{TAG_WORKFLOW}", "Values": [workflow]}]
         out: list[dict[str, Any]] = []
         kw: dict[str, Any] = {"Filters": f}

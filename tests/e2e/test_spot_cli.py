@@ -1,4 +1,4 @@
-"""``flowmake spot list`` and ``flowmake spot cleanup`` against moto's EC2 on loopback.
+"""The spot backend without hosts: ``flowmake spot list/cleanup`` and refused launches, on moto.
 
 No instance here runs anything (no root needed): the instances are made with the workflow's tags
 directly, as a killed run, a live run (its lock held by this test) and another workflow leave them.
@@ -99,3 +99,19 @@ def test_spot_command_without_credentials_says_so(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stderr
     assert "no AWS credentials for the spot backend" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_launch_refused_for_a_wrong_setting_stops_the_run(endpoint: str, tmp_path: Path) -> None:
+    ec2 = _ec2(endpoint)
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    (tmp_path / "flowmake.toml").write_text(
+        f'backend = "spot"\n[backends.spot]\nregion = "us-east-1"\nendpoint_url = "{endpoint}"\n'
+        f'image_id = "{image}"\nsubnet_id = "subnet-nope"\ninstance_types = ["t3.micro"]\n'
+        'poll_interval = 0.2\n')
+    (tmp_path / "Flowfile").write_text('rule x:\n    output: "x.txt"\n    shell: "touch {output}"\n')
+    res = subprocess.run([sys.executable, "-m", "flowmake", "-c", "1"], cwd=tmp_path, text=True,
+                         capture_output=True, timeout=60, env={**os.environ, **ENV})
+    assert res.returncode == 2, res.stderr
+    assert "EC2 run_instances: InvalidSubnetID.NotFound" in res.stderr
+    assert "check [backends.spot]" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x.txt").exists()
