@@ -21,7 +21,9 @@ small WSGI layer in front of moto's application that
 Hosts are *private* by default (an empty tmpfs over ``fs``: they see none of the test's files, so
 everything a job needs is staged); with ``lab.private = False`` the next instances share the test's
 filesystem (for ``shared_fs = true``). ``stop()`` kills every host, deletes every namespace, veth and
-the bridge, and stops the server; the fixture calls it also after a failure.
+the bridge, and stops the server; the fixture calls it also after a failure. A session killed before
+its teardown leaves them behind: the bridge's alias names its pid, and the next lab removes a dead
+session's bridge, links and namespaces before it starts.
 
 Namespaces and links are ``fs<tag>*``, the subnet 10.214.0.0/24: nothing is shared with the ssh
 backend's hosts (``ssh.py``: ``fm*``, 10.213.0.0/24). The namespaces get no default route.
@@ -32,6 +34,9 @@ from __future__ import annotations
 import getpass
 import io
 import logging
+import os
+import re
+import signal
 import subprocess
 import threading
 import time
@@ -96,6 +101,7 @@ class Ec2Lab:
             from moto.server import ThreadedMotoServer
         except ImportError as e:  # the test extra installs moto[server]
             raise ServiceUnavailable(f"moto[server] is not installed: {e}") from None
+        _reap_stale()
         in_use = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True,
                                 text=True).stdout
         if f"inet {SUBNET}." in in_use:
@@ -282,6 +288,8 @@ class Ec2Lab:
         bridge = f"fsbr{self.tag}"
         run(["ip", "link", "add", bridge, "type", "bridge"])
         self.hosts.bridge = bridge
+        # Who owns it: a session killed before its teardown is recognised and cleaned up by the next.
+        run(["ip", "link", "set", "dev", bridge, "alias", f"flowmake-ec2-lab pid={os.getpid()}"])
         run(["ip", "addr", "add", f"{SUBNET}.1/24", "dev", bridge])
         run(["ip", "link", "set", bridge, "up"])
 
@@ -318,6 +326,29 @@ class Ec2Lab:
         host = self.by_instance.get(instance_id)
         if host is not None:
             self.hosts.kill(host.name)
+
+
+def _reap_stale() -> None:
+    """Remove the bridge, links and namespaces of a lab whose test session died (SIGKILL)."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for m in re.finditer(r"^\d+: (fsbr([0-9a-f]{6}))[:@].*?alias flowmake-ec2-lab pid=(\d+)", links,
+                         re.M):
+        bridge, tag, pid = m.group(1), m.group(2), int(m.group(3))
+        if Path(f"/proc/{pid}").exists():
+            continue
+        for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                 text=True).stdout.split():
+            if ns.startswith(f"fs{tag}h"):
+                for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                        text=True).stdout.split():
+                    try:
+                        os.kill(int(p), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for veth in re.findall(rf"^\d+: (fsv{tag}\d+)@", links, re.M):
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
 def start_ec2_lab(base: Path) -> Ec2Lab:
