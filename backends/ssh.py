@@ -23,6 +23,7 @@ hard links, so a job that writes into its inputs as root would alter the cached 
 A host that cannot be reached, or whose connection drops, is marked down for the rest of the run
 and its jobs are reported LOST (the scheduler reruns them elsewhere). A job's own non-zero exit is
 FAILED. When every host is down, ``capacity()`` is 0 and ``submit`` raises ``BackendError``.
+``spot.py`` subclasses this backend: its hosts come and go (``_dispatch``, ``_start_job``, ...).
 
 Settings (``[backends.ssh]``): ``hosts`` ["user@host:port", ...]; ``slots`` int or
 {host: int} (default 1; keep it under the server's MaxSessions/2); ``identity_file``;
