@@ -27,7 +27,6 @@ import dataclasses
 import fcntl
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -40,8 +39,10 @@ from flowmake.errors import BackendError, did_you_mean
 
 from . import spot_ec2
 from .spot_ec2 import (ALIVE, CAPACITY_CODES, EXTRA, SETTINGS, TAG_RUN, TAG_WARM, Ec2, Kind,
-                       lock_path, number, owner, seconds, tags, workflow_tag)
+                       boot_error, lock_path, note, number, owner, seconds, stale_locks, tags,
+                       workflow_tag)
 from .ssh import SshBackend, SshHandle, SshHost
+
 
 class Instance(SshHost):
     def __init__(self, iid: str, kind: Kind, market: str, user: str, shared_fs: bool) -> None:
@@ -142,6 +143,14 @@ class SpotBackend(SshBackend):
             self._manager.join(30)
         super().close()  # cancels what is queued or running, closes the connections
         if self._ec2 is None:
+            # A run that needed no instance asks EC2 only when a killed run left its lock file.
+            if stale_locks(self.workdir):
+                try:
+                    self._ec2 = Ec2(self.settings)
+                    self._sweep(adopt=False)
+                except BackendError as exc:
+                    note(f"could not look for instances a killed run left: "
+                         f"{str(exc).splitlines()[0]}; see `flowmake spot list`")
             return
         alive = [i for i in self._instances() if i.ended is None]
         warm = [i for i in alive if i.ready and not i.down] if self.settings.get("keep_warm") else []
@@ -152,8 +161,8 @@ class SpotBackend(SshBackend):
                               Tags=[{"Key": TAG_WARM, "Value": now}, {"Key": TAG_RUN, "Value": ""}])
             self._terminate([i for i in alive if i not in warm], "the run ended")
         except BackendError as exc:  # close runs on the way out of errors too: say it, not raise
-            _note(f"could not end instances {', '.join(i.id for i in alive)}: "
-                  f"{str(exc).splitlines()[0]}; run `flowmake spot cleanup` to end them")
+            note(f"could not end instances {', '.join(i.id for i in alive)}: "
+                 f"{str(exc).splitlines()[0]}; run `flowmake spot cleanup` to end them")
         if self._lockfd is not None:
             os.close(self._lockfd)
             lock_path(self.workdir, self.run).unlink(missing_ok=True)
@@ -240,17 +249,19 @@ class SpotBackend(SshBackend):
 
     # -- what a killed run left -------------------------------------------------------------------
 
-    def _sweep(self) -> None:
-        """Adopt this workflow's warm instances; terminate those of runs that died."""
-        ec2 = self.ec2
+    def _sweep(self, adopt: bool = True) -> None:
+        """Terminate the instances of runs that died; adopt this workflow's warm ones."""
+        ec2, stale = self.ec2, stale_locks(self.workdir)
         found = [i for i in ec2.tagged(workflow=self.workflow) if i["State"]["Name"] in ALIVE]
         dead = [i["InstanceId"] for i in found if owner(i, self.workdir, self.workflow) == "dead"]
         if dead:
-            _note(f"terminating {len(dead)} instance(s) a killed run left: " + ", ".join(dead))
+            note(f"terminating {len(dead)} instance(s) a killed run left: " + ", ".join(dead))
             ec2.terminate(dead)
+        for path in stale:  # those runs' instances are gone now
+            path.unlink(missing_ok=True)
         kinds = {k.name: k for k in self.kinds}
         for inst in found:
-            if owner(inst, self.workdir, self.workflow) != "warm":
+            if owner(inst, self.workdir, self.workflow) != "warm" or not adopt:
                 continue
             kind, since = kinds.get(inst["InstanceType"]), float(tags(inst)[TAG_WARM])
             if kind is None or time.time() - since > self.idle_timeout:
@@ -280,7 +291,7 @@ class SpotBackend(SshBackend):
                 self._end_idle()
                 self._launch_for_pending()
             except BackendError as exc:  # EC2 unreachable for a moment: try again next time
-                _note(f"warning: {str(exc).splitlines()[0]}")
+                note(f"warning: {str(exc).splitlines()[0]}")
             except Exception as exc:  # a bug here must not leave the run waiting forever
                 self._fatal = BackendError(f"spot backend: internal error: {exc!r}",
                                            hint="this is a bug; please report it")
@@ -298,7 +309,7 @@ class SpotBackend(SshBackend):
                     self._terminate([inst], f"unreachable ({inst.down})")
                 continue
             if inst.running:
-                _note(f"{inst.label} is {state}: its jobs are rerun elsewhere")
+                note(f"{inst.label} is {state}: its jobs are rerun elsewhere")
             inst.ended = time.time()
             self._mark_down(inst, f"instance {inst.id} is {state}")
 
@@ -377,7 +388,7 @@ class SpotBackend(SshBackend):
                     self._fatal = exc
                     return None
                 self.benched[(kind.name, market)] = (time.time() + self.backoff, code)
-                _note(f"{kind.name} ({market}) refused: {code}; trying the next choice")
+                note(f"{kind.name} ({market}) refused: {code}; trying the next choice")
                 continue
             inst = self._add(reply["Instances"][0]["InstanceId"], kind, market)
             self._boot_later(inst)
@@ -439,30 +450,15 @@ class SpotBackend(SshBackend):
             except BackendError:
                 pass  # EC2 or the network hiccuped: ask again
             if time.time() > deadline:  # launching more would fail alike, and cost money
-                self._fatal = self._boot_error(inst)
+                self._fatal = boot_error(inst.id, inst.address, self.boot_timeout,
+                                         no_keys=self.known_hosts is None and not inst.reported)
                 self._terminate([inst], f"not reachable over SSH after {self.boot_timeout:.0f} s")
                 return
             time.sleep(min(1.0, self.poll_interval))
 
-    def _boot_error(self, inst: Instance) -> BackendError:
-        if self.known_hosts is None and not inst.reported:
-            return BackendError(
-                f"instance {inst.id} reported no SSH host keys on its console within "
-                f"{self.boot_timeout:.0f} s", hint="set known_hosts in [backends.spot] to the keys "
-                "your image pins; flowmake never accepts a key it cannot verify")
-        return BackendError(
-            f"instance {inst.id} ({inst.address}) did not answer SSH within {self.boot_timeout:.0f} s",
-            hint="check subnet_id, security_group_ids (port 22), use_public_ip and the image's "
-                 "sshd; raise boot_timeout if it is only slow")
-
     def _reachable(self, inst: Instance) -> bool:
-        if inst.address == "0.0.0.0":
-            found = self.ec2.call("describe_instances", InstanceIds=[inst.id])["Reservations"]
-            desc = found[0]["Instances"][0] if found else {}
-            if desc.get("State", {}).get("Name") != "running":
-                return False
-            ip = desc.get("PublicIpAddress" if self.settings.get("use_public_ip")
-                          else "PrivateIpAddress")
+        if inst.address == "0.0.0.0":  # not running yet when it had no address
+            ip = self.ec2.address(inst.id, public=bool(self.settings.get("use_public_ip")))
             if not ip:
                 return False
             inst.address, inst.spec = ip, f"{self.user}@{ip}:22"
@@ -490,7 +486,3 @@ class SpotBackend(SshBackend):
             if entry is not None:
                 client.get_host_keys().add(host.address, entry.key.get_name(), entry.key)
         return None
-
-
-def _note(text: str) -> None:
-    print(f"spot: {text}", file=sys.stderr, flush=True)

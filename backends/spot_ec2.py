@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,13 @@ def run_is_live(workdir: str, run: str) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def stale_locks(workdir: str) -> list[Path]:
+    """Lock files of runs on this workdir that ended without closing: killed, with instances up."""
+    folder = Path(workdir, ".flowmake", "spot")
+    found = sorted(folder.glob("*.lock")) if folder.is_dir() else []
+    return [p for p in found if not run_is_live(workdir, p.name[:-len(".lock")])]
 
 
 def tags(inst: dict[str, Any]) -> dict[str, str]:
@@ -215,9 +223,35 @@ class Ec2:
                 lines.append(f"{address} {parts[0]} {parts[1]}")
         return lines
 
+    def address(self, iid: str, public: bool) -> str | None:
+        """The instance's address once it runs (its public one when ``public``)."""
+        found = self.call("describe_instances", InstanceIds=[iid])["Reservations"]
+        desc = found[0]["Instances"][0] if found else {}
+        if desc.get("State", {}).get("Name") != "running":
+            return None
+        return desc.get("PublicIpAddress" if public else "PrivateIpAddress") or None
+
     def terminate(self, ids: Sequence[str]) -> None:
         if ids:
             self.call("terminate_instances", InstanceIds=list(ids))
+
+
+def boot_error(iid: str, address: str, timeout: float, no_keys: bool) -> BackendError:
+    """Why an instance never became usable: a setting to fix, so the run stops."""
+    if no_keys:
+        return BackendError(
+            f"instance {iid} reported no SSH host keys on its console within {timeout:.0f} s",
+            hint="set known_hosts in [backends.spot] to the keys your image pins; flowmake never "
+                 "accepts a key it cannot verify")
+    return BackendError(
+        f"instance {iid} ({address}) did not answer SSH within {timeout:.0f} s",
+        hint="check subnet_id, security_group_ids (port 22), use_public_ip and the image's sshd; "
+             "raise boot_timeout if it is only slow")
+
+
+def note(text: str) -> None:
+    """What the user should know as it happens (a refusal, a reclaim, an orphan ended)."""
+    print(f"spot: {text}", file=sys.stderr, flush=True)
 
 
 def owner(inst: dict[str, Any], workdir: str, workflow: str) -> str:

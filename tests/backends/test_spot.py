@@ -32,12 +32,12 @@ rule all:
 rule one:
     output: "out/{n}.txt"
     threads: 1
-    shell: "sleep 1; echo {wildcards.n} > {output}; hostname >> {output}"
+    shell: "sleep 0.5; echo {wildcards.n} > {output}; hostname >> {output}"
 
 rule total:
     input: expand("out/{n}.txt", n=range(20))
     output: "total.txt"
-    shell: "sleep 3; cat {input} | grep -c '^[0-9]' > {output}"
+    shell: "sleep 2.5; cat {input} | grep -c '^[0-9]' > {output}"
 """
 
 SLOW_PAIR = """
@@ -46,7 +46,7 @@ rule all:
 
 rule slow:
     input: "in.txt"
-    output: "{name}.txt"
+    output: "{name,[ab]}.txt"
     params: delay=config.get("delay", 1)
     shell: "sleep {params.delay}; (cat {input}; echo {wildcards.name}; hostname) > {output}"
 """
@@ -138,7 +138,7 @@ def test_twenty_small_jobs_share_instances_and_idle_ones_end(lab: Any) -> None:
     ids = {i["InstanceId"] for i in started}
     hosts = {(wd / "out" / f"{n}.txt").read_text().split()[1] for n in range(20)}
     assert hosts <= ids  # the jobs ran on those few instances
-    # While `total` ran (3 s), the instances without a job were ended for being idle (1 s):
+    # While `total` ran (2.5 s), the instances without a job were ended for being idle (1 s):
     # terminations came before the one at the run's end.
     ends = [c for c in lab.calls if c.action == "TerminateInstances" and set(c.instance_ids) & ids]
     assert len(ends) >= 2, ends
@@ -148,7 +148,7 @@ def test_twenty_small_jobs_share_instances_and_idle_ones_end(lab: Any) -> None:
 def test_never_more_than_max_instances_alive(lab: Any) -> None:
     be = spot(lab, lab.fs / "limit", instance_types=["t3.xlarge"], max_instances=2)
     wd = be.workdir("limit")
-    write(wd, TWENTY.replace("range(20)", "range(12)").replace("sleep 3; ", ""))
+    write(wd, TWENTY.replace("range(20)", "range(12)").replace("sleep 2.5; ", ""))
     assert_ok(be.run(wd, "-j", "20"))
     assert (wd / "total.txt").read_text() == "12\n"
     assert lab.peak <= 2, f"{lab.peak} instances were alive at once"
@@ -220,9 +220,14 @@ def test_killed_run_leaves_tagged_instances_and_the_next_run_ends_them(lab: Any)
     listed = spot_command(be, wd, "list")
     assert_ok(listed)
     assert orphan in listed.stdout and "dead" in listed.stdout
-    res = be.run(wd)  # delay 1 now: the steps rerun
+    launched = len(lab.launches())
+    res = be.run(wd, "in.txt")  # nothing to run: only the killed run's lock file makes it look
     assert_ok(res)
     assert f"a killed run left: {orphan}" in res.stderr
+    assert alive(lab, wd) == [] and len(lab.launches()) == launched
+    res = be.run(wd)  # delay 1 now: the steps rerun
+    assert_ok(res)
+    assert "killed run" not in res.stderr  # ended once, and its lock file with it
     assert orphan not in (wd / "a.txt").read_text()
     assert alive(lab, wd) == []
 
