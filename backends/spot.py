@@ -16,7 +16,8 @@ on-demand follow when every spot choice is refused.
 On close (a finished run, an error, Ctrl-C) every instance is terminated, or with ``keep_warm``
 tagged warm for the next run, which adopts it until its idle timeout. Each run holds a lock file
 ``.flowmake/spot/<run>.lock``; a run that died (SIGKILL) leaves tagged instances whose lock is
-free, and the next run (or ``flowmake spot cleanup``) terminates them.
+free, and the next run (or ``flowmake spot cleanup``) terminates them; a run that needs no
+instance asks EC2 only when such a lock file is left.
 
 Credentials come only from boto3's standard chain; none are logged or sent to instances.
 """
