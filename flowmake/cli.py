@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", "--res", nargs="+", default=[], metavar="NAME=N", help="global limits, e.g. mem_mb=8000")
     p.add_argument("--set-scatter", nargs="+", default=[], metavar="NAME=N", help="scatter counts over the scattergather: ones")
     p.add_argument("--backend", "-e", "--executor", metavar="NAME",
-                   help="where jobs run: local, docker, ssh, slurm (default: local)")
+                   help="where jobs run: local, docker, ssh, slurm, spot (default: local)")
     p.add_argument("--profile", action="append", metavar="DIR|FILE",
                    help="a Snakemake profile (directory, its config.yaml, or a name) or a flowmake .toml "
                         "settings file; repeatable; default $SNAKEMAKE_PROFILE")
