@@ -145,8 +145,11 @@ def test_twenty_small_jobs_share_instances_and_idle_ones_end(lab: Any) -> None:
     assert alive(lab, wd) == []
 
 
-def test_never_more_than_max_instances_alive(lab: Any) -> None:
-    be = spot(lab, lab.fs / "limit", instance_types=["t3.xlarge"], max_instances=2)
+@pytest.mark.parametrize("limit", [{"max_instances": 2},
+                                   {"max_instances": 8, "max_hourly_cost": 0.12}],  # 2 x $0.05/h
+                         ids=["max_instances", "max_hourly_cost"])
+def test_never_more_than_max_instances_alive(lab: Any, limit: dict[str, Any]) -> None:
+    be = spot(lab, lab.fs / "limit", instance_types=["t3.xlarge"], **limit)
     wd = be.workdir("limit")
     write(wd, TWENTY.replace("range(20)", "range(12)").replace("sleep 2.5; ", ""))
     assert_ok(be.run(wd, "-j", "20"))
