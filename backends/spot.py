@@ -25,7 +25,6 @@ Credentials come only from boto3's standard chain; none are logged or sent to in
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import socket
 import threading
@@ -40,8 +39,8 @@ from flowmake.errors import BackendError, did_you_mean
 
 from . import spot_ec2
 from .spot_ec2 import (ALIVE, CAPACITY_CODES, EXTRA, SETTINGS, TAG_RUN, TAG_WARM, Ec2, Kind,
-                       boot_error, lock_path, note, number, owner, seconds, stale_locks, tags,
-                       workflow_tag)
+                       boot_error, hold_lock, lock_path, note, number, owner, seconds,
+                       stale_locks, tags, workflow_tag)
 from .ssh import SshBackend, SshHandle, SshHost
 
 
@@ -152,7 +151,14 @@ class SpotBackend(SshBackend):
                 except BackendError as exc:
                     note(f"could not look for instances a killed run left: "
                          f"{str(exc).splitlines()[0]}; see `flowmake spot list`")
-            return
+        else:
+            self._end_all()
+        if self._lockfd is not None:
+            os.close(self._lockfd)
+            lock_path(self.workdir, self.run).unlink(missing_ok=True)
+
+    def _end_all(self) -> None:
+        """Terminate this run's instances, or with keep_warm tag the usable ones for the next."""
         alive = [i for i in self._instances() if i.ended is None]
         warm = [i for i in alive if i.ready and not i.down] if self.settings.get("keep_warm") else []
         try:
@@ -164,9 +170,6 @@ class SpotBackend(SshBackend):
         except BackendError as exc:  # close runs on the way out of errors too: say it, not raise
             note(f"could not end instances {', '.join(i.id for i in alive)}: "
                  f"{str(exc).splitlines()[0]}; run `flowmake spot cleanup` to end them")
-        if self._lockfd is not None:
-            os.close(self._lockfd)
-            lock_path(self.workdir, self.run).unlink(missing_ok=True)
 
     def summary_note(self) -> str:
         """Instance-hours and estimated cost, for the run's summary line ("" if none ran)."""
@@ -230,11 +233,8 @@ class SpotBackend(SshBackend):
             self._ec2 = Ec2(self.settings)
             try:
                 self.kinds = self.ec2.kinds()
-                path = lock_path(self.workdir, self.run)
-                path.parent.mkdir(parents=True, exist_ok=True)
                 # Held while this run lives: the next run knows a killed one by its free lock.
-                self._lockfd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(self._lockfd, fcntl.LOCK_EX)
+                self._lockfd = hold_lock(self.workdir, self.run)
                 self._sweep()
             except BaseException:
                 self._ec2 = None

@@ -99,6 +99,20 @@ def stale_locks(workdir: str) -> list[Path]:
     return [p for p in found if not run_is_live(workdir, p.name[:-len(".lock")])]
 
 
+def hold_lock(workdir: str, run: str) -> int:
+    """Take the run's lock for as long as the returned descriptor is open.
+
+    Locked under a temporary name and then renamed, so a file under the final name is always
+    locked already: another run never sees a starting run's file free and takes it for dead."""
+    path = lock_path(workdir, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".new")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.replace(tmp, path)
+    return fd
+
+
 def tags(inst: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
 

@@ -120,6 +120,7 @@ class Ec2Lab:
         self._lock = threading.Lock()
         self._boots: list[threading.Thread] = []
         self._seq = 0
+        self._stopped = False
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
@@ -221,9 +222,11 @@ class Ec2Lab:
         return out
 
     def stop(self) -> None:
+        self._stopped = True  # instances launched from now on never boot
         for t in list(self._boots):
             t.join(15)
         self.hosts.stop()
+        _reap(self.tag)  # what a boot still under way when we stopped may have made
         try:
             self._server.stop()
         except Exception:  # never started: nothing to stop
@@ -304,6 +307,8 @@ class Ec2Lab:
 
         def boot() -> None:
             time.sleep(self.boot_delay)
+            if self._stopped:
+                return
             ns, veth = host.netns or "", host.veth or ""
             try:
                 run(["ip", "netns", "add", ns])
@@ -312,8 +317,9 @@ class Ec2Lab:
                 run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
                 run(["ip", "-n", ns, "link", "set", "eth0", "up"])
                 run(["ip", "-n", ns, "link", "set", "lo", "up"])
-                if instance_id in self.alive:  # not terminated while it booted
-                    _start_sshd(self.hosts, host, self._bins["sshd"], listen=address)
+                if instance_id in self.alive and not self._stopped:  # not ended while it booted
+                    _start_sshd(self.hosts, host, self._bins["sshd"], listen=address,
+                                fresh_login=True)
             except ServiceUnavailable as exc:  # the client sees an instance that never answers
                 logging.getLogger(__name__).warning("instance %s did not boot: %s", instance_id,
                                                     exc.reason)
@@ -331,24 +337,27 @@ class Ec2Lab:
 def _reap_stale() -> None:
     """Remove the bridge, links and namespaces of a lab whose test session died (SIGKILL)."""
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    for m in re.finditer(r"^\d+: (fsbr([0-9a-f]{6}))[:@].*?alias flowmake-ec2-lab pid=(\d+)", links,
+    for m in re.finditer(r"^\d+: fsbr([0-9a-f]{6})[:@].*?alias flowmake-ec2-lab pid=(\d+)", links,
                          re.M):
-        bridge, tag, pid = m.group(1), m.group(2), int(m.group(3))
-        if Path(f"/proc/{pid}").exists():
-            continue
-        for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                 text=True).stdout.split():
-            if ns.startswith(f"fs{tag}h"):
-                for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                        text=True).stdout.split():
-                    try:
-                        os.kill(int(p), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        for veth in re.findall(rf"^\d+: (fsv{tag}\d+)@", links, re.M):
-            subprocess.run(["ip", "link", "del", veth], capture_output=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        if not Path(f"/proc/{m.group(2)}").exists():
+            _reap(m.group(1))
+
+
+def _reap(tag: str) -> None:
+    """Kill every host of lab ``tag`` and delete its namespaces, links and bridge."""
+    for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split():
+        if ns.startswith(f"fs{tag}h"):
+            for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                    text=True).stdout.split():
+                try:
+                    os.kill(int(p), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for veth in re.findall(rf"^\d+: (fsv{tag}\d+)@", links, re.M):
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+    subprocess.run(["ip", "link", "del", f"fsbr{tag}"], capture_output=True)
 
 
 def start_ec2_lab(base: Path) -> Ec2Lab:
