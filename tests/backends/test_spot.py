@@ -123,6 +123,11 @@ def test_chain_on_spot_matches_local_and_a_noop_starts_nothing(lab: Any, tmp_pat
     assert "0 steps ran" in again.stdout + again.stderr
     assert len(lab.launches()) == launched, "a no-op run started an instance"
     assert alive(lab, wd) == []
+    # Credentials come from the environment only and go nowhere: not printed, not recorded.
+    from tests.services.ec2 import SECRET_KEY
+
+    assert SECRET_KEY not in res.stdout + res.stderr + again.stdout + again.stderr
+    assert not [p for p in wd.rglob("*") if p.is_file() and SECRET_KEY.encode() in p.read_bytes()]
 
 
 def test_twenty_small_jobs_share_instances_and_idle_ones_end(lab: Any) -> None:

@@ -115,3 +115,14 @@ def test_a_launch_refused_for_a_wrong_setting_stops_the_run(endpoint: str, tmp_p
     assert "EC2 run_instances: InvalidSubnetID.NotFound" in res.stderr
     assert "check [backends.spot]" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_a_bad_duration_is_a_settings_error(tmp_path: Path) -> None:
+    (tmp_path / "flowmake.toml").write_text(
+        'backend = "spot"\n[backends.spot]\nimage_id = "ami-1"\nidle_timeout = "ten minutes"\n')
+    (tmp_path / "Flowfile").write_text('rule x:\n    output: "x.txt"\n    shell: "touch {output}"\n')
+    res = subprocess.run([sys.executable, "-m", "flowmake"], cwd=tmp_path, text=True,
+                         capture_output=True, timeout=60, env={**os.environ, **ENV})
+    assert res.returncode == 2, res.stderr
+    assert "[backends.spot] idle_timeout = 'ten minutes' is not a duration" in res.stderr
+    assert '"10m"' in res.stderr
