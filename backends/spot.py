@@ -311,8 +311,10 @@ class SpotBackend(SshBackend):
                 continue
             if inst.running:
                 note(f"{inst.label} is {state}: its jobs are rerun elsewhere")
-            inst.ended = time.time()
             self._mark_down(inst, f"instance {inst.id} is {state}")
+            if state in ("stopping", "stopped"):  # of no more use, and its disk costs
+                self._terminate([inst], state)
+            inst.ended = inst.ended or time.time()
 
     def _end_idle(self) -> None:
         now = time.time()

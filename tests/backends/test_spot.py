@@ -163,14 +163,15 @@ def test_never_more_than_max_instances_alive(lab: Any, limit: dict[str, Any]) ->
     assert len(mine(lab, wd)) == 2  # the second wave reused them
 
 
-def test_interrupted_instance_jobs_finish_elsewhere_without_a_retry(lab: Any) -> None:
+@pytest.mark.parametrize("how", ["terminated", "stopped", "unreachable"])
+def test_interrupted_instance_jobs_finish_elsewhere_without_a_retry(lab: Any, how: str) -> None:
     be = spot(lab, lab.fs / "interrupt")
     wd = be.workdir("interrupt")
     write(wd, SLOW_PAIR)
     (wd / "in.txt").write_text("input\n")
     proc = be.popen(wd, "--config", "delay=4")
     victim = wait_for_job(lab, wd, proc)
-    lab.interrupt(victim)  # a spot reclaim: terminated, and its host dies
+    lab.interrupt(victim, how)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "lost with its host" in err and "resubmitting" in err
@@ -184,6 +185,8 @@ def test_interrupted_instance_jobs_finish_elsewhere_without_a_retry(lab: Any) ->
         assert hosts[-1] == f"{lines[2]}/t3.xlarge 1/4 vCPUs"
         assert any(h.startswith(victim) for h in hosts[:-1]), hosts
     assert alive(lab, wd) == []
+    # A stopped or unreachable instance is of no more use: the backend terminated it.
+    assert {i["InstanceId"]: i["State"]["Name"] for i in mine(lab, wd)}[victim] == "terminated"
 
 
 def test_refused_type_uses_the_next_and_refused_spot_falls_back(lab: Any) -> None:

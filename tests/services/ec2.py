@@ -121,6 +121,7 @@ class Ec2Lab:
         self._boots: list[threading.Thread] = []
         self._seq = 0
         self._stopped = False
+        self._spared: set[str] = set()  # stopped without killing the host (interrupt "stopped")
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
@@ -202,9 +203,20 @@ class Ec2Lab:
         return [i for i in self.instances(**filters)
                 if i["State"]["Name"] in ("pending", "running")]
 
-    def interrupt(self, instance_id: str) -> None:
-        """A spot reclaim: the instance is terminated and its host dies with everything on it."""
-        self.client().terminate_instances(InstanceIds=[instance_id])
+    def interrupt(self, instance_id: str, how: str = "terminated") -> None:
+        """``terminated``: a spot reclaim, the host dies with everything on it. ``stopped``: EC2
+        says so while the host still answers (only EC2's state tells). ``unreachable``: the host
+        dies while EC2 still says running (only the lost connection tells)."""
+        if how == "terminated":
+            self.client().terminate_instances(InstanceIds=[instance_id])
+        elif how == "stopped":
+            with self._lock:
+                self._spared.add(instance_id)
+            self.client().stop_instances(InstanceIds=[instance_id])
+        elif how == "unreachable":
+            self._shutdown(instance_id)
+        else:
+            raise ValueError(how)
 
     def processes(self, instance_id: str) -> list[str]:
         """Command lines of the processes running on an instance's host."""
@@ -271,8 +283,11 @@ class Ec2Lab:
             ids = tuple(v for k, v in params.items() if k.startswith("InstanceId."))
             with self._lock:
                 self.alive.difference_update(ids)
+                spared = set(self._spared) if action == "StopInstances" else set()
+                self._spared.difference_update(ids)
             for iid in ids:
-                self._shutdown(iid)
+                if iid not in spared:
+                    self._shutdown(iid)
         with self._lock:
             self.calls.append(Call(action, params, code, ids))
         return [out]
