@@ -163,6 +163,19 @@ def test_never_more_than_max_instances_alive(lab: Any, limit: dict[str, Any]) ->
     assert len(mine(lab, wd)) == 2  # the second wave reused them
 
 
+def test_max_pending_instances_boot_one_at_a_time(lab: Any) -> None:
+    be = spot(lab, lab.fs / "pending", instance_types=["t3.xlarge"], max_instances=3,
+              max_pending=1)
+    wd = be.workdir("pending")
+    write(wd, TWENTY.replace("range(20)", "range(12)").replace("sleep 2.5; ", ""))
+    assert_ok(be.run(wd, "-j", "20"))
+    ids = {i["InstanceId"] for i in mine(lab, wd)}
+    launches = sorted((c for c in lab.launches() if set(c.instance_ids) & ids), key=lambda c: c.time)
+    assert len(launches) >= 2  # (a third only if the jobs outlast two boots)
+    for before, after in zip(launches, launches[1:]):  # the next asked for once the last answered
+        assert after.time > lab.booted[before.instance_ids[0]]
+
+
 @pytest.mark.parametrize("how", ["terminated", "stopped", "unreachable"])
 def test_interrupted_instance_jobs_finish_elsewhere_without_a_retry(lab: Any, how: str) -> None:
     be = spot(lab, lab.fs / "interrupt")

@@ -66,6 +66,7 @@ class Call:
     params: dict[str, str]
     status: int
     instance_ids: tuple[str, ...] = ()
+    time: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class Ec2Lab:
         self.alive: set[str] = set()
         self.peak = 0
         self.by_instance: dict[str, SshHost] = {}
+        self.booted: dict[str, float] = {}  # instance id -> when its sshd began to answer
         self._faults = _Faults()
         self._lock = threading.Lock()
         self._boots: list[threading.Thread] = []
@@ -335,6 +337,7 @@ class Ec2Lab:
                 if instance_id in self.alive and not self._stopped:  # not ended while it booted
                     _start_sshd(self.hosts, host, self._bins["sshd"], listen=address,
                                 fresh_login=True)
+                    self.booted[instance_id] = time.time()  # its sshd answers from now on
             except ServiceUnavailable as exc:  # the client sees an instance that never answers
                 logging.getLogger(__name__).warning("instance %s did not boot: %s", instance_id,
                                                     exc.reason)
