@@ -4,6 +4,19 @@ One ``Ec2`` per run: the boto3 client (credentials from boto3's standard chain o
 and ``endpoint_url`` from ``[backends.spot]``), the instance types with their prices, the
 ``run_instances`` arguments, the tags that find a workflow's instances again. Every failure is a
 ``BackendError`` carrying EC2's code and message, never a credential.
+
+Settings (``[backends.spot]``), with defaults: ``region``, ``endpoint_url`` (boto3's); ``image_id``
+or ``launch_template`` (an ``lt-`` id or a name; one is required); ``subnet_id``,
+``security_group_ids``, ``key_name``, ``instance_profile`` (a name or an ARN); ``instance_types``
+(the allow-list; default every type, slow to list); ``prices`` and ``on_demand_prices`` ({type: $/h};
+spot prices not given come from the price history); ``max_price`` (none; also the spot bid);
+``max_instances`` (8), ``max_pending`` (4, booting at once), ``max_hourly_cost`` (none);
+``idle_timeout`` (10 min), ``poll_interval`` (5 s), ``boot_timeout`` (10 min),
+``capacity_backoff`` (5 min; durations in seconds or "90s", "10m", "1h"); ``on_demand_fallback``
+(false), ``keep_warm`` (false); ``ssh_user`` ("ec2-user"), ``identity_file``, ``known_hosts`` (unset:
+the keys the instance prints on its console), ``use_public_ip`` (false), ``remote_root``,
+``shared_fs`` (false; true when instances mount the workdir, e.g. EFS), and the ssh backend's
+``connect_timeout``, ``keepalive``, ``python``, ``keep_remote_jobs``.
 """
 
 from __future__ import annotations
