@@ -23,6 +23,7 @@ hard links, so a job that writes into its inputs as root would alter the cached 
 A host that cannot be reached, or whose connection drops, is marked down for the rest of the run
 and its jobs are reported LOST (the scheduler reruns them elsewhere). A job's own non-zero exit is
 FAILED. When every host is down, ``capacity()`` is 0 and ``submit`` raises ``BackendError``.
+``spot.py`` subclasses this backend: its hosts come and go (``_dispatch``, ``_start_job``, ...).
 
 Settings (``[backends.ssh]``): ``hosts`` ["user@host:port", ...]; ``slots`` int or
 {host: int} (default 1; keep it under the server's MaxSessions/2); ``identity_file``;
@@ -107,8 +108,11 @@ class SshBackend:
         shared = self.settings.get("shared_fs", True)
         self.hosts = [SshHost(s, int(_per_host(slots, s, 1)), bool(_per_host(shared, s, True)))
                       for s in specs]
-        self.known_hosts = os.path.expanduser(
-            str(self.settings.get("known_hosts", "~/.ssh/known_hosts")))
+        self._setup(str(self.settings.get("known_hosts", "~/.ssh/known_hosts")))
+
+    def _setup(self, known_hosts: str | None) -> None:
+        """What every SSH-driven backend keeps (the spot backend's instances are hosts too)."""
+        self.known_hosts = os.path.expanduser(known_hosts) if known_hosts else None
         identity = self.settings.get("identity_file")
         self.identity = os.path.expanduser(str(identity)) if identity else None
         self.remote_root = str(self.settings.get("remote_root", ".flowmake-remote")).rstrip("/")
@@ -206,11 +210,9 @@ class SshBackend:
 
     def _connect(self, host: SshHost, errors: list[BackendError]) -> None:
         client = paramiko.SSHClient()
-        try:
-            client.load_host_keys(self.known_hosts)
-        except OSError as exc:
-            errors.append(BackendError(f"cannot read known_hosts file {self.known_hosts}: {exc}",
-                                       hint="set known_hosts in [backends.ssh]"))
+        refused = self._load_host_keys(client, host)
+        if refused is not None:
+            errors.append(refused)
             return
         # Never trust on first use: a key that is not in the file is refused.
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -228,7 +230,7 @@ class SshBackend:
             host.client = client
         except paramiko.BadHostKeyException as exc:
             errors.append(BackendError(
-                f"host key of {host.label} does not match known_hosts file {self.known_hosts}",
+                f"host key of {host.label} does not match {self._key_source}",
                 details=[f"got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}"],
                 hint="if the host was really reinstalled, verify its new key and replace its line "
                      "in that file; flowmake never accepts a changed key"))
@@ -238,13 +240,26 @@ class SshBackend:
         except paramiko.SSHException as exc:
             if "known_hosts" in str(exc):
                 errors.append(BackendError(
-                    f"host key of {host.label} is not in known_hosts file {self.known_hosts}",
+                    f"host key of {host.label} is not in {self._key_source}",
                     hint="add the host's key to that file after checking its fingerprint "
                          "(ssh-keyscan); flowmake never accepts unknown keys"))
             else:
                 host.down = f"{host.label}: {exc}"
         except (OSError, EOFError) as exc:
             host.down = f"{host.label}: cannot connect: {exc}"
+
+    @property
+    def _key_source(self) -> str:
+        return f"known_hosts file {self.known_hosts}"
+
+    def _load_host_keys(self, client: paramiko.SSHClient, host: SshHost) -> BackendError | None:
+        """The keys ``host`` may present; the error that makes connecting pointless."""
+        try:
+            client.load_host_keys(str(self.known_hosts))
+        except OSError as exc:
+            return BackendError(f"cannot read known_hosts file {self.known_hosts}: {exc}",
+                                hint=f"set known_hosts in [backends.{self.name}]")
+        return None
 
     def _down_reasons(self) -> list[str]:
         return [h.down for h in self.hosts if h.down]
@@ -268,14 +283,17 @@ class SshBackend:
                                                   message="every ssh host is down"))
                 return
             host = min(free, key=lambda h: h.running / h.slots)
-            handle = self._pending.popleft()
-            handle.host = host
-            host.running += 1
-            self._running.add(handle)
-            t = threading.Thread(target=self._job_thread, args=(handle,), daemon=True,
-                                 name=f"ssh-{handle.native_id}")
-            self._threads = [x for x in self._threads if x.is_alive()] + [t]
-            t.start()
+            self._start_job(self._pending.popleft(), host)
+
+    def _start_job(self, handle: SshHandle, host: SshHost) -> None:
+        """Run ``handle`` on ``host`` in its own thread (caller holds the lock)."""
+        handle.host = host
+        host.running += 1
+        self._running.add(handle)
+        t = threading.Thread(target=self._job_thread, args=(handle,), daemon=True,
+                             name=f"{self.name}-{handle.native_id}")
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
 
     # -- one job ----------------------------------------------------------------------------------
 
@@ -304,8 +322,12 @@ class SshBackend:
         with self._lock:
             host.running -= 1
             self._running.discard(handle)
-            self._events.put(event)
+            self._events.put(self._job_ended(handle, host, event))
             self._dispatch()
+
+    def _job_ended(self, handle: SshHandle, host: SshHost, event: JobEvent) -> JobEvent:
+        """A job left ``host`` (caller holds the lock): for backends that account more per host."""
+        return event
 
     def _execute(self, handle: SshHandle, host: SshHost) -> JobEvent:
         spec = handle.spec

@@ -137,8 +137,9 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
     if not result.interrupted:  # keep the graph for the next invocation
         graph_memo.keep(session.graph_memo, session.fingerprint, session.store, session.workflow, session.graph,
                   session.steps, sched.current, session.known_keys)
+    note = getattr(backend, "summary_note", None)  # e.g. the spot backend's instance-hours and cost
     progress.summary(len(result.ran), len(result.skipped_by_cutoff), len(result.failed), result.interrupted,
-                     session.digester.files_hashed)
+                     session.digester.files_hashed, note() if note is not None else "")
     if result.interrupted:
         run_hook(session.workflow, "onerror")
         raise _interrupted()
@@ -200,6 +201,14 @@ def _stop_orphans(session: Session, note: Callable[[str], None]) -> None:
     for marker in session.store.incomplete_outputs().values():
         stop_job(marker, note, seen)
 
+
+
+def spot(argv: list[str]) -> int:
+    """``flowmake spot list|cleanup [--all]``: the spot backend's instances of this workdir."""
+    from flowmake.backend import backend_class
+
+    command: Any = getattr(backend_class("spot"), "command")  # an entry point, like the backend
+    return int(command(argv, load_settings(os.getcwd()).for_backend("spot"), os.getcwd()))
 
 
 def list_rules(opts: Options) -> int:

@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", "--res", nargs="+", default=[], metavar="NAME=N", help="global limits, e.g. mem_mb=8000")
     p.add_argument("--set-scatter", nargs="+", default=[], metavar="NAME=N", help="scatter counts over the scattergather: ones")
     p.add_argument("--backend", "-e", "--executor", metavar="NAME",
-                   help="where jobs run: local, docker, ssh, slurm (default: local)")
+                   help="where jobs run: local, docker, ssh, slurm, spot (default: local)")
     p.add_argument("--profile", action="append", metavar="DIR|FILE",
                    help="a Snakemake profile (directory, its config.yaml, or a name) or a flowmake .toml "
                         "settings file; repeatable; default $SNAKEMAKE_PROFILE")
@@ -158,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["cache"] and argv[1:2] in (["stats"], ["gc"], ["-h"], ["--help"]):
         return _cache_command(argv[1:])  # `flowmake cache stats|gc`; a rule named cache still builds
+    if argv[:1] == ["spot"] and argv[1:2] in (["list"], ["cleanup"]):  # the spot backend's instances
+        try:
+            return api.spot(argv[1:])
+        except FlowmakeError as err:
+            print(str(err), file=sys.stderr)
+            return err.exit_code
     args = _parser().parse_args(argv)
     if args.unlock:
         print("nothing to unlock: locks of runs that died are released by themselves", file=sys.stderr)

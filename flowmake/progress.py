@@ -69,7 +69,8 @@ class Progress:
     def note(self, text: str) -> None:
         self._line(text, force=True)
 
-    def summary(self, ran: int, cut_off: int, failed: int, interrupted: bool, hashed: int = 0) -> None:
+    def summary(self, ran: int, cut_off: int, failed: int, interrupted: bool, hashed: int = 0,
+                extra: str = "") -> None:
         self._clear_status()
         if self.quiet and not failed and not interrupted:
             return
@@ -84,8 +85,8 @@ class Progress:
         if interrupted:
             parts.append("interrupted")
         # Files read to digest them: a no-op over unchanged files reads none (stats only).
-        print(", ".join(parts) + f" in {secs:.1f} s; {hashed} file{'s' if hashed != 1 else ''} hashed",
-              file=self.out)
+        print(", ".join(parts) + f" in {secs:.1f} s; {hashed} file{'s' if hashed != 1 else ''} hashed"
+              + (f"; {extra}" if extra else ""), file=self.out)
 
     # ---- drawing -------------------------------------------------------------------------------
 

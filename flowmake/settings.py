@@ -20,7 +20,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
-CLUSTER_BACKENDS = ("slurm",)  # -j counts jobs there; Snakemake's default resources apply (overrides)
+CLUSTER_BACKENDS = ("slurm", "spot")  # -j counts jobs there; Snakemake's default resources apply (overrides)
 
 
 def available_cores() -> int:

@@ -1,6 +1,6 @@
 """Session fixtures that start real services for the backend tests.
 
-``docker_engine``, ``ssh_hosts`` and ``slurm_cluster`` each start their service once per session
+``docker_engine``, ``ssh_hosts``, ``slurm_cluster`` and ``ec2_lab`` each start their service once per session
 under a temp dir and stop it at the end. When a service cannot run here the tests using it are
 skipped with the reason; under ``CI=true`` they fail instead, so a CI machine that lost a service
 cannot pass by skipping.
@@ -20,6 +20,7 @@ from tests.services import ServiceUnavailable, in_ci
 
 if TYPE_CHECKING:
     from tests.services.docker import DockerEngine
+    from tests.services.ec2 import Ec2Lab
     from tests.services.slurm import SlurmCluster
     from tests.services.ssh import SshHosts
 
@@ -116,3 +117,15 @@ def slurm_accounting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ec2_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ec2Lab]:
+    """moto's EC2 whose instances are sshd hosts in network namespaces (``tests/services/ec2.py``)."""
+    from tests.services.ec2 import start_ec2_lab
+
+    lab = _start("ec2 lab", lambda: start_ec2_lab(tmp_path_factory.mktemp("ec2")))
+    try:
+        yield lab
+    finally:
+        lab.stop()

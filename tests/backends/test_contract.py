@@ -1,4 +1,4 @@
-"""One contract, every backend: the same workflows through `flowmake` on local, docker, ssh and slurm.
+"""One contract, every backend: the same workflows through `flowmake` on local, docker, ssh, slurm and spot.
 
 Each test runs the real CLI in a workdir whose flowmake.toml selects the backend; the services
 behind docker, ssh and slurm are the real ones the session fixtures start.
@@ -24,6 +24,7 @@ BACKENDS = [
     pytest.param("docker", marks=[pytest.mark.docker, pytest.mark.slow]),
     pytest.param("ssh", marks=[pytest.mark.ssh, pytest.mark.slow]),
     pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.slow]),
+    pytest.param("spot", marks=[pytest.mark.spot, pytest.mark.slow]),
 ]
 
 
@@ -34,6 +35,8 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. the spot backend's prices
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return json.dumps(str(v))
 
 
@@ -77,6 +80,18 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         root = hosts.fs / "contract"
         root.mkdir(parents=True, exist_ok=True)
         yield Backend("ssh", hosts.settings(*shared, shared_fs=True, slots=2), root)
+    elif name == "spot":
+        # Instances that share the test's filesystem (an EFS-like shared_fs), so the contract's
+        # probes of the workdir see what a running job wrote; staging is test_spot.py's.
+        lab = request.getfixturevalue("ec2_lab")
+        lab.private = False
+        root = lab.fs / "contract"
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            yield Backend("spot", lab.settings(shared_fs=True, idle_timeout=5), root, lab.env())
+        finally:
+            lab.private = True
+        assert lab.alive_instances() == [], "the spot backend left instances running"
     else:
         cluster = request.getfixturevalue("slurm_cluster")
         yield Backend("slurm", cluster.settings(), tmp_path, {"SLURM_CONF": str(cluster.conf)})
@@ -184,7 +199,7 @@ def test_cancel_on_ctrl_c(backend: Backend) -> None:
 
 
 def test_resources_reach_the_job(backend: Backend) -> None:
-    if backend.name in ("local", "ssh"):
+    if backend.name in ("local", "ssh", "spot"):
         pytest.skip(f"{backend.name} runs jobs as plain processes: threads and mem_mb only limit scheduling")
     wd = backend.workdir("resources")
     probe = ("cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max 2>/dev/null || "
@@ -244,7 +259,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [pytest.param("ssh", marks=pytest.mark.ssh),
-                                     pytest.param("slurm", marks=pytest.mark.slurm)], indirect=True)
+                                     pytest.param("slurm", marks=pytest.mark.slurm),
+                                     pytest.param("spot", marks=pytest.mark.spot)], indirect=True)
 def test_example_end_to_end_matches_local(backend: Backend, tmp_path: Path) -> None:
     local = Backend("local", {}, tmp_path / "local")
     (tmp_path / "local").mkdir()

@@ -17,6 +17,10 @@ or, under ``CI=true``, into a failure: in CI a missing service is a broken machi
 - ``rclone.rclone_server`` (a session fixture: ``rclone serve s3`` on 127.0.0.1, a second S3
   implementation) -> ``RcloneServer``: ``.endpoint``, ``.env()``, ``.client()``, ``.bucket()``,
   ``.root`` (the folder it serves), ``.requests()`` / ``.writes(bucket)`` (from its debug log).
+- ``ec2.start_ec2_lab(dir) -> Ec2Lab`` (the ``ec2_lab`` session fixture): moto's EC2 on 127.0.0.1
+  whose instances boot as sshd hosts in network namespaces (10.214.0.0/24): ``.settings(**extra)``
+  (ready ``[backends.spot]`` settings), ``.env()``, ``.client()``, ``.refuse(type=, spot=)`` /
+  ``.allow()``, ``.interrupt(id)``, ``.processes(id)``, ``.instances()``, ``.calls``, ``.peak``.
 - ``jobs.spec(...)``, ``jobs.wait_one(backend, handle)``, ``jobs.wait_for(backend, handles)``.
 """
 

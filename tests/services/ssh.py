@@ -216,7 +216,10 @@ def _prepare(base: Path, bins: dict[str, str]) -> SshHosts:
                     host_keys={})
 
 
-def _start_sshd(hosts: SshHosts, host: SshHost, sshd: str, listen: str) -> None:
+def _start_sshd(hosts: SshHosts, host: SshHost, sshd: str, listen: str,
+                fresh_login: bool = False) -> None:
+    """``fresh_login``: the host's logins read none of this machine's shell start-up files (as on
+    a new machine), so a host killed mid-login cannot leave them a lock that stalls other logins."""
     etc = hosts.base / "etc"
     key = etc / f"host_{host.name}_ed25519"
     if not key.exists():
@@ -243,8 +246,13 @@ def _start_sshd(hosts: SshHosts, host: SshHost, sshd: str, listen: str) -> None:
             fs = shlex.quote(str(hosts.fs))
             setup.append(f"mount -t tmpfs -o mode=0755 flowmake-private {fs}")
             setup.append(f"mkdir -p {shlex.quote(str(hosts.remote_root))}")
+        home = os.path.expanduser(f"~{host.user}")
+        for rc in (".bashrc", ".bash_profile", ".bash_login", ".profile") if fresh_login else ():
+            if os.path.exists(os.path.join(home, rc)):
+                setup.append(f"mount --bind /dev/null {shlex.quote(os.path.join(home, rc))}")
         script = " && ".join(setup) + " && exec " + shlex.join(cmd)
-        unshare = ["unshare", "-u"] + (["-m", "--propagation", "private"] if host.private else [])
+        private_mounts = host.private or fresh_login
+        unshare = ["unshare", "-u"] + (["-m", "--propagation", "private"] if private_mounts else [])
         cmd = ["ip", "netns", "exec", host.netns, *unshare, "sh", "-c", script]
     host.log = etc / f"sshd_{host.name}.log"
     with open(host.log, "wb") as out:
