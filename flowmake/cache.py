@@ -309,7 +309,7 @@ class Cache:
         try:
             data = self.store.read_manifest(key)
         except (OSError, CacheError) as e:
-            self.warnings.append(f"cache {self.url} could not be read: {e}")
+            self.warnings.append(f"cache {self.url} could not be read: {getattr(e, 'message', e)}")
             return None
         if data is None:
             return None
@@ -323,40 +323,38 @@ class Cache:
         return manifest
 
     def restore(self, manifest: Manifest, workdir: str, paths: Iterable[str] | None = None) -> Restored:
-        """Place the outputs ``paths`` (all when None) of ``manifest`` under ``workdir``."""
+        """Place the outputs ``paths`` (all when None) of ``manifest`` under ``workdir``: all of them
+        or, when a blob is damaged or missing, none (each is fetched beside its place first)."""
         done = Restored()
-        for out in (manifest.outputs if paths is None else paths):
-            files, dirs, links = manifest.entries_of(out)
-            final = os.path.join(workdir, out)
-            os.makedirs(os.path.dirname(final) or workdir, exist_ok=True)
-            if len(files) == 1 and files[0].path == out and not dirs and not links:
+        staged: list[tuple[str, str]] = []  # (temporary name, final place), renamed at the end
+        try:
+            for out in (manifest.outputs if paths is None else paths):
+                files, dirs, links = manifest.entries_of(out)
+                final = os.path.join(workdir, out)
+                os.makedirs(os.path.dirname(final) or workdir, exist_ok=True)
                 tmp = _tmp_name(final)
-                try:
+                staged.append((tmp, final))
+                if len(files) == 1 and files[0].path == out and not dirs and not links:
                     done.bytes += self._fetch(files[0], tmp, out)
-                    _swap(tmp, final)
-                finally:
-                    if os.path.lexists(tmp):
-                        os.unlink(tmp)
-                done.files[out] = files[0].digest
-                continue
-            tmp = _tmp_name(final)  # a folder is built beside its place, then renamed into it
-            try:
-                os.mkdir(tmp)
-                for d in sorted(dirs):
-                    os.makedirs(os.path.join(tmp, d[len(out) + 1:]), exist_ok=True)
-                for f in files:
-                    target = os.path.join(tmp, f.path[len(out) + 1:])
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    done.bytes += self._fetch(f, target, out)
-                for p, t in links:
-                    where = os.path.join(tmp, p[len(out) + 1:])
-                    os.makedirs(os.path.dirname(where), exist_ok=True)
-                    os.symlink(t, where)
+                else:  # a folder is built beside its place too
+                    os.mkdir(tmp)
+                    for d in sorted(dirs):
+                        os.makedirs(os.path.join(tmp, d[len(out) + 1:]), exist_ok=True)
+                    for f in files:
+                        target = os.path.join(tmp, f.path[len(out) + 1:])
+                        os.makedirs(os.path.dirname(target), exist_ok=True)
+                        done.bytes += self._fetch(f, target, out)
+                    for p, t in links:
+                        where = os.path.join(tmp, p[len(out) + 1:])
+                        os.makedirs(os.path.dirname(where), exist_ok=True)
+                        os.symlink(t, where)
+                done.files.update((f.path, f.digest) for f in files)
+            for tmp, final in staged:
                 _swap(tmp, final)
-            finally:
+        finally:
+            for tmp, _ in staged:
                 if os.path.lexists(tmp):
                     remove_path(tmp)
-            done.files.update((f.path, f.digest) for f in files)
         return done
 
     def _fetch(self, entry: FileEntry, dest: str, out: str) -> int:
@@ -396,6 +394,16 @@ class Cache:
                 done.blobs += 1
         self.store.write_manifest(key, manifest.encode())
         return done
+
+
+def human_bytes(n: int) -> str:
+    """Sizes as the summary line and ``flowmake cache`` say them: 24 B, 1.5 MB, 3.2 GB."""
+    if n < 1000:
+        return f"{n} B"
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
 
 
 def _swap(tmp: str, final: str) -> None:
@@ -450,7 +458,7 @@ def open_cache(url: str, mode: Mode, *, endpoint_url: str | None = None, region:
     writable = mode is not Mode.READ
     if url.startswith("s3://"):
         from flowmake.cache_s3 import S3Store  # boto3 is imported only for an S3 cache
-        return Cache(S3Store(url, endpoint_url=endpoint_url, region=region, profile=profile), mode)
+        return Cache(S3Store(url, endpoint_url=endpoint_url, region=region, profile=profile, writable=writable), mode)
     if url.startswith("file://"):
         path = url[len("file://"):]
     elif "://" in url:

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence, Union
 
-from flowmake.cache import DirStore, Manifest
+from flowmake.cache import DirStore, Manifest, human_bytes
 from flowmake.digest import DIGEST_BYTES
 from flowmake.errors import CacheError, UsageError
 
@@ -243,13 +243,6 @@ def _names(where: Listing, key: str) -> set[str] | None:
         return None if data is None else {f.digest for f in Manifest.decode(data, key).files}
     except (ValueError, CacheError):
         return None
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 # -- the command ---------------------------------------------------------------------------------

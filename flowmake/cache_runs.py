@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from flowmake import envs
 from flowmake.cache_plan import NOT_RESTORED, IN_CACHE_FIELD, Restore, cacheable, in_cache_fields
 from flowmake.capacity import NOTHING, Need
 from flowmake.errors import CacheError
@@ -189,6 +190,8 @@ class CacheRuns:
         rec.plan = replace(rec.plan, decision=Decision.RUN,
                            reasons=[Reason(ReasonKind.MISSING, path=getattr(e, "path", None) or step.outputs[0])])
         self._place_inputs(step)
+        # Its software was not set up for a restore (envs.prepare skips an env already made).
+        envs.prepare([step.rule], self.ctx.deployment, self.ctx.workdir, self.progress.note)
 
     def _trace_restored(self, step: Step, rec: StepRecord, digests: Any, *, placed: bool) -> None:
         sp = rec.plan

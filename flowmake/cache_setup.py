@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from flowmake.cache import human_bytes
 from flowmake.cache_plan import CacheOutcome, apply_cache, cacheable
 from flowmake.graph import Step
 from flowmake.planner import Plan
@@ -55,7 +56,7 @@ class Lookup:
         try:
             found = self.cache.lookup(key)
         except Exception as e:  # any store error: the step runs, the run goes on
-            self.cache.warnings.append(f"cache {self.cache.url} could not be read: {e}")
+            self.cache.warnings.append(f"cache {self.cache.url} could not be read: {getattr(e, 'message', e)}")
             found = None
         if len(self.cache.warnings) > seen and found is None and "could not be read" in self.cache.warnings[-1]:
             self.failed = True
@@ -75,14 +76,6 @@ def warn(cache: Any, extra: list[str] | None = None) -> None:
     for w in dict.fromkeys([*cache.warnings, *(extra or [])]):
         print(f"flowmake: warning: {w}", file=sys.stderr)
     cache.warnings.clear()
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return f"{n} B"
 
 
 def summary_part(stats: Any) -> str:

@@ -300,3 +300,31 @@ def test_every_blob_damaged_every_step_runs_and_the_run_succeeds(tmp_path: Path,
     err = second.ok("-c", "2", "--cache", str(cache))
     assert sorted(ran(second), key=int) == [str(i) for i in range(24)] and err.count("damaged") == 24
     assert all(second.read(f"out/{i}.txt") == first.read(f"out/{i}.txt") for i in range(24))
+
+
+def test_a_damaged_restore_of_a_conda_rule_sets_its_env_up_and_runs_in_it(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore needs no software, so none is set up for it; when its entry turns out damaged the
+    step runs, and its conda env must then be made first (else the job fails, not for its own fault)."""
+    from tests.e2e.test_deployment import FAKE_CONDA, fake_tools
+
+    rules = """
+        rule hi:
+            output: "hi.txt"
+            conda: "envs/hello.yaml"
+            shell: "echo hi >> runs.log; hello there > {output}"
+    """
+    first, second = clone(tmp_path, "alice", rules), clone(tmp_path, "bob", rules)
+    for f in (first, second):
+        f.file("envs/hello.yaml", "channels: [conda-forge]\ndependencies: [hello]\n")
+    log = fake_tools(first, monkeypatch, conda=FAKE_CONDA)
+    first.ok("-c", "1", "--use-conda", "--cache", str(cache))
+    assert first.read("hi.txt") == "hello from the env: activated there\n"
+    for blob in cache.glob("cas/*/*"):  # bob's restore finds the entry damaged
+        blob.chmod(0o644)
+        blob.write_text("not what was made\n")
+    log.unlink()
+    err = second.ok("-c", "1", "--use-conda", "--cache", str(cache))
+    assert "damaged" in err and ran(second) == ["hi"]
+    assert second.read("hi.txt") == "hello from the env: activated there\n"
+    assert "create" in log.read_text()  # bob's env was made for the run

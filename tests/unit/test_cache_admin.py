@@ -85,7 +85,7 @@ def test_gc_removes_nothing_younger_than_min_age(backend: Backend, tmp_path: Pat
     backend.put_blob("f" * 32, b"a publisher's first blob: its manifest is still to come\n")
     where = listing(backend.open(Mode.READWRITE).store)  # type: ignore[arg-type]
     done = gc(where, 0, min_age=3600)
-    # The entry goes (the store is above 0 bytes); none of the blobs does: all are young.
+    # The entry goes (the store is above 0 B); none of the blobs does: all are young.
     assert (done.entries, done.blobs, done.young) == (1, 0, 4)
     assert backend.open(Mode.READ).store.has_blob("f" * 32)
 
@@ -150,7 +150,7 @@ def test_the_commands_on_a_directory_cache(tmp_path: Path) -> None:
     got = _cli("gc", "--cache", url, "--max-size", "0", "--min-age", "0")
     assert got.returncode == 0, got.stderr
     assert got.stdout.startswith(f"cache {url}: removed 1 entry and 3 blobs (30") and got.stdout.endswith(
-        "now 0 entries, 0 blobs, 0 bytes\n")
+        "now 0 entries, 0 blobs, 0 B\n")
     got = _cli("gc", "--cache", url, "--max-size", "lots")
     assert (got.returncode, got.stderr) == (2, "usage error: 'lots' is not a size (e.g. 500MB, 4GB, 1.5GiB)\n")
     got = _cli("stats", cwd=tmp_path)
@@ -159,7 +159,7 @@ def test_the_commands_on_a_directory_cache(tmp_path: Path) -> None:
     (tmp_path / "lab" / "flowmake.toml").write_text(f'[cache]\nurl = "{url}"\nmode = "read"\n')
     for args, cwd in ((("stats",), tmp_path / "lab"), (("stats", "-d", "lab"), tmp_path)):
         got = _cli(*args, cwd=cwd)  # [cache] url of flowmake.toml, here or in -d DIR
-        assert (got.returncode, got.stdout) == (0, f"cache {url}: 0 entries, 0 blobs, 0 bytes\n"), got.stderr
+        assert (got.returncode, got.stdout) == (0, f"cache {url}: 0 entries, 0 blobs, 0 B\n"), got.stderr
 
 
 def test_the_commands_on_s3_and_their_errors(s3: Backend, tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_the_commands_on_s3_and_their_errors(s3: Backend, tmp_path: Path) -> Non
     assert got.returncode == 0, got.stderr
     assert got.stdout.startswith(f"cache {s3.url.rstrip('/')}: 1 entry, 3 blobs, 30")
     got = _cli("gc", "--cache", s3.url, "--endpoint-url", endpoint, "--max-size", "50G", env=env)
-    assert got.returncode == 0 and "removed 0 entries and 0 blobs (0 bytes)" in got.stdout
+    assert got.returncode == 0 and "removed 0 entries and 0 blobs (0 B)" in got.stdout
     got = _cli("stats", "--cache", "s3://no-such-bucket/x", "--endpoint-url", endpoint, env=env)
     assert got.returncode == 2 and "Traceback" not in got.stderr
     assert got.stderr.startswith("cache error: cannot list s3://no-such-bucket/x/ac/: no bucket")

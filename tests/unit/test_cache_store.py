@@ -171,8 +171,6 @@ def test_a_damaged_blob_never_lands_in_theworkdir(backend: Backend, tmp_path: Pa
     assert not cache.store.has_blob(digest)  # a writable cache drops it, so a publisher replaces it
 
 
-@pytest.mark.xfail(strict=True, reason="Cache.restore places each output as it goes: the outputs "
-                   "before the one whose blob is missing are left in the workdir")
 def test_a_manifest_whose_blobs_are_missing_restores_nothing(backend: Backend, tmp_path: Path) -> None:
     wd, cache = _published(backend, tmp_path)
     m = cache.lookup(KEY)
