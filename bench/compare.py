@@ -294,6 +294,14 @@ def make_tools(args: argparse.Namespace, base: Path) -> list[Tool]:
         if importlib.util.find_spec("flowmake") is None:  # not installed: use this checkout
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         tools.append(Tool("flowmake", (sys.executable, "-m", "flowmake"), env))
+    if args.with_cache:
+        if "flowmake" not in args.tools or args.baseline:
+            sys.exit("--with-cache is compared with flowmake without a cache: keep flowmake in --tools, no --baseline")
+        # The same code with a directory cache configured: its no-op must cost what the plain
+        # no-op costs (a step whose outputs are current never asks the cache); its fresh dry-run
+        # asks the cache once per step (an empty cache: each lookup a miss).
+        cache_dir = base / "cache"
+        tools.append(Tool("flowmake+cache", (sys.executable, "-m", "flowmake", "--cache", f"file://{cache_dir}"), env))
     if args.baseline:
         if "flowmake" not in args.tools:
             sys.exit("--baseline is compared with the current flowmake: keep flowmake in --tools")
@@ -388,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", metavar="REF",
                    help="also run this git revision of flowmake (e.g. main, HEAD~3) as a third "
                         "tool flowmake@REF, alternating with the current code")
+    p.add_argument("--with-cache", action="store_true",
+                   help="also run flowmake with a directory cache configured (flowmake+cache), "
+                        "alternating with flowmake without one")
     p.add_argument("--only", default="",
                    help="comma list of workload kinds: chains,fanin,deep,run,micro,cache")
     p.add_argument("--dry-only", action="store_true",
@@ -412,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[tuple[Workload, dict[str, dict[str, Cell]]]] = []
     try:
         tools = make_tools(args, base)
-        base_name = tools[-1].name if args.baseline else None
+        base_name = tools[-1].name if args.baseline or args.with_cache else None
         plan = make_plan(args)
         info = {**machine(), **{f"{t.name} version": version_of(t) for t in tools}}
         if "flowmake" in args.tools:

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="flowmake",
         description="Build the requested targets from a Flowfile (or Snakefile), running exactly the "
         "steps whose inputs, code or parameters changed.",
+        epilog="other commands: `flowmake cache stats|gc` (the shared cache's size, and its upkeep), "
+        "`flowmake spot list|cleanup` (the spot backend's instances); each takes -h.",
     )
     p.add_argument("targets", nargs="*", metavar="TARGET", help="files or rule names (default: the first rule)")
     p.add_argument("-s", "--snakefile", "--flowfile", dest="flowfile", metavar="FILE",
@@ -158,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["cache"] and argv[1:2] in (["stats"], ["gc"], ["-h"], ["--help"]):
         return _cache_command(argv[1:])  # `flowmake cache stats|gc`; a rule named cache still builds
-    if argv[:1] == ["spot"] and argv[1:2] in (["list"], ["cleanup"]):  # the spot backend's instances
+    if argv[:1] == ["spot"] and argv[1:2] in (["list"], ["cleanup"], ["-h"], ["--help"]):  # the spot backend's instances
         try:
             return api.spot(argv[1:])
         except FlowmakeError as err:
