@@ -37,9 +37,11 @@ def open_configured(opts: Any, settings: Any) -> Any:
 
 def may_cache_of(opts: Any) -> Callable[[Step], bool]:
     rules = set(opts.cache_rules)
-    if not rules:
-        return cacheable
-    return lambda step: step.rule.name in rules and cacheable(step)
+    if rules:
+        return lambda step: step.rule.name in rules and cacheable(step)
+    if opts.cache_flag and not opts.cache_url:  # Snakemake's bare --cache: the rules saying cache: True
+        return lambda step: step.rule.cache is True and cacheable(step)
+    return cacheable
 
 
 class Lookup:

@@ -350,3 +350,26 @@ def test_two_runs_publishing_the_same_steps_at_once_both_succeed_and_the_entries
     assert ran(third) == []
     for name in ("a.txt", "b.sh", "c.txt", "logs/c.log"):
         assert (third.root / name).read_bytes() == (first.root / name).read_bytes(), name
+
+
+def test_snakemakes_bare_cache_flag_caches_only_the_rules_that_say_cache_true(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = """
+        rule all:
+            input: "b.txt"
+        rule a:
+            input: "in.txt"
+            output: "a.txt"
+            cache: True
+            shell: "echo a >> runs.log; cat {input} > {output}"
+        rule b:
+            input: "a.txt"
+            output: "b.txt"
+            shell: "echo b >> runs.log; cat {input} > {output}"
+    """
+    monkeypatch.setenv("SNAKEMAKE_OUTPUT_CACHE", str(cache))
+    first, second = clone(tmp_path, "alice", rules), clone(tmp_path, "bob", rules)
+    err = first.ok("-c", "1", "--cache")
+    assert "1 published to the cache" in err and len(manifests(cache)) == 1
+    second.ok("-c", "1", "--cache")
+    assert ran(second) == ["b"], "a came from the cache; b, which does not say cache: True, ran"
