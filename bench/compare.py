@@ -428,8 +428,10 @@ def main(argv: list[str] | None = None) -> int:
         info = {**machine(), **{f"{t.name} version": version_of(t) for t in tools}}
         if "flowmake" in args.tools:
             info["flowmake code"] = f"this checkout, {current_code()}"
-        if base_name:
+        if args.baseline:
             info[f"{base_name} code"] = f"commit {args.baseline_commit[:12]}, from `git archive`"
+        elif args.with_cache:
+            info[f"{base_name} code"] = "this checkout, with --cache file://<a fresh directory>"
         micro_text = cache_text = ""
 
         def write() -> None:  # after each workload, in case of ^C
