@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -47,10 +46,8 @@ def test_a_put_url_and_a_get_url_work_with_plain_urllib(s3_server: S3Server, mon
     assert url is not None and "Signature" in url and "flowmake-test-secret" not in url
     with urllib.request.urlopen(url) as r:
         assert r.read() == BODY
-    # A URL is for one object: it does not read another. (Its method is S3's to enforce: moto
-    # does not check a presigned URL's signature.)
-    with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(url.replace(d, "0" * 32))
+    # That a URL is good for its one object and method only is S3's to enforce (its signature
+    # covers both): moto does not check a presigned URL's signature, so it is not tested here.
 
 
 def test_a_read_only_cache_gives_get_urls_only_and_a_directory_cache_no_plane(
