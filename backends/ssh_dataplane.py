@@ -173,17 +173,18 @@ class DataPlaneUse:
                     self.host_puts += 1
                     self.host_put_bytes += n
 
-    def summary_note(self) -> str:  # the spot backend's says more, and this too
+    def summary_note(self: Any) -> str:  # the spot backend's says more, and this too
         return self.plane_note()
 
-    def plane_note(self) -> str:
-        """What the hosts moved themselves, for the run's summary ("" when nothing)."""
+    def plane_note(self: Any) -> str:
+        """What the hosts moved themselves, beside what was sent from here, for the run's summary
+        ("" when they moved nothing)."""
         if not (self.host_fetches or self.host_puts):
             return ""
         from flowmake.cache import human_bytes
 
         return (f"hosts fetched {human_bytes(self.host_fetch_bytes)} from the cache and uploaded "
-                f"{human_bytes(self.host_put_bytes)} to it")
+                f"{human_bytes(self.host_put_bytes)} to it, {human_bytes(self.upload_bytes)} sent from here")
 
 
 def _run_json(host: Any, cmd: str, stdin: Any, timeout: float) -> Any:

@@ -80,7 +80,10 @@ def test_instances_publish_outputs_and_fetch_cached_inputs_from_s3_themselves(
     start = len(s3.requests)
     other = "cat {input} > {output}; echo end >> {output}"
     second = clone(be, s3, bucket, "second", other)
-    assert_ok(be.run(second, "-s", "Snakefile"))
+    res = be.run(second, "-s", "Snakefile")
+    assert_ok(res)
+    said = res.stdout + res.stderr
+    assert "hosts fetched 11 B from the cache" in said and "0 B sent from here" in said  # ALPHA, BETA
     fetched = from_hosts(s3, bucket, "GET", start)
     assert sorted(fetched) == sorted({blob_key(made["upper/a.txt"]), blob_key(made["upper/b.txt"])})
     local = Backend("local", {}, tmp_path)
