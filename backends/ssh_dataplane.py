@@ -113,9 +113,16 @@ class DataPlaneUse:
                      ) -> list[tuple[str, str, Path]]:
         """Have ``host`` fetch from the cache what of ``files`` its CAS lacks; the files, unchanged
         (those now in its CAS are in ``host.cas_known``, so SFTP skips them)."""
-        plane = self.data_plane
-        if plane is None or host.shared_fs or getattr(host, "no_plane", False):
+        if self.data_plane is None or host.shared_fs or getattr(host, "no_plane", False):
             return files
+        try:
+            self._plane_get(host, files)
+        except Exception:  # e.g. the bucket's server went away: SFTP sends them instead
+            pass
+        return files
+
+    def _plane_get(self: Any, host: Any, files: list[tuple[str, str, Path]]) -> None:
+        plane = self.data_plane
         jobs, seen = [], set()
         for _rel, digest, local in files:
             if digest in host.cas_known or digest in seen or len(digest) < _HEX:
@@ -125,14 +132,14 @@ class DataPlaneUse:
             if url is not None:
                 jobs.append([digest, url, 0o444 | (0o111 if os.access(local, os.X_OK) else 0)])
         if not jobs:
-            return files
+            return
         casdir = f"{self.remote_root}/cas"
         cas = staging.q(casdir) if casdir.startswith(("/", "~/")) else shlex.quote(casdir)
         done = _run_json(host, f"{shlex.quote(self.python)} -c {shlex.quote(FETCH_PY)} {cas}",
                          jobs, self.timeout)
         if done is None:  # no blake3 there (or no python3): this host never fetches by itself
             host.no_plane = True
-            return files
+            return
         with self._lock:
             for digest, n in done.items():
                 if isinstance(n, int) and n >= 0:
@@ -140,7 +147,6 @@ class DataPlaneUse:
                     if n > 0:
                         self.host_fetches += 1
                         self.host_fetch_bytes += n
-        return files
 
     def _fetch_outputs(self: Any, host: Any, sftp: paramiko.SFTPClient, spec: JobSpec, rundir: str,
                        outputs: list[str], manifest: dict[str, Any]) -> int:
@@ -149,7 +155,10 @@ class DataPlaneUse:
         plane = self.data_plane
         if (plane is not None and spec.cache_outputs and plane.writable and manifest.get("algo") == "blake3"
                 and not getattr(host, "no_plane", False)):
-            self._plane_put(host, rundir, manifest)
+            try:
+                self._plane_put(host, rundir, manifest)
+            except Exception:  # e.g. the bucket's server went away: the publish sends them instead
+                pass
         return staging.fetch_outputs(sftp, rundir, Path(spec.workdir), outputs, manifest)
 
     def _plane_put(self: Any, host: Any, rundir: str, manifest: dict[str, Any]) -> None:
