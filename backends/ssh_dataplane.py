@@ -54,13 +54,14 @@ for d, url, mode in json.load(sys.stdin):
         with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
             for block in iter(lambda: r.read(1 << 20), b""):
                 h.update(block); f.write(block); n += len(block)
-        if h.hexdigest()[:len(d)] != d:
-            raise ValueError("digest mismatch")
-        os.chmod(tmp, mode)
-        os.rename(tmp, target)
-        done[d] = n
+        ok = h.hexdigest()[:len(d)] == d
+        if ok:
+            os.chmod(tmp, mode)
+            os.rename(tmp, target)
+        done[d] = n if ok else -2
     except Exception:
         done[d] = -1
+    if done[d] < 0:
         try:
             os.unlink(tmp)
         except OSError:
@@ -140,6 +141,9 @@ class DataPlaneUse:
         if done is None:  # no blake3 there (or no python3): this host never fetches by itself
             host.no_plane = True
             return
+        for digest, n in done.items():
+            if n == -2:  # damaged in the bucket (or sent wrong): checked here, removed when it is
+                plane.drop_if_damaged(digest[:_HEX])
         with self._lock:
             for digest, n in done.items():
                 if isinstance(n, int) and n >= 0:

@@ -322,6 +322,24 @@ class DataPlane:
         except CacheError:  # it is checked by whoever restores it, and removed then
             pass
 
+    def drop_if_damaged(self, digest: str) -> None:
+        """A host found the blob ``digest`` damaged: read and hashed here (a host's word alone
+        removes nothing), and removed when it is, so the next publisher puts it back."""
+        if not self.writable:
+            return
+        h = hasher()
+        try:
+            src = self.store.open_blob(digest)
+            if src is None:
+                return
+            with src:
+                for block in iter(lambda: src.read(_CHUNK), b""):
+                    h.update(block)
+        except (OSError, CacheError):
+            return
+        if h.hexdigest(DIGEST_BYTES) != digest:
+            self.remove_blob(digest)
+
     def _presign(self, method: str, digest: str) -> str:
         params = {"Bucket": self.store.bucket, "Key": self.store.blob_key(digest)}
         return str(self.store.client.generate_presigned_url(method, Params=params, ExpiresIn=self.expires))

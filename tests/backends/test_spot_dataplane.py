@@ -100,6 +100,9 @@ def test_instances_publish_outputs_and_fetch_cached_inputs_from_s3_themselves(
     flow.write_text(flow.read_text().replace(repr("cat {input} > {output}"), repr(third)))
     assert_ok(be.run(first, "-s", "Snakefile"))
     assert damaged in from_hosts(s3, bucket, "GET", start)
+    # This machine checked the blob the host refused, and removed it: the next publisher puts it back.
+    assert s3.count("DELETE", bucket, damaged) == 1
+    assert "Contents" not in s3.client().list_objects_v2(Bucket=bucket, Prefix=damaged)
     assert (first / "summary.txt").read_bytes() == made["summary.txt"] + b"third\n"
 
 

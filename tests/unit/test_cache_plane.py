@@ -78,7 +78,7 @@ def test_the_hosts_scripts_fetch_checked_blobs_and_upload_hashed_ones(
     url = p.get_url(d)
     full = d + "f" * 32  # a CAS name may be the whole 256-bit digest: its first half is the blob's
     done = host_script(FETCH_PY, [str(cas)], [[d, url, 0o444], [full, url, 0o444]], tmp_path)
-    assert done == {d: len(BODY), full: -1}
+    assert done == {d: len(BODY), full: -2}
     assert (cas / d).read_bytes() == BODY and (cas / d).stat().st_mode & 0o777 == 0o444
     assert sorted(x.name for x in cas.iterdir()) == [d]  # the failed one left no temporary file
     assert host_script(FETCH_PY, [str(cas)], [[d, url, 0o444]], tmp_path) == {d: 0}  # had it
@@ -86,5 +86,15 @@ def test_the_hosts_scripts_fetch_checked_blobs_and_upload_hashed_ones(
     p.store.client.put_object(Bucket=p.store.bucket, Key=f"team/cas/{d[:2]}/{d}", Body=b"damaged")
     (cas / d).chmod(0o644)
     (cas / d).unlink()
-    assert host_script(FETCH_PY, [str(cas)], [[d, url, 0o444]], tmp_path) == {d: -1}
+    assert host_script(FETCH_PY, [str(cas)], [[d, url, 0o444]], tmp_path) == {d: -2}  # damaged
     assert list(cas.iterdir()) == []
+    p.drop_if_damaged(d)  # what the submitter does then: checks it, and removes it
+    assert not p.has_blob(d)
+
+
+def test_a_blob_a_host_calls_damaged_stays_when_it_is_sound(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = plane(s3_server, monkeypatch)
+    d = hash_bytes(BODY)
+    p.store.client.put_object(Bucket=p.store.bucket, Key=f"team/cas/{d[:2]}/{d}", Body=BODY)
+    p.drop_if_damaged(d)
+    assert p.has_blob(d)
