@@ -1,7 +1,7 @@
 """Hosts that move a step's data to and from an S3 cache themselves (used by ``ssh.py``, ``spot.py``).
 
 With an S3 cache configured, the submitting machine need not relay every byte: it hands a host
-presigned URLs (``cache_s3.DataPlane``: one object, one method, an hour; credentials stay here).
+presigned URLs (``cache_plane.DataPlane``: one object, one method, an hour; credentials stay here).
 
 - Inputs: before a job, each input file the host's CAS lacks and the cache holds is fetched by the
   host from the bucket, into a temporary name in its CAS, and renamed into ``cas/<digest>`` only
@@ -107,7 +107,7 @@ class DataPlaneUse:
     host_put_bytes = 0
 
     def use_data_plane(self, plane: Any) -> None:
-        """``plane``: a ``cache_s3.DataPlane``; an execution detail, given by whoever runs the steps."""
+        """``plane``: a ``cache_plane.DataPlane``; an execution detail, given by whoever runs the steps."""
         self.data_plane = plane
 
     def _plane_fetch(self: Any, host: Any, files: list[tuple[str, str, Path]]

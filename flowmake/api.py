@@ -126,7 +126,7 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
                         session.cache_lookup)
         use_plane = getattr(backend, "use_data_plane", None)  # hosts that move data to S3 themselves
         if use_plane is not None and session.cache.url.startswith("s3://"):
-            from flowmake.cache_s3 import data_plane
+            from flowmake.cache_plane import data_plane
 
             use_plane(data_plane(session.cache))
     run_hook(session.workflow, "onstart")

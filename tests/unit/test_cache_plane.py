@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from flowmake.cache import Mode, open_cache
-from flowmake.cache_s3 import DataPlane, data_plane
+from flowmake.cache_plane import DataPlane, data_plane
 from flowmake.digest import hash_bytes
 from flowmake.errors import CacheError
 from tests.services.s3 import S3Server, s3_server  # noqa: F401  # the fixture
