@@ -41,7 +41,7 @@ import json, os, sys, urllib.request
 try:
     import blake3
 except ImportError:
-    print(json.dumps(None)); sys.exit(0)
+    print(json.dumps("no blake3")); sys.exit(0)
 cas, done = sys.argv[1], {}
 for d, url, mode in json.load(sys.stdin):
     target = os.path.join(cas, d)
@@ -97,7 +97,7 @@ print(json.dumps(done))
 
 
 class DataPlaneUse:
-    """What ``SshBackend`` adds for a data plane; without one every method is a no-op."""
+    """What ``SshBackend`` adds for a data plane; without one, staging is exactly as before."""
 
     data_plane: Any = None
     # Observable counters: bytes the hosts fetched from the cache and uploaded to it.
@@ -138,8 +138,9 @@ class DataPlaneUse:
         cas = staging.q(casdir) if casdir.startswith(("/", "~/")) else shlex.quote(casdir)
         done = _run_json(host, f"{shlex.quote(self.python)} -c {shlex.quote(FETCH_PY)} {cas}",
                          jobs, self.timeout)
-        if done is None:  # no blake3 there (or no python3): this host never fetches by itself
+        if done == "no blake3":  # it cannot check a digest: this host never fetches by itself
             host.no_plane = True
+        if not isinstance(done, dict):  # the command failed: SFTP sends them
             return
         for digest, n in done.items():
             if n == -2:  # damaged in the bucket (or sent wrong): checked here, removed when it is

@@ -98,3 +98,12 @@ def test_a_blob_a_host_calls_damaged_stays_when_it_is_sound(s3_server: S3Server,
     p.store.client.put_object(Bucket=p.store.bucket, Key=f"team/cas/{d[:2]}/{d}", Body=BODY)
     p.drop_if_damaged(d)
     assert p.has_blob(d)
+
+
+def test_a_host_without_blake3_says_so_and_fetches_nothing(tmp_path: Path) -> None:
+    from backends.ssh_dataplane import FETCH_PY
+
+    # -S: no site-packages, so no blake3 (what a host's plain python3 is like).
+    out = subprocess.run([sys.executable, "-S", "-c", FETCH_PY, str(tmp_path)], input='[["%s", "http://x/", 292]]' % ("0" * 32),
+                         text=True, capture_output=True, check=True, timeout=60)
+    assert json.loads(out.stdout) == "no blake3" and list(tmp_path.iterdir()) == []
