@@ -175,12 +175,12 @@ class SpotBackend(SshBackend):
         """Instance-hours and estimated cost, for the run's summary line ("" if none ran)."""
         used = self._instances()
         if not used:
-            return ""
+            return self.plane_note()
         now = time.time()
         hours = sum(((i.ended or now) - i.started) / 3600 for i in used)
         cost = sum(((i.ended or now) - i.started) / 3600 * i.price for i in used)
-        return (f"{len(used)} instance{'s' if len(used) != 1 else ''}, "
-                f"{hours:.3f} instance-hours, about ${cost:.4f}")
+        return ", ".join(filter(None, [f"{len(used)} instance{'s' if len(used) != 1 else ''}, "
+                                       f"{hours:.3f} instance-hours, about ${cost:.4f}", self.plane_note()]))
 
     # -- placing jobs -----------------------------------------------------------------------------
 

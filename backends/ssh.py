@@ -50,7 +50,7 @@ import paramiko
 from flowmake.backend import INLINE_MAX, JobEvent, JobHandle, JobSpec, JobState, drain
 from flowmake.errors import BackendError
 
-from . import ssh_staging as staging
+from . import ssh_dataplane, ssh_staging as staging
 
 
 class HostDown(Exception):
@@ -95,7 +95,7 @@ class SshHandle(JobHandle):
         self.pgid: int | None = None
 
 
-class SshBackend:
+class SshBackend(ssh_dataplane.DataPlaneUse):
     name = "ssh"
 
     def __init__(self, *, settings: dict, cores: int) -> None:
@@ -366,7 +366,7 @@ class SshBackend:
                     if result.manifest["missing"]:
                         message = "missing output: " + ", ".join(result.manifest["missing"])
                     else:
-                        n = staging.fetch_outputs(sftp, rundir, workdir, outputs, result.manifest)
+                        n = self._fetch_outputs(host, sftp, spec, rundir, outputs, result.manifest)
                         with self._lock:
                             self.downloads += n
             finally:
@@ -463,7 +463,7 @@ class SshBackend:
     def _stage_in(self, host: SshHost, sftp: paramiko.SFTPClient, spec: JobSpec
                   ) -> list[tuple[str, str, Path]]:
         """Send the host what its CAS lacks; the input files as (path, digest, local path)."""
-        files = staging.expand_inputs(Path(spec.workdir), spec.inputs)
+        files = self._plane_fetch(host, staging.expand_inputs(Path(spec.workdir), spec.inputs))
         for _rel, digest, local in files:
             if digest in host.cas_known:
                 continue

@@ -124,6 +124,11 @@ def _run(session: Session, steps: list[Step], backend: Any, local: Any, cores: i
 
         sched.use_cache(session.cache, session.digester, may_cache_of(opts), frozenset(session.cache_outcome.asked),
                         session.cache_lookup)
+        use_plane = getattr(backend, "use_data_plane", None)  # hosts that move data to S3 themselves
+        if use_plane is not None and session.cache.url.startswith("s3://"):
+            from flowmake.cache_plane import data_plane
+
+            use_plane(data_plane(session.cache))
     run_hook(session.workflow, "onstart")
     try:
         result = sched.run(steps)

@@ -53,6 +53,7 @@ class JobSpec:
     env: tuple[tuple[str, str], ...] = ()
     attempt: int = 1
     local: bool = False  # localrule: must run on the submitting machine
+    cache_outputs: bool = False  # the shared cache takes its outputs: a host may upload them itself
 
 
 class JobHandle:

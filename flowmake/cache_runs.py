@@ -95,6 +95,16 @@ class CacheRuns:
             return NOTHING
         return super()._need(rec)  # type: ignore[misc]  # GroupRuns._need, next in the MRO
 
+    def _spec(self, rec: StepRecord, recs: list[StepRecord], *, local: bool) -> Any:
+        """The job's spec, saying whether its outputs will be published (``_publish`` decides the
+        same from the same facts): a backend with the cache's data plane uploads them itself."""
+        spec = super()._spec(rec, recs, local=local)  # type: ignore[misc]  # GroupRuns._spec
+        cache, step = self.cache, rec.step
+        if (cache is None or not cache.can_write or local or rec.plan.key is None or len(recs) > 1
+                or id(step) in self._groups or not self._may_cache(step)):
+            return spec
+        return replace(spec, cache_outputs=True)
+
     # ---- restoring ----------------------------------------------------------------------------
 
     def _from_cache(self, rec: StepRecord) -> bool:

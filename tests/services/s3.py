@@ -34,6 +34,7 @@ class Request:
     method: str
     bucket: str
     key: str
+    addr: str = ""  # the client's address
 
 
 class _Recorder:
@@ -48,12 +49,12 @@ class _Recorder:
         path = urllib.parse.unquote(environ.get("PATH_INFO", ""))
         bucket, _, key = path.lstrip("/").partition("/")
         with self._lock:
-            self.log.append(Request(environ.get("REQUEST_METHOD", ""), bucket, key))
+            self.log.append(Request(environ.get("REQUEST_METHOD", ""), bucket, key, environ.get("REMOTE_ADDR", "")))
         return self.app(environ, start_response)
 
 
 class S3Server:
-    def __init__(self) -> None:
+    def __init__(self, ip_address: str = "127.0.0.1") -> None:
         try:
             from moto.server import ThreadedMotoServer
         except ImportError as e:  # the test extra installs moto[server]
@@ -61,7 +62,7 @@ class S3Server:
         import logging
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = ThreadedMotoServer(ip_address=ip_address, port=0, verbose=False)
         self._server.start()
         self._recorder = _Recorder(self._server._server.app)  # type: ignore[union-attr]
         self._server._server.app = self._recorder  # type: ignore[union-attr]
