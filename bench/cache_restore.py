@@ -18,9 +18,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Sequence
+
+import children  # bench/ is on the path: these run as scripts, or are imported by compare.py
 
 SETS = {"200 files of 1 MB": (200, 1 << 20), "2 files of 100 MB": (2, 100 << 20)}
 INNER = 3  # restore/cp pairs per process; the median is kept
@@ -95,29 +96,8 @@ def _lookups(base: str) -> dict[str, float]:
 def run(tools: Sequence[Any], reps: int, timeout: float,
         log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """tool name -> measurement -> the value of each rep, or tool name -> {"failed": why}."""
-    out: dict[str, dict[str, Any]] = {t.name: {m: [] for m in MEASUREMENTS} for t in tools}
-    for rep in range(reps):
-        for t in (tools if rep % 2 == 0 else list(reversed(tools))):
-            if "failed" in out[t.name]:
-                continue
-            with tempfile.TemporaryDirectory(prefix="flowmake-cache-bench-") as wd:
-                try:
-                    res = subprocess.run([sys.executable, os.path.abspath(__file__), wd],
-                                         capture_output=True, text=True, timeout=timeout,
-                                         cwd=wd, env={**os.environ, **t.env})
-                except subprocess.TimeoutExpired:
-                    out[t.name] = {"failed": f"timeout after {timeout:.0f}s"}
-                    continue
-            if res.returncode != 0:
-                why = (res.stderr.strip().splitlines() or ["no output"])[-1][:160]
-                out[t.name] = {"failed": why.replace("|", "/")}
-                log(f"  cache {t.name}: FAILED {why}")
-                continue
-            data = json.loads(res.stdout.strip().splitlines()[-1])
-            for m in MEASUREMENTS:
-                out[t.name][m].append(data[m])
-            log(f"  cache {t.name:14} rep {rep + 1}: " + ", ".join(f"{m} {data[m]:.0f}" for m in MEASUREMENTS))
-    return out
+    return children.run_each(__file__, MEASUREMENTS, "cache", tools, reps, timeout, log,
+                             lambda m, v: f"{m} {v:.0f}")
 
 
 def render(results: dict[str, dict[str, Any]], names: Sequence[str]) -> str:

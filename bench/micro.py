@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import timeit
 from typing import Any, Callable, Protocol, Sequence
+
+import children  # bench/ is on the path: these run as scripts, or are imported by compare.py
 
 NUMBER = 20000  # calls per timing
 REPEAT = 5      # timings per process; the best is kept (the others measured interruptions)
@@ -74,30 +74,8 @@ def measure_here(workdir: str) -> dict[str, float]:
 def run(tools: Sequence[ToolLike], reps: int, timeout: float,
         log: Callable[[str], None]) -> dict[str, dict[str, list[float] | str]]:
     """tool name -> measurement -> seconds per call of each rep, or tool name -> {"failed": why}."""
-    out: dict[str, dict[str, Any]] = {t.name: {m: [] for m in MEASUREMENTS} for t in tools}
-    for rep in range(reps):
-        for t in (tools if rep % 2 == 0 else list(reversed(tools))):
-            if "failed" in out[t.name]:
-                continue
-            with tempfile.TemporaryDirectory(prefix="flowmake-micro-") as wd:
-                try:
-                    res = subprocess.run([sys.executable, os.path.abspath(__file__), wd],
-                                         capture_output=True, text=True, timeout=timeout,
-                                         cwd=wd, env={**os.environ, **t.env})
-                except subprocess.TimeoutExpired:
-                    out[t.name] = {"failed": f"timeout after {timeout:.0f}s"}
-                    continue
-            if res.returncode != 0:
-                why = (res.stderr.strip().splitlines() or ["no output"])[-1][:160]
-                out[t.name] = {"failed": why.replace("|", "/")}
-                log(f"  micro {t.name}: FAILED {why}")
-                continue
-            data = json.loads(res.stdout.strip().splitlines()[-1])
-            for m in MEASUREMENTS:
-                out[t.name][m].append(data[m])
-            log(f"  micro {t.name:14} rep {rep + 1}: " + ", ".join(
-                f"{m} {data[m] * 1e6:.2f} µs" for m in MEASUREMENTS))
-    return out
+    return children.run_each(__file__, MEASUREMENTS, "micro", tools, reps, timeout, log,
+                             lambda m, v: f"{m} {v * 1e6:.2f} µs")
 
 
 def render(results: dict[str, dict[str, Any]], base_name: str | None) -> str:
