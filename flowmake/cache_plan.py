@@ -96,12 +96,17 @@ class CacheOutcome:
     asked: set[int] = field(default_factory=set)  # the steps looked up (by id): a miss is not asked again
 
 
+def would_run(p: Plan) -> bool:
+    """Whether any step of ``p`` will or may run (at C speed: a no-op plans 100k steps)."""
+    return any(map(_WOULD_RUN.__contains__, map(_decision, p.steps)))
+
+
 def apply_cache(p: Plan, lookup: Lookup, *, targets: Iterable[Step | str],
                 may_cache: Callable[[Step], bool] = cacheable) -> CacheOutcome:
     """Turn the steps of ``p`` the cache answers into restores, in place; ``p.restores`` says, per
     restored step (by id), its manifest and whether its outputs are placed."""
     outcome = CacheOutcome()
-    if not any(map(_WOULD_RUN.__contains__, map(_decision, p.steps))):  # at C speed: a no-op plans 100k steps
+    if not would_run(p):
         return outcome  # all current: nothing asks the cache, not even a stand-in
     hit: dict[str, str] = {}  # outputs of this run's hits -> their digests (from the manifests)
     real = p.facts.digest

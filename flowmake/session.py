@@ -209,9 +209,6 @@ def _open_session(opts: Options, *, readonly: bool, image_digest: Callable[[str]
     if storage is not None:
         storage.prefetch([o for s in steps for o in s.outputs])
     session.resource_args = resource_args
-    from flowmake.cache_setup import open_configured
-
-    session.cache = open_configured(opts, load_settings(workdir, opts.profile))
     session.plan = _plan_session(session)
     return session
 
@@ -340,6 +337,12 @@ def _forced(session: Session) -> Callable[[Step], bool]:
 def _plan_session(session: Session) -> Plan:
     forced = _forced(session)
     plan, session.steps = converge(session.graph, session.steps, lambda: _facts(session, forced))
+    from flowmake.cache_plan import would_run
+
+    if session.cache is None and would_run(plan):  # a no-op opens no cache (S3: not even boto3)
+        from flowmake.cache_setup import open_configured
+
+        session.cache = open_configured(session.opts, load_settings(session.workdir, session.opts.profile))
     if session.cache is not None:  # steps that would run and the shared cache holds: restored
         from flowmake.cache_setup import Lookup, plan_with_cache
 

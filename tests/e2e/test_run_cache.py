@@ -373,3 +373,18 @@ def test_snakemakes_bare_cache_flag_caches_only_the_rules_that_say_cache_true(
     assert "1 published to the cache" in err and len(manifests(cache)) == 1
     second.ok("-c", "1", "--cache")
     assert ran(second) == ["b"], "a came from the cache; b, which does not say cache: True, ran"
+
+
+def test_a_no_op_never_opens_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With everything current nothing is asked of the cache, so it is not even opened (for S3 that
+    is boto3's import and a client: a tenth of a second or more on every no-op). A profile that
+    does not exist shows it: opening fails, but only a run with work to do says so."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    f = clone(tmp_path, "alice")
+    f.ok("-c", "1")
+    f.file("flowmake.toml", '[cache]\nurl = "s3://lab-cache/flowmake"\nprofile = "no-such-profile"\n')
+    err = f.ok("-c", "1")
+    assert "0 steps ran" in err and "cache" not in err
+    f.file("in.txt", "changed\n")
+    rc, _, err = f.run("-c", "1")
+    assert rc == 2 and "no-such-profile" in err and "Traceback" not in err
