@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.services import ServiceUnavailable, free_port, in_ci, log_tail, stop_process, wait_until
-from tests.services.s3 import ACCESS_KEY, REGION, SECRET_KEY
+from tests.services.s3 import ACCESS_KEY, SECRET_KEY, client_for, credentials_env
 
 # The calls rclone's debug log names that only read ("LIST BUCKET" and its page lines included).
 _READS = ("HEAD OBJECT", "GET OBJECT", "LIST BUCKET", "LIST BUCKETS", "bucketname:", "Listed ")
@@ -75,15 +75,10 @@ class RcloneServer:
         return True
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": "/nonexistent",
-                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+        return credentials_env()
 
     def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name=REGION)
+        return client_for(self.endpoint)
 
     def bucket(self) -> str:
         name = f"flowmake-rclone-{next(self._names)}"

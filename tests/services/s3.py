@@ -29,6 +29,22 @@ SECRET_KEY = "flowmake-test-secret"
 REGION = "us-east-1"
 
 
+def credentials_env() -> dict[str, str]:
+    """What a flowmake subprocess gets: the standard chain's environment variables only, nothing
+    from the host's ``~/.aws`` (both test S3 servers take these keys)."""
+    return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": "/nonexistent",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def client_for(endpoint: str) -> Any:
+    """A boto3 S3 client for a test server, for the test's own puts and gets."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
+                        aws_secret_access_key=SECRET_KEY, region_name=REGION)
+
+
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -72,16 +88,10 @@ class S3Server:
         self._token = uuid.uuid4().hex[:8]
 
     def env(self) -> dict[str, str]:
-        """What a flowmake subprocess gets: the standard chain's environment variables only."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": "/nonexistent",
-                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+        return credentials_env()
 
     def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name=REGION)
+        return client_for(self.endpoint)
 
     def bucket(self) -> str:
         # moto keeps its buckets per process, not per server: each test module that imports the
